@@ -1,0 +1,237 @@
+//! Typed client for the attune-packs service.
+//!
+//! Every RPC is available two ways: as a stream of [`Event`]s (progress, then the
+//! result), and as a plain `await` of the result that optionally calls back on each
+//! progress event.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), attune_packs_client::ClientError> {
+//! use attune_packs_client::{Client, pb};
+//! let mut client = Client::connect("http://127.0.0.1:50051", "<token>").await?;
+//! let result = client
+//!     .dependencies(pb::DependenciesRequest {
+//!         pack_paths: vec!["/tmp/packs/core".into()],
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! println!("{} missing", result.missing_dependencies.len());
+//! # Ok(()) }
+//! ```
+
+use std::pin::Pin;
+
+pub use attune_packs_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use pb::pack_service_client::PackServiceClient;
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server address '{address}': {reason}")]
+    Address { address: String, reason: String },
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("token is not a valid header value")]
+    Token,
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] Status),
+    #[error("the server ended the stream without a result")]
+    NoResult,
+}
+
+impl ClientError {
+    /// The gRPC status, when the server answered with one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    header: MetadataValue<Ascii>,
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.header.clone());
+        Ok(request)
+    }
+}
+
+/// One event of a streamed call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<R> {
+    Progress(pb::Progress),
+    Result(R),
+}
+
+/// A streamed call: progress events, then the result.
+pub type EventStream<R> = Pin<Box<dyn Stream<Item = Result<Event<R>, Status>> + Send>>;
+
+/// The per-RPC event messages, seen generically.
+pub trait StreamEvent: Send + 'static {
+    type Result: Send + 'static;
+    fn into_event(self) -> Option<Event<Self::Result>>;
+}
+
+macro_rules! stream_event {
+    ($event:ty, $module:ident, $result:ty) => {
+        impl StreamEvent for $event {
+            type Result = $result;
+            fn into_event(self) -> Option<Event<$result>> {
+                match self.event? {
+                    pb::$module::Event::Progress(p) => Some(Event::Progress(p)),
+                    pb::$module::Event::Result(r) => Some(Event::Result(r)),
+                }
+            }
+        }
+    };
+}
+
+stream_event!(pb::DownloadEvent, download_event, pb::DownloadResult);
+stream_event!(
+    pb::DependenciesEvent,
+    dependencies_event,
+    pb::DependenciesResult
+);
+stream_event!(pb::BuildEnvsEvent, build_envs_event, pb::BuildEnvsResult);
+stream_event!(
+    pb::RegisterBatchEvent,
+    register_batch_event,
+    pb::RegisterBatchResult
+);
+
+/// Drains `stream`, calling `on_progress` for each progress event, and returns the
+/// result.
+pub async fn finish<R>(
+    mut stream: EventStream<R>,
+    mut on_progress: impl FnMut(&pb::Progress),
+) -> Result<R, ClientError> {
+    while let Some(event) = stream.next().await {
+        match event? {
+            Event::Progress(p) => on_progress(&p),
+            Event::Result(r) => return Ok(r),
+        }
+    }
+    Err(ClientError::NoResult)
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: PackServiceClient<InterceptedService<Channel, BearerAuth>>,
+}
+
+fn events<E: StreamEvent>(stream: tonic::Streaming<E>) -> EventStream<E::Result> {
+    Box::pin(stream.filter_map(|item| async move {
+        match item {
+            Ok(event) => event.into_event().map(Ok),
+            Err(status) => Some(Err(status)),
+        }
+    }))
+}
+
+impl Client {
+    /// Connects to `address` (e.g. `http://127.0.0.1:50051`) with a bearer token.
+    pub async fn connect(address: &str, token: &str) -> Result<Self, ClientError> {
+        let endpoint =
+            Endpoint::from_shared(address.to_string()).map_err(|e| ClientError::Address {
+                address: address.to_string(),
+                reason: e.to_string(),
+            })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                address: address.to_string(),
+                source,
+            })?;
+        Self::with_channel(channel, token)
+    }
+
+    /// Uses an existing channel (custom TLS, timeouts, lazily connected channels).
+    pub fn with_channel(channel: Channel, token: &str) -> Result<Self, ClientError> {
+        let header: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Token)?;
+        let inner = PackServiceClient::with_interceptor(channel, BearerAuth { header })
+            // Results of large batches are bigger than tonic's 4 MiB default.
+            .max_decoding_message_size(256 * 1024 * 1024);
+        Ok(Self { inner })
+    }
+
+    pub async fn download_stream(
+        &mut self,
+        request: pb::DownloadRequest,
+    ) -> Result<EventStream<pb::DownloadResult>, ClientError> {
+        Ok(events(self.inner.download(request).await?.into_inner()))
+    }
+
+    pub async fn download(
+        &mut self,
+        request: pb::DownloadRequest,
+    ) -> Result<pb::DownloadResult, ClientError> {
+        finish(self.download_stream(request).await?, |_| {}).await
+    }
+
+    pub async fn dependencies_stream(
+        &mut self,
+        request: pb::DependenciesRequest,
+    ) -> Result<EventStream<pb::DependenciesResult>, ClientError> {
+        Ok(events(self.inner.dependencies(request).await?.into_inner()))
+    }
+
+    pub async fn dependencies(
+        &mut self,
+        request: pb::DependenciesRequest,
+    ) -> Result<pb::DependenciesResult, ClientError> {
+        finish(self.dependencies_stream(request).await?, |_| {}).await
+    }
+
+    pub async fn build_envs_stream(
+        &mut self,
+        request: pb::BuildEnvsRequest,
+    ) -> Result<EventStream<pb::BuildEnvsResult>, ClientError> {
+        Ok(events(self.inner.build_envs(request).await?.into_inner()))
+    }
+
+    pub async fn build_envs(
+        &mut self,
+        request: pb::BuildEnvsRequest,
+    ) -> Result<pb::BuildEnvsResult, ClientError> {
+        finish(self.build_envs_stream(request).await?, |_| {}).await
+    }
+
+    pub async fn register_batch_stream(
+        &mut self,
+        request: pb::RegisterBatchRequest,
+    ) -> Result<EventStream<pb::RegisterBatchResult>, ClientError> {
+        Ok(events(
+            self.inner.register_batch(request).await?.into_inner(),
+        ))
+    }
+
+    pub async fn register_batch(
+        &mut self,
+        request: pb::RegisterBatchRequest,
+    ) -> Result<pb::RegisterBatchResult, ClientError> {
+        finish(self.register_batch_stream(request).await?, |_| {}).await
+    }
+}

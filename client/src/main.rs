@@ -1,0 +1,126 @@
+//! `attune-packs`: the command-line client of the attune-packs service.
+
+mod output;
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use anyhow::Context;
+use attune_packs_client::{Client, EventStream, finish, pb};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "attune-packs",
+    version,
+    about = "Install Attune packs through an attune-packs server"
+)]
+struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "ATTUNE_PACKS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Bearer token (see `attune-packs-server token issue`).
+    #[arg(
+        long,
+        global = true,
+        env = "ATTUNE_PACKS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Print the result as JSON (field names as in the API).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse pack and runtime dependencies of pack directories (server paths).
+    Deps {
+        /// Pack directories, as paths on the server.
+        #[arg(required = true)]
+        pack_paths: Vec<String>,
+        /// Do not report unmet runtime requirements as errors.
+        #[arg(long)]
+        skip_validation: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let token = cli
+        .token
+        .clone()
+        .context("no token: pass --token or set ATTUNE_PACKS_TOKEN")?;
+    let mut client = Client::connect(&cli.server, &token).await?;
+    let progress = Progress::new(cli.quiet);
+    match cli.command {
+        Command::Deps {
+            pack_paths,
+            skip_validation,
+        } => {
+            let stream = client
+                .dependencies_stream(pb::DependenciesRequest {
+                    pack_paths,
+                    skip_validation: Some(skip_validation),
+                })
+                .await?;
+            let result = progress.drive(stream).await?;
+            if cli.json {
+                output::print_json(&result)?;
+            } else {
+                output::print_dependencies(&result);
+            }
+            // Exit 1 when something needs attention, so scripts can branch on it.
+            let clean = result.errors.is_empty() && result.missing_dependencies.is_empty();
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Progress lines on stderr, so that stdout carries only the result.
+struct Progress {
+    quiet: bool,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    async fn drive<R>(&self, stream: EventStream<R>) -> anyhow::Result<R> {
+        Ok(finish(stream, |p| {
+            if !self.quiet {
+                eprintln!("{}", output::progress_line(p, self.terminal));
+            }
+        })
+        .await?)
+    }
+}

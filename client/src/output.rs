@@ -1,0 +1,142 @@
+//! How results and progress look on a terminal.
+
+use attune_packs_client::pb;
+use serde::Serialize;
+
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn progress_line(p: &pb::Progress, colour: bool) -> String {
+    let stage = pb::progress::Stage::try_from(p.stage)
+        .map(|s| s.as_str_name().trim_start_matches("STAGE_").to_lowercase())
+        .unwrap_or_else(|_| "?".into());
+    let level = pb::progress::Level::try_from(p.level).unwrap_or(pb::progress::Level::Info);
+    let counter = match (p.done, p.total) {
+        (Some(d), Some(t)) => format!(" ({d}/{t})"),
+        (Some(d), None) => format!(" ({d})"),
+        _ => String::new(),
+    };
+    let mark = match (level, colour) {
+        (pb::progress::Level::Error, true) => "\x1b[31m✗\x1b[0m",
+        (pb::progress::Level::Warning, true) => "\x1b[33m⚠\x1b[0m",
+        (_, true) => "\x1b[32m•\x1b[0m",
+        (pb::progress::Level::Error, false) => "error:",
+        (pb::progress::Level::Warning, false) => "warning:",
+        (_, false) => "-",
+    };
+    format!("{mark} [{stage}] {}: {}{counter}", p.pack, p.message)
+}
+
+/// Left-aligned columns, sized to their widest cell.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.to_vec())];
+    let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    out.push(line(rules.iter().map(String::as_str).collect()));
+    for row in rows {
+        out.push(line(row.iter().map(String::as_str).collect()));
+    }
+    out.join("\n")
+}
+
+pub fn print_dependencies(r: &pb::DependenciesResult) {
+    let packs: Vec<Vec<String>> = r
+        .analyzed_packs
+        .iter()
+        .map(|p| {
+            vec![
+                p.pack_ref.clone(),
+                p.dependency_count.to_string(),
+                p.pack_path.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["PACK", "DEPS", "PATH"], &packs));
+    if !r.dependencies.is_empty() {
+        let deps: Vec<Vec<String>> = r
+            .dependencies
+            .iter()
+            .map(|d| {
+                let status = if d.already_installed {
+                    format!("installed {}", d.installed_version.as_deref().unwrap_or(""))
+                } else if let Some(v) = &d.provided_by_request {
+                    format!("in request {v}")
+                } else if let Some(v) = &d.installed_version {
+                    format!("MISSING (installed {v} does not match)")
+                } else {
+                    "MISSING".into()
+                };
+                vec![
+                    d.required_by.clone(),
+                    d.pack_ref.clone(),
+                    d.version_spec.clone(),
+                    status,
+                ]
+            })
+            .collect();
+        println!();
+        println!(
+            "{}",
+            table(&["PACK", "REQUIRES", "VERSION", "STATUS"], &deps)
+        );
+    }
+    if !r.runtime_requirements.is_empty() {
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut refs: Vec<&String> = r.runtime_requirements.keys().collect();
+        refs.sort();
+        for pack in refs {
+            let req = &r.runtime_requirements[pack];
+            if let Some(py) = &req.python {
+                rows.push(vec![
+                    pack.clone(),
+                    "python".into(),
+                    py.version.clone(),
+                    py.requirements_file.clone().unwrap_or_default(),
+                ]);
+            }
+            if let Some(node) = &req.nodejs {
+                rows.push(vec![
+                    pack.clone(),
+                    "nodejs".into(),
+                    node.version.clone(),
+                    node.package_file.clone().unwrap_or_default(),
+                ]);
+            }
+        }
+        println!();
+        println!("{}", table(&["PACK", "RUNTIME", "VERSION", "FILE"], &rows));
+    }
+    for e in &r.errors {
+        println!("error: {}: {}", e.pack_path, e.error);
+    }
+    println!();
+    let verdict = if r.missing_dependencies.is_empty() && r.errors.is_empty() {
+        "ready to build and register"
+    } else {
+        "not ready"
+    };
+    println!(
+        "{} packs analysed, {} dependencies, {} missing, {} errors: {verdict}",
+        r.analyzed_packs.len(),
+        r.dependencies.len(),
+        r.missing_dependencies.len(),
+        r.errors.len(),
+    );
+}

@@ -1,0 +1,151 @@
+//! The `attune-packs` CLI against a real `attune-packs-server` process.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const CLI: &str = env!("CARGO_BIN_EXE_attune-packs");
+
+/// The server binary, built next to ours by `cargo test --workspace` (the server
+/// crate's integration tests need it).
+fn server_binary() -> PathBuf {
+    let bin = Path::new(CLI).with_file_name("attune-packs-server");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+struct Server {
+    child: std::process::Child,
+    url: String,
+    token: String,
+    root: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(server_binary())
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(&data)
+            .env(
+                "ATTUNE_PACKS_ALLOWED_ROOTS",
+                format!("[{}]", root.path().canonicalize().unwrap().display()),
+            )
+            .env_remove("ATTUNE_PACKS_JWT_SECRET")
+            .env_remove("ATTUNE_PACKS_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A token from the server's own command, signed with the secret the server
+        // generated into its data dir on first start.
+        let out = Command::new(server_binary())
+            .args(["token", "issue", "--subject", "cli-test", "--data-dir"])
+            .arg(&data)
+            .env_remove("ATTUNE_PACKS_JWT_SECRET")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let token = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            token,
+            root,
+        }
+    }
+
+    fn pack(&self, dir: &str, yaml: &str) -> String {
+        let pack = self.root.path().canonicalize().unwrap().join(dir);
+        std::fs::create_dir_all(&pack).unwrap();
+        std::fs::write(pack.join("pack.yaml"), yaml).unwrap();
+        pack.to_str().unwrap().to_string()
+    }
+
+    fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(CLI)
+            .args(["--server", &self.url])
+            .args(args)
+            .env("ATTUNE_PACKS_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
+    let server = Server::start();
+    let pack = server.pack(
+        "pk",
+        "ref: pk\nversion: 1.0.0\ndependencies: [\"core@>=1\"]\n",
+    );
+    let base = server.pack("base", "ref: base\nversion: 2.0.0\n");
+
+    let out = server.cli(&server.token, &["--json", "deps", &pack]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit 1: a dependency is missing.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["missing_dependencies"][0]["pack_ref"], "core");
+    assert_eq!(json["missing_dependencies"][0]["version_spec"], ">=1");
+    assert_eq!(json["analyzed_packs"][0]["pack_path"], pack.as_str());
+    assert!(
+        stderr.contains("[analyze] pk: analysed pk 1.0.0"),
+        "{stderr}"
+    );
+
+    let out = server.cli(&server.token, &["-q", "deps", &pack]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pk", "core", ">=1", "MISSING"]),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "quiet means no progress");
+
+    // Nothing missing: exit 0.
+    let out = server.cli(&server.token, &["-q", "deps", &base]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready to build and register"));
+
+    // A wrong token is refused with the server's reason; exit 2.
+    let out = server.cli("garbage", &["deps", &pack]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("malformed"),
+        "{stderr}"
+    );
+}

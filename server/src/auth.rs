@@ -1,0 +1,293 @@
+//! Bearer-token authentication: HS256 JWTs signed with the secret the main Attune API
+//! uses, checked for signature and expiry.
+//!
+//! Transport-neutral: the gRPC interceptor and the REST layer both call
+//! [`Authenticator::verify_header`] and map [`AuthError`] to their own status.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// File in the data dir holding the generated secret when none is configured.
+pub const SECRET_FILE: &str = "jwt-secret";
+
+/// Who is calling, as proven by the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing authorization: send `authorization: Bearer <token>`")]
+    Missing,
+    #[error("malformed authorization: {0}")]
+    Malformed(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token signature is invalid (not signed with this server's secret)")]
+    BadSignature,
+    #[error("token rejected: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read JWT secret {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create JWT secret {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("JWT secret {path} is empty")]
+    Empty { path: PathBuf },
+    #[error("cannot generate a random secret: {0}")]
+    Random(String),
+}
+
+/// Verifies and issues tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Keys>,
+}
+
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &Secret) -> Self {
+        let bytes = secret.expose().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            inner: Arc::new(Keys {
+                encoding: EncodingKey::from_secret(bytes),
+                decoding: DecodingKey::from_secret(bytes),
+                validation,
+            }),
+        }
+    }
+
+    /// Checks the value of an `authorization` header or metadata entry.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?.trim();
+        let (scheme, token) = header
+            .split_once(' ')
+            .ok_or_else(|| AuthError::Malformed("expected `Bearer <token>`".into()))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Malformed(format!(
+                "unsupported scheme `{scheme}`, expected `Bearer`"
+            )));
+        }
+        self.verify_token(token.trim())
+    }
+
+    pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Malformed("empty bearer token".into()));
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidToken
+                    | ErrorKind::Base64(_)
+                    | ErrorKind::Json(_)
+                    | ErrorKind::Utf8(_) => AuthError::Malformed("not a JWT".into()),
+                    ErrorKind::InvalidAlgorithm => {
+                        AuthError::Invalid("token must be signed with HS256".into())
+                    }
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        AuthError::Invalid(format!("missing claim `{claim}`"))
+                    }
+                    other => AuthError::Invalid(format!("{other:?}")),
+                })?;
+        Ok(Principal {
+            subject: data.claims.sub,
+        })
+    }
+
+    /// Signs a token for `subject`, valid for `ttl`.
+    pub fn issue(&self, subject: &str, ttl: Duration) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            sub: subject.to_string(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.inner.encoding,
+        )
+        .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// Signs a token with explicit timestamps (tests of expiry).
+    #[doc(hidden)]
+    pub fn issue_with_times(&self, subject: &str, iat: u64, exp: u64) -> String {
+        let claims = Claims {
+            sub: subject.to_string(),
+            iat,
+            exp,
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.inner.encoding,
+        )
+        .expect("HS256 signing with an in-memory key cannot fail")
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The configured secret, else the one stored in the data dir, else a new one
+/// generated there with mode 0600. The secret itself is never logged.
+pub fn load_or_create_secret(
+    configured: Option<&Secret>,
+    data_dir: &Path,
+) -> Result<Secret, SecretError> {
+    if let Some(secret) = configured {
+        return Ok(secret.clone());
+    }
+    let path = data_dir.join(SECRET_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(SecretError::Empty { path });
+            }
+            return Ok(Secret::new(text));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(SecretError::Read { path, source }),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
+    let secret = hex::encode(bytes);
+    write_private(&path, &secret).map_err(|source| SecretError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "generated a new JWT secret");
+    // Two processes may race to create it: whoever lost reads the winner's file.
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Secret::new(text.trim())),
+        Ok(_) => Err(SecretError::Empty { path }),
+        Err(source) => Err(SecretError::Read { path, source }),
+    }
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut file = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Someone else created it first; theirs wins.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    file.write_all(content.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(secret: &str) -> Authenticator {
+        Authenticator::new(&Secret::new(secret))
+    }
+
+    #[test]
+    fn round_trip() {
+        let a = auth("one");
+        let t = a.issue("alice", Duration::from_secs(60));
+        let p = a.verify_header(Some(&format!("Bearer {t}"))).unwrap();
+        assert_eq!(p.subject, "alice");
+        // The scheme is case-insensitive, as in RFC 7235.
+        assert!(a.verify_header(Some(&format!("bearer {t}"))).is_ok());
+    }
+
+    #[test]
+    fn each_failure_says_what_is_wrong() {
+        let a = auth("one");
+        assert_eq!(a.verify_header(None), Err(AuthError::Missing));
+        assert!(matches!(
+            a.verify_header(Some("Basic abc")),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            a.verify_header(Some("Bearer not.a.jwt")),
+            Err(AuthError::Malformed(_))
+        ));
+        let expired = a.issue_with_times("bob", 1_000, 2_000);
+        assert_eq!(
+            a.verify_header(Some(&format!("Bearer {expired}"))),
+            Err(AuthError::Expired)
+        );
+        let foreign = auth("two").issue("eve", Duration::from_secs(60));
+        assert_eq!(
+            a.verify_header(Some(&format!("Bearer {foreign}"))),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn generated_secret_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create_secret(None, dir.path()).unwrap();
+        let second = load_or_create_secret(None, dir.path()).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.expose().len(), 64);
+        let mode = fs::metadata(dir.path().join(SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let configured = Secret::new("configured");
+        assert_eq!(
+            load_or_create_secret(Some(&configured), dir.path()).unwrap(),
+            configured
+        );
+    }
+}

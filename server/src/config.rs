@@ -1,0 +1,403 @@
+//! Typed server configuration.
+//!
+//! Sources, later ones winning: built-in defaults, the YAML file (`--config` /
+//! `ATTUNE_PACKS_CONFIG`), environment variables, command-line flags.
+//!
+//! Environment scheme (documented in docs/configuration.md): every key is
+//! `ATTUNE_PACKS_` + the key path in upper case, nesting levels joined by `__`.
+//! `listen` is `ATTUNE_PACKS_LISTEN`, `registry.cache_ttl` is
+//! `ATTUNE_PACKS_REGISTRY__CACHE_TTL`. Values are read as YAML scalars or flow
+//! collections, so `ATTUNE_PACKS_ALLOWED_ROOTS='[/srv/packs, /tmp]'` sets a list.
+//! Unknown keys, from the file or the environment, are errors: a typo must not be
+//! silently ignored.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+pub const ENV_PREFIX: &str = "ATTUNE_PACKS_";
+/// The environment variable naming the config file; not itself a config key.
+pub const ENV_CONFIG_FILE: &str = "ATTUNE_PACKS_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("config file {path} must hold a YAML mapping at the top level")]
+    NotAMapping { path: PathBuf },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A secret string that never shows up in `Debug` output or logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the gRPC (and REST) listener.
+    pub listen: SocketAddr,
+    /// Where the server keeps its state: the SQLite database, the generated JWT secret.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`. Default: `sqlite://<data_dir>/attune-packs.db`.
+    pub database_url: Option<Secret>,
+    /// HS256 secret the main Attune API signs tokens with. Default: generated once
+    /// into `<data_dir>/jwt-secret` (mode 0600).
+    pub jwt_secret: Option<Secret>,
+    /// Every path a request names must resolve (symlinks followed) inside one of these.
+    /// Default: the data dir, `/tmp` and `/opt/attune/packs`.
+    pub allowed_roots: Option<Vec<PathBuf>>,
+    /// Where RegisterBatch stores packs when a request names no `packs_base_dir`.
+    /// Default: `<data_dir>/packs`.
+    pub packs_base_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// How long running calls may take to finish after SIGINT/SIGTERM.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./attune-packs-data"),
+            database_url: None,
+            jwt_secret: None,
+            allowed_roots: None,
+            packs_base_dir: None,
+            log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `env` (pairs of name and value, normally
+    /// `std::env::vars()`), then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => read_file(path)?,
+            None => Mapping::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if name == ENV_CONFIG_FILE || key.is_empty() {
+                continue;
+            }
+            apply_env(&mut tree, &name, key, &value)?;
+        }
+        let mut config: Config = serde_yaml::from_value(Value::Mapping(tree))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &overrides.database_url {
+            config.database_url = Some(Secret::new(url.clone()));
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        if let Some(roots) = &self.allowed_roots {
+            if roots.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "allowed_roots must name at least one directory".into(),
+                ));
+            }
+            if let Some(bad) = roots.iter().find(|r| !r.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "allowed_roots entries must be absolute paths: {}",
+                    bad.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.join("attune-packs.db").display()
+            ),
+        }
+    }
+
+    /// The data dir as an absolute path (relative paths are taken from the cwd).
+    pub fn data_dir_absolute(&self) -> PathBuf {
+        absolute(&self.data_dir)
+    }
+
+    pub fn allowed_roots(&self) -> Vec<PathBuf> {
+        match &self.allowed_roots {
+            Some(roots) => roots.clone(),
+            None => vec![
+                self.data_dir_absolute(),
+                PathBuf::from("/tmp"),
+                PathBuf::from("/opt/attune/packs"),
+            ],
+        }
+    }
+
+    pub fn packs_base_dir(&self) -> PathBuf {
+        match &self.packs_base_dir {
+            Some(dir) => absolute(dir),
+            None => self.data_dir_absolute().join("packs"),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn read_file(path: &Path) -> Result<Mapping, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(Mapping::new());
+    }
+    match serde_yaml::from_str::<Value>(&text) {
+        Ok(Value::Mapping(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Mapping::new()),
+        Ok(_) => Err(ConfigError::NotAMapping {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(ConfigError::Yaml {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Sets `key` (`SECTION__KEY`) in the tree, creating intermediate mappings.
+fn apply_env(tree: &mut Mapping, var: &str, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            reason: "empty key segment (use single `__` between levels)".into(),
+        });
+    }
+    let value = parse_env_value(raw);
+    let mut node = tree;
+    for (i, part) in path.iter().enumerate() {
+        let k = Value::String(part.clone());
+        if i + 1 == path.len() {
+            node.insert(k, value);
+            return Ok(());
+        }
+        let entry = node
+            .entry(k)
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+        node = match entry {
+            Value::Mapping(m) => m,
+            _ => {
+                return Err(ConfigError::Env {
+                    var: var.to_string(),
+                    reason: format!("`{part}` is not a section"),
+                });
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Environment values are YAML, except that a value which would not parse (or would
+/// parse as a mapping, which is never meant) stays a plain string. Secrets such as
+/// `abc: def` therefore survive.
+fn parse_env_value(raw: &str) -> Value {
+    match serde_yaml::from_str::<Value>(raw) {
+        Ok(Value::Mapping(_)) | Ok(Value::Tagged(_)) | Err(_) => Value::String(raw.to_string()),
+        Ok(Value::Null) if !raw.trim().is_empty() && raw.trim() != "~" && raw.trim() != "null" => {
+            Value::String(raw.to_string())
+        }
+        Ok(v) => v,
+    }
+}
+
+/// Durations in config are written as humantime strings (`30s`, `5m`) or seconds.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(&t).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_use_sqlite_in_data_dir() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert!(
+            c.database_url()
+                .ends_with("attune-packs-data/attune-packs.db")
+        );
+        let roots = c.allowed_roots();
+        assert!(roots.contains(&PathBuf::from("/tmp")));
+        assert!(roots.contains(&PathBuf::from("/opt/attune/packs")));
+        assert!(roots[0].is_absolute());
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:1000\ndata_dir: /var/a\nshutdown_grace: 5s\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("ATTUNE_PACKS_LISTEN", "127.0.0.1:2000"),
+                ("ATTUNE_PACKS_ALLOWED_ROOTS", "[/srv/packs, /tmp]"),
+                ("ATTUNE_PACKS_JWT_SECRET", "s3cret: with colon"),
+                ("ATTUNE_PACKS_CONFIG", "/ignored"),
+                ("UNRELATED", "x"),
+            ]),
+            &Overrides {
+                data_dir: Some("/var/b".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.data_dir, PathBuf::from("/var/b"));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(
+            c.allowed_roots(),
+            vec![PathBuf::from("/srv/packs"), PathBuf::from("/tmp")]
+        );
+        assert_eq!(c.jwt_secret.unwrap().expose(), "s3cret: with colon");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_wherever_they_come_from() {
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_LISTN", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "data_dri: /x\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("data_dri"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_JWT_SECRET", "topsecret")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn relative_allowed_roots_are_rejected() {
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_ALLOWED_ROOTS", "[relative/dir]")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! The gRPC door: `attune.packs.v1.PackService` over the stage functions.
+//!
+//! Each RPC validates and converts its request, runs the stage in a task with a
+//! [`Reporter`], and streams the stage's progress followed by exactly one result.
+//! When the caller goes away the output stream closes, the task drops the stage's
+//! future (cancelling async work) and the reporter reads as cancelled (stopping
+//! blocking work).
+
+mod convert;
+
+use std::{future::Future, pin::Pin, time::Instant};
+
+use attune_packs_proto::v1::{
+    self as pb, BuildEnvsEvent, DependenciesEvent, DownloadEvent, RegisterBatchEvent,
+    pack_service_server::PackService,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tracing::{Instrument, Span};
+
+use crate::{
+    auth::{Authenticator, Principal},
+    deps,
+    progress::{ProgressEvent, Reporter},
+    state::AppState,
+};
+
+pub type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send + 'static>>;
+
+/// Request id metadata key, accepted from callers and echoed back.
+const REQUEST_ID: &str = "x-request-id";
+
+pub struct PackServiceImpl {
+    state: AppState,
+}
+
+impl PackServiceImpl {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+/// Checks the bearer token of every PackService call. Health and reflection are
+/// separate services and stay open.
+pub fn auth_interceptor(
+    auth: Authenticator,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let header = match request.metadata().get("authorization") {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                Status::unauthenticated("malformed authorization: not printable ASCII")
+            })?),
+        };
+        match auth.verify_header(header) {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                Ok(request)
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "rejected unauthenticated call");
+                Err(Status::unauthenticated(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Who called and under which request id; the span every log line of the call joins.
+struct Call {
+    span: Span,
+    request_id: String,
+    started: Instant,
+}
+
+impl Call {
+    fn start<T>(request: &Request<T>, method: &'static str) -> Self {
+        let subject = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.subject.clone())
+            .unwrap_or_default();
+        let request_id = request
+            .metadata()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        let span = tracing::info_span!("rpc", method, request_id = %request_id, subject = %subject);
+        span.in_scope(|| tracing::info!("call started"));
+        Self {
+            span,
+            request_id,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs `stage` in its own task and streams its progress, then its result.
+    fn stream<E, R, F, Fut>(
+        self,
+        stage: F,
+        progress: fn(pb::Progress) -> E,
+        result: fn(R) -> E,
+    ) -> Response<EventStream<E>>
+    where
+        E: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(Reporter) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R, Status>> + Send + 'static,
+    {
+        let (out, rx) = mpsc::channel::<Result<E, Status>>(64);
+        let (reporter, mut events) = Reporter::channel("");
+        let started = self.started;
+        let task = async move {
+            let work = stage(reporter);
+            tokio::pin!(work);
+            let forward = |event: ProgressEvent| Ok(progress(convert::progress(event)));
+            let outcome = loop {
+                tokio::select! {
+                    biased;
+                    Some(event) = events.recv() => {
+                        if out.send(forward(event)).await.is_err() {
+                            tracing::info!("caller went away; call cancelled");
+                            return;
+                        }
+                    }
+                    outcome = &mut work => break outcome,
+                    _ = out.closed() => {
+                        tracing::info!("caller went away; call cancelled");
+                        return;
+                    }
+                }
+            };
+            while let Ok(event) = events.try_recv() {
+                if out.send(forward(event)).await.is_err() {
+                    return;
+                }
+            }
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match outcome {
+                Ok(r) => {
+                    tracing::info!(elapsed_ms, "call finished");
+                    let _ = out.send(Ok(result(r))).await;
+                }
+                Err(status) => {
+                    tracing::warn!(elapsed_ms, code = ?status.code(), message = status.message(), "call failed");
+                    let _ = out.send(Err(status)).await;
+                }
+            }
+        };
+        tokio::spawn(task.instrument(self.span));
+        let mut response = Response::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as EventStream<E>
+        );
+        if let Ok(value) = MetadataValue::try_from(self.request_id.as_str()) {
+            response.metadata_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    // A request id is a correlation label, not a secret: on the unlikely failure of
+    // the OS generator, zeros are acceptable.
+    let _ = getrandom::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn unimplemented(method: &str, issue: u32) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not implemented yet (tracked as issue #{issue})"
+    ))
+}
+
+#[tonic::async_trait]
+impl PackService for PackServiceImpl {
+    type DownloadStream = EventStream<DownloadEvent>;
+    type DependenciesStream = EventStream<DependenciesEvent>;
+    type BuildEnvsStream = EventStream<BuildEnvsEvent>;
+    type RegisterBatchStream = EventStream<RegisterBatchEvent>;
+
+    async fn download(
+        &self,
+        _request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        Err(unimplemented("Download", 3))
+    }
+
+    async fn dependencies(
+        &self,
+        request: Request<pb::DependenciesRequest>,
+    ) -> Result<Response<Self::DependenciesStream>, Status> {
+        let call = Call::start(&request, "Dependencies");
+        let stage_request = convert::dependencies_request(request.into_inner())?;
+        let state = self.state.clone();
+        Ok(call.stream(
+            move |reporter| async move {
+                deps::analyze(&state.db, &state.paths, stage_request, &reporter)
+                    .await
+                    .map(convert::dependencies_result)
+                    .map_err(|e| match e {
+                        deps::DepsError::Cancelled => Status::cancelled(e.to_string()),
+                        deps::DepsError::Store(_) => Status::internal(e.to_string()),
+                    })
+            },
+            |p| DependenciesEvent {
+                event: Some(pb::dependencies_event::Event::Progress(p)),
+            },
+            |r| DependenciesEvent {
+                event: Some(pb::dependencies_event::Event::Result(r)),
+            },
+        ))
+    }
+
+    async fn build_envs(
+        &self,
+        _request: Request<pb::BuildEnvsRequest>,
+    ) -> Result<Response<Self::BuildEnvsStream>, Status> {
+        Err(unimplemented("BuildEnvs", 5))
+    }
+
+    async fn register_batch(
+        &self,
+        _request: Request<pb::RegisterBatchRequest>,
+    ) -> Result<Response<Self::RegisterBatchStream>, Status> {
+        Err(unimplemented("RegisterBatch", 4))
+    }
+}

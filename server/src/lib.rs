@@ -1,0 +1,21 @@
+//! attune-packs server: downloads, analyses, builds and registers Attune packs.
+//!
+//! Layout (see docs/ARCHITECTURE.md for the invariants):
+//! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`];
+//! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
+//!   (confinement), [`runtimes`] (host interpreters);
+//! - doors: [`grpc`] (the only module that knows protobuf);
+//! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
+
+pub mod auth;
+pub mod config;
+pub mod deps;
+pub mod grpc;
+pub mod manifest;
+pub mod paths;
+pub mod progress;
+pub mod runtimes;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,120 @@
+//! `attune-packs-server`: parse flags, load configuration, hand over to the library.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use attune_packs_server::{
+    auth::{Authenticator, load_or_create_secret},
+    config::{Config, ENV_CONFIG_FILE, Overrides},
+    server, state, store, telemetry,
+};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "attune-packs-server",
+    version,
+    about = "The attune-packs gRPC service"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by every command. Environment variables are read by the config
+/// loader (ATTUNE_PACKS_<KEY>), so only the config file path has an `env` here.
+#[derive(Args)]
+struct GlobalArgs {
+    /// YAML configuration file.
+    #[arg(long, global = true, env = ENV_CONFIG_FILE, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory (database, generated secret). Default ./attune-packs-data.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… Default: SQLite in the data dir.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Listen address. Default 127.0.0.1:50051.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a token signed with the configured secret (last line of stdout).
+    Issue {
+        /// Who the token speaks for (the `sub` claim).
+        #[arg(long)]
+        subject: String,
+        /// Lifetime, e.g. 30m, 12h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        listen,
+        data_dir: global.data_dir.clone(),
+        database_url: global.database_url.clone(),
+    };
+    Ok(Config::load(
+        global.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen } => {
+            let config = load_config(&cli.global, listen)?;
+            telemetry::init(config.log_format);
+            let listen = config.listen;
+            let state = state::open(config).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            server::run(listener, state, server::shutdown_signal()).await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate => {
+            let config = load_config(&cli.global, None)?;
+            telemetry::init(config.log_format);
+            let db = store::Db::connect(&config.database_url()).await?;
+            db.migrate().await?;
+            db.close().await;
+            println!("database is up to date");
+        }
+        Command::Token {
+            command: TokenCommand::Issue { subject, ttl },
+        } => {
+            let config = load_config(&cli.global, None)?;
+            let data_dir = config.data_dir_absolute();
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+            let secret = load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
+            anyhow::ensure!(!subject.trim().is_empty(), "--subject must not be empty");
+            println!("{}", Authenticator::new(&secret).issue(&subject, ttl));
+        }
+    }
+    Ok(())
+}

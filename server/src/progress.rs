@@ -1,0 +1,113 @@
+//! How stages report progress: one small, cloneable [`Reporter`] over a channel.
+//!
+//! Stages know nothing about gRPC or HTTP. Each adapter (gRPC stream, server-sent
+//! events, CLI) drains the receiver and translates events. The channel is unbounded so
+//! blocking code (git, archive extraction in `spawn_blocking`) can report without an
+//! async context; producers throttle high-frequency counters themselves.
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Resolve,
+    Fetch,
+    Extract,
+    Verify,
+    Place,
+    Analyze,
+    Build,
+    Validate,
+    Copy,
+    Test,
+    Register,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProgressEvent {
+    pub stage: Stage,
+    /// The pack the event is about: the source as given, or its ref once known.
+    pub subject: String,
+    pub message: String,
+    pub done: Option<u64>,
+    pub total: Option<u64>,
+    pub level: Level,
+}
+
+#[derive(Clone, Default)]
+pub struct Reporter {
+    tx: Option<UnboundedSender<ProgressEvent>>,
+    subject: String,
+}
+
+impl Reporter {
+    /// A reporter that drops every event (benchmarks, local tools).
+    pub fn noop() -> Self {
+        Self::default()
+    }
+
+    pub fn channel(subject: &str) -> (Self, UnboundedReceiver<ProgressEvent>) {
+        let (tx, rx) = unbounded_channel();
+        let reporter = Self {
+            tx: Some(tx),
+            subject: subject.to_string(),
+        };
+        (reporter, rx)
+    }
+
+    /// The same channel, speaking about another pack.
+    pub fn with_subject(&self, subject: &str) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            subject: subject.to_string(),
+        }
+    }
+
+    pub fn emit(
+        &self,
+        stage: Stage,
+        level: Level,
+        message: impl Into<String>,
+        done: Option<u64>,
+        total: Option<u64>,
+    ) {
+        if let Some(tx) = &self.tx {
+            // A closed receiver means the caller left; `is_cancelled` tells producers.
+            let _ = tx.send(ProgressEvent {
+                stage,
+                subject: self.subject.clone(),
+                message: message.into(),
+                done,
+                total,
+                level,
+            });
+        }
+    }
+
+    pub fn info(&self, stage: Stage, message: impl Into<String>) {
+        self.emit(stage, Level::Info, message, None, None)
+    }
+
+    pub fn warn(&self, stage: Stage, message: impl Into<String>) {
+        self.emit(stage, Level::Warning, message, None, None)
+    }
+
+    pub fn error(&self, stage: Stage, message: impl Into<String>) {
+        self.emit(stage, Level::Error, message, None, None)
+    }
+
+    pub fn count(&self, stage: Stage, message: impl Into<String>, done: u64, total: Option<u64>) {
+        self.emit(stage, Level::Info, message, Some(done), total)
+    }
+
+    /// The receiver was dropped: the caller went away, so work should stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+}

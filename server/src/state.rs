@@ -1,0 +1,53 @@
+//! What every door (gRPC, REST, CLI) hands to the stages: configuration, database,
+//! path policy, authenticator. Cheap to clone.
+
+use std::sync::Arc;
+
+use crate::{auth::Authenticator, config::Config, paths::PathPolicy, store::Db};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub paths: PathPolicy,
+    pub auth: Authenticator,
+}
+
+impl AppState {
+    pub fn new(config: Config, db: Db, auth: Authenticator) -> Self {
+        let paths = PathPolicy::new(config.allowed_roots());
+        Self {
+            config: Arc::new(config),
+            db,
+            paths,
+            auth,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Secret(#[from] crate::auth::SecretError),
+    #[error("cannot open database: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Prepares everything a server needs: the data dir, the JWT secret, the database
+/// (created and migrated).
+pub async fn open(config: Config) -> Result<AppState, StartupError> {
+    let data_dir = config.data_dir_absolute();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartupError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
+    let db = Db::connect(&config.database_url()).await?;
+    db.migrate().await?;
+    Ok(AppState::new(config, db, Authenticator::new(&secret)))
+}

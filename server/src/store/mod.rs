@@ -1,0 +1,190 @@
+//! Persistence: SQLite (embedded default) or PostgreSQL, behind one [`Db`] type.
+//!
+//! Queries are plain SQL with `$N` placeholders, which both sqlx drivers accept, so
+//! most methods have one SQL text and two identical arms. Migrations live in
+//! `migrations/sqlite` and `migrations/postgres` (same versions, dialect-specific DDL)
+//! and are embedded into the binary.
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    PgPool, Row, SqlitePool,
+    migrate::Migrator,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL (expected sqlite:// or postgres://)")]
+    UnsupportedUrl,
+    #[error("cannot create database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A pool on one of the two backends. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A registered pack, as far as dependency analysis needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPack {
+    pub pack_ref: String,
+    pub version: String,
+    /// Declared dependencies, as written in pack.yaml.
+    pub dependencies: Vec<String>,
+}
+
+impl Db {
+    /// Connects to `url` (creating a SQLite file and its directory if missing).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(pool) => drop(sqlx::query("SELECT 1").execute(pool).await?),
+            Db::Postgres(pool) => drop(sqlx::query("SELECT 1").execute(pool).await?),
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Every registered pack with its version and declared dependencies.
+    pub async fn installed_packs(&self) -> Result<Vec<InstalledPack>, StoreError> {
+        const SQL: &str = "SELECT ref, version, dependencies FROM packs ORDER BY ref";
+        let rows = match self {
+            Db::Sqlite(pool) => sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| installed_from_row(r.get(0), r.get(1), r.get(2)))
+                .collect(),
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| installed_from_row(r.get(0), r.get(1), r.get(2)))
+                .collect(),
+        };
+        Ok(rows)
+    }
+
+    /// Inserts a minimal pack row. Used by tests and benchmarks to set up "installed"
+    /// state until registration owns this table.
+    #[doc(hidden)]
+    pub async fn insert_pack_for_tests(
+        &self,
+        pack_ref: &str,
+        version: &str,
+        dependencies: &[&str],
+    ) -> Result<i64, StoreError> {
+        const SQL: &str = "INSERT INTO packs (ref, label, version, dependencies, storage_path, \
+                           installed_at, updated_at) VALUES ($1, $1, $2, $3, $4, $5, $5) RETURNING id";
+        let deps = serde_json::to_string(dependencies).expect("strings serialize");
+        let path = format!("/nonexistent/{pack_ref}");
+        let now = crate::auth::unix_now() as i64 * 1000;
+        let id = match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(pack_ref)
+                    .bind(version)
+                    .bind(&deps)
+                    .bind(&path)
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(pack_ref)
+                    .bind(version)
+                    .bind(&deps)
+                    .bind(&path)
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(id)
+    }
+}
+
+fn installed_from_row(pack_ref: String, version: String, deps: String) -> InstalledPack {
+    InstalledPack {
+        pack_ref,
+        version,
+        // Written by us as a JSON list; an unreadable value means "none recorded".
+        dependencies: serde_json::from_str(&deps).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary (one link step): a real server on a loopback port,
+//! driven by the generated client, grpcurl and the shipped binaries.
+
+mod common;
+
+mod auth;
+mod binaries;
+mod dependencies;
+mod grpcurl;
