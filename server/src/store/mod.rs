@@ -107,8 +107,12 @@ impl Db {
     /// Cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
-            Db::Sqlite(pool) => drop(sqlx::query("SELECT 1").execute(pool).await?),
-            Db::Postgres(pool) => drop(sqlx::query("SELECT 1").execute(pool).await?),
+            Db::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
         }
         Ok(())
     }

@@ -20,7 +20,6 @@ fn free_port() -> u16 {
 /// A server process; killed on drop unless it was stopped.
 struct ServerProcess {
     child: std::process::Child,
-    addr: String,
 }
 
 impl ServerProcess {
@@ -45,7 +44,7 @@ impl ServerProcess {
             assert!(Instant::now() < deadline, "server did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, addr }
+        Self { child }
     }
 }
 
