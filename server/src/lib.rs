@@ -7,13 +7,20 @@
 //! - doors: [`grpc`] (the only module that knows protobuf);
 //! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
+pub mod archive;
 pub mod auth;
+pub mod checksum;
+pub mod components;
 pub mod config;
 pub mod deps;
+pub mod git;
 pub mod grpc;
 pub mod manifest;
+pub mod packtest;
 pub mod paths;
+pub mod process;
 pub mod progress;
+pub mod registry;
 pub mod runtimes;
 pub mod server;
 pub mod state;

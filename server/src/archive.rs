@@ -1,0 +1,1447 @@
+//! Safe, streaming extraction of pack archives (zip, tar.gz, tar) and pack-root search.
+//!
+//! * The format is sniffed from the file's bytes ([`sniff_format`]), never its name.
+//! * The archive is streamed from disk: a 256 KiB buffered reader; for tar.gz a helper
+//!   thread inflates (flate2 + zlib-rs) while the calling thread writes files, so the two
+//!   cores overlap like `tar xzf`'s separate gzip process does.
+//! * Only regular files and directories are extracted. Links (symbolic or hard),
+//!   devices, fifos, sparse files and unsafe paths are refused with an error naming the
+//!   entry. Nothing is ever written outside `dest`: paths are validated component by
+//!   component, parents are created by us (so they are real directories), and files are
+//!   created with `create_new` (an existing path is never followed or overwritten).
+//! * Limits ([`Limits`]) count the bytes actually written, never header sizes.
+//! * Ownership, mtimes and setuid/setgid/sticky bits are not preserved; files are 0755
+//!   if any execute bit was set in the archive, else 0644 (before the umask).
+//! * While writing, the "attune-pack-file-v1" checksum is computed from the same
+//!   buffers ([`crate::checksum::DirectoryHasher`]), see [`ExtractSummary::checksum`].
+//! * No fsync: the caller decides the durability story (one fsync or rename per pack).
+//!
+//! **On error** `dest` may contain a partial extraction; the caller deletes `dest`.
+//! Nothing is cleaned up here.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use crate::checksum::{ChecksumError, DirectoryHasher};
+use crate::progress::{Reporter, Stage};
+
+const BUF_SIZE: usize = 256 * 1024;
+/// Progress is reported every this many entries.
+const PROGRESS_EVERY: u64 = 256;
+/// Cancellation is checked at every entry and every this many bytes inside a file.
+const CANCEL_CHECK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Archive formats, detected from content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    Zip,
+    TarGz,
+    Tar,
+}
+
+/// Extraction limits. All sizes are uncompressed bytes actually written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sum of all file sizes. Default 512 MiB.
+    pub max_total_bytes: u64,
+    /// Number of entries (files and directories). Default 20,000.
+    pub max_entries: u64,
+    /// Size of one file. Default 100 MiB.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_total_bytes: 512 * 1024 * 1024,
+            max_entries: 20_000,
+            max_entry_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// What [`extract`] did.
+#[derive(Debug, Clone)]
+pub struct ExtractSummary {
+    /// Entries extracted (files and directories; pax/global headers not counted).
+    pub entries: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Regular files written.
+    pub files: u64,
+    pub format: ArchiveFormat,
+    /// Checksums streamed while writing; use [`ExtractSummary::checksum`].
+    pub content: DirectoryHasher,
+}
+
+impl ExtractSummary {
+    /// The "attune-pack-file-v1" checksum (bare hex) of `pack_root`, a directory at or
+    /// below `dest` (typically [`find_pack_root`]'s answer). Computed while extracting
+    /// when possible, else by re-reading `pack_root` (see [`DirectoryHasher`]). Only
+    /// valid while the extracted tree is unmodified.
+    pub fn checksum(&self, dest: &Path, pack_root: &Path) -> Result<String, ChecksumError> {
+        self.content.checksum(dest, pack_root)
+    }
+}
+
+/// Errors from sniffing, extraction and pack-root search.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive entry {entry:?} has an unsafe path: {reason}")]
+    UnsafePath { entry: String, reason: &'static str },
+    #[error(
+        "archive entry {entry:?} is a link; packs may contain only regular files and directories"
+    )]
+    Link { entry: String },
+    #[error(
+        "archive entry {entry:?} is a {kind}; packs may contain only regular files and directories"
+    )]
+    SpecialFile { entry: String, kind: String },
+    #[error(
+        "archive entry {entry:?} appears twice, or clashes with a file of the same name ({reason})"
+    )]
+    Duplicate { entry: String, reason: &'static str },
+    #[error("archive has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("archive entry {entry:?} is larger than the {limit}-byte limit per file")]
+    EntryTooLarge { entry: String, limit: u64 },
+    #[error("archive expands to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{path}: not a supported archive (zip, tar.gz or tar): {seen}")]
+    UnknownFormat { path: PathBuf, seen: String },
+    #[error("corrupt or unsupported archive: {detail}")]
+    Corrupt { detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("extraction cancelled")]
+    Cancelled,
+    #[error("no pack.yaml found at the archive root, in pack/, or in a single top-level directory")]
+    NoPackRoot,
+    #[error("several directories contain a pack.yaml, cannot tell which is the pack: {}", .0.join(", "))]
+    SeveralPackRoots(Vec<String>),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ArchiveError {
+    ArchiveError::Corrupt {
+        detail: e.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sniffing
+// ---------------------------------------------------------------------------
+
+/// Detects the archive format from the file's first bytes (not its name): zip local
+/// header `PK\x03\x04` or empty-zip end record `PK\x05\x06`; gzip `1f 8b` (taken to be a
+/// gzip-compressed tar); POSIX/GNU tar `ustar` magic at offset 257; or an old (v7) tar
+/// header, accepted only if its header checksum verifies.
+pub fn sniff_format(path: &Path) -> Result<ArchiveFormat, ArchiveError> {
+    let mut f = File::open(path).map_err(io_at(path))?;
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_at(path)(e)),
+        }
+    }
+    sniff_bytes(&head[..n]).ok_or_else(|| ArchiveError::UnknownFormat {
+        path: path.to_path_buf(),
+        seen: describe_head(&head[..n]),
+    })
+}
+
+fn sniff_bytes(b: &[u8]) -> Option<ArchiveFormat> {
+    if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
+        return Some(ArchiveFormat::Zip);
+    }
+    if b.starts_with(&[0x1f, 0x8b]) {
+        return Some(ArchiveFormat::TarGz);
+    }
+    if b.len() >= 512 {
+        if &b[257..262] == b"ustar" {
+            return Some(ArchiveFormat::Tar);
+        }
+        if v7_tar_header_ok(&b[..512]) {
+            return Some(ArchiveFormat::Tar);
+        }
+    }
+    None
+}
+
+/// An old-style tar header: non-empty NUL-terminated name, and the octal checksum
+/// field equals the byte sum of the header with the checksum field read as spaces.
+fn v7_tar_header_ok(h: &[u8]) -> bool {
+    if h[0] == 0 || !h[..100].contains(&0) {
+        return false;
+    }
+    let field = &h[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|c| *c == b' ')
+        .take_while(|c| (b'0'..=b'7').contains(c))
+        .collect();
+    if digits.is_empty() {
+        return false;
+    }
+    let Ok(want) = u32::from_str_radix(std::str::from_utf8(&digits).unwrap_or("x"), 8) else {
+        return false;
+    };
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                c as u32
+            }
+        })
+        .sum();
+    sum == want
+}
+
+fn describe_head(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "the file is empty".into();
+    }
+    let hexed: Vec<String> = b.iter().take(8).map(|c| format!("{c:02x}")).collect();
+    let start = String::from_utf8_lossy(&b[..b.len().min(64)]).to_lowercase();
+    let start = start.trim_start();
+    let hint = if start.starts_with("<!doctype html") || start.starts_with("<html") {
+        " (an HTML page: an error or login page instead of the archive?)"
+    } else if start.starts_with('{') || start.starts_with('[') {
+        " (looks like JSON)"
+    } else if b.starts_with(b"BZh") {
+        " (bzip2, not supported)"
+    } else if b.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
+        " (xz, not supported)"
+    } else if b.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        " (zstd, not supported)"
+    } else {
+        ""
+    };
+    format!("first bytes {}{hint}", hexed.join(" "))
+}
+
+// ---------------------------------------------------------------------------
+// Path validation
+// ---------------------------------------------------------------------------
+
+/// Validates an archive entry name and returns it normalised: `/`-joined components,
+/// `.` and empty components dropped, and whether it named a directory (trailing `/`).
+/// `Ok(None)` for the archive root itself (e.g. `./`).
+fn clean_path(raw: &[u8]) -> Result<Option<(String, bool)>, ArchiveError> {
+    let lossy = || String::from_utf8_lossy(raw).into_owned();
+    let unsafe_path = |reason| ArchiveError::UnsafePath {
+        entry: lossy(),
+        reason,
+    };
+    let s = std::str::from_utf8(raw).map_err(|_| unsafe_path("name is not valid UTF-8"))?;
+    if s.is_empty() {
+        return Err(unsafe_path("empty name"));
+    }
+    if s.contains('\0') {
+        return Err(unsafe_path("name contains a NUL byte"));
+    }
+    if s.starts_with('/') {
+        return Err(unsafe_path("absolute path"));
+    }
+    if s.contains('\\') {
+        return Err(unsafe_path(
+            "contains a backslash (Windows path separator or prefix)",
+        ));
+    }
+    let mut out = String::with_capacity(s.len());
+    for (i, comp) in s.split('/').enumerate() {
+        match comp {
+            "" | "." => continue,
+            ".." => return Err(unsafe_path("contains a '..' component")),
+            c => {
+                let b = c.as_bytes();
+                if i == 0 && b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+                    return Err(unsafe_path("starts with a Windows drive letter"));
+                }
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((out, s.ends_with('/'))))
+}
+
+// ---------------------------------------------------------------------------
+// Extraction
+// ---------------------------------------------------------------------------
+
+/// Extracts `archive` (format sniffed from its bytes) into `dest`, an existing empty
+/// directory created by the caller. Refuses absolute paths, `..`, Windows drive
+/// letters/backslashes, links, devices/fifos, duplicate paths and entries beneath a
+/// file, and anything beyond `limits`. Reports `Stage::Extract` progress every 256
+/// entries and stops with [`ArchiveError::Cancelled`] when the reporter's receiver is
+/// gone.
+///
+/// On error `dest` may hold a partial tree: the caller deletes it.
+pub fn extract(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    reporter: &Reporter,
+) -> Result<ExtractSummary, ArchiveError> {
+    let format = sniff_format(archive)?;
+    let file = File::open(archive).map_err(io_at(archive))?;
+    let mut sink = Sink::new(dest, limits, reporter, format);
+    match format {
+        ArchiveFormat::Zip => extract_zip(BufReader::with_capacity(BUF_SIZE, file), &mut sink)?,
+        ArchiveFormat::Tar => extract_tar(BufReader::with_capacity(BUF_SIZE, file), &mut sink)?,
+        ArchiveFormat::TarGz => {
+            let cap = tar_stream_cap(limits);
+            std::thread::scope(|s| {
+                let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+                let (pool_tx, pool_rx) = mpsc::channel::<Vec<u8>>();
+                s.spawn(move || inflate_thread(file, cap, tx, pool_rx));
+                let reader = ChannelReader {
+                    rx,
+                    pool: pool_tx,
+                    cur: Vec::new(),
+                    pos: 0,
+                };
+                // `reader` (and with it the receiver) is dropped when this returns,
+                // which stops the inflating thread if we stop early.
+                extract_tar(reader, &mut sink)
+            })?;
+        }
+    }
+    sink.progress();
+    Ok(sink.finish())
+}
+
+/// Upper bound for the decompressed tar stream: file data plus generous room for
+/// headers and padding. Bounds memory the tar crate may use for GNU long names / pax
+/// records, which it buffers whole.
+fn tar_stream_cap(l: &Limits) -> u64 {
+    l.max_total_bytes
+        .saturating_add(l.max_entries.saturating_mul(4 * 1024))
+        .saturating_add(1024 * 1024)
+}
+
+fn inflate_thread(
+    file: File,
+    cap: u64,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    pool: mpsc::Receiver<Vec<u8>>,
+) {
+    let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(BUF_SIZE, file));
+    let mut gz = gz.take(cap.saturating_add(1));
+    let mut total = 0u64;
+    loop {
+        let mut buf = pool
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BUF_SIZE));
+        buf.resize(BUF_SIZE, 0);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match gz.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("gzip: {e}"),
+                    )));
+                    return;
+                }
+            }
+        }
+        total += filled as u64;
+        if total > cap {
+            let _ = tx.send(Err(io::Error::other(TarStreamTooLarge)));
+            return;
+        }
+        if filled == 0 {
+            return; // EOF: dropping `tx` signals it.
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(buf)).is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TarStreamTooLarge;
+impl std::fmt::Display for TarStreamTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("decompressed tar stream exceeds the limits")
+    }
+}
+impl std::error::Error for TarStreamTooLarge {}
+
+/// Reads the chunks produced by the inflating thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    pool: mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(next)) => {
+                    let old = std::mem::replace(&mut self.cur, next);
+                    let _ = self.pool.send(old);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+}
+
+/// The writing side shared by all formats: path bookkeeping, limits, progress.
+struct Sink<'a> {
+    dest: &'a Path,
+    limits: &'a Limits,
+    reporter: &'a Reporter,
+    format: ArchiveFormat,
+    seen: HashMap<String, Kind>,
+    entries: u64,
+    files: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+    hasher: DirectoryHasher,
+    total_hint: Option<u64>,
+}
+
+impl<'a> Sink<'a> {
+    fn new(
+        dest: &'a Path,
+        limits: &'a Limits,
+        reporter: &'a Reporter,
+        format: ArchiveFormat,
+    ) -> Self {
+        Self {
+            dest,
+            limits,
+            reporter,
+            format,
+            seen: HashMap::new(),
+            entries: 0,
+            files: 0,
+            bytes: 0,
+            buf: vec![0u8; BUF_SIZE],
+            hasher: DirectoryHasher::new(),
+            total_hint: None,
+        }
+    }
+
+    fn finish(self) -> ExtractSummary {
+        ExtractSummary {
+            entries: self.entries,
+            bytes: self.bytes,
+            files: self.files,
+            format: self.format,
+            content: self.hasher,
+        }
+    }
+
+    fn progress(&self) {
+        self.reporter.count(
+            Stage::Extract,
+            format!("{} files, {} bytes extracted", self.files, self.bytes),
+            self.entries,
+            self.total_hint,
+        );
+    }
+
+    /// Counts an entry, checks cancellation and reports progress.
+    fn next_entry(&mut self) -> Result<(), ArchiveError> {
+        if self.reporter.is_cancelled() {
+            return Err(ArchiveError::Cancelled);
+        }
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
+        if self.entries.is_multiple_of(PROGRESS_EVERY) {
+            self.progress();
+        }
+        Ok(())
+    }
+
+    /// Records `path` (and its ancestors, creating missing ones) as `kind`.
+    /// Returns whether the directory still needs creating (false if already there).
+    fn claim(&mut self, path: &str, kind: Kind) -> Result<bool, ArchiveError> {
+        // Ancestors must be directories (ours).
+        let mut missing_from = None;
+        for (i, _) in path.match_indices('/') {
+            match self.seen.get(&path[..i]) {
+                Some(Kind::File) => {
+                    return Err(ArchiveError::Duplicate {
+                        entry: path.to_string(),
+                        reason: "a parent directory was extracted as a file",
+                    });
+                }
+                Some(Kind::Dir) => {}
+                None => {
+                    if missing_from.is_none() {
+                        missing_from = Some(i);
+                    }
+                }
+            }
+        }
+        if let Some(first) = missing_from {
+            let parent = &path[..path.rfind('/').unwrap_or(0)];
+            fs::create_dir_all(self.dest.join(parent)).map_err(io_at(&self.dest.join(parent)))?;
+            for (i, _) in path.match_indices('/').filter(|(i, _)| *i >= first) {
+                self.seen.insert(path[..i].to_string(), Kind::Dir);
+            }
+        }
+        match (self.seen.get(path), kind) {
+            (None, _) => {
+                self.seen.insert(path.to_string(), kind);
+                Ok(true)
+            }
+            (Some(Kind::Dir), Kind::Dir) => Ok(false),
+            (Some(_), _) => Err(ArchiveError::Duplicate {
+                entry: path.to_string(),
+                reason: "duplicate path",
+            }),
+        }
+    }
+
+    fn dir(&mut self, path: &str) -> Result<(), ArchiveError> {
+        if self.claim(path, Kind::Dir)? {
+            let p = self.dest.join(path);
+            fs::create_dir(&p).map_err(io_at(&p))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one regular file from `data`, hashing it on the way. `declared` is the
+    /// header's size (used only for the checksum framing; the limits use real bytes).
+    fn file(
+        &mut self,
+        path: &str,
+        executable: bool,
+        declared: u64,
+        data: &mut dyn Read,
+    ) -> Result<u64, ArchiveError> {
+        if declared > self.limits.max_entry_bytes {
+            return Err(ArchiveError::EntryTooLarge {
+                entry: path.to_string(),
+                limit: self.limits.max_entry_bytes,
+            });
+        }
+        self.claim(path, Kind::File)?;
+        let p = self.dest.join(path);
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(if executable { 0o755 } else { 0o644 });
+        }
+        #[cfg(not(unix))]
+        let _ = executable;
+        let mut out = opts.open(&p).map_err(io_at(&p))?;
+        self.hasher.begin_file(path, declared);
+        let mut written = 0u64;
+        let mut next_check = CANCEL_CHECK_BYTES;
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e, self.limits)),
+            };
+            written += n as u64;
+            if written > self.limits.max_entry_bytes {
+                return Err(ArchiveError::EntryTooLarge {
+                    entry: path.to_string(),
+                    limit: self.limits.max_entry_bytes,
+                });
+            }
+            if self.bytes + written > self.limits.max_total_bytes {
+                return Err(ArchiveError::TooLarge {
+                    limit: self.limits.max_total_bytes,
+                });
+            }
+            let chunk = &self.buf[..n];
+            self.hasher.update(chunk);
+            out.write_all(chunk).map_err(io_at(&p))?;
+            if written >= next_check {
+                next_check += CANCEL_CHECK_BYTES;
+                if self.reporter.is_cancelled() {
+                    return Err(ArchiveError::Cancelled);
+                }
+            }
+        }
+        self.hasher.end_file(declared, written);
+        self.bytes += written;
+        self.files += 1;
+        Ok(written)
+    }
+}
+
+fn read_error(e: io::Error, limits: &Limits) -> ArchiveError {
+    if e.get_ref().is_some_and(|i| i.is::<TarStreamTooLarge>()) {
+        return ArchiveError::TooLarge {
+            limit: limits.max_total_bytes,
+        };
+    }
+    corrupt(e)
+}
+
+fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+    let mut ar = tar::Archive::new(reader);
+    let limits = *sink.limits;
+    let entries = ar.entries().map_err(|e| read_error(e, &limits))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| read_error(e, &limits))?;
+        let header = entry.header();
+        let et = header.entry_type();
+        if et.is_pax_global_extensions() {
+            continue; // e.g. GitHub's commit id comment
+        }
+        sink.next_entry()?;
+        let raw = entry.path_bytes();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let cleaned = clean_path(&raw)?;
+        let kind = match et {
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(ArchiveError::Link { entry: name });
+            }
+            other => {
+                let kind = match other {
+                    tar::EntryType::Char => "character device".to_string(),
+                    tar::EntryType::Block => "block device".to_string(),
+                    tar::EntryType::Fifo => "fifo".to_string(),
+                    tar::EntryType::GNUSparse => "sparse file".to_string(),
+                    o => format!("tar entry of type {:?}", o.as_byte() as char),
+                };
+                return Err(ArchiveError::SpecialFile { entry: name, kind });
+            }
+        };
+        let Some((path, _)) = cleaned else {
+            if kind == Kind::Dir {
+                continue; // "./"
+            }
+            return Err(ArchiveError::UnsafePath {
+                entry: name,
+                reason: "a file entry names the archive root",
+            });
+        };
+        match kind {
+            Kind::Dir => sink.dir(&path)?,
+            Kind::File => {
+                let mode = header.mode().map_err(corrupt)?;
+                let size = entry.size();
+                let written = sink.file(&path, mode & 0o111 != 0, size, &mut entry)?;
+                if written != size {
+                    return Err(corrupt(format!("{name}: truncated entry")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+
+fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+    let mut zip = zip::ZipArchive::new(reader).map_err(corrupt)?;
+    let n = zip.len() as u64;
+    if n > sink.limits.max_entries {
+        return Err(ArchiveError::TooManyEntries {
+            limit: sink.limits.max_entries,
+        });
+    }
+    sink.total_hint = Some(n);
+    for i in 0..zip.len() {
+        sink.next_entry()?;
+        let mut f = zip.by_index(i).map_err(corrupt)?;
+        let raw = f.name_raw().to_vec();
+        let name = f
+            .name()
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(&raw).into_owned());
+        // Our own validation on the decoded name (zip's `enclosed_name` strips a
+        // leading `/` and resolves `a/../b`, which we prefer to refuse outright), plus
+        // `enclosed_name` itself as a second opinion.
+        let cleaned = clean_path(name.as_bytes())?;
+        if f.enclosed_name().is_none() {
+            return Err(ArchiveError::UnsafePath {
+                entry: name,
+                reason: "escapes the extraction directory",
+            });
+        }
+        let mode = f.unix_mode();
+        let fmt = mode.map(|m| m & S_IFMT).unwrap_or(0);
+        if f.is_symlink() || fmt == S_IFLNK {
+            return Err(ArchiveError::Link { entry: name });
+        }
+        if fmt != 0 && fmt != S_IFREG && fmt != S_IFDIR {
+            let kind = match fmt {
+                0o020000 => "character device",
+                0o060000 => "block device",
+                0o010000 => "fifo",
+                0o140000 => "socket",
+                _ => "special file",
+            };
+            return Err(ArchiveError::SpecialFile {
+                entry: name,
+                kind: kind.into(),
+            });
+        }
+        if f.encrypted() {
+            return Err(corrupt(format!(
+                "{name}: encrypted entries are not supported"
+            )));
+        }
+        let is_dir = f.is_dir() || fmt == S_IFDIR;
+        let Some((path, _)) = cleaned else {
+            if is_dir {
+                continue;
+            }
+            return Err(ArchiveError::UnsafePath {
+                entry: name,
+                reason: "a file entry names the archive root",
+            });
+        };
+        if is_dir {
+            sink.dir(&path)?;
+        } else {
+            let size = f.size();
+            let exec = mode.is_some_and(|m| m & 0o111 != 0);
+            let written = sink.file(&path, exec, size, &mut f)?;
+            if written != size {
+                return Err(corrupt(format!(
+                    "{name}: {written} bytes inflated but the header says {size}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Pack root
+// ---------------------------------------------------------------------------
+
+/// Locates the pack root in an extracted archive, deterministically:
+/// 1. `dir` if it has `pack.yaml`;
+/// 2. else `dir/pack` if it has one;
+/// 3. else the top-level directory `D` with `D/pack.yaml` or `D/pack/pack.yaml`
+///    (GitHub tarballs: `repo-<sha>/pack.yaml`), if exactly one top-level directory has
+///    one. Several → [`ArchiveError::SeveralPackRoots`] listing them (sorted).
+///
+/// `pack.yaml` must be a regular file (a symlink or directory named so does not count).
+pub fn find_pack_root(dir: &Path) -> Result<PathBuf, ArchiveError> {
+    let has =
+        |d: &Path| fs::symlink_metadata(d.join("pack.yaml")).is_ok_and(|m| m.file_type().is_file());
+    if has(dir) {
+        return Ok(dir.to_path_buf());
+    }
+    let pack = dir.join("pack");
+    if is_real_dir(&pack) && has(&pack) {
+        return Ok(pack);
+    }
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        if !entry.file_type().map_err(io_at(&entry.path()))?.is_dir() {
+            continue;
+        }
+        let d = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if has(&d) {
+            found.push((name, d));
+        } else {
+            let p = d.join("pack");
+            if is_real_dir(&p) && has(&p) {
+                found.push((format!("{name}/pack"), p));
+            }
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Err(ArchiveError::NoPackRoot),
+        1 => Ok(found.pop().map(|(_, p)| p).unwrap_or_default()),
+        _ => Err(ArchiveError::SeveralPackRoots(
+            found.into_iter().map(|(n, _)| n).collect(),
+        )),
+    }
+}
+
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::directory_checksum;
+    use std::io::Cursor;
+
+    struct Fx {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        dest: PathBuf,
+    }
+
+    fn fx() -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let dest = root.join("dest");
+        fs::create_dir(&dest).unwrap();
+        Fx {
+            _tmp: tmp,
+            root,
+            dest,
+        }
+    }
+
+    impl Fx {
+        fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let p = self.root.join(name);
+            fs::write(&p, bytes).unwrap();
+            p
+        }
+        fn run(&self, archive: &Path, limits: &Limits) -> Result<ExtractSummary, ArchiveError> {
+            extract(archive, &self.dest, limits, &Reporter::noop())
+        }
+        /// Everything under the temp root except the archives themselves and `dest`.
+        fn outside(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(&self.root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "dest" && !n.starts_with("in."))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    /// A raw tar header with an arbitrary (unchecked) name.
+    fn raw_header(name: &str, et: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        {
+            let b = h.as_old_mut();
+            b.name = [0; 100];
+            b.name[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        h.set_entry_type(et);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_cksum();
+        h
+    }
+
+    enum E<'a> {
+        File(&'a str, &'a [u8], u32),
+        Dir(&'a str),
+        Link(&'a str, &'a str, tar::EntryType),
+        Raw(Box<tar::Header>, &'a [u8]),
+    }
+
+    fn tar_bytes(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            match e {
+                E::File(n, d, mode) => {
+                    let h = raw_header(n, tar::EntryType::Regular, d.len() as u64, *mode);
+                    b.append(&h, *d).unwrap();
+                }
+                E::Dir(n) => {
+                    let h = raw_header(n, tar::EntryType::Directory, 0, 0o755);
+                    b.append(&h, io::empty()).unwrap();
+                }
+                E::Link(n, target, et) => {
+                    let mut h = raw_header(n, *et, 0, 0o777);
+                    h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, io::empty()).unwrap();
+                }
+                E::Raw(h, d) => b.append(h, *d).unwrap(),
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zip_bytes(f: impl FnOnce(&mut zip::ZipWriter<Cursor<Vec<u8>>>)) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        f(&mut w);
+        w.finish().unwrap().into_inner()
+    }
+
+    fn zopts(mode: u32) -> zip::write::SimpleFileOptions {
+        zip::write::SimpleFileOptions::default().unix_permissions(mode)
+    }
+
+    #[cfg(unix)]
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn sample_pack(prefix: &str) -> Vec<u8> {
+        let p = |s: &str| format!("{prefix}{s}");
+        let (a, b, c, d) = (
+            p("actions/"),
+            p("actions/run.sh"),
+            p("actions/run.yaml"),
+            p("pack.yaml"),
+        );
+        let mut v = Vec::new();
+        if !prefix.is_empty() {
+            v.push(E::Dir(prefix));
+        }
+        v.extend([
+            E::Dir(&a),
+            E::File(&b, b"#!/bin/sh\necho hi\n", 0o4755),
+            E::File(&c, b"name: run\n", 0o644),
+            E::File(&d, b"ref: sample\nversion: 1.0.0\n", 0o664),
+        ]);
+        tar_bytes(&v)
+    }
+
+    // ---- positive ----
+
+    #[test]
+    fn tar_gz_flat_pack() {
+        let f = fx();
+        let a = f.write("in.tar.gz", &gz(&sample_pack("")));
+        assert_eq!(sniff_format(&a).unwrap(), ArchiveFormat::TarGz);
+        let s = f.run(&a, &Limits::default()).unwrap();
+        assert_eq!((s.entries, s.files), (4, 3));
+        assert_eq!(s.bytes, 18 + 10 + 27);
+        assert_eq!(
+            fs::read(f.dest.join("actions/run.sh")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        #[cfg(unix)]
+        {
+            // Executable bit kept, setuid dropped; others 0644.
+            assert_eq!(mode_of(&f.dest.join("actions/run.sh")) & 0o7111, 0o111);
+            assert_eq!(mode_of(&f.dest.join("pack.yaml")) & 0o111, 0);
+        }
+        let root = find_pack_root(&f.dest).unwrap();
+        assert_eq!(root, f.dest);
+        let want = directory_checksum(&root).unwrap();
+        assert_eq!(s.content.streamed("").as_deref(), Some(want.as_str()));
+        assert_eq!(s.checksum(&f.dest, &root).unwrap(), want);
+        assert!(f.outside().is_empty());
+    }
+
+    #[test]
+    fn tgz_with_top_level_dir_and_pax_global_header() {
+        let f = fx();
+        let mut pax = tar::Header::new_ustar();
+        pax.set_entry_type(tar::EntryType::XGlobalHeader);
+        let comment = b"52 comment=0123456789012345678901234567890123456789\n";
+        pax.set_size(comment.len() as u64);
+        pax.set_path("pax_global_header").unwrap();
+        pax.set_cksum();
+        let mut b = tar_bytes(&[E::Raw(Box::new(pax), comment)]);
+        b.truncate(b.len() - 1024); // drop the end-of-archive blocks
+        b.extend(sample_pack("repo-0123abc/"));
+        let a = f.write("in.tgz", &gz(&b));
+        let s = f.run(&a, &Limits::default()).unwrap();
+        assert_eq!(s.entries, 5);
+        let root = find_pack_root(&f.dest).unwrap();
+        assert_eq!(root, f.dest.join("repo-0123abc"));
+        let want = directory_checksum(&root).unwrap();
+        assert_eq!(
+            s.content.streamed("repo-0123abc").as_deref(),
+            Some(want.as_str())
+        );
+        assert_eq!(s.checksum(&f.dest, &root).unwrap(), want);
+        assert!(!f.dest.join("pax_global_header").exists());
+    }
+
+    #[test]
+    fn plain_tar_and_v7_tar() {
+        let f = fx();
+        let a = f.write("in.tar", &sample_pack("./"));
+        assert_eq!(sniff_format(&a).unwrap(), ArchiveFormat::Tar);
+        f.run(&a, &Limits::default()).unwrap();
+        assert_eq!(find_pack_root(&f.dest).unwrap(), f.dest);
+
+        // Old (v7) header: no ustar magic.
+        let mut h = tar::Header::new_old();
+        h.set_path("pack.yaml").unwrap();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        let bytes = tar_bytes(&[E::Raw(Box::new(h), b"x: 1")]);
+        assert_ne!(&bytes[257..262], b"ustar");
+        let g = fx();
+        let a = g.write("in.v7", &bytes);
+        assert_eq!(sniff_format(&a).unwrap(), ArchiveFormat::Tar);
+        g.run(&a, &Limits::default()).unwrap();
+        assert_eq!(fs::read(g.dest.join("pack.yaml")).unwrap(), b"x: 1");
+    }
+
+    #[test]
+    fn zip_pack_keeps_exec_bit() {
+        let f = fx();
+        let z = zip_bytes(|w| {
+            w.add_directory("mypack/", zopts(0o755)).unwrap();
+            w.start_file("mypack/pack.yaml", zopts(0o644)).unwrap();
+            w.write_all(b"ref: z\n").unwrap();
+            w.start_file("mypack/actions/go.sh", zopts(0o755)).unwrap();
+            w.write_all(&b"echo go\n".repeat(1000)).unwrap();
+        });
+        let a = f.write("in.zip", &z);
+        let s = f.run(&a, &Limits::default()).unwrap();
+        assert_eq!((s.entries, s.files), (3, 2));
+        #[cfg(unix)]
+        assert_eq!(mode_of(&f.dest.join("mypack/actions/go.sh")) & 0o111, 0o111);
+        let root = find_pack_root(&f.dest).unwrap();
+        assert_eq!(root, f.dest.join("mypack"));
+        assert_eq!(
+            s.checksum(&f.dest, &root).unwrap(),
+            directory_checksum(&root).unwrap()
+        );
+    }
+
+    #[test]
+    fn sniffing_ignores_misleading_names() {
+        let f = fx();
+        let z = zip_bytes(|w| {
+            w.start_file("pack.yaml", zopts(0o644)).unwrap();
+            w.write_all(b"ref: z\n").unwrap();
+        });
+        let a = f.write("in.tar.gz", &z);
+        assert_eq!(sniff_format(&a).unwrap(), ArchiveFormat::Zip);
+        f.run(&a, &Limits::default()).unwrap();
+        assert!(f.dest.join("pack.yaml").is_file());
+        let t = f.write("in.zip", &gz(&sample_pack("")));
+        assert_eq!(sniff_format(&t).unwrap(), ArchiveFormat::TarGz);
+        let empty_zip = zip_bytes(|_| {});
+        let e = f.write("in.empty", &empty_zip);
+        assert_eq!(sniff_format(&e).unwrap(), ArchiveFormat::Zip);
+    }
+
+    #[test]
+    fn unknown_and_corrupt() {
+        let f = fx();
+        let a = f.write("in.tar.gz", b"<!DOCTYPE html><html>login</html>");
+        let e = sniff_format(&a).unwrap_err();
+        assert!(matches!(e, ArchiveError::UnknownFormat { .. }));
+        assert!(e.to_string().contains("HTML"), "{e}");
+        let a = f.write("in.empty", b"");
+        assert!(
+            f.run(&a, &Limits::default())
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+
+        let mut bad = gz(&sample_pack(""));
+        bad.truncate(bad.len() / 2);
+        let a = f.write("in.trunc", &bad);
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e:?}");
+    }
+
+    // ---- pack root ----
+
+    #[test]
+    fn pack_root_rules() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let mk = |rel: &str| {
+            let p = d.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "ref: x\n").unwrap();
+        };
+        assert!(matches!(find_pack_root(d), Err(ArchiveError::NoPackRoot)));
+        mk("b-repo/pack/pack.yaml");
+        assert_eq!(find_pack_root(d).unwrap(), d.join("b-repo/pack"));
+        mk("a-repo/pack.yaml");
+        match find_pack_root(d) {
+            Err(ArchiveError::SeveralPackRoots(v)) => assert_eq!(v, ["a-repo", "b-repo/pack"]),
+            other => panic!("{other:?}"),
+        }
+        let e = find_pack_root(d).unwrap_err().to_string();
+        assert!(e.contains("a-repo, b-repo/pack"), "{e}");
+        mk("pack/pack.yaml");
+        assert_eq!(find_pack_root(d).unwrap(), d.join("pack"));
+        mk("pack.yaml");
+        assert_eq!(find_pack_root(d).unwrap(), d);
+        assert_eq!(
+            ArchiveError::NoPackRoot.to_string(),
+            "no pack.yaml found at the archive root, in pack/, or in a single top-level directory"
+        );
+    }
+
+    // ---- hostile tar ----
+
+    fn expect_tar_err(entries: &[E<'_>], check: impl Fn(&ArchiveError) -> bool) {
+        let f = fx();
+        let a = f.write("in.tar.gz", &gz(&tar_bytes(entries)));
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(check(&e), "unexpected error: {e:?}");
+        assert!(
+            f.outside().is_empty(),
+            "wrote outside dest: {:?}",
+            f.outside()
+        );
+        // And the plain-tar path behaves the same.
+        let g = fx();
+        let a = g.write("in.tar", &tar_bytes(entries));
+        let e = g.run(&a, &Limits::default()).unwrap_err();
+        assert!(check(&e), "unexpected error (tar): {e:?}");
+        assert!(g.outside().is_empty());
+    }
+
+    #[test]
+    fn tar_dotdot() {
+        expect_tar_err(
+            &[E::File("../evil", b"x", 0o644)],
+            |e| matches!(e, ArchiveError::UnsafePath { entry, .. } if entry == "../evil"),
+        );
+        expect_tar_err(&[E::File("a/../../evil", b"x", 0o644)], |e| {
+            matches!(e, ArchiveError::UnsafePath { .. })
+        });
+    }
+
+    #[test]
+    fn tar_absolute_and_windows() {
+        let f = fx();
+        let target = format!("{}/abs-evil", f.root.display());
+        let a = f.write("in.tar", &tar_bytes(&[E::File(&target, b"x", 0o644)]));
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ArchiveError::UnsafePath {
+                    reason: "absolute path",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!Path::new(&target).exists());
+        expect_tar_err(&[E::File("/etc/x", b"x", 0o644)], |e| {
+            matches!(e, ArchiveError::UnsafePath { .. })
+        });
+        expect_tar_err(&[E::File("C:/x", b"x", 0o644)], |e| {
+            matches!(e, ArchiveError::UnsafePath { .. })
+        });
+        expect_tar_err(&[E::File("..\\evil", b"x", 0o644)], |e| {
+            matches!(e, ArchiveError::UnsafePath { .. })
+        });
+    }
+
+    #[test]
+    fn tar_symlinks_and_hardlinks() {
+        use tar::EntryType::{Link, Symlink};
+        expect_tar_err(
+            &[E::Link("passwd", "/etc/passwd", Symlink)],
+            |e| matches!(e, ArchiveError::Link { entry } if entry == "passwd"),
+        );
+        // Symlink escape followed by a write through it.
+        expect_tar_err(
+            &[
+                E::Link("esc", "..", Symlink),
+                E::File("esc/evil", b"pwned", 0o644),
+            ],
+            |e| matches!(e, ArchiveError::Link { entry } if entry == "esc"),
+        );
+        expect_tar_err(
+            &[E::File("a", b"x", 0o644), E::Link("hard", "a", Link)],
+            |e| matches!(e, ArchiveError::Link { entry } if entry == "hard"),
+        );
+    }
+
+    #[test]
+    fn tar_devices_and_fifos() {
+        expect_tar_err(
+            &[E::Raw(
+                Box::new(raw_header("dev", tar::EntryType::Char, 0, 0o644)),
+                b"",
+            )],
+            |e| matches!(e, ArchiveError::SpecialFile { kind, .. } if kind == "character device"),
+        );
+        expect_tar_err(
+            &[E::Raw(
+                Box::new(raw_header("blk", tar::EntryType::Block, 0, 0o644)),
+                b"",
+            )],
+            |e| matches!(e, ArchiveError::SpecialFile { kind, .. } if kind == "block device"),
+        );
+        expect_tar_err(
+            &[E::Raw(
+                Box::new(raw_header("p", tar::EntryType::Fifo, 0, 0o644)),
+                b"",
+            )],
+            |e| matches!(e, ArchiveError::SpecialFile { kind, .. } if kind == "fifo"),
+        );
+    }
+
+    #[test]
+    fn tar_duplicates_and_file_parents() {
+        expect_tar_err(
+            &[E::File("a", b"1", 0o644), E::File("a", b"2", 0o644)],
+            |e| matches!(e, ArchiveError::Duplicate { .. }),
+        );
+        expect_tar_err(
+            &[E::File("a", b"1", 0o644), E::File("a/b", b"2", 0o644)],
+            |e| matches!(e, ArchiveError::Duplicate { .. }),
+        );
+        expect_tar_err(&[E::File("a", b"1", 0o644), E::Dir("a/")], |e| {
+            matches!(e, ArchiveError::Duplicate { .. })
+        });
+        // A directory listed twice, or after its contents, is fine.
+        let f = fx();
+        let a = f.write(
+            "in.tar",
+            &tar_bytes(&[E::File("d/x", b"1", 0o644), E::Dir("d/"), E::Dir("d")]),
+        );
+        f.run(&a, &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn tar_limits() {
+        let big = vec![7u8; 2000];
+        let f = fx();
+        let a = f.write("in.tar.gz", &gz(&tar_bytes(&[E::File("big", &big, 0o644)])));
+        let limits = Limits {
+            max_entry_bytes: 1000,
+            ..Limits::default()
+        };
+        let e = f.run(&a, &limits).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::EntryTooLarge { limit: 1000, .. }),
+            "{e:?}"
+        );
+
+        let names: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+        let entries: Vec<E<'_>> = names.iter().map(|n| E::File(n, b"x", 0o644)).collect();
+        let g = fx();
+        let a = g.write("in.tar", &tar_bytes(&entries));
+        let limits = Limits {
+            max_entries: 10,
+            ..Limits::default()
+        };
+        let e = g.run(&a, &limits).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::TooManyEntries { limit: 10 }),
+            "{e:?}"
+        );
+        assert!(fs::read_dir(&g.dest).unwrap().count() <= 10);
+
+        let h = fx();
+        let a = h.write("in.tar", &tar_bytes(&entries));
+        let limits = Limits {
+            max_total_bytes: 5,
+            ..Limits::default()
+        };
+        let e = h.run(&a, &limits).unwrap_err();
+        assert!(matches!(e, ArchiveError::TooLarge { limit: 5 }), "{e:?}");
+    }
+
+    #[test]
+    fn gzip_bomb() {
+        // 200 MB of zeros in one entry compresses to ~200 KB.
+        const SIZE: u64 = 200 * 1024 * 1024;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        {
+            let mut b = tar::Builder::new(&mut enc);
+            let h = raw_header("zeros", tar::EntryType::Regular, SIZE, 0o644);
+            b.append(&h, io::repeat(0).take(SIZE)).unwrap();
+            b.finish().unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 2 * 1024 * 1024, "{}", bomb.len());
+        let f = fx();
+        let a = f.write("in.bomb", &bomb);
+        let limits = Limits {
+            max_total_bytes: 10 * 1024 * 1024,
+            max_entry_bytes: u64::MAX,
+            ..Limits::default()
+        };
+        let e = f.run(&a, &limits).unwrap_err();
+        assert!(matches!(e, ArchiveError::TooLarge { .. }), "{e:?}");
+        let written = fs::metadata(f.dest.join("zeros"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(written <= 10 * 1024 * 1024, "{written}");
+        // With default limits the per-entry limit trips first.
+        let e = f.run(&a, &Limits::default());
+        assert!(
+            matches!(e, Err(ArchiveError::EntryTooLarge { .. })),
+            "{e:?}"
+        );
+    }
+
+    // ---- hostile zip ----
+
+    fn expect_zip_err(z: Vec<u8>, check: impl Fn(&ArchiveError) -> bool) {
+        let f = fx();
+        let a = f.write("in.zip", &z);
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(check(&e), "unexpected error: {e:?}");
+        assert!(
+            f.outside().is_empty(),
+            "wrote outside dest: {:?}",
+            f.outside()
+        );
+    }
+
+    #[test]
+    fn zip_slip() {
+        let z = zip_bytes(|w| {
+            w.start_file("../../evil.txt", zopts(0o644)).unwrap();
+            w.write_all(b"pwned").unwrap();
+        });
+        expect_zip_err(
+            z,
+            |e| matches!(e, ArchiveError::UnsafePath { entry, .. } if entry == "../../evil.txt"),
+        );
+        let z = zip_bytes(|w| {
+            w.start_file("/abs.txt", zopts(0o644)).unwrap();
+            w.write_all(b"pwned").unwrap();
+        });
+        expect_zip_err(z, |e| matches!(e, ArchiveError::UnsafePath { .. }));
+    }
+
+    #[test]
+    fn zip_symlink() {
+        let z = zip_bytes(|w| {
+            w.add_symlink("link", "/etc/passwd", zopts(0o777)).unwrap();
+        });
+        expect_zip_err(
+            z,
+            |e| matches!(e, ArchiveError::Link { entry } if entry == "link"),
+        );
+    }
+
+    #[test]
+    fn zip_limits() {
+        let z = zip_bytes(|w| {
+            w.start_file("big", zopts(0o644)).unwrap();
+            w.write_all(&vec![0u8; 100_000]).unwrap();
+        });
+        let f = fx();
+        let a = f.write("in.zip", &z);
+        let limits = Limits {
+            max_entry_bytes: 50_000,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            f.run(&a, &limits),
+            Err(ArchiveError::EntryTooLarge { limit: 50_000, .. })
+        ));
+        let z = zip_bytes(|w| {
+            for i in 0..20 {
+                w.start_file(format!("f{i}"), zopts(0o644)).unwrap();
+            }
+        });
+        let g = fx();
+        let a = g.write("in.zip", &z);
+        let limits = Limits {
+            max_entries: 5,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            g.run(&a, &limits),
+            Err(ArchiveError::TooManyEntries { limit: 5 })
+        ));
+    }
+
+    // ---- progress and cancellation ----
+
+    #[test]
+    fn progress_and_cancel() {
+        let names: Vec<String> = (0..600).map(|i| format!("d/f{i:04}")).collect();
+        let entries: Vec<E<'_>> = names.iter().map(|n| E::File(n, b"x", 0o644)).collect();
+        let tarball = gz(&tar_bytes(&entries));
+
+        let f = fx();
+        let a = f.write("in.tgz", &tarball);
+        let (rep, mut rx) = Reporter::channel("p");
+        let s = extract(&a, &f.dest, &Limits::default(), &rep).unwrap();
+        assert_eq!(s.files, 600);
+        let mut events = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            events.push(ev);
+        }
+        assert!(events.len() >= 3, "{}", events.len());
+        assert!(events.iter().all(|e| e.stage == Stage::Extract));
+        assert_eq!(events.last().unwrap().done, Some(600));
+
+        let g = fx();
+        let a = g.write("in.tgz", &tarball);
+        let (rep, rx) = Reporter::channel("p");
+        drop(rx);
+        let e = extract(&a, &g.dest, &Limits::default(), &rep).unwrap_err();
+        assert!(matches!(e, ArchiveError::Cancelled));
+    }
+
+    #[test]
+    fn clean_path_rules() {
+        let ok = |s: &str| clean_path(s.as_bytes()).unwrap();
+        assert_eq!(ok("./a/./b/"), Some(("a/b".to_string(), true)));
+        assert_eq!(ok("a//b"), Some(("a/b".to_string(), false)));
+        assert_eq!(ok("./"), None);
+        assert_eq!(ok("dir:x/y"), Some(("dir:x/y".to_string(), false)));
+        for bad in ["../x", "a/..", "/x", "c:x", "a\\b", ""] {
+            assert!(clean_path(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(clean_path(b"\xff").is_err());
+    }
+}
