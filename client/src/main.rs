@@ -43,6 +43,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Download packs (registry refs, git URLs, archives, local paths) into a directory on the server.
+    Download {
+        /// Pack sources: `core`, `core@^1.2`, `github:org/repo@v1`, `https://…/p.tar.gz`, `/srv/p`.
+        #[arg(required = true)]
+        packs: Vec<String>,
+        /// Directory on the server; each pack lands in `<dir>/<ref>`.
+        #[arg(long, short = 'd')]
+        destination_dir: String,
+        /// Index searched before the configured ones.
+        #[arg(long)]
+        registry_url: Option<String>,
+        /// Git ref for git sources without `@ref`.
+        #[arg(long = "ref")]
+        ref_spec: Option<String>,
+        /// Seconds per pack (server default 300).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Skip TLS certificate verification (if the server allows it).
+        #[arg(long)]
+        insecure: bool,
+        /// Replace an existing, different pack directory.
+        #[arg(long)]
+        force: bool,
+    },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -74,6 +98,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&cli.server, &token).await?;
     let progress = Progress::new(cli.quiet);
     match cli.command {
+        Command::Download {
+            packs,
+            destination_dir,
+            registry_url,
+            ref_spec,
+            timeout,
+            insecure,
+            force,
+        } => {
+            let stream = client
+                .download_stream(pb::DownloadRequest {
+                    packs,
+                    destination_dir,
+                    registry_url,
+                    ref_spec,
+                    timeout,
+                    verify_ssl: Some(!insecure),
+                    force: Some(force),
+                })
+                .await?;
+            let result = progress.drive(stream).await?;
+            if cli.json {
+                output::print_json(&result)?;
+            } else {
+                output::print_download(&result);
+            }
+            Ok(exit_code(result.failure_count == 0))
+        }
         Command::Deps {
             pack_paths,
             skip_validation,
@@ -90,14 +142,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 output::print_dependencies(&result);
             }
-            // Exit 1 when something needs attention, so scripts can branch on it.
-            let clean = result.errors.is_empty() && result.missing_dependencies.is_empty();
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(exit_code(
+                result.errors.is_empty() && result.missing_dependencies.is_empty(),
+            ))
         }
+    }
+}
+
+/// Exit 1 when something needs attention (a failed pack, a missing dependency), so
+/// scripts can branch on it; 2 is reserved for errors of the call itself.
+fn exit_code(clean: bool) -> ExitCode {
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -140,3 +140,36 @@ pub fn print_dependencies(r: &pb::DependenciesResult) {
         r.errors.len(),
     );
 }
+
+pub fn print_download(r: &pb::DownloadResult) {
+    if !r.downloaded_packs.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .downloaded_packs
+            .iter()
+            .map(|p| {
+                vec![
+                    p.pack_ref.clone(),
+                    p.pack_version.clone(),
+                    p.source_type.clone(),
+                    p.pack_path.clone(),
+                    p.git_commit
+                        .as_deref()
+                        .map(|c| c[..c.len().min(12)].to_string())
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["PACK", "VERSION", "SOURCE", "PATH", "COMMIT"], &rows)
+        );
+    }
+    for f in &r.failed_packs {
+        println!("failed: {}: {}", f.source, f.error);
+    }
+    println!();
+    println!(
+        "{} of {} packs downloaded, {} failed",
+        r.success_count, r.total_count, r.failure_count
+    );
+}

@@ -96,6 +96,110 @@ pub struct Config {
     /// How long running calls may take to finish after SIGINT/SIGTERM.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    pub registry: RegistrySection,
+    pub download: DownloadSection,
+}
+
+/// `registry:` — the pack indices searched for registry refs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    pub indices: Vec<IndexEntryConfig>,
+    #[serde(with = "humantime_serde_compat")]
+    pub cache_ttl: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Permit `http://` index URLs (tests, closed networks).
+    pub allow_http: bool,
+    pub max_index_bytes: u64,
+    /// Permit a request's `registry_url` to be a `file://` URL (lets callers make the
+    /// server read local files: off by default).
+    pub allow_file_registry_url: bool,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            indices: Vec::new(),
+            cache_ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(30),
+            allow_http: false,
+            max_index_bytes: 10 * 1024 * 1024,
+            allow_file_registry_url: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntryConfig {
+    pub url: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Lower is searched first.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sent only to this index (e.g. Authorization); never logged.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+}
+
+fn default_priority() -> u32 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `download:` — fetching packs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadSection {
+    /// Packs of one request fetched at the same time.
+    pub concurrency: usize,
+    /// Host the `github:org/repo` shorthand expands to.
+    pub github_host: String,
+    /// Permit plain-http archive and git URLs.
+    pub allow_http: bool,
+    /// Permit requests to set `verify_ssl: false`.
+    pub allow_insecure_tls: bool,
+    /// Largest archive download, in bytes.
+    pub max_archive_bytes: u64,
+    /// Extraction limits (uncompressed bytes written, entries, one file).
+    pub max_extracted_bytes: u64,
+    pub max_entries: u64,
+    pub max_entry_bytes: u64,
+    pub git: GitSection,
+}
+
+impl Default for DownloadSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            github_host: "github.com".into(),
+            allow_http: false,
+            allow_insecure_tls: true,
+            max_archive_bytes: 256 * 1024 * 1024,
+            max_extracted_bytes: 512 * 1024 * 1024,
+            max_entries: 20_000,
+            max_entry_bytes: 100 * 1024 * 1024,
+            git: GitSection::default(),
+        }
+    }
+}
+
+/// `download.git:` — credentials for private repositories.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitSection {
+    pub https_username: Option<String>,
+    pub https_token: Option<Secret>,
+    pub ssh_key_path: Option<PathBuf>,
+    pub ssh_key_passphrase: Option<Secret>,
+    pub use_ssh_agent: bool,
 }
 
 impl Default for Config {
@@ -109,6 +213,8 @@ impl Default for Config {
             packs_base_dir: None,
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(30),
+            registry: RegistrySection::default(),
+            download: DownloadSection::default(),
         }
     }
 }
@@ -160,6 +266,11 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+        }
+        if self.download.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "download.concurrency must be at least 1".into(),
+            ));
         }
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
@@ -377,6 +488,29 @@ mod tests {
         std::fs::write(&file, "data_dri: /x\n").unwrap();
         let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("data_dri"), "{err}");
+    }
+
+    #[test]
+    fn nested_keys_come_from_double_underscores() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_REGISTRY__CACHE_TTL", "90s"),
+                ("ATTUNE_PACKS_DOWNLOAD__CONCURRENCY", "2"),
+                ("ATTUNE_PACKS_DOWNLOAD__GIT__HTTPS_TOKEN", "tok"),
+                (
+                    "ATTUNE_PACKS_REGISTRY__INDICES",
+                    "[{url: 'https://r.example/index.json', priority: 1}]",
+                ),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.registry.cache_ttl, Duration::from_secs(90));
+        assert_eq!(c.download.concurrency, 2);
+        assert_eq!(c.download.git.https_token.unwrap().expose(), "tok");
+        assert_eq!(c.registry.indices[0].priority, 1);
+        assert!(c.registry.indices[0].enabled);
     }
 
     #[test]

@@ -110,4 +110,46 @@ impl Reporter {
     pub fn is_cancelled(&self) -> bool {
         self.tx.as_ref().is_some_and(|tx| tx.is_closed())
     }
+
+    /// Resolves when the reporter is cancelled (never, for a no-op reporter). For
+    /// `select!` against work that may stall, such as a silent network peer.
+    pub async fn cancelled(&self) {
+        match &self.tx {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A reporter for one unit of work (one pack) that forwards to this one and can
+    /// be cancelled on its own (a per-pack timeout) without cancelling the others.
+    /// It is also cancelled when this reporter is, and when the handle is dropped.
+    /// Needs a Tokio runtime.
+    pub fn child(&self, subject: &str) -> (Reporter, CancelHandle) {
+        let (child, mut rx) = Reporter::channel(subject);
+        let (cancel_tx, mut cancel_rx) = tokio::sync::oneshot::channel::<()>();
+        let parent = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(event) => {
+                            if let Some(tx) = &parent.tx {
+                                let _ = tx.send(event);
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = parent.cancelled() => break,
+                    _ = &mut cancel_rx => break,
+                }
+            }
+            // Dropping `rx` here is what makes the child read as cancelled.
+        });
+        (child, CancelHandle { _cancel: cancel_tx })
+    }
+}
+
+/// Cancels a [`Reporter::child`] when dropped.
+pub struct CancelHandle {
+    _cancel: tokio::sync::oneshot::Sender<()>,
 }

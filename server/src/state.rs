@@ -3,7 +3,13 @@
 
 use std::sync::Arc;
 
-use crate::{auth::Authenticator, config::Config, paths::PathPolicy, store::Db};
+use crate::{
+    auth::Authenticator,
+    config::Config,
+    download::{DownloadError, Downloader},
+    paths::PathPolicy,
+    store::Db,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -11,17 +17,21 @@ pub struct AppState {
     pub db: Db,
     pub paths: PathPolicy,
     pub auth: Authenticator,
+    /// Shared across requests: the registry cache and HTTP clients live here.
+    pub downloader: Arc<Downloader>,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Db, auth: Authenticator) -> Self {
+    pub fn new(config: Config, db: Db, auth: Authenticator) -> Result<Self, DownloadError> {
         let paths = PathPolicy::new(config.allowed_roots());
-        Self {
+        let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
+        Ok(Self {
             config: Arc::new(config),
             db,
             paths,
             auth,
-        }
+            downloader,
+        })
     }
 }
 
@@ -36,6 +46,8 @@ pub enum StartupError {
     Secret(#[from] crate::auth::SecretError),
     #[error("cannot open database: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
 }
 
 /// Prepares everything a server needs: the data dir, the JWT secret, the database
@@ -49,5 +61,5 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
     let db = Db::connect(&config.database_url()).await?;
     db.migrate().await?;
-    Ok(AppState::new(config, db, Authenticator::new(&secret)))
+    Ok(AppState::new(config, db, Authenticator::new(&secret))?)
 }

@@ -5,7 +5,7 @@ use attune_packs_proto::v1 as pb;
 use tonic::Status;
 
 use crate::{
-    deps,
+    deps, download,
     progress::{Level, ProgressEvent, Stage},
 };
 
@@ -129,5 +129,68 @@ pub fn dependencies_result(report: deps::DependencyReport) -> pb::DependenciesRe
                 error: e.error,
             })
             .collect(),
+    }
+}
+
+/// Seconds a pack may take when the request names no timeout.
+pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u32 = 300;
+
+pub fn download_request(request: pb::DownloadRequest) -> Result<download::DownloadRequest, Status> {
+    check_pack_list("packs", &request.packs)?;
+    if request.destination_dir.trim().is_empty() {
+        return Err(Status::invalid_argument("destination_dir is required"));
+    }
+    let timeout = request.timeout.unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT_SECS);
+    if timeout == 0 {
+        return Err(Status::invalid_argument(
+            "timeout must be at least 1 second",
+        ));
+    }
+    if request
+        .registry_url
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        return Err(Status::invalid_argument("registry_url is empty"));
+    }
+    Ok(download::DownloadRequest {
+        packs: request.packs,
+        destination_dir: request.destination_dir,
+        registry_url: request.registry_url,
+        ref_spec: request.ref_spec.filter(|r| !r.trim().is_empty()),
+        timeout: std::time::Duration::from_secs(timeout.into()),
+        verify_ssl: request.verify_ssl.unwrap_or(true),
+        force: request.force.unwrap_or(false),
+    })
+}
+
+pub fn download_result(report: download::DownloadReport) -> pb::DownloadResult {
+    let success_count = report.downloaded.len() as u32;
+    let failure_count = report.failed.len() as u32;
+    pb::DownloadResult {
+        downloaded_packs: report
+            .downloaded
+            .into_iter()
+            .map(|p| pb::DownloadedPack {
+                source: p.source,
+                source_type: p.source_type,
+                pack_path: p.pack_path,
+                pack_ref: p.pack_ref,
+                pack_version: p.pack_version,
+                git_commit: p.git_commit,
+                checksum: Some(p.checksum),
+            })
+            .collect(),
+        failed_packs: report
+            .failed
+            .into_iter()
+            .map(|f| pb::FailedPack {
+                source: f.source,
+                error: f.error,
+            })
+            .collect(),
+        total_count: success_count + failure_count,
+        success_count,
+        failure_count,
     }
 }

@@ -21,7 +21,7 @@ use tracing::{Instrument, Span};
 
 use crate::{
     auth::{Authenticator, Principal},
-    deps,
+    deps, download,
     progress::{ProgressEvent, Reporter},
     state::AppState,
 };
@@ -183,9 +183,29 @@ impl PackService for PackServiceImpl {
 
     async fn download(
         &self,
-        _request: Request<pb::DownloadRequest>,
+        request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        Err(unimplemented("Download", 3))
+        let call = Call::start(&request, "Download");
+        let stage_request = convert::download_request(request.into_inner())?;
+        let downloader = self.state.downloader.clone();
+        Ok(call.stream(
+            move |reporter| async move {
+                downloader
+                    .download(stage_request, &reporter)
+                    .await
+                    .map(convert::download_result)
+                    .map_err(|e| match e {
+                        download::DownloadError::InvalidRequest(m) => Status::invalid_argument(m),
+                        download::DownloadError::Setup(m) => Status::internal(m),
+                    })
+            },
+            |p| DownloadEvent {
+                event: Some(pb::download_event::Event::Progress(p)),
+            },
+            |r| DownloadEvent {
+                event: Some(pb::download_event::Event::Result(r)),
+            },
+        ))
     }
 
     async fn dependencies(

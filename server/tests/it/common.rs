@@ -101,6 +101,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server after `adjust` has changed its configuration.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let root = tempfile::tempdir().unwrap();
         let root_path = root.path().canonicalize().unwrap();
         let (database_url, pg_database) = match backend {
@@ -124,6 +129,7 @@ impl TestServer {
         config.allowed_roots = Some(vec![root_path.clone()]);
         config.shutdown_grace = Duration::from_secs(5);
         std::fs::create_dir_all(root_path.join("packs")).unwrap();
+        adjust(&mut config);
         let state = state::open(config).await.expect("open state");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

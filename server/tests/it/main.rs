@@ -2,8 +2,11 @@
 //! driven by the generated client, grpcurl and the shipped binaries.
 
 mod common;
+mod support;
 
 mod auth;
 mod binaries;
 mod dependencies;
+mod download;
+mod git;
 mod grpcurl;

@@ -1,0 +1,314 @@
+//! Getting bytes onto the disk: archives over HTTP(S) and local directory copies.
+//! Git lives in [`crate::git`], extraction in [`crate::archive`].
+
+use std::{
+    fs,
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+
+use crate::{
+    checksum::{DigestWriter, Digests},
+    progress::{Reporter, Stage},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("refusing {url}: {reason}")]
+    Policy { url: String, reason: String },
+    #[error("cannot download {url}: {message}")]
+    Network { url: String, message: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} is larger than the {limit}-byte download limit")]
+    TooLarge { url: String, limit: u64 },
+    #[error("download cancelled")]
+    Cancelled,
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("'{path}' is a {kind}; packs may contain only regular files and directories")]
+    SpecialFile { path: String, kind: &'static str },
+}
+
+/// HTTP(S) downloads. Two clients, built once: one verifying certificates, one not
+/// (used only when a request sets `verify_ssl: false` and the server allows it).
+#[derive(Clone)]
+pub struct HttpFetcher {
+    verifying: reqwest::Client,
+    insecure: reqwest::Client,
+    allow_http: bool,
+    max_bytes: u64,
+}
+
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+impl HttpFetcher {
+    pub fn new(allow_http: bool, max_bytes: u64) -> Result<Self, FetchError> {
+        let build = |verify: bool| {
+            reqwest::Client::builder()
+                .user_agent(concat!("attune-packs/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .redirect(redirect_policy(allow_http))
+                // Proxies from the environment would route pack downloads through
+                // hosts nobody configured for this service.
+                .no_proxy()
+                .danger_accept_invalid_certs(!verify)
+                .build()
+                .map_err(|e| FetchError::Network {
+                    url: String::new(),
+                    message: e.to_string(),
+                })
+        };
+        Ok(Self {
+            verifying: build(true)?,
+            insecure: build(false)?,
+            allow_http,
+            max_bytes,
+        })
+    }
+
+    fn client(&self, verify_ssl: bool) -> &reqwest::Client {
+        if verify_ssl {
+            &self.verifying
+        } else {
+            &self.insecure
+        }
+    }
+
+    fn check_scheme(&self, url: &str) -> Result<(), FetchError> {
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("https://") || (self.allow_http && lower.starts_with("http://")) {
+            Ok(())
+        } else {
+            Err(FetchError::Policy {
+                url: url.to_string(),
+                reason:
+                    "only https:// downloads are allowed (the server's download.allow_http is off)"
+                        .into(),
+            })
+        }
+    }
+
+    /// Whether `url` is a git repository served over smart HTTP: such servers answer
+    /// `info/refs?service=git-upload-pack` with a git advertisement.
+    pub async fn is_git_remote(&self, url: &str, verify_ssl: bool) -> bool {
+        if self.check_scheme(url).is_err() {
+            return false;
+        }
+        let probe = format!(
+            "{}/info/refs?service=git-upload-pack",
+            url.trim_end_matches('/')
+        );
+        let response = self
+            .client(verify_ssl)
+            .get(&probe)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await;
+        response.is_ok_and(|r| {
+            r.status().is_success()
+                && r.headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("application/x-git-upload-pack-advertisement"))
+        })
+    }
+
+    /// Streams `url` into `dest` (created), hashing while writing. Reports bytes
+    /// received of the total (when the server says it). Stops when the reporter is
+    /// cancelled.
+    pub async fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        verify_ssl: bool,
+        reporter: &Reporter,
+    ) -> Result<Digests, FetchError> {
+        self.check_scheme(url)?;
+        let network = |e: reqwest::Error| FetchError::Network {
+            url: url.to_string(),
+            message: describe_reqwest_error(&e),
+        };
+        let response = tokio::select! {
+            r = self.client(verify_ssl).get(url).send() => r.map_err(network)?,
+            _ = reporter.cancelled() => return Err(FetchError::Cancelled),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let total = response.content_length();
+        if total.is_some_and(|t| t > self.max_bytes) {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit: self.max_bytes,
+            });
+        }
+
+        // The network side stays async; hashing and writing happen on a blocking
+        // thread fed through a small channel, so a slow disk never stalls the runtime.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(16);
+        let path = dest.to_path_buf();
+        let writer = tokio::task::spawn_blocking(move || write_hashed(&path, rx));
+
+        let mut body = response.bytes_stream();
+        let mut received: u64 = 0;
+        let mut last_report = Instant::now();
+        reporter.count(Stage::Fetch, format!("downloading {url}"), 0, total);
+        let outcome: Result<(), FetchError> = loop {
+            let chunk = tokio::select! {
+                chunk = body.next() => chunk,
+                _ = reporter.cancelled() => break Err(FetchError::Cancelled),
+            };
+            let Some(chunk) = chunk else { break Ok(()) };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => break Err(network(e)),
+            };
+            received += chunk.len() as u64;
+            if received > self.max_bytes {
+                break Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                    limit: self.max_bytes,
+                });
+            }
+            if tx.send(chunk).is_err() {
+                // The writer stopped: its own error is reported below.
+                break Ok(());
+            }
+            if last_report.elapsed() >= PROGRESS_INTERVAL {
+                last_report = Instant::now();
+                reporter.count(Stage::Fetch, "bytes received", received, total);
+            }
+        };
+        drop(tx);
+        let written = writer.await.expect("archive writer panicked");
+        outcome?;
+        let digests = written.map_err(|source| FetchError::Io {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+        reporter.count(
+            Stage::Fetch,
+            "bytes received",
+            received,
+            total.or(Some(received)),
+        );
+        Ok(digests)
+    }
+}
+
+fn write_hashed(
+    path: &Path,
+    chunks: std::sync::mpsc::Receiver<bytes::Bytes>,
+) -> io::Result<Digests> {
+    let file = fs::File::create(path)?;
+    let mut out = DigestWriter::new(BufWriter::with_capacity(256 * 1024, file));
+    for chunk in chunks {
+        out.write_all(&chunk)?;
+    }
+    let (mut inner, digests) = out.finish();
+    inner.flush()?;
+    Ok(digests)
+}
+
+/// Up to 5 redirects (archive hosts commonly redirect to storage), never from https
+/// down to http, never to another scheme.
+fn redirect_policy(allow_http: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects");
+        }
+        let scheme = attempt.url().scheme().to_string();
+        let from_https = attempt
+            .previous()
+            .last()
+            .is_some_and(|u| u.scheme() == "https");
+        match scheme.as_str() {
+            "https" => attempt.follow(),
+            "http" if allow_http && !from_https => attempt.follow(),
+            _ => attempt.error(format!("redirect to a {scheme} URL refused")),
+        }
+    })
+}
+
+/// reqwest's Display stops at the outermost layer ("error sending request"); the
+/// useful part (certificate, connection refused) is in the source chain.
+fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_timeout() {
+        message.push_str(" (timed out)");
+    }
+    message
+}
+
+/// Copies the pack directory `src` into `dst` (which must not exist). Only regular
+/// files and directories are copied; a symlink or special file anywhere is an error
+/// (a pack must not point the server at files outside it). `.git` is skipped.
+pub fn copy_tree(src: &Path, dst: &Path, reporter: &Reporter) -> Result<u64, FetchError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FetchError::Io { path, source }
+    };
+    fs::create_dir(dst).map_err(io_err(dst))?;
+    let mut files = 0u64;
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    while let Some((from, to)) = stack.pop() {
+        if reporter.is_cancelled() {
+            return Err(FetchError::Cancelled);
+        }
+        let mut entries: Vec<_> = fs::read_dir(&from)
+            .map_err(io_err(&from))?
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&from))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            if name == ".git" {
+                continue;
+            }
+            let source = entry.path();
+            let target = to.join(&name);
+            let kind = entry.file_type().map_err(io_err(&source))?;
+            let shown = || {
+                source
+                    .strip_prefix(src)
+                    .unwrap_or(&source)
+                    .display()
+                    .to_string()
+            };
+            if kind.is_symlink() {
+                return Err(FetchError::SpecialFile {
+                    path: shown(),
+                    kind: "symbolic link",
+                });
+            } else if kind.is_dir() {
+                fs::create_dir(&target).map_err(io_err(&target))?;
+                stack.push((source, target));
+            } else if kind.is_file() {
+                fs::copy(&source, &target).map_err(io_err(&target))?;
+                files += 1;
+            } else {
+                return Err(FetchError::SpecialFile {
+                    path: shown(),
+                    kind: "special file",
+                });
+            }
+        }
+    }
+    reporter.count(Stage::Fetch, "files copied", files, Some(files));
+    Ok(files)
+}

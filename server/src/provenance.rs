@@ -1,0 +1,60 @@
+//! Where a downloaded pack came from, recorded beside it for later stages.
+//!
+//! Download writes `<destination_dir>/.<ref>.source.json` next to `<destination_dir>/<ref>`.
+//! RegisterBatch reads it and trusts it only if the pack directory still has the
+//! checksum recorded there (a pack edited after download has unknown provenance).
+
+use std::{
+    fs,
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub pack_ref: String,
+    pub version: String,
+    /// The source string as the caller gave it.
+    pub source: String,
+    /// registry | git | archive | local_directory | local_archive
+    pub source_type: String,
+    /// The URL or path actually fetched (for registry refs: the chosen install source).
+    pub url: Option<String>,
+    /// Git ref asked for, when any.
+    pub reference: Option<String>,
+    pub git_commit: Option<String>,
+    /// `sha256:` + attune-pack-file-v1 checksum of the pack directory as placed.
+    pub checksum: String,
+    /// The index that resolved a registry ref.
+    pub registry_url: Option<String>,
+    /// The index's checksum was compared and matched.
+    pub checksum_verified: bool,
+    /// Unix milliseconds.
+    pub downloaded_at: i64,
+}
+
+/// The metadata path for the pack directory `pack_dir`.
+pub fn path_for(pack_dir: &Path) -> Option<PathBuf> {
+    let name = pack_dir.file_name()?.to_str()?;
+    Some(pack_dir.with_file_name(format!(".{name}.source.json")))
+}
+
+/// Writes atomically (temp file + rename), so a reader never sees half a file.
+pub fn write(pack_dir: &Path, provenance: &Provenance) -> io::Result<()> {
+    let path = path_for(pack_dir)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pack dir has no name"))?;
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(provenance).map_err(io::Error::other)?;
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(&json)?;
+    drop(file);
+    fs::rename(&tmp, &path)
+}
+
+/// Reads the metadata of `pack_dir`; `None` when there is none or it is unreadable.
+pub fn read(pack_dir: &Path) -> Option<Provenance> {
+    let text = fs::read(path_for(pack_dir)?).ok()?;
+    serde_json::from_slice(&text).ok()
+}

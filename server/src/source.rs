@@ -1,0 +1,320 @@
+//! What a pack source string means.
+//!
+//! Precedence, first match wins (docs/download.md):
+//! 1. `github:org/repo[@ref]` — git over https on the configured GitHub host.
+//! 2. `file://…` — a local path (archive file or directory).
+//! 3. `http://…`, `https://…` — an archive when the path ends in `.zip`, `.tar.gz`,
+//!    `.tgz` or `.tar` (or looks like a codeload `/tar.gz/<ref>` / `/zip/<ref>` URL); git
+//!    when it ends in `.git` or carries `@ref`; otherwise decided by probing the server
+//!    (a git smart-HTTP server answers `info/refs`), see `fetch::http`.
+//! 4. `ssh://…`, `git://…`, scp-like `user@host:path` — git.
+//! 5. Written as a path (`/…`, `./…`, `../…`, or containing `/`) — a local path.
+//! 6. Otherwise a registry ref, `name` or `name@<version or range>`.
+//!
+//! A bare word is therefore always a registry ref: a local directory named `core` never
+//! shadows the registry pack `core` unless written as a path (`./core`).
+
+use crate::{
+    manifest::is_valid_pack_ref,
+    registry::{SelectorError, VersionSelector},
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PackSource {
+    Registry {
+        pack_ref: String,
+        selector: VersionSelector,
+    },
+    Git {
+        url: String,
+        reference: Option<String>,
+    },
+    /// A remote archive (the format is detected from the bytes).
+    Archive { url: String },
+    /// An http(s) URL that is neither obviously an archive nor obviously git.
+    RemoteUnknown { url: String },
+    /// A local path, absolute or relative to an allowed root; whether it is an archive
+    /// or a directory is decided when it is opened.
+    Local { path: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SourceError {
+    #[error("empty pack source")]
+    Empty,
+    #[error("'{input}' is not a pack source: {reason}")]
+    Invalid { input: String, reason: String },
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+}
+
+const ARCHIVE_SUFFIXES: &[&str] = &[".zip", ".tar.gz", ".tgz", ".tar"];
+
+impl PackSource {
+    /// `ref_spec` applies to git sources that carry no `@ref` of their own.
+    pub fn parse(
+        raw: &str,
+        ref_spec: Option<&str>,
+        github_host: &str,
+    ) -> Result<Self, SourceError> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Err(SourceError::Empty);
+        }
+        let invalid = |reason: &str| SourceError::Invalid {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
+        let with_ref = |url: String, own: Option<String>| PackSource::Git {
+            url,
+            reference: own.or_else(|| ref_spec.map(str::to_string)),
+        };
+
+        if let Some(rest) = s.strip_prefix("github:") {
+            let (repo, own) = split_ref(rest);
+            let parts: Vec<&str> = repo.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || !is_repo_name(p)) {
+                return Err(invalid("expected github:<org>/<repo>[@ref]"));
+            }
+            let repo = repo.trim_end_matches(".git");
+            return Ok(with_ref(format!("https://{github_host}/{repo}.git"), own));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(invalid("file:// URLs must name an absolute path"));
+            }
+            return Ok(PackSource::Local {
+                path: path.to_string(),
+            });
+        }
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let (url, own) = split_ref(s);
+            let parsed = url::Url::parse(url).map_err(|e| invalid(&format!("bad URL: {e}")))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(invalid("the URL has no host"));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(invalid(
+                    "credentials in URLs are refused (they would end up in logs); configure them on the server",
+                ));
+            }
+            let path = parsed.path().to_ascii_lowercase();
+            if own.is_none() && is_archive_path(&path) {
+                return Ok(PackSource::Archive {
+                    url: url.to_string(),
+                });
+            }
+            if own.is_some() || path.ends_with(".git") {
+                return Ok(with_ref(url.to_string(), own));
+            }
+            return Ok(PackSource::RemoteUnknown {
+                url: url.to_string(),
+            });
+        }
+        if lower.starts_with("ssh://") || lower.starts_with("git://") || is_scp_like(s) {
+            let (url, own) = split_ref(s);
+            return Ok(with_ref(url.to_string(), own));
+        }
+        if lower.contains("://") {
+            return Err(invalid("unsupported URL scheme"));
+        }
+        if s.starts_with('/') || s.starts_with("./") || s.starts_with("../") || s.contains('/') {
+            return Ok(PackSource::Local {
+                path: s.to_string(),
+            });
+        }
+        let (name, version) = match s.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (s, None),
+        };
+        if !is_valid_pack_ref(name) {
+            return Err(invalid(
+                "not a URL or path, and not a registry ref (lowercase letters, digits, '-' and '_', starting with a letter)",
+            ));
+        }
+        if version.is_some_and(|v| v.trim().is_empty()) {
+            return Err(invalid("empty version after '@'"));
+        }
+        Ok(PackSource::Registry {
+            pack_ref: name.to_string(),
+            selector: VersionSelector::parse(version)?,
+        })
+    }
+
+    /// The `source_type` reported to callers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PackSource::Registry { .. } => "registry",
+            PackSource::Git { .. } => "git",
+            PackSource::Archive { .. } | PackSource::RemoteUnknown { .. } => "archive",
+            PackSource::Local { .. } => "local_directory",
+        }
+    }
+}
+
+/// `https://host/org/repo.git@v1` → (url, Some("v1")). Only an `@` after the last `/`
+/// (or the scp `:`) counts, so `git@host:org/repo` keeps its user.
+fn split_ref(s: &str) -> (&str, Option<String>) {
+    let tail_start = s.rfind(['/', ':']).map_or(0, |i| i + 1);
+    match s[tail_start..].rfind('@') {
+        Some(at) if at > 0 => {
+            let at = tail_start + at;
+            let reference = &s[at + 1..];
+            if reference.is_empty() {
+                (s, None)
+            } else {
+                (&s[..at], Some(reference.to_string()))
+            }
+        }
+        _ => (s, None),
+    }
+}
+
+fn is_archive_path(path: &str) -> bool {
+    ARCHIVE_SUFFIXES.iter().any(|sfx| path.ends_with(sfx))
+        || path.contains("/tar.gz/")
+        || path.contains("/zip/")
+        || path.contains("/legacy.tar.gz/")
+        || path.contains("/legacy.zip/")
+}
+
+/// `user@host:path` (git's scp syntax), not a Windows drive or a URL.
+fn is_scp_like(s: &str) -> bool {
+    let Some((user_host, path)) = s.split_once(':') else {
+        return false;
+    };
+    let Some((user, host)) = user_host.split_once('@') else {
+        return false;
+    };
+    !user.is_empty()
+        && !host.is_empty()
+        && !path.is_empty()
+        && !path.starts_with("//")
+        && !user_host.contains('/')
+}
+
+fn is_repo_name(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> PackSource {
+        PackSource::parse(s, None, "github.com").unwrap()
+    }
+
+    #[test]
+    fn registry_refs() {
+        assert_eq!(
+            parse("core"),
+            PackSource::Registry {
+                pack_ref: "core".into(),
+                selector: VersionSelector::Latest
+            }
+        );
+        assert_eq!(
+            parse("core@1.2.0"),
+            PackSource::Registry {
+                pack_ref: "core".into(),
+                selector: VersionSelector::Exact("1.2.0".parse().unwrap())
+            }
+        );
+        assert!(matches!(
+            parse("core@^1.2"),
+            PackSource::Registry {
+                selector: VersionSelector::Range(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            parse("core@latest"),
+            PackSource::Registry {
+                pack_ref: "core".into(),
+                selector: VersionSelector::Latest
+            }
+        );
+        for bad in ["Core", "core@", "co re", "c"] {
+            assert!(PackSource::parse(bad, None, "github.com").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn git_forms_and_ref_spec() {
+        let git = |url: &str, r: Option<&str>| PackSource::Git {
+            url: url.into(),
+            reference: r.map(Into::into),
+        };
+        assert_eq!(
+            parse("github:attune-io/pack-aws@v1.0.0"),
+            git("https://github.com/attune-io/pack-aws.git", Some("v1.0.0"))
+        );
+        assert_eq!(
+            PackSource::parse("github:org/repo", Some("main"), "git.example").unwrap(),
+            git("https://git.example/org/repo.git", Some("main"))
+        );
+        assert_eq!(
+            PackSource::parse("https://h/org/repo.git@v2", Some("main"), "x").unwrap(),
+            git("https://h/org/repo.git", Some("v2"))
+        );
+        assert_eq!(
+            parse("git@github.com:org/repo.git"),
+            git("git@github.com:org/repo.git", None)
+        );
+        assert_eq!(
+            parse("git@github.com:org/repo.git@abc123"),
+            git("git@github.com:org/repo.git", Some("abc123"))
+        );
+        assert_eq!(
+            parse("git://127.0.0.1:9418/r"),
+            git("git://127.0.0.1:9418/r", None)
+        );
+        assert_eq!(parse("ssh://git@h/r.git"), git("ssh://git@h/r.git", None));
+    }
+
+    #[test]
+    fn archives_and_unknown_remotes() {
+        assert_eq!(
+            parse("https://example.com/p-1.0.tar.gz"),
+            PackSource::Archive {
+                url: "https://example.com/p-1.0.tar.gz".into()
+            }
+        );
+        assert!(matches!(
+            parse("http://h/p.ZIP"),
+            PackSource::Archive { .. }
+        ));
+        assert!(matches!(
+            parse("https://codeload.github.com/o/r/tar.gz/0123abcd"),
+            PackSource::Archive { .. }
+        ));
+        // ref_spec does not turn an archive into git.
+        assert!(matches!(
+            PackSource::parse("https://h/p.tgz", Some("main"), "x").unwrap(),
+            PackSource::Archive { .. }
+        ));
+        assert!(matches!(
+            parse("https://h/org/repo"),
+            PackSource::RemoteUnknown { .. }
+        ));
+        assert!(PackSource::parse("https://user:pw@h/p.zip", None, "x").is_err());
+        assert!(PackSource::parse("ftp://h/p.zip", None, "x").is_err());
+    }
+
+    #[test]
+    fn local_paths() {
+        for p in ["/tmp/pack", "./pack", "../pack", "packs/core"] {
+            assert_eq!(parse(p), PackSource::Local { path: p.into() });
+        }
+        assert_eq!(
+            parse("file:///tmp/p.zip"),
+            PackSource::Local {
+                path: "/tmp/p.zip".into()
+            }
+        );
+        assert!(PackSource::parse("file://relative", None, "x").is_err());
+    }
+}
