@@ -86,16 +86,6 @@ async fn tokens_that_are_missing_expired_or_foreign_are_refused_saying_why() {
 async fn stages_not_yet_built_say_unimplemented_and_bad_requests_are_invalid_argument() {
     let server = TestServer::start(Backend::Sqlite).await;
     let mut client = server.client().await;
-    let err = client
-        .download(pb::DownloadRequest {
-            packs: vec!["core".into()],
-            destination_dir: "/tmp/x".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.status().unwrap().code(), Code::Unimplemented);
-    assert!(err.status().unwrap().message().contains("Download"));
     for status in [
         client
             .build_envs(pb::BuildEnvsRequest::default())
