@@ -593,14 +593,27 @@ pub fn dest_in(tmp: &Path) -> PathBuf {
 /// other test that clones over the network takes [`net_shared`].
 static NET: RwLock<()> = RwLock::new(());
 
+/// Held by a test while it clones; see [`net_shared`].
+///
+/// A wrapper rather than the bare std guard, because async tests hold it across
+/// `.await`, which is safe here: every test runs on its own thread (and its own
+/// runtime), and a task holding the shared side never waits for the exclusive
+/// side, so an awaiting holder cannot block the thread that would release it.
+/// Take it once per test: std's lock may block a second read while a writer
+/// waits.
+pub struct NetShared(RwLockReadGuard<'static, ()>);
+
+/// Held by a test with a deliberately short clone timeout; see [`net_exclusive`].
+pub struct NetExclusive(RwLockWriteGuard<'static, ()>);
+
 /// Lock for an ordinary network clone (many may run at once).
-pub fn net_shared() -> RwLockReadGuard<'static, ()> {
-    NET.read().unwrap_or_else(|e| e.into_inner())
+pub fn net_shared() -> NetShared {
+    NetShared(NET.read().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Lock for a clone with a deliberately short timeout (runs alone).
-pub fn net_exclusive() -> RwLockWriteGuard<'static, ()> {
-    NET.write().unwrap_or_else(|e| e.into_inner())
+pub fn net_exclusive() -> NetExclusive {
+    NetExclusive(NET.write().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[test]

@@ -220,7 +220,8 @@ mod smoke {
             .archive("https://files.example.invalid/demo-2.0.0.tar.gz", &sum)
             .depends_on("core@^1")
             .field("description", json!("a demo"));
-        let plain = PackIndex::from_slice(index_json(&[entry.clone()]).as_bytes()).unwrap();
+        let plain =
+            PackIndex::from_slice(index_json(std::slice::from_ref(&entry)).as_bytes()).unwrap();
         assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
         assert_eq!(plain.format_version, "1.0");
         assert_eq!(plain.packs.len(), 1);
