@@ -67,6 +67,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Register packs: store them under the packs base directory and record their components.
+    Register {
+        /// Pack directories, as paths on the server.
+        #[arg(required = true)]
+        pack_paths: Vec<String>,
+        /// Where packs are stored (server default when omitted).
+        #[arg(long)]
+        packs_base_dir: Option<String>,
+        /// Skip component validation.
+        #[arg(long)]
+        skip_validation: bool,
+        /// Do not run the packs' tests.
+        #[arg(long)]
+        skip_tests: bool,
+        /// Replace registered packs, and register despite failing tests.
+        #[arg(long)]
+        force: bool,
+    },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -125,6 +143,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::print_download(&result);
             }
             Ok(exit_code(result.failure_count == 0))
+        }
+        Command::Register {
+            pack_paths,
+            packs_base_dir,
+            skip_validation,
+            skip_tests,
+            force,
+        } => {
+            let stream = client
+                .register_batch_stream(pb::RegisterBatchRequest {
+                    pack_paths,
+                    packs_base_dir,
+                    skip_validation: Some(skip_validation),
+                    skip_tests: Some(skip_tests),
+                    force: Some(force),
+                })
+                .await?;
+            let result = progress.drive(stream).await?;
+            if cli.json {
+                output::print_json(&result)?;
+            } else {
+                output::print_register(&result);
+            }
+            Ok(exit_code(result.failed_packs.is_empty()))
         }
         Command::Deps {
             pack_paths,

@@ -173,3 +173,52 @@ pub fn print_download(r: &pb::DownloadResult) {
         r.success_count, r.total_count, r.failure_count
     );
 }
+
+pub fn print_register(r: &pb::RegisterBatchResult) {
+    if !r.registered_packs.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .registered_packs
+            .iter()
+            .map(|p| {
+                let c = p.components_registered.clone().unwrap_or_default();
+                let tests = p.test_result.as_ref().map_or_else(
+                    || "skipped".to_string(),
+                    |t| format!("{} {}/{}", t.status, t.passed, t.total_tests),
+                );
+                vec![
+                    p.pack_ref.clone(),
+                    p.pack_version.clone(),
+                    p.pack_id.to_string(),
+                    format!(
+                        "{}a {}s {}t {}r {}w {}p",
+                        c.actions, c.sensors, c.triggers, c.rules, c.workflows, c.policies
+                    ),
+                    tests,
+                    p.storage_path.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &["PACK", "VERSION", "ID", "COMPONENTS", "TESTS", "STORED AT"],
+                &rows
+            )
+        );
+        for p in &r.registered_packs {
+            for w in p.validation_results.iter().flat_map(|v| &v.warnings) {
+                println!("warning: {}: {}: {}", p.pack_ref, w.file, w.message);
+            }
+        }
+    }
+    for f in &r.failed_packs {
+        println!("failed ({}): {}: {}", f.error_stage, f.pack_path, f.error);
+    }
+    if let Some(s) = &r.summary {
+        println!();
+        println!(
+            "{} of {} packs registered, {} components, {} ms",
+            s.success_count, s.total_packs, s.total_components, s.duration_ms
+        );
+    }
+}

@@ -81,13 +81,26 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn report(name: &str, ours: Vec<Duration>, shell: Vec<Duration>) {
     let (o, s) = (median(ours.clone()), median(shell.clone()));
     println!("{name}");
-    println!("  ours   median {:>8.3} s   runs {:?}", o.as_secs_f64(), secs(&ours));
-    println!("  shell  median {:>8.3} s   runs {:?}", s.as_secs_f64(), secs(&shell));
-    println!("  ratio ours/shell {:.2}", o.as_secs_f64() / s.as_secs_f64());
+    println!(
+        "  ours   median {:>8.3} s   runs {:?}",
+        o.as_secs_f64(),
+        secs(&ours)
+    );
+    println!(
+        "  shell  median {:>8.3} s   runs {:?}",
+        s.as_secs_f64(),
+        secs(&shell)
+    );
+    println!(
+        "  ratio ours/shell {:.2}",
+        o.as_secs_f64() / s.as_secs_f64()
+    );
 }
 
 fn secs(v: &[Duration]) -> Vec<String> {
-    v.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect()
+    v.iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64()))
+        .collect()
 }
 
 #[tokio::main]
@@ -135,9 +148,8 @@ async fn main() {
     let shell_dest = base.join("attune-bench-shell");
     let mut config = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
     config.allowed_roots = Some(vec![base.canonicalize().unwrap()]);
-    let downloader = Arc::new(
-        Downloader::new(&config, PathPolicy::new(config.allowed_roots())).unwrap(),
-    );
+    let downloader =
+        Arc::new(Downloader::new(&config, PathPolicy::new(config.allowed_roots())).unwrap());
     let clean = || {
         let _ = std::fs::remove_dir_all(&ours_dest);
         let _ = std::fs::remove_dir_all(&shell_dest);

@@ -810,7 +810,7 @@ fn place(
                         .file_name()
                         .and_then(|n| n.to_str())
                         .unwrap_or("pack"),
-                    random_suffix()
+                    crate::paths::unique_suffix()
                 ));
                 fs::rename(target, &backup).map_err(describe)?;
                 if let Err(e) = fs::rename(pack_root, target) {
@@ -826,12 +826,6 @@ fn place(
     provenance::write(target, provenance)
         .map_err(|e| format!("pack placed, but its source metadata could not be written: {e}"))?;
     Ok(outcome)
-}
-
-fn random_suffix() -> String {
-    let mut bytes = [0u8; 6];
-    let _ = getrandom::fill(&mut bytes);
-    hex::encode(bytes)
 }
 
 /// A staging directory inside the destination, removed when the last holder drops
@@ -856,7 +850,7 @@ impl Drop for StagingDir {
 
 impl Staging {
     fn create(destination: &Path) -> std::io::Result<Staging> {
-        let path = destination.join(format!(".attune-staging-{}", random_suffix()));
+        let path = destination.join(format!(".attune-staging-{}", crate::paths::unique_suffix()));
         fs::create_dir(&path)?;
         Ok(Staging(Arc::new(StagingDir {
             path,

@@ -23,6 +23,7 @@ pub mod paths;
 pub mod process;
 pub mod progress;
 pub mod provenance;
+pub mod register;
 pub mod registry;
 pub mod runtimes;
 pub mod server;

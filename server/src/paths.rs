@@ -95,6 +95,20 @@ impl PathPolicy {
     }
 }
 
+/// 12 random hex characters, for names of temporary files and directories that must
+/// not collide with a concurrent writer's.
+pub fn unique_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    // Uniqueness, not secrecy: should the OS generator fail, fall back to the clock.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    hex::encode(bytes)
+}
+
 enum ResolveError {
     DotDot,
     Io(io::Error),

@@ -7,6 +7,7 @@ use tonic::Status;
 use crate::{
     deps, download,
     progress::{Level, ProgressEvent, Stage},
+    register,
 };
 
 /// More paths than this in one request is a mistake, not a batch.
@@ -192,5 +193,89 @@ pub fn download_result(report: download::DownloadReport) -> pb::DownloadResult {
         total_count: success_count + failure_count,
         success_count,
         failure_count,
+    }
+}
+
+pub fn register_request(
+    request: pb::RegisterBatchRequest,
+    requested_by: Option<String>,
+) -> Result<register::RegisterRequest, Status> {
+    check_pack_list("pack_paths", &request.pack_paths)?;
+    Ok(register::RegisterRequest {
+        pack_paths: request.pack_paths,
+        packs_base_dir: request.packs_base_dir.filter(|d| !d.trim().is_empty()),
+        skip_validation: request.skip_validation.unwrap_or(false),
+        skip_tests: request.skip_tests.unwrap_or(false),
+        force: request.force.unwrap_or(false),
+        requested_by,
+    })
+}
+
+fn issues(list: Vec<register::ValidationIssue>) -> Vec<pb::ValidationIssue> {
+    list.into_iter()
+        .map(|i| pb::ValidationIssue {
+            file: i.file,
+            message: i.message,
+        })
+        .collect()
+}
+
+pub fn register_result(report: register::RegisterReport) -> pb::RegisterBatchResult {
+    let success_count = report.registered.len() as u32;
+    let failure_count = report.failed.len() as u32;
+    let total_components = report.registered.iter().map(|p| p.components.total()).sum();
+    pb::RegisterBatchResult {
+        registered_packs: report
+            .registered
+            .into_iter()
+            .map(|p| {
+                let c = p.components;
+                pb::RegisteredPack {
+                    pack_ref: p.pack_ref,
+                    pack_id: p.pack_id,
+                    pack_version: p.pack_version,
+                    storage_path: p.storage_path,
+                    components_registered: Some(pb::ComponentCounts {
+                        actions: c.actions,
+                        sensors: c.sensors,
+                        triggers: c.triggers,
+                        rules: c.rules,
+                        workflows: c.workflows,
+                        policies: c.policies,
+                    }),
+                    test_result: p.test_result.map(|t| pb::TestResult {
+                        status: t.status.as_str().to_string(),
+                        total_tests: t.total_tests,
+                        passed: t.passed,
+                        failed: t.failed,
+                        skipped: t.skipped,
+                        pass_rate: t.pass_rate,
+                        duration_ms: t.duration_ms,
+                    }),
+                    validation_results: Some(pb::ValidationResults {
+                        valid: p.validation.errors.is_empty(),
+                        errors: issues(p.validation.errors),
+                        warnings: issues(p.validation.warnings),
+                    }),
+                }
+            })
+            .collect(),
+        failed_packs: report
+            .failed
+            .into_iter()
+            .map(|f| pb::FailedRegistration {
+                pack_ref: f.pack_ref,
+                pack_path: f.pack_path,
+                error: f.error,
+                error_stage: f.error_stage.as_str().to_string(),
+            })
+            .collect(),
+        summary: Some(pb::RegisterBatchSummary {
+            total_packs: success_count + failure_count,
+            success_count,
+            failure_count,
+            total_components,
+            duration_ms: report.duration.as_millis() as u64,
+        }),
     }
 }

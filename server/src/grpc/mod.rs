@@ -23,6 +23,7 @@ use crate::{
     auth::{Authenticator, Principal},
     deps, download,
     progress::{ProgressEvent, Reporter},
+    register,
     state::AppState,
 };
 
@@ -161,11 +162,7 @@ impl Call {
 }
 
 fn new_request_id() -> String {
-    let mut bytes = [0u8; 8];
-    // A request id is a correlation label, not a secret: on the unlikely failure of
-    // the OS generator, zeros are acceptable.
-    let _ = getrandom::fill(&mut bytes);
-    hex::encode(bytes)
+    crate::paths::unique_suffix()
 }
 
 fn unimplemented(method: &str, issue: u32) -> Status {
@@ -243,8 +240,37 @@ impl PackService for PackServiceImpl {
 
     async fn register_batch(
         &self,
-        _request: Request<pb::RegisterBatchRequest>,
+        request: Request<pb::RegisterBatchRequest>,
     ) -> Result<Response<Self::RegisterBatchStream>, Status> {
-        Err(unimplemented("RegisterBatch", 4))
+        let call = Call::start(&request, "RegisterBatch");
+        let subject = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.subject.clone());
+        let stage_request = convert::register_request(request.into_inner(), subject)?;
+        let state = self.state.clone();
+        Ok(call.stream(
+            move |reporter| async move {
+                let registrar = register::Registrar {
+                    db: &state.db,
+                    paths: &state.paths,
+                    default_base_dir: state.config.packs_base_dir(),
+                };
+                registrar
+                    .register(stage_request, &reporter)
+                    .await
+                    .map(convert::register_result)
+                    .map_err(|e| match e {
+                        register::RegisterError::InvalidRequest(m) => Status::invalid_argument(m),
+                        register::RegisterError::Store(_) => Status::internal(e.to_string()),
+                    })
+            },
+            |p| RegisterBatchEvent {
+                event: Some(pb::register_batch_event::Event::Progress(p)),
+            },
+            |r| RegisterBatchEvent {
+                event: Some(pb::register_batch_event::Event::Result(r)),
+            },
+        ))
     }
 }

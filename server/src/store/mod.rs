@@ -5,6 +5,8 @@
 //! `migrations/sqlite` and `migrations/postgres` (same versions, dialect-specific DDL)
 //! and are embedded into the binary.
 
+pub mod packs;
+
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
@@ -142,6 +144,25 @@ impl Db {
                 .collect(),
         };
         Ok(rows)
+    }
+
+    /// The registered version of `pack_ref`, if it is registered.
+    pub async fn registered_version(&self, pack_ref: &str) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT version FROM packs WHERE ref = $1";
+        Ok(match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(pack_ref)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(pack_ref)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        })
     }
 
     /// Inserts a minimal pack row. Used by tests and benchmarks to set up "installed"

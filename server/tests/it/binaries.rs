@@ -18,12 +18,22 @@ fn free_port() -> u16 {
 }
 
 /// A server process; killed on drop unless it was stopped.
-struct ServerProcess {
+pub struct ServerProcess {
     child: std::process::Child,
+    pub addr: String,
 }
 
 impl ServerProcess {
     fn start(data_dir: &std::path::Path, roots: &std::path::Path) -> Self {
+        Self::start_with(data_dir, roots, &[])
+    }
+
+    /// Starts `serve` with extra environment variables (database URL, secret).
+    pub fn start_with(
+        data_dir: &std::path::Path,
+        roots: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(SERVER)
@@ -35,8 +45,10 @@ impl ServerProcess {
             )
             .env_remove("ATTUNE_PACKS_JWT_SECRET")
             .env_remove("ATTUNE_PACKS_DATABASE_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // Only the signal test reads the log; others must not fill a pipe nobody drains.
+            .stderr(if env.is_empty() { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -44,7 +56,7 @@ impl ServerProcess {
             assert!(Instant::now() < deadline, "server did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child }
+        Self { child, addr }
     }
 }
 

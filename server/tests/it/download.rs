@@ -73,10 +73,22 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     let root = server.root.path().canonicalize().unwrap();
     let files = pack_files("alpha", "1.0.0");
     write_tree(&root.join("src/alpha"), &files);
-    std::fs::write(root.join("beta.tar.gz"), archives::tar_gz_in(Some("beta-main"), &pack_files("beta", "2.0.0"))).unwrap();
-    std::fs::write(root.join("gamma.zip"), archives::zip(&pack_files("gamma", "0.3.0"))).unwrap();
+    std::fs::write(
+        root.join("beta.tar.gz"),
+        archives::tar_gz_in(Some("beta-main"), &pack_files("beta", "2.0.0")),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("gamma.zip"),
+        archives::zip(&pack_files("gamma", "0.3.0")),
+    )
+    .unwrap();
     // A zip named like a tarball: the format comes from the bytes.
-    std::fs::write(root.join("delta.tgz"), archives::zip_in(Some("pack"), &pack_files("delta", "1.1.0"))).unwrap();
+    std::fs::write(
+        root.join("delta.tgz"),
+        archives::zip_in(Some("pack"), &pack_files("delta", "1.1.0")),
+    )
+    .unwrap();
     let mut client = server.client().await;
 
     let sources = [
@@ -86,7 +98,10 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
         "src/../delta.tgz".to_string(), // relative to an allowed root
     ];
     let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
-    let mut stream = client.download_stream(request(&server, &refs)).await.unwrap();
+    let mut stream = client
+        .download_stream(request(&server, &refs))
+        .await
+        .unwrap();
     let mut progress = Vec::new();
     let mut result = None;
     while let Some(event) = stream.next().await {
@@ -98,7 +113,12 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     let r = result.unwrap();
     assert_counts(&r);
     assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
-    let by_ref = |pack_ref: &str| r.downloaded_packs.iter().find(|p| p.pack_ref == pack_ref).unwrap();
+    let by_ref = |pack_ref: &str| {
+        r.downloaded_packs
+            .iter()
+            .find(|p| p.pack_ref == pack_ref)
+            .unwrap()
+    };
     let alpha = by_ref("alpha");
     assert_eq!(alpha.source_type, "local_directory");
     assert_eq!(alpha.pack_version, "1.0.0");
@@ -119,22 +139,45 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     }
     // Executable bits survive extraction.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dest(&server).join("beta/actions/hello.sh")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dest(&server).join("beta/actions/hello.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o111, 0o111);
     // The same content, whatever the source format.
     assert_eq!(
         listing(&dest(&server)),
-        [".alpha.source.json", ".beta.source.json", ".delta.source.json", ".gamma.source.json", "alpha", "beta", "delta", "gamma"]
+        [
+            ".alpha.source.json",
+            ".beta.source.json",
+            ".delta.source.json",
+            ".gamma.source.json",
+            "alpha",
+            "beta",
+            "delta",
+            "gamma"
+        ]
     );
     let provenance: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dest(&server).join(".beta.source.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dest(&server).join(".beta.source.json")).unwrap())
+            .unwrap();
     assert_eq!(provenance["source_type"], "local_archive");
-    assert_eq!(provenance["checksum"], by_ref("beta").checksum.clone().unwrap());
+    assert_eq!(
+        provenance["checksum"],
+        by_ref("beta").checksum.clone().unwrap()
+    );
     // Progress: a place event per pack with request-wide counters.
-    let placed: Vec<_> = progress.iter().filter(|p| p.stage == pb::progress::Stage::Place as i32 && p.done.is_some()).collect();
+    let placed: Vec<_> = progress
+        .iter()
+        .filter(|p| p.stage == pb::progress::Stage::Place as i32 && p.done.is_some())
+        .collect();
     assert_eq!(placed.len(), 4);
     assert!(placed.iter().all(|p| p.total == Some(4)));
-    assert!(progress.iter().any(|p| p.stage == pb::progress::Stage::Extract as i32));
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.stage == pb::progress::Stage::Extract as i32)
+    );
     server.stop().await;
 }
 
@@ -144,7 +187,10 @@ async fn existing_packs_are_reused_refused_or_replaced() {
     let root = server.root.path().canonicalize().unwrap();
     write_tree(&root.join("v1/alpha"), &pack_files("alpha", "1.0.0"));
     write_tree(&root.join("v2/alpha"), &pack_files("alpha", "2.0.0"));
-    let (v1, v2) = (path_str(&root.join("v1/alpha")), path_str(&root.join("v2/alpha")));
+    let (v1, v2) = (
+        path_str(&root.join("v1/alpha")),
+        path_str(&root.join("v2/alpha")),
+    );
     let mut client = server.client().await;
 
     let first = client.download(request(&server, &[&v1])).await.unwrap();
@@ -152,14 +198,24 @@ async fn existing_packs_are_reused_refused_or_replaced() {
     // Same content again: reused, success.
     let again = client.download(request(&server, &[&v1])).await.unwrap();
     assert_eq!(again.success_count, 1);
-    assert_eq!(again.downloaded_packs[0].checksum, first.downloaded_packs[0].checksum);
+    assert_eq!(
+        again.downloaded_packs[0].checksum,
+        first.downloaded_packs[0].checksum
+    );
     // Different content: refused, old one intact.
     let refused = client.download(request(&server, &[&v2])).await.unwrap();
     assert_counts(&refused);
     let error = failure(&refused, &v2);
-    assert!(error.contains("already exists with different content (version 1.0.0)") && error.contains("force"), "{error}");
+    assert!(
+        error.contains("already exists with different content (version 1.0.0)")
+            && error.contains("force"),
+        "{error}"
+    );
     assert_eq!(
-        format!("sha256:{}", directory_checksum(&dest(&server).join("alpha")).unwrap()),
+        format!(
+            "sha256:{}",
+            directory_checksum(&dest(&server).join("alpha")).unwrap()
+        ),
         first.downloaded_packs[0].checksum.clone().unwrap()
     );
     // force replaces.
@@ -168,7 +224,11 @@ async fn existing_packs_are_reused_refused_or_replaced() {
     let replaced = client.download(forced).await.unwrap();
     assert_eq!(replaced.success_count, 1, "{:#?}", replaced.failed_packs);
     assert_eq!(replaced.downloaded_packs[0].pack_version, "2.0.0");
-    assert!(std::fs::read_to_string(dest(&server).join("alpha/pack.yaml")).unwrap().contains("2.0.0"));
+    assert!(
+        std::fs::read_to_string(dest(&server).join("alpha/pack.yaml"))
+            .unwrap()
+            .contains("2.0.0")
+    );
     // Two sources for one ref in one request: one wins, the other says why.
     let mut both = request(&server, &[&v1, &v2]);
     let fresh = server.root.path().canonicalize().unwrap().join("fresh");
@@ -176,7 +236,11 @@ async fn existing_packs_are_reused_refused_or_replaced() {
     let both = client.download(both).await.unwrap();
     assert_counts(&both);
     assert_eq!(both.failure_count, 1, "{:#?}", both.failed_packs);
-    assert!(both.failed_packs[0].error.contains("also provided by"), "{:#?}", both.failed_packs);
+    assert!(
+        both.failed_packs[0].error.contains("also provided by"),
+        "{:#?}",
+        both.failed_packs
+    );
     assert_eq!(listing(&fresh), [".alpha.source.json", "alpha"]);
     assert_eq!(listing(&dest(&server)), [".alpha.source.json", "alpha"]);
     server.stop().await;
@@ -184,27 +248,75 @@ async fn existing_packs_are_reused_refused_or_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_and_broken_archives_fail_without_leaving_anything() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| c.download.max_entry_bytes = 64 * 1024).await;
+    let server =
+        TestServer::start_with(Backend::Sqlite, |c| c.download.max_entry_bytes = 64 * 1024).await;
     let root = server.root.path().canonicalize().unwrap();
     let mut evil_files = pack_files("evil", "1.0.0");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("slip.zip", archives::zip_with_path("../../escaped.txt", b"x"), "unsafe path"),
-        ("abs.tar", archives::tar_with_path_raw("/etc/evil", b"x"), "unsafe path"),
-        ("dotdot.tar.gz", archives::gzip(&archives::tar_with_path_raw("pack/../../escaped", b"x")), "unsafe path"),
-        ("link.tar.gz", archives::gzip(&archives::tar_with_symlink("actions", "/etc")), "is a link"),
-        ("zlink.zip", archives::zip_with_symlink("config.yaml", "/etc/passwd"), "link"),
-        ("hard.tar", archives::tar_with_hardlink("pack.yaml", "/etc/passwd"), "is a link"),
-        ("big.tar.gz", {
-            evil_files.push(("big.bin".into(), vec![0u8; 200 * 1024]));
-            archives::tar_gz(&evil_files)
-        }, "limit"),
-        ("garbage.zip", b"<html>not an archive</html>".to_vec(), "not a supported archive"),
-        ("nopack.tar.gz", archives::tar_gz(&[("README.md", b"hi")]), "no pack.yaml"),
-        ("two.tar.gz", {
-            let mut two: Vec<(String, Vec<u8>)> = pack_files("one", "1.0.0").into_iter().map(|(n, d)| (format!("a/{n}"), d)).collect();
-            two.extend(pack_files("two", "1.0.0").into_iter().map(|(n, d)| (format!("b/{n}"), d)));
-            archives::tar_gz(&two)
-        }, "a, b"),
+        (
+            "slip.zip",
+            archives::zip_with_path("../../escaped.txt", b"x"),
+            "unsafe path",
+        ),
+        (
+            "abs.tar",
+            archives::tar_with_path_raw("/etc/evil", b"x"),
+            "unsafe path",
+        ),
+        (
+            "dotdot.tar.gz",
+            archives::gzip(&archives::tar_with_path_raw("pack/../../escaped", b"x")),
+            "unsafe path",
+        ),
+        (
+            "link.tar.gz",
+            archives::gzip(&archives::tar_with_symlink("actions", "/etc")),
+            "is a link",
+        ),
+        (
+            "zlink.zip",
+            archives::zip_with_symlink("config.yaml", "/etc/passwd"),
+            "link",
+        ),
+        (
+            "hard.tar",
+            archives::tar_with_hardlink("pack.yaml", "/etc/passwd"),
+            "is a link",
+        ),
+        (
+            "big.tar.gz",
+            {
+                evil_files.push(("big.bin".into(), vec![0u8; 200 * 1024]));
+                archives::tar_gz(&evil_files)
+            },
+            "limit",
+        ),
+        (
+            "garbage.zip",
+            b"<html>not an archive</html>".to_vec(),
+            "not a supported archive",
+        ),
+        (
+            "nopack.tar.gz",
+            archives::tar_gz(&[("README.md", b"hi")]),
+            "no pack.yaml",
+        ),
+        (
+            "two.tar.gz",
+            {
+                let mut two: Vec<(String, Vec<u8>)> = pack_files("one", "1.0.0")
+                    .into_iter()
+                    .map(|(n, d)| (format!("a/{n}"), d))
+                    .collect();
+                two.extend(
+                    pack_files("two", "1.0.0")
+                        .into_iter()
+                        .map(|(n, d)| (format!("b/{n}"), d)),
+                );
+                archives::tar_gz(&two)
+            },
+            "a, b",
+        ),
     ];
     let mut sources = Vec::new();
     for (name, bytes, _) in &cases {
@@ -220,8 +332,14 @@ async fn hostile_and_broken_archives_fail_without_leaving_anything() {
         let error = failure(&r, source);
         assert!(error.to_lowercase().contains(expected), "{name}: {error}");
     }
-    assert!(listing(&dest(&server)).is_empty(), "{:?}", listing(&dest(&server)));
-    assert!(!root.join("escaped.txt").exists() && !server.root.path().join("../escaped.txt").exists());
+    assert!(
+        listing(&dest(&server)).is_empty(),
+        "{:?}",
+        listing(&dest(&server))
+    );
+    assert!(
+        !root.join("escaped.txt").exists() && !server.root.path().join("../escaped.txt").exists()
+    );
     server.stop().await;
 }
 
@@ -234,7 +352,10 @@ async fn archives_over_http_and_https() {
     http.put("alpha-1.0.0.tgz", tgz.clone());
     http.put("downloads/beta", zip.clone());
     http.redirect("latest/alpha.tar.gz", &http.url("alpha-1.0.0.tgz"));
-    https.put("gamma.tar.gz", archives::tar_gz(&pack_files("gamma", "1.0.0")));
+    https.put(
+        "gamma.tar.gz",
+        archives::tar_gz(&pack_files("gamma", "1.0.0")),
+    );
     http.put("huge.tar.gz", vec![7u8; 3 * 1024 * 1024]);
 
     let server = TestServer::start_with(Backend::Sqlite, |c| {
@@ -248,16 +369,27 @@ async fn archives_over_http_and_https() {
     let gamma = https.url("gamma.tar.gz");
     let missing = http.url("missing.zip");
     let huge = http.url("huge.tar.gz");
-    let r = client.download(request(&server, &[&alpha, &beta, &gamma, &missing, &huge])).await.unwrap();
+    let r = client
+        .download(request(&server, &[&alpha, &beta, &gamma, &missing, &huge]))
+        .await
+        .unwrap();
     assert_counts(&r);
-    let ok: Vec<&str> = r.downloaded_packs.iter().map(|p| p.pack_ref.as_str()).collect();
+    let ok: Vec<&str> = r
+        .downloaded_packs
+        .iter()
+        .map(|p| p.pack_ref.as_str())
+        .collect();
     assert_eq!(ok, ["alpha", "beta"], "{:#?}", r.failed_packs);
     assert_eq!(r.downloaded_packs[0].source_type, "archive");
     // The self-signed certificate is refused while verify_ssl is on (the default).
     let error = failure(&r, &gamma);
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     assert!(failure(&r, &missing).contains("404"));
-    assert!(failure(&r, &huge).contains("limit"), "{}", failure(&r, &huge));
+    assert!(
+        failure(&r, &huge).contains("limit"),
+        "{}",
+        failure(&r, &huge)
+    );
 
     // verify_ssl=false, allowed by default.
     let mut insecure = request(&server, &[&gamma]);
@@ -267,14 +399,19 @@ async fn archives_over_http_and_https() {
     server.stop().await;
 
     // A server that forbids it answers INVALID_ARGUMENT; one without allow_http refuses http.
-    let strict = TestServer::start_with(Backend::Sqlite, |c| c.download.allow_insecure_tls = false).await;
+    let strict =
+        TestServer::start_with(Backend::Sqlite, |c| c.download.allow_insecure_tls = false).await;
     let mut client = strict.client().await;
     let mut insecure = request(&strict, &[&gamma]);
     insecure.verify_ssl = Some(false);
     let status = client.download(insecure).await.unwrap_err();
     assert_eq!(status.status().unwrap().code(), Code::InvalidArgument);
     let r = client.download(request(&strict, &[&alpha])).await.unwrap();
-    assert!(failure(&r, &alpha).contains("https"), "{}", failure(&r, &alpha));
+    assert!(
+        failure(&r, &alpha).contains("https"),
+        "{}",
+        failure(&r, &alpha)
+    );
     strict.stop().await;
 }
 
@@ -282,10 +419,23 @@ async fn archives_over_http_and_https() {
 async fn git_sources_by_branch_tag_and_commit() {
     let _net = net_shared();
     let repos = tempfile::tempdir().unwrap();
-    let v1 = create_repo(repos.path(), "alpha.git", &pack_files("alpha", "1.0.0"), Some("v1.0.0"));
+    let v1 = create_repo(
+        repos.path(),
+        "alpha.git",
+        &pack_files("alpha", "1.0.0"),
+        Some("v1.0.0"),
+    );
     // A second commit on main.
     let work = repos.path().join("alpha.work2");
-    crate::support::git::git(repos.path(), &["clone", "-q", path_str(&repos.path().join("alpha.git")).as_str(), path_str(&work).as_str()]);
+    crate::support::git::git(
+        repos.path(),
+        &[
+            "clone",
+            "-q",
+            path_str(&repos.path().join("alpha.git")).as_str(),
+            path_str(&work).as_str(),
+        ],
+    );
     std::fs::write(work.join("pack.yaml"), "ref: alpha\nversion: \"1.1.0\"\n").unwrap();
     crate::support::git::git(&work, &["commit", "-qam", "1.1"]);
     crate::support::git::git(&work, &["push", "-q", "origin", "HEAD:main"]);
@@ -310,7 +460,10 @@ async fn git_sources_by_branch_tag_and_commit() {
     let head = client.download(request(&server, &[&url])).await.unwrap();
     assert_eq!(head.success_count, 1, "{:#?}", head.failed_packs);
     let p = &head.downloaded_packs[0];
-    assert_eq!((p.source_type.as_str(), p.pack_version.as_str()), ("git", "1.1.0"));
+    assert_eq!(
+        (p.source_type.as_str(), p.pack_version.as_str()),
+        ("git", "1.1.0")
+    );
     assert_eq!(p.git_commit.as_deref(), Some(v11.as_str()));
     assert!(!Path::new(&p.pack_path).join(".git").exists());
 
@@ -320,7 +473,12 @@ async fn git_sources_by_branch_tag_and_commit() {
     by_tag.ref_spec = Some("v1.0.0".into());
     by_tag.destination_dir = path_str(&server.root.path().canonicalize().unwrap().join("tagged"));
     let tagged = client.download(by_tag).await.unwrap();
-    assert_eq!(tagged.downloaded_packs[0].git_commit.as_deref(), Some(v1.as_str()), "{:#?}", tagged.failed_packs);
+    assert_eq!(
+        tagged.downloaded_packs[0].git_commit.as_deref(),
+        Some(v1.as_str()),
+        "{:#?}",
+        tagged.failed_packs
+    );
     assert_eq!(tagged.downloaded_packs[0].pack_version, "1.0.0");
 
     let by_sha = format!("{}@{}", smart.url("alpha.git"), &v1[..10]);
@@ -328,11 +486,21 @@ async fn git_sources_by_branch_tag_and_commit() {
     req.destination_dir = path_str(&server.root.path().canonicalize().unwrap().join("by-sha"));
     let r = client.download(req).await.unwrap();
     assert_eq!(r.success_count, 1, "{:#?}", r.failed_packs);
-    assert_eq!(r.downloaded_packs[0].git_commit.as_deref(), Some(v1.as_str()));
+    assert_eq!(
+        r.downloaded_packs[0].git_commit.as_deref(),
+        Some(v1.as_str())
+    );
 
     let unknown = format!("{url}@no-such-branch");
-    let r = client.download(request(&server, &[&unknown])).await.unwrap();
-    assert!(failure(&r, &unknown).contains("no-such-branch"), "{}", failure(&r, &unknown));
+    let r = client
+        .download(request(&server, &[&unknown]))
+        .await
+        .unwrap();
+    assert!(
+        failure(&r, &unknown).contains("no-such-branch"),
+        "{}",
+        failure(&r, &unknown)
+    );
     server.stop().await;
 }
 
@@ -348,10 +516,18 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     files.put("alpha-1.0.0.tar.gz", alpha_1.clone());
     files.put("alpha-0.9.0.zip", alpha_09.clone());
     files.put("liar.tar.gz", liar.clone());
-    files.put("tampered.tar.gz", archives::tar_gz(&pack_files("tampered", "1.0.0")));
+    files.put(
+        "tampered.tar.gz",
+        archives::tar_gz(&pack_files("tampered", "1.0.0")),
+    );
     // Git source verified by its directory checksum.
     let repos = tempfile::tempdir().unwrap();
-    let commit = create_repo(repos.path(), "gitpack.git", &pack_files("gitpack", "3.0.0"), None);
+    let commit = create_repo(
+        repos.path(),
+        "gitpack.git",
+        &pack_files("gitpack", "3.0.0"),
+        None,
+    );
     let tree = tempfile::tempdir().unwrap();
     write_tree(tree.path(), &pack_files("gitpack", "3.0.0"));
     let tree_sum = format!("sha256:{}", directory_checksum(tree.path()).unwrap());
@@ -360,9 +536,16 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     let primary = index_json(&[
         IndexEntry::new("alpha", "1.0.0")
             .archive(&files.url("alpha-1.0.0.tar.gz"), &sha256_checksum(&alpha_1))
-            .release(Release::new("0.9.0").archive(&files.url("alpha-0.9.0.zip"), &sha256_checksum(&alpha_09))),
-        IndexEntry::new("liar", "1.0.0").archive(&files.url("liar.tar.gz"), &sha256_checksum(&liar)),
-        IndexEntry::new("tampered", "1.0.0").archive(&files.url("tampered.tar.gz"), &sha256_checksum(b"something else")),
+            .release(
+                Release::new("0.9.0")
+                    .archive(&files.url("alpha-0.9.0.zip"), &sha256_checksum(&alpha_09)),
+            ),
+        IndexEntry::new("liar", "1.0.0")
+            .archive(&files.url("liar.tar.gz"), &sha256_checksum(&liar)),
+        IndexEntry::new("tampered", "1.0.0").archive(
+            &files.url("tampered.tar.gz"),
+            &sha256_checksum(b"something else"),
+        ),
         IndexEntry::new("gitpack", "3.0.0").git(&smart.url("gitpack.git"), &commit, &tree_sum),
     ]);
     let secondary = index_json(&[IndexEntry::new("omega", "1.0.0")
@@ -370,7 +553,10 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     files.put("primary/index.json", primary);
     files.put("secondary/index.json", secondary);
     files.require_bearer("secondary/index.json", "index-token");
-    let (primary_url, secondary_url) = (files.url("primary/index.json"), files.url("secondary/index.json"));
+    let (primary_url, secondary_url) = (
+        files.url("primary/index.json"),
+        files.url("secondary/index.json"),
+    );
 
     let server = TestServer::start_with(Backend::Sqlite, |c| {
         allow_http(c);
@@ -387,29 +573,74 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
                 name: Some("secondary".into()),
                 priority: 2,
                 enabled: true,
-                headers: [("Authorization".to_string(), attune_packs_server::config::Secret::new("Bearer index-token"))].into(),
+                headers: [(
+                    "Authorization".to_string(),
+                    attune_packs_server::config::Secret::new("Bearer index-token"),
+                )]
+                .into(),
             },
         ];
     })
     .await;
     let mut client = server.client().await;
     let r = client
-        .download(request(&server, &["alpha", "gitpack", "omega", "liar", "tampered", "nosuch"]))
+        .download(request(
+            &server,
+            &["alpha", "gitpack", "omega", "liar", "tampered", "nosuch"],
+        ))
         .await
         .unwrap();
     assert_counts(&r);
-    let ok: Vec<(&str, &str)> = r.downloaded_packs.iter().map(|p| (p.pack_ref.as_str(), p.pack_version.as_str())).collect();
-    assert_eq!(ok, [("alpha", "1.0.0"), ("gitpack", "3.0.0"), ("omega", "1.0.0")], "{:#?}", r.failed_packs);
-    assert!(r.downloaded_packs.iter().all(|p| p.source_type == "registry"));
-    assert_eq!(r.downloaded_packs[1].git_commit.as_deref(), Some(commit.as_str()));
-    assert_eq!(r.downloaded_packs[1].checksum.as_deref(), Some(tree_sum.as_str()));
-    assert!(failure(&r, "liar").contains("refusing"), "{}", failure(&r, "liar"));
-    assert!(failure(&r, "tampered").contains("checksum mismatch"), "{}", failure(&r, "tampered"));
-    assert!(failure(&r, "nosuch").contains("not found"), "{}", failure(&r, "nosuch"));
+    let ok: Vec<(&str, &str)> = r
+        .downloaded_packs
+        .iter()
+        .map(|p| (p.pack_ref.as_str(), p.pack_version.as_str()))
+        .collect();
+    assert_eq!(
+        ok,
+        [("alpha", "1.0.0"), ("gitpack", "3.0.0"), ("omega", "1.0.0")],
+        "{:#?}",
+        r.failed_packs
+    );
+    assert!(
+        r.downloaded_packs
+            .iter()
+            .all(|p| p.source_type == "registry")
+    );
+    assert_eq!(
+        r.downloaded_packs[1].git_commit.as_deref(),
+        Some(commit.as_str())
+    );
+    assert_eq!(
+        r.downloaded_packs[1].checksum.as_deref(),
+        Some(tree_sum.as_str())
+    );
+    assert!(
+        failure(&r, "liar").contains("refusing"),
+        "{}",
+        failure(&r, "liar")
+    );
+    assert!(
+        failure(&r, "tampered").contains("checksum mismatch"),
+        "{}",
+        failure(&r, "tampered")
+    );
+    assert!(
+        failure(&r, "nosuch").contains("not found"),
+        "{}",
+        failure(&r, "nosuch")
+    );
     // The index's header went to the secondary index only.
-    assert!(files.last_request_headers("primary/index.json").unwrap().get("authorization").is_none());
+    assert!(
+        files
+            .last_request_headers("primary/index.json")
+            .unwrap()
+            .get("authorization")
+            .is_none()
+    );
     let provenance: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dest(&server).join(".gitpack.source.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dest(&server).join(".gitpack.source.json")).unwrap())
+            .unwrap();
     assert_eq!(provenance["checksum_verified"], true);
     assert_eq!(provenance["registry_url"], primary_url.as_str());
 
@@ -417,8 +648,16 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     let mut older = request(&server, &["alpha@^0.9", "omega@2.0.0"]);
     older.destination_dir = path_str(&server.root.path().canonicalize().unwrap().join("older"));
     let r = client.download(older).await.unwrap();
-    assert_eq!(r.downloaded_packs[0].pack_version, "0.9.0", "{:#?}", r.failed_packs);
-    assert!(failure(&r, "omega@2.0.0").contains("1.0.0"), "{}", failure(&r, "omega@2.0.0"));
+    assert_eq!(
+        r.downloaded_packs[0].pack_version, "0.9.0",
+        "{:#?}",
+        r.failed_packs
+    );
+    assert!(
+        failure(&r, "omega@2.0.0").contains("1.0.0"),
+        "{}",
+        failure(&r, "omega@2.0.0")
+    );
 
     // Fail closed: the primary index breaks, so omega (in the secondary) is not served
     // from a lower-priority index either.
@@ -427,14 +666,20 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     let mut closed = request(&server, &["omega"]);
     closed.destination_dir = path_str(&server.root.path().canonicalize().unwrap().join("closed"));
     let r = client.download(closed).await.unwrap();
-    assert!(failure(&r, "omega").contains("500"), "{}", failure(&r, "omega"));
+    assert!(
+        failure(&r, "omega").contains("500"),
+        "{}",
+        failure(&r, "omega")
+    );
 
     // A request's registry_url is searched first.
-    let extra = index_json(&[IndexEntry::new("omega", "1.0.0").archive(&files.url("alpha-1.0.0.tar.gz"), &sha256_checksum(&alpha_1))]);
+    let extra = index_json(&[IndexEntry::new("omega", "1.0.0")
+        .archive(&files.url("alpha-1.0.0.tar.gz"), &sha256_checksum(&alpha_1))]);
     files.put("extra/index.json", extra);
     let mut with_extra = request(&server, &["omega"]);
     with_extra.registry_url = Some(files.url("extra/index.json"));
-    with_extra.destination_dir = path_str(&server.root.path().canonicalize().unwrap().join("extra"));
+    with_extra.destination_dir =
+        path_str(&server.root.path().canonicalize().unwrap().join("extra"));
     let r = client.download(with_extra).await.unwrap();
     // The archive holds alpha, not omega: identity is checked for every index.
     assert!(failure(&r, "omega").contains("refusing"), "{:#?}", r);
@@ -444,7 +689,10 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     let files = FileServer::start_http().await;
-    files.put("slow.tar.gz", archives::tar_gz(&pack_files("slow", "1.0.0")));
+    files.put(
+        "slow.tar.gz",
+        archives::tar_gz(&pack_files("slow", "1.0.0")),
+    );
     files.set_delay("slow.tar.gz", Duration::from_secs(60));
     let server = TestServer::start_with(Backend::Sqlite, allow_http).await;
     let mut client = server.client().await;
@@ -455,16 +703,31 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     let started = std::time::Instant::now();
     let r = client.download(req).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert!(failure(&r, &slow).contains("timed out after 1 s"), "{}", failure(&r, &slow));
-    assert!(listing(&dest(&server)).is_empty(), "{:?}", listing(&dest(&server)));
+    assert!(
+        failure(&r, &slow).contains("timed out after 1 s"),
+        "{}",
+        failure(&r, &slow)
+    );
+    assert!(
+        listing(&dest(&server)).is_empty(),
+        "{:?}",
+        listing(&dest(&server))
+    );
 
     // A dropped stream cancels the download and removes its staging directory.
-    let mut stream = client.download_stream(request(&server, &[&slow])).await.unwrap();
+    let mut stream = client
+        .download_stream(request(&server, &[&slow]))
+        .await
+        .unwrap();
     let _first = stream.next().await;
     drop(stream);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !listing(&dest(&server)).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "left behind: {:?}", listing(&dest(&server)));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            listing(&dest(&server))
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -476,8 +739,20 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     assert!(err.status().unwrap().message().contains("destination_dir"));
     let mut zero = request(&server, &["core"]);
     zero.timeout = Some(0);
-    assert_eq!(client.download(zero).await.unwrap_err().status().unwrap().code(), Code::InvalidArgument);
-    let bad = client.download(request(&server, &["Not A Source!", "ftp://x/y.zip"])).await.unwrap();
+    assert_eq!(
+        client
+            .download(zero)
+            .await
+            .unwrap_err()
+            .status()
+            .unwrap()
+            .code(),
+        Code::InvalidArgument
+    );
+    let bad = client
+        .download(request(&server, &["Not A Source!", "ftp://x/y.zip"]))
+        .await
+        .unwrap();
     assert_counts(&bad);
     assert!(failure(&bad, "Not A Source!").contains("not a pack source"));
     assert!(failure(&bad, "ftp://x/y.zip").contains("unsupported URL scheme"));

@@ -10,3 +10,4 @@ mod dependencies;
 mod download;
 mod git;
 mod grpcurl;
+mod register;

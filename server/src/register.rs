@@ -1,0 +1,736 @@
+//! The RegisterBatch stage: validate packs, run their tests, store their files under
+//! `<packs_base_dir>/<ref>` and record them and their components in the database.
+//!
+//! Per pack, all or nothing: the pack is copied beside its final place and tested
+//! there; then, holding the pack's write lock (see `store::packs`), the old directory
+//! is swapped out, the rows are written in one transaction, and only after the commit
+//! is the old directory deleted. Any failure puts the old directory back, so a failed
+//! re-registration leaves the previous version's files and rows as they were.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    checksum,
+    components::{self, ComponentKind, LoadedPack},
+    fetch,
+    manifest::Manifest,
+    packtest::{self, PackTestResult, TestRunOptions},
+    paths::PathPolicy,
+    progress::{Level, Reporter, Stage},
+    provenance,
+    store::{
+        Db,
+        packs::{ComponentRow, PackRow, TestRow, WriteError},
+    },
+};
+
+#[derive(Debug, Clone)]
+pub struct RegisterRequest {
+    pub pack_paths: Vec<String>,
+    /// As the caller wrote it; `None` means the server's default.
+    pub packs_base_dir: Option<String>,
+    pub skip_validation: bool,
+    pub skip_tests: bool,
+    /// Replace an already registered pack, and register despite failing tests.
+    pub force: bool,
+    /// Who asked (the token's subject), recorded as `installed_by`.
+    pub requested_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ComponentCounts {
+    pub actions: u32,
+    pub sensors: u32,
+    pub triggers: u32,
+    pub rules: u32,
+    pub workflows: u32,
+    pub policies: u32,
+}
+
+impl ComponentCounts {
+    fn of(loaded: &LoadedPack) -> Self {
+        Self {
+            actions: loaded.count(ComponentKind::Action),
+            sensors: loaded.count(ComponentKind::Sensor),
+            triggers: loaded.count(ComponentKind::Trigger),
+            rules: loaded.count(ComponentKind::Rule),
+            workflows: loaded.count(ComponentKind::Workflow),
+            policies: loaded.count(ComponentKind::Policy),
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.actions + self.sensors + self.triggers + self.rules + self.workflows + self.policies
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationIssue {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validation {
+    pub errors: Vec<ValidationIssue>,
+    pub warnings: Vec<ValidationIssue>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisteredPack {
+    pub pack_ref: String,
+    pub pack_id: i64,
+    pub pack_version: String,
+    pub storage_path: String,
+    pub components: ComponentCounts,
+    pub test_result: Option<PackTestResult>,
+    pub validation: Validation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorStage {
+    Validation,
+    Testing,
+    FileCopy,
+    Database,
+}
+
+impl ErrorStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorStage::Validation => "validation",
+            ErrorStage::Testing => "testing",
+            ErrorStage::FileCopy => "file_copy",
+            ErrorStage::Database => "database",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FailedPack {
+    pub pack_ref: String,
+    pub pack_path: String,
+    pub error: String,
+    pub error_stage: ErrorStage,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RegisterReport {
+    pub registered: Vec<RegisteredPack>,
+    pub failed: Vec<FailedPack>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("cannot read registered packs: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Registrations in flight in this process, by storage path: the database lock covers
+/// other processes, this covers our own concurrent requests before they reach it.
+static IN_FLIGHT: Mutex<Option<HashMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
+    Mutex::new(None);
+
+fn storage_lock(target: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    let mut guard = IN_FLIGHT.lock().expect("registration lock map");
+    let map = guard.get_or_insert_with(HashMap::new);
+    map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+    std::sync::Arc::clone(map.entry(target.to_path_buf()).or_default())
+}
+
+/// One pack of the batch after parsing, before storage.
+struct Candidate {
+    given_path: String,
+    dir: PathBuf,
+    manifest: Manifest,
+    loaded: LoadedPack,
+}
+
+pub struct Registrar<'a> {
+    pub db: &'a Db,
+    pub paths: &'a PathPolicy,
+    pub default_base_dir: PathBuf,
+}
+
+impl Registrar<'_> {
+    pub async fn register(
+        &self,
+        request: RegisterRequest,
+        reporter: &Reporter,
+    ) -> Result<RegisterReport, RegisterError> {
+        let started = Instant::now();
+        let base = match &request.packs_base_dir {
+            Some(dir) => self
+                .paths
+                .confine(dir)
+                .map_err(|e| RegisterError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+            None => self.default_base_dir.clone(),
+        };
+        fs::create_dir_all(&base).map_err(|e| {
+            RegisterError::InvalidRequest(format!(
+                "packs_base_dir: cannot create '{}': {e}",
+                base.display()
+            ))
+        })?;
+
+        let mut report = RegisterReport::default();
+        let total = request.pack_paths.len() as u64;
+        let installed: HashSet<String> = self
+            .db
+            .installed_packs()
+            .await?
+            .into_iter()
+            .map(|p| p.pack_ref)
+            .collect();
+        let registered_components = self.db.component_refs().await?;
+
+        // Parse everything first: references between packs of the batch resolve.
+        let paths = self.paths.clone();
+        let pack_paths = request.pack_paths.clone();
+        let skip_validation = request.skip_validation;
+        let parse_reporter = reporter.clone();
+        let (candidates, failures) = tokio::task::spawn_blocking(move || {
+            parse_batch(
+                &paths,
+                &pack_paths,
+                skip_validation,
+                &installed,
+                &registered_components,
+                &parse_reporter,
+            )
+        })
+        .await
+        .expect("pack validation panicked");
+        report.failed.extend(failures);
+
+        for candidate in candidates {
+            if reporter.is_cancelled() {
+                break;
+            }
+            let progress = reporter.with_subject(&candidate.manifest.pack_ref);
+            let given = candidate.given_path.clone();
+            let pack_ref = candidate.manifest.pack_ref.clone();
+            match self
+                .register_one(candidate, &base, &request, &progress)
+                .await
+            {
+                Ok(registered) => {
+                    progress.count(
+                        Stage::Register,
+                        format!(
+                            "registered {} {} ({} components) at {}",
+                            registered.pack_ref,
+                            registered.pack_version,
+                            registered.components.total(),
+                            registered.storage_path
+                        ),
+                        (report.registered.len() + report.failed.len() + 1) as u64,
+                        Some(total),
+                    );
+                    report.registered.push(registered);
+                }
+                Err((error_stage, error)) => {
+                    progress.emit(
+                        Stage::Register,
+                        Level::Error,
+                        format!("{} failed: {error}", error_stage.as_str()),
+                        Some((report.registered.len() + report.failed.len() + 1) as u64),
+                        Some(total),
+                    );
+                    report.failed.push(FailedPack {
+                        pack_ref,
+                        pack_path: given,
+                        error,
+                        error_stage,
+                    });
+                }
+            }
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    async fn register_one(
+        &self,
+        candidate: Candidate,
+        base: &Path,
+        request: &RegisterRequest,
+        reporter: &Reporter,
+    ) -> Result<RegisteredPack, (ErrorStage, String)> {
+        let Candidate {
+            dir,
+            manifest,
+            loaded,
+            ..
+        } = candidate;
+        let pack_ref = manifest.pack_ref.clone();
+        let target = base.join(&pack_ref);
+        let in_place = dir == target;
+
+        // Refuse early what the database would refuse anyway, before copying files.
+        if !request.force
+            && let Ok(Some(version)) = self.db.registered_version(&pack_ref).await
+        {
+            return Err((
+                ErrorStage::Validation,
+                WriteError::AlreadyRegistered { pack_ref, version }.to_string(),
+            ));
+        }
+
+        // Stage a copy beside the final place (same filesystem: the swap is a rename).
+        let staged = if in_place {
+            None
+        } else {
+            reporter.info(
+                Stage::Copy,
+                format!("copying {} to {}", dir.display(), base.display()),
+            );
+            let staging = base.join(format!(
+                ".{pack_ref}.staging-{}",
+                crate::paths::unique_suffix()
+            ));
+            let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
+            let copied =
+                tokio::task::spawn_blocking(move || fetch::copy_tree(&src, &dst, &copy_reporter))
+                    .await
+                    .expect("copy panicked");
+            if let Err(e) = copied {
+                let _ = fs::remove_dir_all(&staging);
+                return Err((ErrorStage::FileCopy, e.to_string()));
+            }
+            Some(StagedDir(staging))
+        };
+        let work_dir = staged.as_ref().map_or(dir.clone(), |s| s.0.clone());
+
+        // Tests run against exactly the files that will be stored.
+        let test_result = if request.skip_tests {
+            None
+        } else {
+            match &manifest.testing {
+                Some(testing) if testing.enabled => {
+                    reporter.info(Stage::Test, "running pack tests");
+                    let options = TestRunOptions {
+                        python: test_python(base, &pack_ref),
+                        ..TestRunOptions::default()
+                    };
+                    let result = packtest::run_pack_tests(
+                        &work_dir,
+                        &pack_ref,
+                        &manifest.version.to_string(),
+                        testing,
+                        &options,
+                        reporter,
+                    )
+                    .await;
+                    if !result.passed() {
+                        let summary = format!(
+                            "tests {}: {} of {} passed (pass rate {:.2}, required {:.2})",
+                            result.status.as_str(),
+                            result.passed,
+                            result.total_tests,
+                            result.pass_rate,
+                            result.min_pass_rate
+                        );
+                        if !request.force {
+                            return Err((
+                                ErrorStage::Testing,
+                                format!("{summary}; use force to register anyway"),
+                            ));
+                        }
+                        reporter.warn(
+                            Stage::Test,
+                            format!("{summary}; registering anyway (force)"),
+                        );
+                    }
+                    Some(result)
+                }
+                _ => None,
+            }
+        };
+
+        // Provenance from Download, trusted only if the pack is unchanged since.
+        let checksum_dir = work_dir.clone();
+        let source_dir = dir.clone();
+        let (checksum_hex, provenance) = tokio::task::spawn_blocking(move || {
+            let checksum =
+                checksum::directory_checksum(&checksum_dir).map_err(|e| e.to_string())?;
+            let provenance = provenance::read(&source_dir)
+                .filter(|p| p.checksum == checksum::checksum_prefixed(&checksum));
+            Ok::<_, String>((checksum, provenance))
+        })
+        .await
+        .expect("checksum panicked")
+        .map_err(|e| (ErrorStage::FileCopy, e))?;
+
+        let row = pack_row(
+            &manifest,
+            &target,
+            &checksum_hex,
+            provenance.as_ref(),
+            request.requested_by.clone(),
+        );
+        let components = component_rows(&loaded);
+
+        // The critical section: files and rows change together.
+        let lock = storage_lock(&target);
+        let _in_process = lock.lock().await;
+        reporter.info(Stage::Register, "writing to the database");
+        let mut write = self
+            .db
+            .begin_pack_write(&pack_ref)
+            .await
+            .map_err(|e| (ErrorStage::Database, e.to_string()))?;
+        let swap = match &staged {
+            Some(staged) => {
+                Some(Swap::perform(&staged.0, &target).map_err(|e| (ErrorStage::FileCopy, e))?)
+            }
+            None => None,
+        };
+        let now = crate::auth::unix_now() as i64 * 1000;
+        let written = async {
+            let pack_id = write.upsert_pack(&row, request.force, now).await?;
+            write
+                .replace_components(pack_id, &pack_ref, &components)
+                .await?;
+            if let Some(result) = &test_result {
+                write
+                    .insert_test_result(pack_id, &test_row(result), now)
+                    .await?;
+            }
+            Ok::<_, WriteError>(pack_id)
+        }
+        .await;
+        let pack_id = match written {
+            Ok(id) => id,
+            Err(e) => {
+                drop(write);
+                if let Some(swap) = swap {
+                    swap.undo();
+                }
+                let stage = match e {
+                    WriteError::AlreadyRegistered { .. } | WriteError::ComponentConflict { .. } => {
+                        ErrorStage::Validation
+                    }
+                    WriteError::Store(_) => ErrorStage::Database,
+                };
+                return Err((stage, e.to_string()));
+            }
+        };
+        if let Err(e) = write.commit().await {
+            if let Some(swap) = swap {
+                swap.undo();
+            }
+            return Err((ErrorStage::Database, e.to_string()));
+        }
+        if let Some(swap) = swap {
+            swap.finish();
+        }
+
+        let mut validation = Validation::default();
+        validation
+            .warnings
+            .extend(manifest.warnings.iter().map(|w| ValidationIssue {
+                file: "pack.yaml".into(),
+                message: format!("{}: {}", w.key, w.message),
+            }));
+        validation
+            .warnings
+            .extend(loaded.warnings.iter().map(|w| ValidationIssue {
+                file: w.file.clone(),
+                message: w.message.clone(),
+            }));
+        Ok(RegisteredPack {
+            pack_ref,
+            pack_id,
+            pack_version: manifest.version.to_string(),
+            storage_path: target.display().to_string(),
+            components: ComponentCounts::of(&loaded),
+            test_result,
+            validation,
+        })
+    }
+}
+
+/// A staged copy; removed on drop (a no-op once it was renamed into place).
+struct StagedDir(PathBuf);
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The old directory moved aside and the new one moved in, reversibly.
+struct Swap {
+    target: PathBuf,
+    staged: PathBuf,
+    backup: Option<PathBuf>,
+}
+
+impl Swap {
+    fn perform(staged: &Path, target: &Path) -> Result<Swap, String> {
+        let backup = match fs::symlink_metadata(target) {
+            Ok(_) => {
+                let backup = target.with_file_name(format!(
+                    ".{}.previous-{}",
+                    target
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("pack"),
+                    crate::paths::unique_suffix()
+                ));
+                fs::rename(target, &backup).map_err(|e| {
+                    format!("cannot move the previous '{}' aside: {e}", target.display())
+                })?;
+                Some(backup)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("cannot inspect '{}': {e}", target.display())),
+        };
+        if let Err(e) = fs::rename(staged, target) {
+            if let Some(backup) = &backup {
+                let _ = fs::rename(backup, target);
+            }
+            return Err(format!(
+                "cannot move the pack into '{}': {e}",
+                target.display()
+            ));
+        }
+        Ok(Swap {
+            target: target.to_path_buf(),
+            staged: staged.to_path_buf(),
+            backup,
+        })
+    }
+
+    /// Puts the previous directory back (the new one returns to staging, whose guard
+    /// deletes it).
+    fn undo(self) {
+        let _ = fs::rename(&self.target, &self.staged);
+        if let Some(backup) = &self.backup {
+            let _ = fs::rename(backup, &self.target);
+        }
+    }
+
+    fn finish(self) {
+        if let Some(backup) = &self.backup {
+            let _ = fs::remove_dir_all(backup);
+        }
+    }
+}
+
+fn parse_batch(
+    paths: &PathPolicy,
+    pack_paths: &[String],
+    skip_validation: bool,
+    installed: &HashSet<String>,
+    registered_components: &HashSet<(String, String)>,
+    reporter: &Reporter,
+) -> (Vec<Candidate>, Vec<FailedPack>) {
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut failed = Vec::new();
+    let fail = |failed: &mut Vec<FailedPack>, pack_ref: &str, given: &str, error: String| {
+        reporter
+            .with_subject(given)
+            .emit(Stage::Validate, Level::Error, error.clone(), None, None);
+        failed.push(FailedPack {
+            pack_ref: pack_ref.to_string(),
+            pack_path: given.to_string(),
+            error,
+            error_stage: ErrorStage::Validation,
+        });
+    };
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for given in pack_paths {
+        let dir = match paths.confine(given) {
+            Ok(dir) if dir.is_dir() => dir,
+            Ok(_) => {
+                fail(
+                    &mut failed,
+                    "unknown",
+                    given,
+                    format!("pack directory '{given}' does not exist"),
+                );
+                continue;
+            }
+            Err(e) => {
+                fail(&mut failed, "unknown", given, e.to_string());
+                continue;
+            }
+        };
+        let manifest = match Manifest::load(&dir) {
+            Ok(m) => m,
+            Err(e) => {
+                fail(&mut failed, "unknown", given, e.to_string());
+                continue;
+            }
+        };
+        if let Some(first) = seen.get(&manifest.pack_ref) {
+            let error = format!(
+                "pack '{}' is also at '{first}' in this batch",
+                manifest.pack_ref
+            );
+            fail(&mut failed, &manifest.pack_ref, given, error);
+            continue;
+        }
+        seen.insert(manifest.pack_ref.clone(), given.clone());
+        reporter
+            .with_subject(&manifest.pack_ref)
+            .info(Stage::Validate, "reading components");
+        let loaded = components::load(&dir, &manifest.pack_ref);
+        candidates.push(Candidate {
+            given_path: given.clone(),
+            dir,
+            manifest,
+            loaded,
+        });
+    }
+
+    // References resolve against the whole batch plus what is registered.
+    let batch_refs: HashSet<String> = candidates
+        .iter()
+        .map(|c| c.manifest.pack_ref.clone())
+        .collect();
+    let batch_components: HashSet<(String, String)> = candidates
+        .iter()
+        .flat_map(|c| {
+            c.loaded
+                .components
+                .iter()
+                .map(|x| (x.kind.as_str().to_string(), x.r#ref.clone()))
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for mut candidate in candidates {
+        if !skip_validation {
+            let pack_exists = |r: &str| batch_refs.contains(r) || installed.contains(r);
+            let component_exists = |kind: ComponentKind, r: &str| {
+                let key = (kind.as_str().to_string(), r.to_string());
+                batch_components.contains(&key) || registered_components.contains(&key)
+            };
+            components::validate(
+                &mut candidate.loaded,
+                &candidate.dir,
+                &candidate.manifest.pack_ref,
+                &pack_exists,
+                &component_exists,
+            );
+        }
+        let progress = reporter.with_subject(&candidate.manifest.pack_ref);
+        for w in &candidate.loaded.warnings {
+            progress.warn(Stage::Validate, w.to_string());
+        }
+        if candidate.loaded.has_errors() && !skip_validation {
+            let errors: Vec<String> = candidate
+                .loaded
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            let error = format!(
+                "{} validation error(s): {}",
+                errors.len(),
+                errors.join("; ")
+            );
+            fail(
+                &mut failed,
+                &candidate.manifest.pack_ref,
+                &candidate.given_path,
+                error,
+            );
+            continue;
+        }
+        kept.push(candidate);
+    }
+    (kept, failed)
+}
+
+/// The pack's virtualenv interpreter when BuildEnvs made one, else python3.
+fn test_python(base: &Path, pack_ref: &str) -> PathBuf {
+    let venv = base.join(".envs").join(pack_ref).join("python/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn pack_row(
+    manifest: &Manifest,
+    target: &Path,
+    checksum_hex: &str,
+    provenance: Option<&provenance::Provenance>,
+    installed_by: Option<String>,
+) -> PackRow {
+    let dependencies: Vec<String> = manifest
+        .dependencies
+        .iter()
+        .map(|d| d.raw.clone())
+        .collect();
+    PackRow {
+        pack_ref: manifest.pack_ref.clone(),
+        label: manifest.label.clone(),
+        description: manifest.description.clone(),
+        version: manifest.version.to_string(),
+        conf_schema: json(&manifest.conf_schema),
+        config: json(&manifest.config),
+        meta: json(&manifest.meta),
+        tags: json(&manifest.tags),
+        runtime_deps: json(&manifest.runtime_deps),
+        dependencies: json(&dependencies),
+        storage_path: target.display().to_string(),
+        source: provenance.map(|p| p.source.clone()),
+        source_type: Some(
+            provenance.map_or("local_directory".to_string(), |p| p.source_type.clone()),
+        ),
+        source_url: provenance.and_then(|p| p.url.clone()),
+        source_ref: provenance.and_then(|p| p.reference.clone()),
+        registry_url: provenance.and_then(|p| p.registry_url.clone()),
+        git_commit: provenance.and_then(|p| p.git_commit.clone()),
+        checksum: Some(checksum::checksum_prefixed(checksum_hex)),
+        checksum_verified: provenance.is_some_and(|p| p.checksum_verified),
+        installed_by,
+    }
+}
+
+fn component_rows(loaded: &LoadedPack) -> Vec<ComponentRow> {
+    loaded
+        .components
+        .iter()
+        .map(|c| ComponentRow {
+            kind: c.kind.as_str(),
+            r#ref: c.r#ref.clone(),
+            label: c.label.clone(),
+            description: c.description.clone(),
+            file: c.file.clone(),
+            definition: json(&c.definition),
+        })
+        .collect()
+}
+
+fn test_row(result: &PackTestResult) -> TestRow {
+    TestRow {
+        pack_version: result.pack_version.clone(),
+        status: result.status.as_str().to_string(),
+        total_tests: result.total_tests.into(),
+        passed: result.passed.into(),
+        failed: result.failed.into(),
+        skipped: result.skipped.into(),
+        pass_rate: result.pass_rate.clamp(0.0, 1.0),
+        duration_ms: result.duration_ms as i64,
+        result: result.to_json().to_string(),
+    }
+}

@@ -1,0 +1,285 @@
+//! Writing a registered pack: one transaction per pack, holding that pack's write lock.
+//!
+//! The lock is what makes racing registrations of one ref end with one version whose
+//! files and rows agree: the caller swaps the pack's files while holding it and
+//! commits (or puts the files back) before releasing it.
+//! - PostgreSQL: `pg_advisory_xact_lock` on the ref's hash, so it also holds across
+//!   server processes sharing the database.
+//! - SQLite: `BEGIN IMMEDIATE` takes the database write lock up front (other writers,
+//!   in this process or another, wait on the busy timeout).
+
+use std::collections::HashSet;
+
+use sqlx::{Postgres, Row, Sqlite, Transaction};
+
+use super::{Db, StoreError};
+
+/// The pack row, as registration writes it. JSON columns are already serialized.
+#[derive(Debug, Clone, Default)]
+pub struct PackRow {
+    pub pack_ref: String,
+    pub label: String,
+    pub description: Option<String>,
+    pub version: String,
+    pub conf_schema: String,
+    pub config: String,
+    pub meta: String,
+    pub tags: String,
+    pub runtime_deps: String,
+    pub dependencies: String,
+    pub storage_path: String,
+    pub source: Option<String>,
+    pub source_type: Option<String>,
+    pub source_url: Option<String>,
+    pub source_ref: Option<String>,
+    pub registry_url: Option<String>,
+    pub git_commit: Option<String>,
+    pub checksum: Option<String>,
+    pub checksum_verified: bool,
+    pub installed_by: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ComponentRow {
+    pub kind: &'static str,
+    pub r#ref: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub file: String,
+    pub definition: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestRow {
+    pub pack_version: String,
+    pub status: String,
+    pub total_tests: i64,
+    pub passed: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub pass_rate: f64,
+    pub duration_ms: i64,
+    pub result: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("pack '{pack_ref}' is already registered (version {version}); use force to replace it")]
+    AlreadyRegistered { pack_ref: String, version: String },
+    #[error("{kind} '{component}' belongs to pack '{owner}'; it is not overwritten")]
+    ComponentConflict {
+        kind: String,
+        component: String,
+        owner: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        WriteError::Store(StoreError::Sqlx(e))
+    }
+}
+
+/// An open write of one pack. Dropped without `commit`, it rolls back.
+pub enum PackWrite {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs the same query text on whichever transaction this is.
+macro_rules! on_tx {
+    ($self:expr, $tx:ident => $body:expr) => {
+        match $self {
+            PackWrite::Sqlite($tx) => $body,
+            PackWrite::Postgres($tx) => $body,
+        }
+    };
+}
+
+const EXISTING: &str = "SELECT id, version FROM packs WHERE ref = $1";
+const INSERT_PACK: &str = "INSERT INTO packs (ref, label, description, version, conf_schema, config, \
+    meta, tags, runtime_deps, dependencies, storage_path, source, source_type, source_url, \
+    source_ref, registry_url, git_commit, checksum, checksum_verified, installed_by, \
+    installed_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+    $14, $15, $16, $17, $18, $19, $20, $21, $21) RETURNING id";
+const UPDATE_PACK: &str = "UPDATE packs SET label = $2, description = $3, version = $4, \
+    conf_schema = $5, config = $6, meta = $7, tags = $8, runtime_deps = $9, dependencies = $10, \
+    storage_path = $11, source = $12, source_type = $13, source_url = $14, source_ref = $15, \
+    registry_url = $16, git_commit = $17, checksum = $18, checksum_verified = $19, \
+    installed_by = $20, installed_at = $21, updated_at = $21 WHERE ref = $1 RETURNING id";
+const DELETE_COMPONENTS: &str = "DELETE FROM components WHERE pack_id = $1";
+const OWNERS: &str = "SELECT c.kind, c.ref, p.ref FROM components c JOIN packs p ON p.id = c.pack_id \
+    WHERE c.pack_id <> $1 AND c.ref LIKE $2";
+const INSERT_COMPONENT: &str = "INSERT INTO components (pack_id, kind, ref, label, description, \
+    file, definition) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT_TEST: &str = "INSERT INTO pack_test_results (pack_id, pack_version, executed_at, \
+    status, total_tests, passed, failed, skipped, pass_rate, duration_ms, result) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+impl Db {
+    /// Begins the write of `pack_ref`, waiting for any other writer of it.
+    pub async fn begin_pack_write(&self, pack_ref: &str) -> Result<PackWrite, StoreError> {
+        match self {
+            Db::Sqlite(pool) => Ok(PackWrite::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("attune-packs:{pack_ref}"))
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(PackWrite::Postgres(tx))
+            }
+        }
+    }
+
+    /// `(kind, ref)` of every registered component, for reference checks.
+    pub async fn component_refs(&self) -> Result<HashSet<(String, String)>, StoreError> {
+        const SQL: &str = "SELECT kind, ref FROM components";
+        let rows: Vec<(String, String)> = match self {
+            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+        };
+        Ok(rows.into_iter().collect())
+    }
+}
+
+impl PackWrite {
+    /// The registered id and version of `pack_ref`, if any.
+    pub async fn existing(&mut self, pack_ref: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let row = on_tx!(self, tx => sqlx::query(EXISTING)
+            .bind(pack_ref)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1))));
+        Ok(row)
+    }
+
+    /// Inserts the pack, or replaces the registered one when `replace`.
+    pub async fn upsert_pack(
+        &mut self,
+        row: &PackRow,
+        replace: bool,
+        now_ms: i64,
+    ) -> Result<i64, WriteError> {
+        if let Some((_, version)) = self.existing(&row.pack_ref).await? {
+            if !replace {
+                return Err(WriteError::AlreadyRegistered {
+                    pack_ref: row.pack_ref.clone(),
+                    version,
+                });
+            }
+            return Ok(self.bind_pack(UPDATE_PACK, row, now_ms).await?);
+        }
+        Ok(self.bind_pack(INSERT_PACK, row, now_ms).await?)
+    }
+
+    async fn bind_pack(
+        &mut self,
+        sql: &'static str,
+        row: &PackRow,
+        now_ms: i64,
+    ) -> Result<i64, sqlx::Error> {
+        macro_rules! bound {
+            ($q:expr) => {
+                $q.bind(&row.pack_ref)
+                    .bind(&row.label)
+                    .bind(&row.description)
+                    .bind(&row.version)
+                    .bind(&row.conf_schema)
+                    .bind(&row.config)
+                    .bind(&row.meta)
+                    .bind(&row.tags)
+                    .bind(&row.runtime_deps)
+                    .bind(&row.dependencies)
+                    .bind(&row.storage_path)
+                    .bind(&row.source)
+                    .bind(&row.source_type)
+                    .bind(&row.source_url)
+                    .bind(&row.source_ref)
+                    .bind(&row.registry_url)
+                    .bind(&row.git_commit)
+                    .bind(&row.checksum)
+                    .bind(row.checksum_verified)
+                    .bind(&row.installed_by)
+                    .bind(now_ms)
+            };
+        }
+        on_tx!(self, tx => bound!(sqlx::query_scalar::<_, i64>(sql)).fetch_one(&mut **tx).await)
+    }
+
+    /// Replaces the pack's components: those that disappeared are removed. A
+    /// component ref held by another pack is a conflict (nothing is overwritten).
+    pub async fn replace_components(
+        &mut self,
+        pack_id: i64,
+        pack_ref: &str,
+        rows: &[ComponentRow],
+    ) -> Result<(), WriteError> {
+        let pattern = format!("{}.%", pack_ref.replace('%', "\\%").replace('_', "\\_"));
+        let others: Vec<(String, String, String)> = on_tx!(self, tx => sqlx::query_as(OWNERS)
+            .bind(pack_id)
+            .bind(&pattern)
+            .fetch_all(&mut **tx)
+            .await?);
+        let taken: std::collections::HashMap<(&str, &str), &str> = others
+            .iter()
+            .map(|(k, r, owner)| ((k.as_str(), r.as_str()), owner.as_str()))
+            .collect();
+        if let Some(row) = rows
+            .iter()
+            .find(|c| taken.contains_key(&(c.kind, c.r#ref.as_str())))
+        {
+            return Err(WriteError::ComponentConflict {
+                kind: row.kind.to_string(),
+                component: row.r#ref.clone(),
+                owner: taken[&(row.kind, row.r#ref.as_str())].to_string(),
+            });
+        }
+        on_tx!(self, tx => sqlx::query(DELETE_COMPONENTS).bind(pack_id).execute(&mut **tx).await.map(|_| ())?);
+        for c in rows {
+            on_tx!(self, tx => sqlx::query(INSERT_COMPONENT)
+                .bind(pack_id)
+                .bind(c.kind)
+                .bind(&c.r#ref)
+                .bind(&c.label)
+                .bind(&c.description)
+                .bind(&c.file)
+                .bind(&c.definition)
+                .execute(&mut **tx)
+                .await
+                .map(|_| ())?);
+        }
+        Ok(())
+    }
+
+    pub async fn insert_test_result(
+        &mut self,
+        pack_id: i64,
+        row: &TestRow,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        on_tx!(self, tx => sqlx::query(INSERT_TEST)
+            .bind(pack_id)
+            .bind(&row.pack_version)
+            .bind(now_ms)
+            .bind(&row.status)
+            .bind(row.total_tests)
+            .bind(row.passed)
+            .bind(row.failed)
+            .bind(row.skipped)
+            .bind(row.pass_rate)
+            .bind(row.duration_ms)
+            .bind(&row.result)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        on_tx!(self, tx => tx.commit().await?);
+        Ok(())
+    }
+}
