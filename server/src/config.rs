@@ -98,6 +98,21 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub registry: RegistrySection,
     pub download: DownloadSection,
+    pub register: RegisterSection,
+}
+
+/// `register:` — RegisterBatch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterSection {
+    /// Packs of one batch prepared (copied, tested, hashed) at the same time.
+    pub concurrency: usize,
+}
+
+impl Default for RegisterSection {
+    fn default() -> Self {
+        Self { concurrency: 4 }
+    }
 }
 
 /// `registry:` — the pack indices searched for registry refs.
@@ -215,6 +230,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             registry: RegistrySection::default(),
             download: DownloadSection::default(),
+            register: RegisterSection::default(),
         }
     }
 }

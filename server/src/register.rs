@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
+
 use crate::{
     checksum,
     components::{self, ComponentKind, LoadedPack},
@@ -159,6 +161,8 @@ pub struct Registrar<'a> {
     pub db: &'a Db,
     pub paths: &'a PathPolicy,
     pub default_base_dir: PathBuf,
+    /// Packs prepared (copied, tested, hashed) at the same time.
+    pub concurrency: usize,
 }
 
 impl Registrar<'_> {
@@ -212,47 +216,62 @@ impl Registrar<'_> {
         .expect("pack validation panicked");
         report.failed.extend(failures);
 
-        for candidate in candidates {
-            if reporter.is_cancelled() {
-                break;
-            }
-            let progress = reporter.with_subject(&candidate.manifest.pack_ref);
-            let given = candidate.given_path.clone();
-            let pack_ref = candidate.manifest.pack_ref.clone();
-            match self
-                .register_one(candidate, &base, &request, &progress)
-                .await
-            {
-                Ok(registered) => {
-                    progress.count(
-                        Stage::Register,
-                        format!(
-                            "registered {} {} ({} components) at {}",
-                            registered.pack_ref,
-                            registered.pack_version,
-                            registered.components.total(),
-                            registered.storage_path
-                        ),
-                        (report.registered.len() + report.failed.len() + 1) as u64,
-                        Some(total),
-                    );
-                    report.registered.push(registered);
-                }
-                Err((error_stage, error)) => {
-                    progress.emit(
-                        Stage::Register,
-                        Level::Error,
-                        format!("{} failed: {error}", error_stage.as_str()),
-                        Some((report.registered.len() + report.failed.len() + 1) as u64),
-                        Some(total),
-                    );
-                    report.failed.push(FailedPack {
-                        pack_ref,
-                        pack_path: given,
-                        error,
-                        error_stage,
-                    });
-                }
+        // Packs are prepared (copied, tested, hashed) concurrently; each one's files
+        // and rows are then switched under its own lock, so ordering between packs
+        // does not matter for correctness.
+        let done = std::sync::atomic::AtomicU64::new(report.failed.len() as u64);
+        let outcomes: Vec<(String, String, Result<RegisteredPack, (ErrorStage, String)>)> =
+            futures::stream::iter(candidates)
+                .map(|candidate| {
+                    let progress = reporter.with_subject(&candidate.manifest.pack_ref);
+                    let given = candidate.given_path.clone();
+                    let pack_ref = candidate.manifest.pack_ref.clone();
+                    let base = &base;
+                    let request = &request;
+                    let done = &done;
+                    async move {
+                        let outcome = if progress.is_cancelled() {
+                            Err((ErrorStage::Validation, "cancelled".to_string()))
+                        } else {
+                            self.register_one(candidate, base, request, &progress).await
+                        };
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        match &outcome {
+                            Ok(registered) => progress.count(
+                                Stage::Register,
+                                format!(
+                                    "registered {} {} ({} components) at {}",
+                                    registered.pack_ref,
+                                    registered.pack_version,
+                                    registered.components.total(),
+                                    registered.storage_path
+                                ),
+                                n,
+                                Some(total),
+                            ),
+                            Err((stage, error)) => progress.emit(
+                                Stage::Register,
+                                Level::Error,
+                                format!("{} failed: {error}", stage.as_str()),
+                                Some(n),
+                                Some(total),
+                            ),
+                        }
+                        (pack_ref, given, outcome)
+                    }
+                })
+                .buffered(self.concurrency.max(1))
+                .collect()
+                .await;
+        for (pack_ref, pack_path, outcome) in outcomes {
+            match outcome {
+                Ok(registered) => report.registered.push(registered),
+                Err((error_stage, error)) => report.failed.push(FailedPack {
+                    pack_ref,
+                    pack_path,
+                    error,
+                    error_stage,
+                }),
             }
         }
         report.duration = started.elapsed();

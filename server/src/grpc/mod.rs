@@ -255,6 +255,7 @@ impl PackService for PackServiceImpl {
                     db: &state.db,
                     paths: &state.paths,
                     default_base_dir: state.config.packs_base_dir(),
+                    concurrency: state.config.register.concurrency,
                 };
                 registrar
                     .register(stage_request, &reporter)

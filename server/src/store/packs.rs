@@ -112,8 +112,23 @@ const UPDATE_PACK: &str = "UPDATE packs SET label = $2, description = $3, versio
 const DELETE_COMPONENTS: &str = "DELETE FROM components WHERE pack_id = $1";
 const OWNERS: &str = "SELECT c.kind, c.ref, p.ref FROM components c JOIN packs p ON p.id = c.pack_id \
     WHERE c.pack_id <> $1 AND c.ref LIKE $2";
-const INSERT_COMPONENT: &str = "INSERT INTO components (pack_id, kind, ref, label, description, \
-    file, definition) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// `INSERT INTO components … VALUES ($1..$7), ($8..$14), …` for `rows` rows.
+fn insert_components_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO components (pack_id, kind, ref, label, description, file, definition) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let first = row * 7 + 1;
+        let params: Vec<String> = (first..first + 7).map(|n| format!("${n}")).collect();
+        sql.push('(');
+        sql.push_str(&params.join(", "));
+        sql.push(')');
+    }
+    sql
+}
 const INSERT_TEST: &str = "INSERT INTO pack_test_results (pack_id, pack_version, executed_at, \
     status, total_tests, passed, failed, skipped, pass_rate, duration_ms, result) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
@@ -238,18 +253,26 @@ impl PackWrite {
             });
         }
         on_tx!(self, tx => sqlx::query(DELETE_COMPONENTS).bind(pack_id).execute(&mut **tx).await.map(|_| ())?);
-        for c in rows {
-            on_tx!(self, tx => sqlx::query(INSERT_COMPONENT)
-                .bind(pack_id)
-                .bind(c.kind)
-                .bind(&c.r#ref)
-                .bind(&c.label)
-                .bind(&c.description)
-                .bind(&c.file)
-                .bind(&c.definition)
-                .execute(&mut **tx)
-                .await
-                .map(|_| ())?);
+        // Multi-row inserts: one round trip per 100 components, not one per component.
+        for chunk in rows.chunks(100) {
+            let sql = insert_components_sql(chunk.len());
+            macro_rules! bound {
+                ($q:expr) => {{
+                    let mut q = $q;
+                    for c in chunk {
+                        q = q
+                            .bind(pack_id)
+                            .bind(c.kind)
+                            .bind(&c.r#ref)
+                            .bind(&c.label)
+                            .bind(&c.description)
+                            .bind(&c.file)
+                            .bind(&c.definition);
+                    }
+                    q
+                }};
+            }
+            on_tx!(self, tx => bound!(sqlx::query(&sql)).execute(&mut **tx).await.map(|_| ())?);
         }
         Ok(())
     }

@@ -48,7 +48,11 @@ impl ServerProcess {
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             // Only the signal test reads the log; others must not fill a pipe nobody drains.
-            .stderr(if env.is_empty() { Stdio::piped() } else { Stdio::null() })
+            .stderr(if env.is_empty() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
