@@ -1,7 +1,8 @@
 //! attune-packs server: downloads, analyses, builds and registers Attune packs.
 //!
 //! Layout (see docs/ARCHITECTURE.md for the invariants):
-//! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`];
+//! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`],
+//!   [`download`], [`register`];
 //! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
 //!   (confinement), [`runtimes`] (host interpreters);
 //! - doors: [`grpc`] (the only module that knows protobuf);
