@@ -180,7 +180,7 @@ pub fn print_register(r: &pb::RegisterBatchResult) {
             .registered_packs
             .iter()
             .map(|p| {
-                let c = p.components_registered.clone().unwrap_or_default();
+                let c = p.components_registered.unwrap_or_default();
                 let tests = p.test_result.as_ref().map_or_else(
                     || "skipped".to_string(),
                     |t| format!("{} {}/{}", t.status, t.passed, t.total_tests),

@@ -149,6 +149,9 @@ fn storage_lock(target: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     std::sync::Arc::clone(map.entry(target.to_path_buf()).or_default())
 }
 
+/// A pack's registration, or the stage it failed in and why.
+type PackOutcome = Result<RegisteredPack, (ErrorStage, String)>;
+
 /// One pack of the batch after parsing, before storage.
 struct Candidate {
     given_path: String,
@@ -220,49 +223,48 @@ impl Registrar<'_> {
         // and rows are then switched under its own lock, so ordering between packs
         // does not matter for correctness.
         let done = std::sync::atomic::AtomicU64::new(report.failed.len() as u64);
-        let outcomes: Vec<(String, String, Result<RegisteredPack, (ErrorStage, String)>)> =
-            futures::stream::iter(candidates)
-                .map(|candidate| {
-                    let progress = reporter.with_subject(&candidate.manifest.pack_ref);
-                    let given = candidate.given_path.clone();
-                    let pack_ref = candidate.manifest.pack_ref.clone();
-                    let base = &base;
-                    let request = &request;
-                    let done = &done;
-                    async move {
-                        let outcome = if progress.is_cancelled() {
-                            Err((ErrorStage::Validation, "cancelled".to_string()))
-                        } else {
-                            self.register_one(candidate, base, request, &progress).await
-                        };
-                        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        match &outcome {
-                            Ok(registered) => progress.count(
-                                Stage::Register,
-                                format!(
-                                    "registered {} {} ({} components) at {}",
-                                    registered.pack_ref,
-                                    registered.pack_version,
-                                    registered.components.total(),
-                                    registered.storage_path
-                                ),
-                                n,
-                                Some(total),
+        let outcomes: Vec<(String, String, PackOutcome)> = futures::stream::iter(candidates)
+            .map(|candidate| {
+                let progress = reporter.with_subject(&candidate.manifest.pack_ref);
+                let given = candidate.given_path.clone();
+                let pack_ref = candidate.manifest.pack_ref.clone();
+                let base = &base;
+                let request = &request;
+                let done = &done;
+                async move {
+                    let outcome = if progress.is_cancelled() {
+                        Err((ErrorStage::Validation, "cancelled".to_string()))
+                    } else {
+                        self.register_one(candidate, base, request, &progress).await
+                    };
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    match &outcome {
+                        Ok(registered) => progress.count(
+                            Stage::Register,
+                            format!(
+                                "registered {} {} ({} components) at {}",
+                                registered.pack_ref,
+                                registered.pack_version,
+                                registered.components.total(),
+                                registered.storage_path
                             ),
-                            Err((stage, error)) => progress.emit(
-                                Stage::Register,
-                                Level::Error,
-                                format!("{} failed: {error}", stage.as_str()),
-                                Some(n),
-                                Some(total),
-                            ),
-                        }
-                        (pack_ref, given, outcome)
+                            n,
+                            Some(total),
+                        ),
+                        Err((stage, error)) => progress.emit(
+                            Stage::Register,
+                            Level::Error,
+                            format!("{} failed: {error}", stage.as_str()),
+                            Some(n),
+                            Some(total),
+                        ),
                     }
-                })
-                .buffered(self.concurrency.max(1))
-                .collect()
-                .await;
+                    (pack_ref, given, outcome)
+                }
+            })
+            .buffered(self.concurrency.max(1))
+            .collect()
+            .await;
         for (pack_ref, pack_path, outcome) in outcomes {
             match outcome {
                 Ok(registered) => report.registered.push(registered),
@@ -284,7 +286,7 @@ impl Registrar<'_> {
         base: &Path,
         request: &RegisterRequest,
         reporter: &Reporter,
-    ) -> Result<RegisteredPack, (ErrorStage, String)> {
+    ) -> PackOutcome {
         let Candidate {
             dir,
             manifest,

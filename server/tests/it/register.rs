@@ -153,7 +153,7 @@ async fn components_in_db(server: &TestServer, pack_ref: &str) -> Vec<(String, S
 }
 
 fn counts(p: &pb::RegisteredPack) -> [u32; 6] {
-    let c = p.components_registered.clone().unwrap();
+    let c = p.components_registered.unwrap();
     [
         c.actions,
         c.sensors,
@@ -191,7 +191,7 @@ async fn registers_attune_and_stackstorm_packs_with_real_counts(backend: Backend
         .await
         .unwrap();
     assert!(r.failed_packs.is_empty(), "{:#?}", r.failed_packs);
-    let summary = r.summary.clone().unwrap();
+    let summary = r.summary.unwrap();
     assert_eq!(
         (
             summary.total_packs,
