@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::index::{InstallSource, PackDependencies, PackIndex};
-use super::version::{SelectorError, VersionSelector, is_valid_pack_ref};
+use super::version::{SelectorError, VersionSelector};
+use crate::manifest::is_valid_pack_ref;
 
 /// Sent with every index request.
 pub const USER_AGENT: &str = concat!("attune-packs/", env!("CARGO_PKG_VERSION"));
@@ -1285,7 +1286,7 @@ mod tests {
         assert!(matches!(err, RegistryError::InvalidRef(_)));
         let empty = RegistryClient::new(cfg(vec![])).unwrap();
         let err = empty
-            .resolve("x", &VersionSelector::Latest, None, true)
+            .resolve("xx", &VersionSelector::Latest, None, true)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("searched: none"), "{err}");
@@ -1402,7 +1403,7 @@ mod tests {
         let client = RegistryClient::new(RegistryConfig::default()).unwrap();
         let err = client
             .resolve(
-                "x",
+                "xx",
                 &VersionSelector::Latest,
                 Some("http://127.0.0.1:1/i.json"),
                 true,
@@ -1419,7 +1420,7 @@ mod tests {
             "file:///tmp/index.json",
         ] {
             let err = client
-                .resolve("x", &VersionSelector::Latest, Some(bad), true)
+                .resolve("xx", &VersionSelector::Latest, Some(bad), true)
                 .await
                 .unwrap_err();
             assert!(matches!(err, RegistryError::Policy { .. }), "{bad}: {err}");

@@ -17,7 +17,9 @@ use semver::Version;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::version::{PackRequirement, VersionSelector, is_valid_pack_ref};
+use super::version::{PackRequirement, VersionSelector};
+use crate::checksum::Digest;
+use crate::manifest::is_valid_pack_ref;
 
 /// The index format major version this client understands.
 pub const SUPPORTED_FORMAT_MAJOR: u64 = 1;
@@ -177,10 +179,10 @@ pub enum InstallSource {
     Git {
         url: String,
         git_ref: String,
-        checksum: Checksum,
+        checksum: Digest,
     },
     /// Download `url`; `checksum` is the digest of the archive bytes.
-    Archive { url: String, checksum: Checksum },
+    Archive { url: String, checksum: Digest },
 }
 
 impl InstallSource {
@@ -189,7 +191,7 @@ impl InstallSource {
             Self::Git { url, .. } | Self::Archive { url, .. } => url,
         }
     }
-    pub fn checksum(&self) -> &Checksum {
+    pub fn checksum(&self) -> &Digest {
         match self {
             Self::Git { checksum, .. } | Self::Archive { checksum, .. } => checksum,
         }
@@ -200,90 +202,6 @@ impl InstallSource {
             Self::Git { .. } => "git",
             Self::Archive { .. } => "archive",
         }
-    }
-}
-
-/// Accepted checksum algorithms. md5 and sha1 are deliberately absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChecksumAlgorithm {
-    Sha256,
-    Sha512,
-}
-
-impl ChecksumAlgorithm {
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Self::Sha256 => "sha256",
-            Self::Sha512 => "sha512",
-        }
-    }
-    /// Digest length in hex characters.
-    pub fn hex_len(self) -> usize {
-        match self {
-            Self::Sha256 => 64,
-            Self::Sha512 => 128,
-        }
-    }
-}
-
-/// A prefixed digest: `sha256:<64 lowercase hex>` or `sha512:<128 lowercase hex>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Checksum {
-    algorithm: ChecksumAlgorithm,
-    hex: String,
-}
-
-impl Checksum {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let Some((alg, hex)) = s.split_once(':') else {
-            return Err(format!(
-                "checksum '{s}' has no algorithm prefix (expected sha256:<hex> or sha512:<hex>)"
-            ));
-        };
-        let algorithm = match alg {
-            "sha256" => ChecksumAlgorithm::Sha256,
-            "sha512" => ChecksumAlgorithm::Sha512,
-            other => {
-                return Err(format!(
-                    "checksum algorithm '{other}' is not accepted (only lowercase sha256 or sha512)"
-                ));
-            }
-        };
-        if hex.len() != algorithm.hex_len()
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!(
-                "{} checksum must be exactly {} lowercase hex characters",
-                algorithm.prefix(),
-                algorithm.hex_len()
-            ));
-        }
-        Ok(Self {
-            algorithm,
-            hex: hex.to_string(),
-        })
-    }
-    pub fn algorithm(&self) -> ChecksumAlgorithm {
-        self.algorithm
-    }
-    /// The lowercase hex digest, without prefix.
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-}
-
-impl FromStr for Checksum {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for Checksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.prefix(), self.hex)
     }
 }
 
@@ -514,7 +432,7 @@ fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), String> {
     let pack_ref = e.pack_ref.ok_or("missing `ref`")?;
     if !is_valid_pack_ref(&pack_ref) {
         return Err(format!(
-            "ref '{pack_ref}' is invalid (expected ^[a-z][a-z0-9_-]*$, at most 128 characters)"
+            "ref '{pack_ref}' is invalid (expected ^[a-z][a-z0-9_-]+$, 2 to 64 characters)"
         ));
     }
     let version = parse_version(e.version.as_deref())?;
@@ -666,8 +584,8 @@ fn parse_source(raw: Value) -> Result<InstallSource, String> {
     }
 }
 
-fn parse_checksum(c: Option<String>) -> Result<Checksum, String> {
-    Checksum::parse(&c.ok_or("missing `checksum`")?)
+fn parse_checksum(c: Option<String>) -> Result<Digest, String> {
+    Digest::parse(&c.ok_or("missing `checksum`")?).map_err(|e| e.to_string())
 }
 
 /// Structural checks only: the downloader applies the full outbound policy
@@ -690,6 +608,7 @@ fn check_source_url(u: Option<String>) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::DigestAlgorithm;
     use serde_json::json;
 
     const FIXTURE: &str = concat!(
@@ -755,7 +674,7 @@ mod tests {
                     checksum.hex(),
                     "0d260c8b6c5fea4550bf0ae2ac23f8015502b6e053cb869614b58df29775698a"
                 );
-                assert_eq!(checksum.algorithm(), ChecksumAlgorithm::Sha256);
+                assert_eq!(checksum.algorithm(), DigestAlgorithm::Sha256);
             }
             other => panic!("expected archive, got {other:?}"),
         }
@@ -870,8 +789,12 @@ mod tests {
         let by_ref = |r: &str| idx.skipped_entry(r).unwrap().reason.clone();
         assert!(by_ref("badver").contains("semantic version"));
         assert!(by_ref("oci").contains("unknown source type 'oci'"));
-        assert!(by_ref("md5").contains("'md5' is not accepted"));
-        assert!(by_ref("upper").contains("lowercase hex"));
+        assert!(
+            by_ref("md5").contains("md5 is not accepted"),
+            "{}",
+            by_ref("md5")
+        );
+        assert!(by_ref("upper").contains("lowercase"), "{}", by_ref("upper"));
         assert!(by_ref("nogitref").contains("without `ref`"));
         assert!(by_ref("baddep").contains("dependencies.packs"));
         assert!(by_ref("fileurl").contains("scheme 'file'"));
@@ -923,11 +846,11 @@ mod tests {
     #[test]
     fn checksums() {
         let s = sha('0');
-        assert_eq!(Checksum::parse(&s).unwrap().to_string(), s);
+        assert_eq!(Digest::parse(&s).unwrap().to_string(), s);
         let s512 = format!("sha512:{}", "f".repeat(128));
         assert_eq!(
-            Checksum::parse(&s512).unwrap().algorithm(),
-            ChecksumAlgorithm::Sha512
+            Digest::parse(&s512).unwrap().algorithm(),
+            DigestAlgorithm::Sha512
         );
         for bad in [
             "abc".to_string(),
@@ -938,7 +861,7 @@ mod tests {
             format!("sha256:{}", "A".repeat(64)),
             format!("sha512:{}", "a".repeat(64)),
         ] {
-            assert!(Checksum::parse(&bad).is_err(), "{bad}");
+            assert!(Digest::parse(&bad).is_err(), "{bad}");
         }
     }
 
@@ -1007,14 +930,14 @@ mod tests {
 
     #[test]
     fn yanking_the_latest_via_releases() {
-        let mut e = entry("y", "1.1.0");
+        let mut e = entry("yy", "1.1.0");
         e["releases"] = json!([
             {"version": "1.1.0", "install_sources": e["install_sources"].clone(), "yanked": true},
-            {"version": "1.0.0", "install_sources": [{"type": "archive", "url": "https://e.com/y1", "checksum": sha('9')}]}
+            {"version": "1.0.0", "install_sources": [{"type": "archive", "url": "https://e.com/yy1", "checksum": sha('9')}]}
         ]);
         let idx = PackIndex::from_value(index(vec![e])).unwrap();
         assert!(idx.warnings.is_empty(), "{:?}", idx.warnings);
-        let p = idx.get("y").unwrap();
+        let p = idx.get("yy").unwrap();
         assert_eq!(
             p.select(&VersionSelector::Latest).unwrap().version,
             Version::new(1, 0, 0)

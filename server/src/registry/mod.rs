@@ -11,7 +11,7 @@ pub use client::{
     IndexConfig, IndexInfo, RegistryClient, RegistryConfig, RegistryError, Resolved, SearchHit,
 };
 pub use index::{
-    Checksum, ChecksumAlgorithm, ComponentSummary, IndexError, IndexWarning, InstallSource,
-    PackContents, PackDependencies, PackEntry, PackIndex, Release,
+    ComponentSummary, IndexError, IndexWarning, InstallSource, PackContents, PackDependencies,
+    PackEntry, PackIndex, Release,
 };
-pub use version::{PackRequirement, SelectorError, VersionSelector, is_valid_pack_ref};
+pub use version::{PackRequirement, SelectorError, VersionSelector};

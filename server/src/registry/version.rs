@@ -5,6 +5,8 @@ use std::fmt;
 
 use semver::{Version, VersionReq};
 
+use crate::manifest::is_valid_pack_ref;
+
 /// What a caller asks for when resolving a pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionSelector {
@@ -68,19 +70,6 @@ impl fmt::Display for VersionSelector {
             Self::Range(r) => write!(f, "{r}"),
         }
     }
-}
-
-/// Whether `s` is a valid pack ref: `^[a-z][a-z0-9_-]*$`, at most 128 bytes.
-///
-/// Refs become directory names and database keys, so anything else (dots,
-/// slashes, upper case) is refused.
-pub fn is_valid_pack_ref(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 /// One entry of `dependencies.packs`: `"ref"` or `"ref@spec"`.
