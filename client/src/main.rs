@@ -67,6 +67,33 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Build Python virtualenvs and Node modules for packs (server paths).
+    BuildEnvs {
+        #[arg(required = true)]
+        pack_paths: Vec<String>,
+        /// Base directory whose `.envs/` holds the environments (server default when omitted).
+        #[arg(long)]
+        packs_base_dir: Option<String>,
+        /// Interpreter version to use, e.g. 3.11 (default: the highest that fits the pack).
+        #[arg(long)]
+        python_version: Option<String>,
+        /// Node.js major version to require, e.g. 20.
+        #[arg(long)]
+        nodejs_version: Option<String>,
+        #[arg(long)]
+        skip_python: bool,
+        #[arg(long)]
+        skip_nodejs: bool,
+        /// Rebuild even when nothing changed.
+        #[arg(long)]
+        force_rebuild: bool,
+        /// Seconds per pack (server default 600).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Only report runtimes and existing environments; build nothing.
+        #[arg(long)]
+        detect_only: bool,
+    },
     /// Register packs: store them under the packs base directory and record their components.
     Register {
         /// Pack directories, as paths on the server.
@@ -143,6 +170,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::print_download(&result);
             }
             Ok(exit_code(result.failure_count == 0))
+        }
+        Command::BuildEnvs {
+            pack_paths,
+            packs_base_dir,
+            python_version,
+            nodejs_version,
+            skip_python,
+            skip_nodejs,
+            force_rebuild,
+            timeout,
+            detect_only,
+        } => {
+            let stream = client
+                .build_envs_stream(pb::BuildEnvsRequest {
+                    pack_paths,
+                    packs_base_dir,
+                    python_version,
+                    nodejs_version,
+                    skip_python: Some(skip_python),
+                    skip_nodejs: Some(skip_nodejs),
+                    force_rebuild: Some(force_rebuild),
+                    timeout,
+                    detect_only: Some(detect_only),
+                })
+                .await?;
+            let result = progress.drive(stream).await?;
+            if cli.json {
+                output::print_json(&result)?;
+            } else {
+                output::print_build_envs(&result);
+            }
+            Ok(exit_code(result.failed_environments.is_empty()))
         }
         Command::Register {
             pack_paths,

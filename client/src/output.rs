@@ -222,3 +222,64 @@ pub fn print_register(r: &pb::RegisterBatchResult) {
         );
     }
 }
+
+pub fn print_build_envs(r: &pb::BuildEnvsResult) {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for b in &r.built_environments {
+        let envs = b.environments.clone().unwrap_or_default();
+        let state = |reused: bool| if reused { "reused" } else { "built" }.to_string();
+        if let Some(p) = &envs.python {
+            rows.push(vec![
+                b.pack_ref.clone(),
+                "python".into(),
+                p.python_version.clone(),
+                p.package_count.to_string(),
+                state(p.reused),
+                p.virtualenv_path.clone(),
+            ]);
+        }
+        if let Some(n) = &envs.nodejs {
+            rows.push(vec![
+                b.pack_ref.clone(),
+                "nodejs".into(),
+                n.nodejs_version.clone(),
+                n.package_count.to_string(),
+                state(n.reused),
+                n.node_modules_path.clone(),
+            ]);
+        }
+        if envs.python.is_none() && envs.nodejs.is_none() {
+            rows.push(vec![
+                b.pack_ref.clone(),
+                "-".into(),
+                "-".into(),
+                "0".into(),
+                "none needed".into(),
+                String::new(),
+            ]);
+        }
+    }
+    if !rows.is_empty() {
+        println!(
+            "{}",
+            table(
+                &["PACK", "RUNTIME", "VERSION", "PACKAGES", "STATE", "PATH"],
+                &rows
+            )
+        );
+    }
+    for f in &r.failed_environments {
+        println!("failed ({}): {}: {}", f.runtime, f.pack_path, f.error);
+    }
+    if let Some(s) = &r.summary {
+        println!();
+        println!(
+            "{} of {} packs ready ({} python, {} nodejs environments), {} ms",
+            s.success_count,
+            s.total_packs,
+            s.python_envs_built,
+            s.nodejs_envs_built,
+            s.total_duration_ms
+        );
+    }
+}

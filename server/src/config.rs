@@ -99,6 +99,67 @@ pub struct Config {
     pub registry: RegistrySection,
     pub download: DownloadSection,
     pub register: RegisterSection,
+    pub build: BuildSection,
+}
+
+/// `build:` — BuildEnvs: concurrency, and pip/npm settings (nothing is hard-wired to a
+/// public index; unset values leave the tools' own defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildSection {
+    /// Packs whose environments are built at the same time.
+    pub concurrency: usize,
+    pub pip_index_url: Option<Secret>,
+    pub pip_extra_index_urls: Vec<Secret>,
+    pub pip_find_links: Vec<String>,
+    /// Install only from `pip_find_links` (`--no-index`).
+    pub pip_offline: bool,
+    pub pip_extra_args: Vec<String>,
+    pub npm_registry: Option<Secret>,
+    pub npm_offline: bool,
+    pub npm_extra_args: Vec<String>,
+    pub npm_ignore_scripts: bool,
+    /// Pass the server's proxy and CA-bundle variables to pip and npm.
+    pub pass_proxy_env: bool,
+}
+
+impl Default for BuildSection {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            pip_index_url: None,
+            pip_extra_index_urls: Vec::new(),
+            pip_find_links: Vec::new(),
+            pip_offline: false,
+            pip_extra_args: Vec::new(),
+            npm_registry: None,
+            npm_offline: false,
+            npm_extra_args: Vec::new(),
+            npm_ignore_scripts: false,
+            pass_proxy_env: false,
+        }
+    }
+}
+
+impl BuildSection {
+    pub fn env_settings(&self) -> crate::envs::EnvSettings {
+        crate::envs::EnvSettings {
+            pip_index_url: self.pip_index_url.as_ref().map(|s| s.expose().to_string()),
+            pip_extra_index_urls: self
+                .pip_extra_index_urls
+                .iter()
+                .map(|s| s.expose().to_string())
+                .collect(),
+            pip_find_links: self.pip_find_links.clone(),
+            pip_offline: self.pip_offline,
+            pip_extra_args: self.pip_extra_args.clone(),
+            npm_registry: self.npm_registry.as_ref().map(|s| s.expose().to_string()),
+            npm_offline: self.npm_offline,
+            npm_extra_args: self.npm_extra_args.clone(),
+            npm_ignore_scripts: self.npm_ignore_scripts,
+            pass_proxy_env: self.pass_proxy_env,
+        }
+    }
 }
 
 /// `register:` — RegisterBatch.
@@ -231,6 +292,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             download: DownloadSection::default(),
             register: RegisterSection::default(),
+            build: BuildSection::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Layout (see docs/ARCHITECTURE.md for the invariants):
 //! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`],
-//!   [`download`], [`register`];
+//!   [`download`], [`buildenvs`], [`register`];
 //! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
 //!   (confinement), [`runtimes`] (host interpreters);
 //! - doors: [`grpc`] (the only module that knows protobuf);
@@ -10,11 +10,13 @@
 
 pub mod archive;
 pub mod auth;
+pub mod buildenvs;
 pub mod checksum;
 pub mod components;
 pub mod config;
 pub mod deps;
 pub mod download;
+pub mod envs;
 pub mod fetch;
 pub mod git;
 pub mod grpc;

@@ -5,7 +5,7 @@ use attune_packs_proto::v1 as pb;
 use tonic::Status;
 
 use crate::{
-    deps, download,
+    buildenvs, deps, download,
     progress::{Level, ProgressEvent, Stage},
     register,
 };
@@ -277,5 +277,82 @@ pub fn register_result(report: register::RegisterReport) -> pb::RegisterBatchRes
             total_components,
             duration_ms: report.duration.as_millis() as u64,
         }),
+    }
+}
+
+/// Seconds a pack's environments may take when the request names no timeout.
+pub const DEFAULT_BUILD_TIMEOUT_SECS: u32 = 600;
+
+pub fn build_envs_request(
+    request: pb::BuildEnvsRequest,
+) -> Result<buildenvs::BuildEnvsRequest, Status> {
+    check_pack_list("pack_paths", &request.pack_paths)?;
+    let timeout = request.timeout.unwrap_or(DEFAULT_BUILD_TIMEOUT_SECS);
+    if timeout == 0 {
+        return Err(Status::invalid_argument(
+            "timeout must be at least 1 second",
+        ));
+    }
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    Ok(buildenvs::BuildEnvsRequest {
+        pack_paths: request.pack_paths,
+        packs_base_dir: nonempty(request.packs_base_dir),
+        python_version: nonempty(request.python_version),
+        nodejs_version: nonempty(request.nodejs_version),
+        skip_python: request.skip_python.unwrap_or(false),
+        skip_nodejs: request.skip_nodejs.unwrap_or(false),
+        force_rebuild: request.force_rebuild.unwrap_or(false),
+        timeout: std::time::Duration::from_secs(timeout.into()),
+        detect_only: request.detect_only.unwrap_or(false),
+    })
+}
+
+pub fn build_envs_result(report: buildenvs::BuildEnvsReport) -> pb::BuildEnvsResult {
+    let python_envs_built = report.built.iter().filter(|b| b.python.is_some()).count() as u32;
+    let nodejs_envs_built = report.built.iter().filter(|b| b.nodejs.is_some()).count() as u32;
+    pb::BuildEnvsResult {
+        summary: Some(pb::BuildEnvsSummary {
+            total_packs: report.total_packs,
+            success_count: report.total_packs - report.failed_packs,
+            failure_count: report.failed_packs,
+            python_envs_built,
+            nodejs_envs_built,
+            total_duration_ms: report.duration.as_millis() as u64,
+        }),
+        built_environments: report
+            .built
+            .into_iter()
+            .map(|b| pb::BuiltEnvironment {
+                pack_ref: b.pack_ref,
+                pack_path: b.pack_path,
+                environments: Some(pb::Environments {
+                    python: b.python.map(|p| pb::PythonEnvironment {
+                        virtualenv_path: p.virtualenv_path.display().to_string(),
+                        requirements_installed: p.requirements_installed,
+                        package_count: p.package_count,
+                        python_version: p.python_version,
+                        reused: p.reused,
+                    }),
+                    nodejs: b.nodejs.map(|n| pb::NodejsEnvironment {
+                        node_modules_path: n.node_modules_path.display().to_string(),
+                        dependencies_installed: n.dependencies_installed,
+                        package_count: n.package_count,
+                        nodejs_version: n.nodejs_version,
+                        reused: n.reused,
+                    }),
+                }),
+                duration_ms: b.duration.as_millis() as u64,
+            })
+            .collect(),
+        failed_environments: report
+            .failed
+            .into_iter()
+            .map(|f| pb::FailedEnvironment {
+                pack_ref: f.pack_ref,
+                pack_path: f.pack_path,
+                runtime: f.runtime,
+                error: f.error,
+            })
+            .collect(),
     }
 }

@@ -21,7 +21,7 @@ use tracing::{Instrument, Span};
 
 use crate::{
     auth::{Authenticator, Principal},
-    deps, download,
+    buildenvs, deps, download,
     progress::{ProgressEvent, Reporter},
     register,
     state::AppState,
@@ -165,12 +165,6 @@ fn new_request_id() -> String {
     crate::paths::unique_suffix()
 }
 
-fn unimplemented(method: &str, issue: u32) -> Status {
-    Status::unimplemented(format!(
-        "{method} is not implemented yet (tracked as issue #{issue})"
-    ))
-}
-
 #[tonic::async_trait]
 impl PackService for PackServiceImpl {
     type DownloadStream = EventStream<DownloadEvent>;
@@ -233,9 +227,35 @@ impl PackService for PackServiceImpl {
 
     async fn build_envs(
         &self,
-        _request: Request<pb::BuildEnvsRequest>,
+        request: Request<pb::BuildEnvsRequest>,
     ) -> Result<Response<Self::BuildEnvsStream>, Status> {
-        Err(unimplemented("BuildEnvs", 5))
+        let call = Call::start(&request, "BuildEnvs");
+        let stage_request = convert::build_envs_request(request.into_inner())?;
+        let state = self.state.clone();
+        Ok(call.stream(
+            move |reporter| async move {
+                let settings = state.config.build.env_settings();
+                let builder = buildenvs::EnvBuilder {
+                    paths: &state.paths,
+                    settings: &settings,
+                    default_base_dir: state.config.packs_base_dir(),
+                    concurrency: state.config.build.concurrency,
+                };
+                builder
+                    .build(stage_request, &reporter)
+                    .await
+                    .map(convert::build_envs_result)
+                    .map_err(|e| match e {
+                        buildenvs::BuildEnvsError::InvalidRequest(m) => Status::invalid_argument(m),
+                    })
+            },
+            |p| BuildEnvsEvent {
+                event: Some(pb::build_envs_event::Event::Progress(p)),
+            },
+            |r| BuildEnvsEvent {
+                event: Some(pb::build_envs_event::Event::Result(r)),
+            },
+        ))
     }
 
     async fn register_batch(

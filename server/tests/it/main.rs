@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod binaries;
+mod build_envs;
 mod dependencies;
 mod download;
 mod git;

@@ -1,0 +1,246 @@
+//! Where environments live and how they are switched: the per-ref directory, its
+//! lock, the versioned build directories, the marker and the atomic symlink switch.
+//!
+//! ```text
+//! <envs_root>/
+//!   .home/                     HOME of pip/npm (no user configuration is read)
+//!   .cache/pip, .cache/npm     download caches, shared by all packs
+//!   <ref>/
+//!     .lock                    flock(2) held while the ref's environments are built
+//!     python -> python-<hash16>-<build id>       (relative symlink)
+//!     python-<hash16>-<build id>/                the virtualenv, built in place
+//!       .attune-env.json       marker, written last
+//!     node -> node-<hash16>-<build id>
+//!     node-<hash16>-<build id>/node_modules/
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+/// File name of the marker inside a versioned environment directory.
+pub const MARKER_FILE: &str = ".attune-env.json";
+/// Bumped when the layout or the meaning of the marker changes: old environments
+/// are then rebuilt rather than misread.
+pub const MARKER_SCHEMA: u32 = 1;
+
+/// Written after a successful build; its presence means the directory is complete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Marker {
+    pub schema: u32,
+    /// "python" or "nodejs".
+    pub runtime: String,
+    /// Hex SHA-256 of every input (see `python::inputs_hash` / `node::inputs_hash`).
+    pub inputs_hash: String,
+    /// The resolved interpreter (`sys.executable`, canonical) or `node` binary.
+    pub tool_path: PathBuf,
+    /// Its version, `3.11.7` / `20.20.2`.
+    pub tool_version: String,
+    /// `Python 3.11.7` / `v20.20.2`, as reported to the caller.
+    pub version_text: String,
+    pub deps_installed: bool,
+    pub package_count: u32,
+    pub built_at_unix: u64,
+}
+
+/// The directory of one pack's environments.
+#[derive(Debug, Clone)]
+pub struct RefDir {
+    pub root: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl RefDir {
+    pub fn new(envs_root: &Path, pack_ref: &str) -> Self {
+        Self {
+            root: envs_root.to_path_buf(),
+            dir: envs_root.join(pack_ref),
+        }
+    }
+
+    /// The stable path (`<ref>/python`, `<ref>/node`): a symlink to the current build.
+    pub fn link(&self, kind: &str) -> PathBuf {
+        self.dir.join(kind)
+    }
+
+    /// The marker of the current build of `kind`, if there is a complete one.
+    pub fn current_marker(&self, kind: &str) -> Option<Marker> {
+        let link = self.link(kind);
+        // Only a symlink counts: a real directory here was not made by this module.
+        if !std::fs::symlink_metadata(&link)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
+            return None;
+        }
+        let bytes = std::fs::read(link.join(MARKER_FILE)).ok()?;
+        let marker: Marker = serde_json::from_slice(&bytes).ok()?;
+        (marker.schema == MARKER_SCHEMA).then_some(marker)
+    }
+
+    /// A fresh, not yet existing directory for a build of `kind` (`python`/`node`).
+    pub fn new_build_dir(&self, kind: &str, inputs_hash: &str) -> PathBuf {
+        self.dir
+            .join(format!("{kind}-{}-{}", &inputs_hash[..16], build_id()))
+    }
+
+    /// Points `<ref>/<kind>` at `build_dir` atomically (a temporary symlink renamed
+    /// over the old one), then deletes every other build of `kind`.
+    pub fn switch_to(&self, kind: &str, build_dir: &Path) -> io::Result<()> {
+        let name = build_dir
+            .file_name()
+            .ok_or_else(|| io::Error::other("build directory has no name"))?;
+        let link = self.link(kind);
+        let tmp = self.dir.join(format!(".{kind}.tmp-link-{}", build_id()));
+        std::os::unix::fs::symlink(name, &tmp)?;
+        // A real directory in the link's place (made by hand) cannot be renamed over.
+        if let Ok(meta) = std::fs::symlink_metadata(&link)
+            && meta.is_dir()
+        {
+            std::fs::remove_dir_all(&link)?;
+        }
+        if let Err(e) = std::fs::rename(&tmp, &link) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.collect_garbage(kind, name.to_str());
+        Ok(())
+    }
+
+    /// Removes builds of `kind` other than `keep` and leftover temporary links: old
+    /// environments after a switch, and directories of builds that crashed.
+    pub fn collect_garbage(&self, kind: &str, keep: Option<&str>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let build_prefix = format!("{kind}-");
+        let tmp_prefix = format!(".{kind}.tmp-link-");
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if Some(name) == keep {
+                continue;
+            }
+            let path = entry.path();
+            if name.starts_with(&build_prefix) {
+                let _ = std::fs::remove_dir_all(&path);
+            } else if name.starts_with(&tmp_prefix) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// [`RefDir::switch_to`] off the async threads (garbage collection deletes whole
+/// trees).
+pub async fn switch(ref_dir: &RefDir, kind: &'static str, build_dir: &Path) -> io::Result<()> {
+    let (ref_dir, build_dir) = (ref_dir.clone(), build_dir.to_path_buf());
+    tokio::task::spawn_blocking(move || ref_dir.switch_to(kind, &build_dir))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Writes the marker atomically (temporary file, then rename) into `build_dir`.
+pub fn write_marker(build_dir: &Path, marker: &Marker) -> io::Result<()> {
+    let tmp = build_dir.join(format!("{MARKER_FILE}.tmp"));
+    let bytes = serde_json::to_vec_pretty(marker).map_err(io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, build_dir.join(MARKER_FILE))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unique within the host: time, process id and a counter.
+fn build_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}{:x}{n:x}",
+        nanos & 0xffff_ffff_ffff,
+        std::process::id()
+    )
+}
+
+/// Exclusive access to one ref's environments: an in-process async lock (so waiting
+/// tasks do not poll) and `flock` on `<ref>/.lock` (other processes sharing the
+/// directory). Both are released on drop.
+pub struct RefLock {
+    _guard: OwnedMutexGuard<()>,
+    _file: std::fs::File,
+}
+
+type LockMap = Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+static LOCKS: LazyLock<LockMap> = LazyLock::new(Default::default);
+
+/// Takes the lock of `ref_dir` (creating the directory), waiting at most until
+/// `deadline`.
+pub async fn lock_ref(ref_dir: &RefDir, deadline: Instant) -> Result<RefLock, String> {
+    std::fs::create_dir_all(&ref_dir.dir)
+        .map_err(|e| format!("cannot create {}: {e}", ref_dir.dir.display()))?;
+    let key = std::fs::canonicalize(&ref_dir.dir).unwrap_or_else(|_| ref_dir.dir.clone());
+    let mutex = {
+        let mut map = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, weak| weak.strong_count() > 0);
+        match map.get(&key).and_then(Weak::upgrade) {
+            Some(mutex) => mutex,
+            None => {
+                let mutex = Arc::new(tokio::sync::Mutex::new(()));
+                map.insert(key, Arc::downgrade(&mutex));
+                mutex
+            }
+        }
+    };
+    let timed_out = || {
+        format!(
+            "timed out waiting for another build of the same pack ({})",
+            ref_dir.dir.display()
+        )
+    };
+    let guard = tokio::time::timeout_at(deadline, mutex.lock_owned())
+        .await
+        .map_err(|_| timed_out())?;
+
+    let path = ref_dir.dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("cannot lock {}: {err}", path.display()));
+        }
+        if Instant::now() >= deadline {
+            return Err(timed_out());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(RefLock {
+        _guard: guard,
+        _file: file,
+    })
+}

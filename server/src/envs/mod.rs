@@ -1,0 +1,441 @@
+//! BuildEnvs: a pack's Python virtualenv and Node.js `node_modules`, built outside
+//! the pack so they keep working after the pack is copied to its final place.
+//!
+//! # When a pack gets an environment
+//!
+//! * **Python** when `pack.yaml` names a Python requirement (`python`,
+//!   `python_versions`, `dependencies.python_version`) or the pack ships
+//!   `requirements.txt`; a pack with a requirement but no `requirements.txt` gets an
+//!   empty virtualenv (`requirements_installed: false`).
+//! * **Node.js** when the pack ships `package.json` or names a `nodejs` requirement;
+//!   without `package.json` the environment is an empty `node_modules`.
+//!
+//! # Where environments live
+//!
+//! Under `envs_root` (the server passes `<packs_base_dir>/.envs`), keyed by pack ref,
+//! never inside the pack (see [`layout`] for the tree):
+//!
+//! * `<envs_root>/<ref>/python` — virtualenv; workers run
+//!   `<envs_root>/<ref>/python/bin/python`;
+//! * `<envs_root>/<ref>/node/node_modules` — workers set `NODE_PATH` to it.
+//!
+//! Both are relative symlinks to versioned directories (`python-<hash>-<id>`), each
+//! built at its final path (virtualenvs hard-code their path) beside the current one.
+//! A successful build writes a marker (`.attune-env.json`) and then replaces the
+//! symlink atomically (new link renamed over the old); older builds are then deleted.
+//! A failed build is deleted and the symlink keeps pointing at the previous,
+//! working environment. Moving the pack therefore never breaks its environments;
+//! moving `envs_root` does (rebuild with `force_rebuild`). Processes still running
+//! from a build that was just replaced may lose files they have not opened yet.
+//!
+//! # Reuse
+//!
+//! The build's inputs are hashed: the interpreter (resolved path, version, file
+//! size/mtime/inode), `requirements.txt` and the files it includes with `-r`/`-c`
+//! (or `package.json`, the lockfile, `.npmrc` and the contents of local `file:`
+//! dependencies; plus the resolved `npm` file), and the settings that change
+//! results. When the current build's marker has the same hash, and its interpreter
+//! still satisfies the request, it is reused (`reused: true`) without starting any
+//! process: the check reads a few small files and a marker, well under a
+//! millisecond for typical packs. `force_rebuild` skips the check. Not tracked:
+//! plain local paths inside `requirements.txt` (`./src`), packages on an index
+//! changing under an unpinned requirement, the npm registry's content — use
+//! `force_rebuild`. An existing environment is kept as long as its interpreter fits,
+//! even if a newer one has been installed since.
+//!
+//! # Choosing the interpreter
+//!
+//! Candidates are `python3` and `python3.N` on `PATH`. With `python_version` set
+//! (`"3.11"`), the interpreter's version must match it component by component
+//! (3.11.x) and the pack's requirement must hold too; without it, the highest
+//! version satisfying the pack's requirement (or any Python 3) is used. The seed
+//! API's default of `"3.11"` is deliberately not applied: it would make every host
+//! without 3.11 fail. No match is a failure that lists what was found. Node:
+//! the first `node` on `PATH`; `nodejs_version` `"20"` requires major 20.
+//!
+//! # Tools
+//!
+//! Every pip/npm/python run goes through [`crate::process::run`] with its minimal
+//! environment and the remaining time of `timeout` (one deadline for the whole
+//! call, lock waits included); a timeout kills the process tree. Output lines
+//! stream as `Stage::Build` info prefixed `venv:`, `pip:` or `npm:`. pip and npm
+//! are configured only by [`EnvSettings`]: pip's configuration files are ignored
+//! (`PIP_CONFIG_FILE=/dev/null`), `HOME` is `<envs_root>/.home` so no user
+//! `.npmrc`/`pip.conf` is read (a pack's own `.npmrc` is an input and is used),
+//! index URLs are passed in environment variables (they may carry credentials),
+//! caches live in `<envs_root>/.cache/{pip,npm}`. npm runs with `--no-audit
+//! --no-fund --install-links --omit=dev`; dev dependencies are not needed to run
+//! actions (`npm_extra_args: ["--include=dev"]` brings them back).
+//!
+//! `npm_ignore_scripts` defaults to `false` (lifecycle scripts run): many packages
+//! need them (native addons, platform binaries), and they are no more trusted or
+//! less trusted than the pack's own code, which workers execute anyway; they run
+//! under the timeout, in their own process group, with the minimal environment.
+//!
+//! # Concurrency
+//!
+//! Builds of different packs may run concurrently (the caller decides). Builds of
+//! the same ref are serialised here: an in-process async lock per `<envs_root>/<ref>`
+//! plus `flock` on `<envs_root>/<ref>/.lock` for other processes. The Python and
+//! Node.js environments of one pack are built concurrently.
+
+mod discover;
+mod layout;
+mod node;
+mod python;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::manifest::{Manifest, is_valid_pack_ref};
+use crate::progress::{Reporter, Stage};
+
+pub use layout::MARKER_FILE;
+
+/// Default for [`BuildOptions::timeout`].
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// pip and npm configuration (server settings). Nothing defaults to a public index
+/// here: unset values leave the tool's own default (PyPI, registry.npmjs.org).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvSettings {
+    /// `PIP_INDEX_URL`.
+    pub pip_index_url: Option<String>,
+    /// `PIP_EXTRA_INDEX_URL`.
+    pub pip_extra_index_urls: Vec<String>,
+    /// `PIP_FIND_LINKS` (directories or URLs).
+    pub pip_find_links: Vec<String>,
+    /// `--no-index`: only `pip_find_links`.
+    pub pip_offline: bool,
+    /// Appended to `pip install`.
+    pub pip_extra_args: Vec<String>,
+    /// `npm_config_registry`.
+    pub npm_registry: Option<String>,
+    /// `--offline`: only the npm cache.
+    pub npm_offline: bool,
+    /// Appended to `npm ci` / `npm install`.
+    pub npm_extra_args: Vec<String>,
+    /// `--ignore-scripts` (default false: lifecycle scripts run; see the module docs).
+    pub npm_ignore_scripts: bool,
+    /// Pass the server's proxy and CA-bundle variables (`HTTPS_PROXY`, `NO_PROXY`,
+    /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, ...) to pip and
+    /// npm. Not part of the inputs hash.
+    pub pass_proxy_env: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where environments live (the server uses `<packs_base_dir>/.envs`).
+    pub envs_root: PathBuf,
+    /// `"3.11"`: the interpreter's version must match; `None`: the highest one that
+    /// satisfies the pack.
+    pub python_version: Option<String>,
+    /// `"20"`: node's major version must be 20.
+    pub nodejs_version: Option<String>,
+    pub skip_python: bool,
+    pub skip_nodejs: bool,
+    pub force_rebuild: bool,
+    /// For the whole call (both runtimes run concurrently under it).
+    pub timeout: Duration,
+    /// Report runtime availability and existing environments; build nothing, create
+    /// nothing.
+    pub detect_only: bool,
+}
+
+impl BuildOptions {
+    pub fn new(envs_root: impl Into<PathBuf>) -> Self {
+        Self {
+            envs_root: envs_root.into(),
+            python_version: None,
+            nodejs_version: None,
+            skip_python: false,
+            skip_nodejs: false,
+            force_rebuild: false,
+            timeout: DEFAULT_TIMEOUT,
+            detect_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonEnv {
+    /// `<envs_root>/<ref>/python` (stable across rebuilds).
+    pub virtualenv_path: PathBuf,
+    /// `requirements.txt` was installed into it.
+    pub requirements_installed: bool,
+    /// Distributions in site-packages (`*.dist-info`/`*.egg-info`, dependencies
+    /// included), minus pip, setuptools and wheel.
+    pub package_count: u32,
+    /// The environment's own version, `Python 3.11.7` (detect-only without an
+    /// environment: the interpreter that would be used).
+    pub python_version: String,
+    /// An up-to-date environment existed and nothing was built.
+    pub reused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEnv {
+    /// `<envs_root>/<ref>/node/node_modules` (the `NODE_PATH` for workers).
+    pub node_modules_path: PathBuf,
+    pub dependencies_installed: bool,
+    /// Package directories under `node_modules`, nested ones included.
+    pub package_count: u32,
+    /// `v20.20.2`.
+    pub nodejs_version: String,
+    pub reused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFailure {
+    /// `"python"` or `"nodejs"`.
+    pub runtime: &'static str,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PackEnvs {
+    pub python: Option<PythonEnv>,
+    pub nodejs: Option<NodeEnv>,
+    pub failures: Vec<EnvFailure>,
+    pub duration: Duration,
+}
+
+/// Everything one build needs, shared by the Python and Node builders.
+pub(crate) struct Ctx<'a> {
+    pub pack_dir: &'a Path,
+    pub manifest: &'a Manifest,
+    pub settings: &'a EnvSettings,
+    pub options: &'a BuildOptions,
+    pub reporter: &'a Reporter,
+    pub ref_dir: layout::RefDir,
+    pub deadline: Instant,
+}
+
+impl Ctx<'_> {
+    /// `HOME` for pip and npm: empty, ours, so no user configuration is read.
+    fn home_dir(&self) -> PathBuf {
+        self.ref_dir.root.join(".home")
+    }
+}
+
+/// Whether the pack needs a Python environment (ignoring `skip_python`).
+pub fn needs_python(pack_dir: &Path, manifest: &Manifest) -> bool {
+    manifest.python.is_some() || pack_dir.join(python::REQUIREMENTS_FILE).is_file()
+}
+
+/// Whether the pack needs a Node.js environment (ignoring `skip_nodejs`).
+pub fn needs_nodejs(pack_dir: &Path, manifest: &Manifest) -> bool {
+    manifest.nodejs.is_some() || pack_dir.join(node::PACKAGE_JSON).is_file()
+}
+
+/// Builds (or reuses, or with `detect_only` inspects) the pack's environments. Never
+/// fails as a whole: each runtime's problem is an [`EnvFailure`].
+pub async fn build_pack_envs(
+    pack_dir: &Path,
+    manifest: &Manifest,
+    settings: &EnvSettings,
+    options: &BuildOptions,
+    reporter: &Reporter,
+) -> PackEnvs {
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let mut out = PackEnvs::default();
+    let want_python = !options.skip_python && needs_python(pack_dir, manifest);
+    let want_node = !options.skip_nodejs && needs_nodejs(pack_dir, manifest);
+    if !want_python && !want_node {
+        out.duration = started.elapsed();
+        return out;
+    }
+    let fail_all = |out: &mut PackEnvs, error: String| {
+        for (wanted, runtime) in [(want_python, "python"), (want_node, "nodejs")] {
+            if wanted {
+                out.failures.push(EnvFailure {
+                    runtime,
+                    error: error.clone(),
+                });
+            }
+        }
+    };
+    if !is_valid_pack_ref(&manifest.pack_ref) {
+        fail_all(
+            &mut out,
+            format!("invalid pack ref `{}`", manifest.pack_ref),
+        );
+        out.duration = started.elapsed();
+        return out;
+    }
+    // Virtualenvs record absolute paths, and tools run in other directories.
+    let (envs_root, pack_dir) = match (
+        std::path::absolute(&options.envs_root),
+        std::path::absolute(pack_dir),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            fail_all(&mut out, format!("cannot resolve paths: {e}"));
+            out.duration = started.elapsed();
+            return out;
+        }
+    };
+    let ctx = Ctx {
+        pack_dir: &pack_dir,
+        manifest,
+        settings,
+        options,
+        reporter,
+        ref_dir: layout::RefDir::new(&envs_root, &manifest.pack_ref),
+        deadline,
+    };
+
+    if options.detect_only {
+        let (py, js) = tokio::join!(
+            async {
+                if want_python {
+                    Some(detect_python(&ctx).await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if want_node {
+                    Some(detect_node(&ctx).await)
+                } else {
+                    None
+                }
+            }
+        );
+        collect(&mut out, py, js);
+        out.duration = started.elapsed();
+        return out;
+    }
+
+    let _lock = match layout::lock_ref(&ctx.ref_dir, deadline).await {
+        Ok(lock) => lock,
+        Err(e) => {
+            fail_all(&mut out, e);
+            out.duration = started.elapsed();
+            return out;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(ctx.home_dir()) {
+        fail_all(
+            &mut out,
+            format!("cannot create {}: {e}", ctx.home_dir().display()),
+        );
+        out.duration = started.elapsed();
+        return out;
+    }
+    let (py, js) = tokio::join!(
+        async {
+            if want_python {
+                Some(python::ensure(&ctx).await)
+            } else {
+                None
+            }
+        },
+        async {
+            if want_node {
+                Some(node::ensure(&ctx).await)
+            } else {
+                None
+            }
+        }
+    );
+    collect(&mut out, py, js);
+    for failure in &out.failures {
+        reporter.error(
+            Stage::Build,
+            format!("{}: {}", failure.runtime, failure.error),
+        );
+    }
+    out.duration = started.elapsed();
+    out
+}
+
+fn collect(
+    out: &mut PackEnvs,
+    py: Option<Result<PythonEnv, String>>,
+    js: Option<Result<NodeEnv, String>>,
+) {
+    match py {
+        Some(Ok(env)) => out.python = Some(env),
+        Some(Err(error)) => out.failures.push(EnvFailure {
+            runtime: "python",
+            error,
+        }),
+        None => {}
+    }
+    match js {
+        Some(Ok(env)) => out.nodejs = Some(env),
+        Some(Err(error)) => out.failures.push(EnvFailure {
+            runtime: "nodejs",
+            error,
+        }),
+        None => {}
+    }
+}
+
+/// Detect-only Python: an interpreter must be available for the request; the
+/// environment reported is the existing one (`reused` = up to date) or, when there
+/// is none, where it would be, with the interpreter's version.
+async fn detect_python(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
+    let request = ctx
+        .options
+        .python_version
+        .as_deref()
+        .map(util::parse_version_request)
+        .transpose()?;
+    let inputs = python::read_inputs(ctx.pack_dir, ctx.settings)?;
+    if let Some(marker) = python::reusable(ctx, &inputs, request.as_deref()) {
+        return Ok(python::env_from_marker(ctx, &marker, true));
+    }
+    let found = discover::python_interpreters().await;
+    let interp = discover::select_python(
+        &found,
+        request.as_deref(),
+        ctx.options.python_version.as_deref(),
+        ctx.manifest.python.as_ref(),
+    )?;
+    Ok(match ctx.ref_dir.current_marker(python::KIND) {
+        Some(marker) => python::env_from_marker(ctx, &marker, false),
+        None => PythonEnv {
+            virtualenv_path: ctx.ref_dir.link(python::KIND),
+            requirements_installed: false,
+            package_count: 0,
+            python_version: format!("Python {}", interp.version_text),
+            reused: false,
+        },
+    })
+}
+
+async fn detect_node(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
+    let request = ctx
+        .options
+        .nodejs_version
+        .as_deref()
+        .map(util::parse_version_request)
+        .transpose()?;
+    let inputs = node::read_inputs(ctx.pack_dir, ctx.settings)?;
+    if let Some(marker) = node::reusable(ctx, &inputs, request.as_deref()) {
+        return Ok(node::env_from_marker(ctx, &marker, true));
+    }
+    let runtime = node::select_node(ctx, request.as_deref()).await?;
+    if inputs.has_package_json && util::find_on_path("npm").is_none() {
+        return Err("npm not available: no `npm` found on PATH".to_string());
+    }
+    Ok(match ctx.ref_dir.current_marker(node::KIND) {
+        Some(marker) => node::env_from_marker(ctx, &marker, false),
+        None => NodeEnv {
+            node_modules_path: ctx.ref_dir.link(node::KIND).join("node_modules"),
+            dependencies_installed: false,
+            package_count: 0,
+            nodejs_version: runtime.version_text,
+            reused: false,
+        },
+    })
+}

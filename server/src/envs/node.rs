@@ -1,0 +1,546 @@
+//! The Node.js environment of a pack: `node_modules` installed by npm, outside the
+//! pack.
+//!
+//! npm installs into the directory holding `package.json`, so the build copies the
+//! npm inputs (`package.json`, `package-lock.json`/`npm-shrinkwrap.json`, `.npmrc`
+//! and every local `file:` dependency) into `<build>/.src`, runs npm there, makes
+//! `node_modules` self-contained and moves it to `<build>/node_modules`.
+//!
+//! Self-contained: npm links `file:` dependencies that lie inside the project as
+//! symlinks whatever `--install-links` says (it only affects links leaving the
+//! project), and a lockfile recording `"link": true` makes `npm ci` link them too.
+//! Such symlinks would point into the staging copy, so each symlinked package is
+//! replaced by a copy of its target (`--install-links` is still passed, for nested
+//! cases it does handle).
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use super::discover::{self, NodeRuntime};
+use super::layout::{self, MARKER_SCHEMA, Marker};
+use super::util::{self, InputsHasher};
+use super::{Ctx, EnvSettings, NodeEnv};
+use crate::manifest::parse_lenient_version;
+use crate::process::CommandSpec;
+use crate::progress::Stage;
+
+pub const KIND: &str = "node";
+pub const PACKAGE_JSON: &str = "package.json";
+const LOCKFILES: &[&str] = &["package-lock.json", "npm-shrinkwrap.json"];
+const NPMRC: &str = ".npmrc";
+const DEP_SECTIONS: &[&str] = &["dependencies", "optionalDependencies", "devDependencies"];
+const STAGING: &str = ".src";
+
+/// The npm inputs of a pack: the files copied into the staging directory (relative
+/// to the pack) and their digest, with the npm settings.
+#[derive(Debug)]
+pub struct NodeInputs {
+    pub has_package_json: bool,
+    pub has_lockfile: bool,
+    /// Files and directories copied for the build, relative to the pack.
+    pub copy: Vec<PathBuf>,
+    pub digest: String,
+}
+
+pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs, String> {
+    let mut h = InputsHasher::new("attune-node-files-v1");
+    let mut copy = Vec::new();
+    let package_json = pack_dir.join(PACKAGE_JSON);
+    let has_package_json = package_json.is_file();
+    let mut has_lockfile = false;
+    if has_package_json {
+        let text =
+            std::fs::read_to_string(&package_json).map_err(|e| format!("{PACKAGE_JSON}: {e}"))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{PACKAGE_JSON} is not valid JSON: {e}"))?;
+        h.str(PACKAGE_JSON);
+        h.str(&text);
+        copy.push(PathBuf::from(PACKAGE_JSON));
+        for name in LOCKFILES.iter().chain([&NPMRC]) {
+            let path = pack_dir.join(name);
+            if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+                h.str(name);
+                h.field(&bytes);
+                copy.push(PathBuf::from(name));
+                has_lockfile |= LOCKFILES.contains(name);
+            }
+        }
+        let mut local = local_dependencies(&json)?;
+        local.sort();
+        local.dedup();
+        for rel in local {
+            let path = pack_dir.join(&rel);
+            if std::fs::symlink_metadata(&path).is_err() {
+                return Err(format!(
+                    "{PACKAGE_JSON}: local dependency `file:{}` does not exist",
+                    rel.display()
+                ));
+            }
+            h.str("local dependency");
+            h.field(rel.as_os_str().as_encoded_bytes());
+            hash_tree(&path, Path::new(""), &mut h)
+                .map_err(|e| format!("cannot read {}: {e}", rel.display()))?;
+            copy.push(rel);
+        }
+    } else {
+        h.str("no package.json");
+    }
+    h.str("npm settings");
+    h.str(settings.npm_registry.as_deref().unwrap_or(""));
+    h.str(&settings.npm_extra_args.len().to_string());
+    for arg in &settings.npm_extra_args {
+        h.str(arg);
+    }
+    h.str(&format!(
+        "offline={} ignore_scripts={}",
+        settings.npm_offline, settings.npm_ignore_scripts
+    ));
+    Ok(NodeInputs {
+        has_package_json,
+        has_lockfile,
+        copy,
+        digest: h.finish(),
+    })
+}
+
+/// Relative paths of `file:` dependencies; they must stay inside the pack.
+fn local_dependencies(json: &serde_json::Value) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for section in DEP_SECTIONS {
+        let Some(deps) = json.get(section).and_then(|d| d.as_object()) else {
+            continue;
+        };
+        for (name, spec) in deps {
+            let Some(target) = spec.as_str().and_then(|s| s.strip_prefix("file:")) else {
+                continue;
+            };
+            let path = Path::new(target);
+            let inside = !target.is_empty()
+                && path
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+                && path.components().any(|c| matches!(c, Component::Normal(_)));
+            if !inside {
+                return Err(format!(
+                    "{PACKAGE_JSON}: {section}.{name} is `file:{target}`, which is not a \
+                     path inside the pack; local dependencies must live in the pack"
+                ));
+            }
+            out.push(
+                path.components()
+                    .filter(|c| matches!(c, Component::Normal(_)))
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Names and contents of every file under `path` (sorted; `node_modules` and `.git`
+/// skipped; symlinks by their target text).
+fn hash_tree(path: &Path, rel: &Path, h: &mut InputsHasher) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    h.field(rel.as_os_str().as_encoded_bytes());
+    if meta.is_symlink() {
+        h.str("symlink");
+        h.field(std::fs::read_link(path)?.as_os_str().as_encoded_bytes());
+    } else if meta.is_dir() {
+        h.str("dir");
+        let mut names: Vec<_> = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            if name == "node_modules" || name == ".git" {
+                continue;
+            }
+            hash_tree(&path.join(&name), &rel.join(&name), h)?;
+        }
+    } else {
+        h.str("file");
+        h.field(&std::fs::read(path)?);
+    }
+    Ok(())
+}
+
+/// Copies `src` to `dst` (a file, a symlink or a directory tree; symlinks are
+/// copied as symlinks). `skip_deps` leaves out `node_modules` and `.git`.
+fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for entry in std::fs::read_dir(src)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if skip_deps && (name == "node_modules" || name == ".git") {
+                continue;
+            }
+            copy_tree(&entry.path(), &dst.join(&name), skip_deps)?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+/// Replaces every symlinked package in `node_modules` (and nested `node_modules`)
+/// by a copy of what it points to.
+fn materialize_links(node_modules: &Path) -> io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(node_modules) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue; // .bin (relative links inside node_modules), .package-lock.json
+        }
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if name.as_encoded_bytes().starts_with(b"@") && meta.is_dir() {
+            for scoped in std::fs::read_dir(&path)? {
+                materialize_package(&scoped?.path())?;
+            }
+        } else {
+            materialize_package(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn materialize_package(path: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(path)?.is_symlink() {
+        let target = std::fs::canonicalize(path)?;
+        std::fs::remove_file(path)?;
+        copy_tree(&target, path, false)?;
+    }
+    materialize_links(&path.join("node_modules"))
+}
+
+/// Installed packages: every package directory under `node_modules`, nested ones
+/// included (transitive dependencies count, as for Python).
+pub fn count_packages(node_modules: &Path) -> u32 {
+    let mut count = 0;
+    let Ok(entries) = std::fs::read_dir(node_modules) else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let path = entry.path();
+        let dirs: Vec<PathBuf> = if name.as_encoded_bytes().starts_with(b"@") {
+            std::fs::read_dir(&path)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        } else {
+            vec![path]
+        };
+        for dir in dirs {
+            if dir.join(PACKAGE_JSON).is_file() {
+                count += 1;
+                count += count_packages(&dir.join("node_modules"));
+            }
+        }
+    }
+    count
+}
+
+/// The build's name: node (path, version, identity), npm (path, identity) and the
+/// inputs digest.
+pub fn inputs_hash(
+    inputs: &NodeInputs,
+    node: &Path,
+    node_version: &str,
+    npm: Option<&Path>,
+) -> Option<String> {
+    let mut h = InputsHasher::new("attune-node-env-v1");
+    h.str(&MARKER_SCHEMA.to_string());
+    h.field(node.as_os_str().as_encoded_bytes());
+    h.str(node_version);
+    h.str(&util::file_identity(node)?);
+    if inputs.has_package_json {
+        let npm = npm?;
+        h.field(npm.as_os_str().as_encoded_bytes());
+        h.str(&util::file_identity(npm)?);
+    }
+    h.str(&inputs.digest);
+    Some(h.finish())
+}
+
+/// `npm` on `PATH`, resolved (its real file changes when npm is upgraded).
+fn npm_on_path() -> Option<PathBuf> {
+    let path = util::find_on_path("npm")?;
+    Some(std::fs::canonicalize(&path).unwrap_or(path))
+}
+
+/// The current environment when its inputs are unchanged and the `node` on `PATH`
+/// is the one it was built with and still fits. Reads files only.
+pub fn reusable(ctx: &Ctx<'_>, inputs: &NodeInputs, request: Option<&[u64]>) -> Option<Marker> {
+    let marker = ctx.ref_dir.current_marker(KIND)?;
+    if marker.runtime != "nodejs" || Some(&marker.tool_path) != discover::node_on_path().as_ref() {
+        return None;
+    }
+    let version = parse_lenient_version(&marker.tool_version)?;
+    if !request.is_none_or(|r| util::request_matches(r, &version))
+        || !ctx
+            .manifest
+            .nodejs
+            .as_ref()
+            .is_none_or(|r| r.matches(&version))
+    {
+        return None;
+    }
+    let npm = npm_on_path();
+    let hash = inputs_hash(
+        inputs,
+        &marker.tool_path,
+        &marker.tool_version,
+        npm.as_deref(),
+    )?;
+    let node_modules = ctx.ref_dir.link(KIND).join("node_modules");
+    (hash == marker.inputs_hash && node_modules.is_dir()).then_some(marker)
+}
+
+pub fn env_from_marker(ctx: &Ctx<'_>, marker: &Marker, reused: bool) -> NodeEnv {
+    NodeEnv {
+        node_modules_path: ctx.ref_dir.link(KIND).join("node_modules"),
+        dependencies_installed: marker.deps_installed,
+        package_count: marker.package_count,
+        nodejs_version: marker.version_text.clone(),
+        reused,
+    }
+}
+
+/// `node` for this request: on `PATH`, answering `--version`, matching the request
+/// (`nodejs_version` `20` ⇒ major 20) and the pack's requirement.
+pub async fn select_node(ctx: &Ctx<'_>, request: Option<&[u64]>) -> Result<NodeRuntime, String> {
+    let node = discover::node_runtime()
+        .await
+        .ok_or("Node.js not available: no working `node` found on PATH")?;
+    if let Some(r) = request
+        && !util::request_matches(r, &node.version)
+    {
+        return Err(format!(
+            "Node.js {} is not available: found node {} ({})",
+            ctx.options.nodejs_version.as_deref().unwrap_or_default(),
+            node.version_text,
+            node.executable.display()
+        ));
+    }
+    if let Some(req) = &ctx.manifest.nodejs
+        && !req.matches(&node.version)
+    {
+        return Err(format!(
+            "the pack requires Node.js `{req}`; found node {} ({})",
+            node.version_text,
+            node.executable.display()
+        ));
+    }
+    Ok(node)
+}
+
+pub async fn ensure(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
+    let request = ctx
+        .options
+        .nodejs_version
+        .as_deref()
+        .map(util::parse_version_request)
+        .transpose()?;
+    let inputs = read_inputs(ctx.pack_dir, ctx.settings)?;
+    if !ctx.options.force_rebuild
+        && let Some(marker) = reusable(ctx, &inputs, request.as_deref())
+    {
+        ctx.reporter.info(
+            Stage::Build,
+            format!(
+                "nodejs: environment is up to date (node {}), reused",
+                marker.version_text
+            ),
+        );
+        return Ok(env_from_marker(ctx, &marker, true));
+    }
+    let node = select_node(ctx, request.as_deref()).await?;
+    let npm = npm_on_path();
+    if inputs.has_package_json && npm.is_none() {
+        return Err("npm not available: no `npm` found on PATH".to_string());
+    }
+    let hash = inputs_hash(
+        &inputs,
+        &node.executable,
+        &node.version_text,
+        npm.as_deref(),
+    )
+    .ok_or("node or npm disappeared during the build")?;
+    let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
+    match build(ctx, &node, npm.as_deref(), &inputs, &hash, &build_dir).await {
+        Ok(marker) => {
+            layout::switch(&ctx.ref_dir, KIND, &build_dir)
+                .await
+                .map_err(|e| format!("cannot switch to the new node_modules: {e}"))?;
+            ctx.reporter.info(
+                Stage::Build,
+                format!(
+                    "nodejs: node_modules ready, {} package(s) installed",
+                    marker.package_count
+                ),
+            );
+            Ok(env_from_marker(ctx, &marker, false))
+        }
+        Err(e) => {
+            util::remove_tree(build_dir).await;
+            Err(e)
+        }
+    }
+}
+
+async fn build(
+    ctx: &Ctx<'_>,
+    node: &NodeRuntime,
+    npm: Option<&Path>,
+    inputs: &NodeInputs,
+    hash: &str,
+    build_dir: &Path,
+) -> Result<Marker, String> {
+    let node_modules = build_dir.join("node_modules");
+    std::fs::create_dir_all(build_dir)
+        .map_err(|e| format!("cannot create {}: {e}", build_dir.display()))?;
+    let installed = match npm {
+        Some(npm) if inputs.has_package_json => {
+            let staging = build_dir.join(STAGING);
+            let (pack_dir, copy, dst) = (
+                ctx.pack_dir.to_path_buf(),
+                inputs.copy.clone(),
+                staging.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                for rel in copy {
+                    let to = dst.join(&rel);
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    copy_tree(&pack_dir.join(&rel), &to, true)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot copy the npm inputs: {e}"))?;
+
+            let verb = if inputs.has_lockfile { "ci" } else { "install" };
+            let what = format!("npm {verb}");
+            let timeout = util::remaining(ctx.deadline, &what, ctx.options.timeout)?;
+            let spec = npm_command(ctx, npm, verb, &staging, timeout);
+            ctx.reporter
+                .info(Stage::Build, format!("nodejs: {}", spec.display_command()));
+            util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await?;
+
+            let (from, to) = (staging.join("node_modules"), node_modules.clone());
+            tokio::task::spawn_blocking(move || -> io::Result<()> {
+                if from.is_dir() {
+                    materialize_links(&from)?;
+                    std::fs::rename(&from, &to)?;
+                } else {
+                    std::fs::create_dir_all(&to)?;
+                }
+                std::fs::remove_dir_all(&staging)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot finish node_modules: {e}"))?;
+            true
+        }
+        _ => {
+            std::fs::create_dir_all(&node_modules)
+                .map_err(|e| format!("cannot create {}: {e}", node_modules.display()))?;
+            false
+        }
+    };
+    let marker = Marker {
+        schema: MARKER_SCHEMA,
+        runtime: "nodejs".to_string(),
+        inputs_hash: hash.to_string(),
+        tool_path: node.executable.clone(),
+        tool_version: node.version_text.clone(),
+        version_text: node.version_text.clone(),
+        deps_installed: installed,
+        package_count: count_packages(&node_modules),
+        built_at_unix: layout::unix_now(),
+    };
+    layout::write_marker(build_dir, &marker)
+        .map_err(|e| format!("cannot write the environment marker: {e}"))?;
+    Ok(marker)
+}
+
+/// `npm ci|install`, configured only by `settings`: no user configuration (HOME is
+/// ours), the cache under the envs root, dev dependencies omitted.
+fn npm_command(
+    ctx: &Ctx<'_>,
+    npm: &Path,
+    verb: &str,
+    staging: &Path,
+    timeout: std::time::Duration,
+) -> CommandSpec {
+    let s = ctx.settings;
+    let home = ctx.home_dir();
+    let mut spec = CommandSpec::new(npm, staging, timeout)
+        .arg(verb)
+        .arg("--no-audit")
+        .arg("--no-fund")
+        .arg("--install-links")
+        .arg("--omit=dev")
+        .arg("--cache")
+        .arg(ctx.ref_dir.root.join(".cache").join("npm"));
+    if s.npm_ignore_scripts {
+        spec = spec.arg("--ignore-scripts");
+    }
+    if s.npm_offline {
+        spec = spec.arg("--offline");
+    }
+    for arg in &s.npm_extra_args {
+        spec = spec.arg(arg);
+    }
+    if let Some(registry) = &s.npm_registry {
+        // Through the environment: a registry URL may carry credentials.
+        spec = spec.env("npm_config_registry", registry);
+    }
+    spec = spec
+        .env("npm_config_userconfig", home.join(".npmrc"))
+        .env("npm_config_update_notifier", "false")
+        .env("npm_config_progress", "false")
+        .env("NO_UPDATE_NOTIFIER", "1")
+        .env("NO_COLOR", "1")
+        .env("HOME", home);
+    if s.pass_proxy_env {
+        for (k, v) in util::passthrough_env() {
+            spec = spec.env(k, v);
+        }
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_dependencies_must_stay_inside() {
+        let ok = serde_json::json!({"dependencies": {"a": "file:./a", "b": "^1"},
+                                    "devDependencies": {"c": "file:libs/c"}});
+        assert_eq!(
+            local_dependencies(&ok).unwrap(),
+            vec![PathBuf::from("a"), PathBuf::from("libs/c")]
+        );
+        for bad in ["file:../x", "file:/abs", "file:", "file:."] {
+            let json = serde_json::json!({"dependencies": {"x": bad}});
+            let err = local_dependencies(&json).unwrap_err();
+            assert!(err.contains("inside the pack"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! The Python environment of a pack: a virtualenv with `requirements.txt` installed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::discover::{self, Interpreter};
+use super::layout::{self, MARKER_SCHEMA, Marker};
+use super::util::{self, InputsHasher};
+use super::{Ctx, EnvSettings, PythonEnv};
+use crate::manifest::parse_lenient_version;
+use crate::process::CommandSpec;
+use crate::progress::Stage;
+
+pub const KIND: &str = "python";
+pub const REQUIREMENTS_FILE: &str = "requirements.txt";
+/// `-r`/`-c` include depth limit (cycles are caught separately).
+const MAX_INCLUDE_DEPTH: usize = 16;
+/// Distributions `venv` installs by itself; not counted as installed packages.
+const BOOTSTRAP_DISTS: &[&str] = &["pip", "setuptools", "wheel", "distribute"];
+
+/// What the requirement files and pip settings contribute to the inputs hash.
+#[derive(Debug)]
+pub struct PythonInputs {
+    pub requirements: Option<PathBuf>,
+    pub digest: String,
+}
+
+/// Hashes `requirements.txt` and every file it includes with `-r`/`-c` (resolved
+/// against the including file's directory), plus the pip settings.
+pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInputs, String> {
+    let mut h = InputsHasher::new("attune-python-files-v1");
+    let path = pack_dir.join(REQUIREMENTS_FILE);
+    let requirements = path.is_file().then_some(path);
+    if let Some(path) = &requirements {
+        let mut seen = HashSet::new();
+        hash_requirements(path, pack_dir, 0, &mut seen, &mut h)?;
+    } else {
+        h.str("no requirements");
+    }
+    h.str("pip settings");
+    h.str(settings.pip_index_url.as_deref().unwrap_or(""));
+    for list in [
+        &settings.pip_extra_index_urls,
+        &settings.pip_find_links,
+        &settings.pip_extra_args,
+    ] {
+        h.str(&list.len().to_string());
+        for item in list {
+            h.str(item);
+        }
+    }
+    h.str(if settings.pip_offline {
+        "offline"
+    } else {
+        "online"
+    });
+    Ok(PythonInputs {
+        requirements,
+        digest: h.finish(),
+    })
+}
+
+fn hash_requirements(
+    path: &Path,
+    pack_dir: &Path,
+    depth: usize,
+    seen: &mut HashSet<PathBuf>,
+    h: &mut InputsHasher,
+) -> Result<(), String> {
+    let shown = path
+        .strip_prefix(pack_dir)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    if depth > MAX_INCLUDE_DEPTH {
+        return Err(format!("{shown}: requirement files nested too deeply"));
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|e| format!("{shown}: {e}"))?;
+    if !seen.insert(canonical) {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    h.str(&shown);
+    h.str(&text);
+    let base = path.parent().unwrap_or(pack_dir);
+    for (n, raw) in text.lines().enumerate() {
+        let line = strip_comment(raw).trim();
+        if let Some(target) = option_value(line, &["-e", "--editable"]) {
+            if is_local_path(target) {
+                return Err(format!(
+                    "{shown}:{}: editable install of a local path (`{line}`) would point into \
+                     the pack directory, which moves when the pack is registered; use a \
+                     regular requirement instead",
+                    n + 1
+                ));
+            }
+            continue;
+        }
+        if let Some(target) = option_value(line, &["-r", "--requirement", "-c", "--constraint"]) {
+            let include = base.join(target);
+            hash_requirements(&include, pack_dir, depth + 1, seen, h)?;
+        }
+    }
+    Ok(())
+}
+
+fn strip_comment(line: &str) -> &str {
+    // pip: `#` starts a comment at the beginning of a line or after whitespace.
+    if line.starts_with('#') {
+        return "";
+    }
+    match line.find(" #").or(line.find("\t#")) {
+        Some(i) => &line[..i],
+        None => line,
+    }
+}
+
+/// The value of `-r x`, `-rx`, `--requirement x` or `--requirement=x`.
+fn option_value<'a>(line: &'a str, names: &[&str]) -> Option<&'a str> {
+    for name in names {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = if name.starts_with("--") {
+            if let Some(v) = rest.strip_prefix('=') {
+                v
+            } else if rest.starts_with(char::is_whitespace) {
+                rest
+            } else {
+                continue;
+            }
+        } else {
+            rest.strip_prefix('=').unwrap_or(rest)
+        };
+        let value = value.trim();
+        if !value.is_empty() {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn is_local_path(target: &str) -> bool {
+    !target.contains("://")
+        && !["git+", "hg+", "svn+", "bzr+"]
+            .iter()
+            .any(|p| target.starts_with(p))
+}
+
+/// The hash that names a build: the interpreter (path, version, file identity) and
+/// the inputs digest.
+pub fn inputs_hash(inputs: &PythonInputs, executable: &Path, version: &str) -> Option<String> {
+    let identity = util::file_identity(executable)?;
+    let mut h = InputsHasher::new("attune-python-env-v1");
+    h.str(&MARKER_SCHEMA.to_string());
+    h.field(executable.as_os_str().as_encoded_bytes());
+    h.str(version);
+    h.str(&identity);
+    h.str(&inputs.digest);
+    Some(h.finish())
+}
+
+/// The current environment, when it was built from the same inputs with an
+/// interpreter that still exists unchanged and still fits the request. Reads files
+/// only; starts no process.
+pub fn reusable(ctx: &Ctx<'_>, inputs: &PythonInputs, request: Option<&[u64]>) -> Option<Marker> {
+    let marker = ctx.ref_dir.current_marker(KIND)?;
+    if marker.runtime != KIND {
+        return None;
+    }
+    let version = parse_lenient_version(&marker.tool_version)?;
+    if !request.is_none_or(|r| util::request_matches(r, &version)) {
+        return None;
+    }
+    if !ctx
+        .manifest
+        .python
+        .as_ref()
+        .is_none_or(|r| r.matches(&version))
+    {
+        return None;
+    }
+    let hash = inputs_hash(inputs, &marker.tool_path, &marker.tool_version)?;
+    let venv_python = ctx.ref_dir.link(KIND).join("bin").join("python");
+    (hash == marker.inputs_hash && venv_python.exists()).then_some(marker)
+}
+
+pub fn env_from_marker(ctx: &Ctx<'_>, marker: &Marker, reused: bool) -> PythonEnv {
+    PythonEnv {
+        virtualenv_path: ctx.ref_dir.link(KIND),
+        requirements_installed: marker.deps_installed,
+        package_count: marker.package_count,
+        python_version: marker.version_text.clone(),
+        reused,
+    }
+}
+
+/// Builds (or reuses) the pack's virtualenv. The caller holds the ref lock.
+pub async fn ensure(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
+    let request = ctx
+        .options
+        .python_version
+        .as_deref()
+        .map(util::parse_version_request)
+        .transpose()?;
+    let inputs = read_inputs(ctx.pack_dir, ctx.settings)?;
+    if !ctx.options.force_rebuild
+        && let Some(marker) = reusable(ctx, &inputs, request.as_deref())
+    {
+        ctx.reporter.info(
+            Stage::Build,
+            format!(
+                "python: environment is up to date ({}), reused",
+                marker.version_text
+            ),
+        );
+        return Ok(env_from_marker(ctx, &marker, true));
+    }
+
+    let found = discover::python_interpreters().await;
+    let interp = discover::select_python(
+        &found,
+        request.as_deref(),
+        ctx.options.python_version.as_deref(),
+        ctx.manifest.python.as_ref(),
+    )?
+    .clone();
+    let hash = inputs_hash(&inputs, &interp.executable, &interp.version_text)
+        .ok_or_else(|| format!("interpreter {} disappeared", interp.executable.display()))?;
+    let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
+    ctx.reporter.info(
+        Stage::Build,
+        format!(
+            "python: creating virtualenv with {} {} ({})",
+            interp.command,
+            interp.version_text,
+            interp.executable.display()
+        ),
+    );
+    match build(ctx, &interp, &inputs, &hash, &build_dir).await {
+        Ok(marker) => {
+            layout::switch(&ctx.ref_dir, KIND, &build_dir)
+                .await
+                .map_err(|e| format!("cannot switch to the new virtualenv: {e}"))?;
+            ctx.reporter.info(
+                Stage::Build,
+                format!(
+                    "python: virtualenv ready, {} package(s) installed",
+                    marker.package_count
+                ),
+            );
+            Ok(env_from_marker(ctx, &marker, false))
+        }
+        Err(e) => {
+            util::remove_tree(build_dir).await;
+            Err(e)
+        }
+    }
+}
+
+async fn build(
+    ctx: &Ctx<'_>,
+    interp: &Interpreter,
+    inputs: &PythonInputs,
+    hash: &str,
+    build_dir: &Path,
+) -> Result<Marker, String> {
+    let timeout = ctx.options.timeout;
+    let venv_timeout = util::remaining(ctx.deadline, "python -m venv", timeout)?;
+    let spec = CommandSpec::new(&interp.executable, &ctx.ref_dir.dir, venv_timeout)
+        .arg("-m")
+        .arg("venv")
+        .arg(build_dir)
+        .env("PYTHONNOUSERSITE", "1");
+    util::run_tool(&spec, "python -m venv", "venv", ctx.reporter, timeout).await?;
+    let venv_python = build_dir.join("bin").join("python");
+
+    let installed = if let Some(requirements) = &inputs.requirements {
+        let pip_timeout = util::remaining(ctx.deadline, "pip install", timeout)?;
+        let spec = pip_command(ctx, &venv_python, requirements, pip_timeout);
+        ctx.reporter
+            .info(Stage::Build, format!("python: {}", spec.display_command()));
+        util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout).await?;
+        true
+    } else {
+        false
+    };
+
+    let package_count = count_distributions(build_dir);
+    let version_text = format!(
+        "Python {}",
+        venv_version(build_dir).unwrap_or_else(|| interp.version_text.clone())
+    );
+    let marker = Marker {
+        schema: MARKER_SCHEMA,
+        runtime: KIND.to_string(),
+        inputs_hash: hash.to_string(),
+        tool_path: interp.executable.clone(),
+        tool_version: interp.version_text.clone(),
+        version_text,
+        deps_installed: installed,
+        package_count,
+        built_at_unix: layout::unix_now(),
+    };
+    layout::write_marker(build_dir, &marker)
+        .map_err(|e| format!("cannot write the environment marker: {e}"))?;
+    Ok(marker)
+}
+
+/// `pip install -r requirements.txt` in the virtualenv, configured only by
+/// `settings`: pip's configuration files are ignored (`PIP_CONFIG_FILE=/dev/null`)
+/// and the environment is the minimal one of `process`.
+fn pip_command(
+    ctx: &Ctx<'_>,
+    venv_python: &Path,
+    requirements: &Path,
+    timeout: std::time::Duration,
+) -> CommandSpec {
+    let s = ctx.settings;
+    let mut spec = CommandSpec::new(venv_python, ctx.pack_dir, timeout)
+        .arg("-m")
+        .arg("pip")
+        .arg("install")
+        .arg("--no-input")
+        .arg("--progress-bar")
+        .arg("off")
+        .arg("-r")
+        .arg(requirements);
+    if s.pip_offline {
+        spec = spec.arg("--no-index");
+    }
+    // Find-links entries with whitespace cannot go into the space-separated variable.
+    let (spaced, plain): (Vec<&String>, Vec<&String>) = s
+        .pip_find_links
+        .iter()
+        .partition(|l| l.contains(char::is_whitespace));
+    for link in spaced {
+        spec = spec.arg("--find-links").arg(link);
+    }
+    for arg in &s.pip_extra_args {
+        spec = spec.arg(arg);
+    }
+    // URLs go through the environment: they may carry credentials, and the
+    // environment is neither shown in `ps` nor printed (CommandSpec's Debug).
+    if let Some(url) = &s.pip_index_url {
+        spec = spec.env("PIP_INDEX_URL", url);
+    }
+    if !s.pip_extra_index_urls.is_empty() {
+        spec = spec.env("PIP_EXTRA_INDEX_URL", s.pip_extra_index_urls.join(" "));
+    }
+    if !plain.is_empty() {
+        let joined: Vec<&str> = plain.iter().map(|s| s.as_str()).collect();
+        spec = spec.env("PIP_FIND_LINKS", joined.join(" "));
+    }
+    spec = spec
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_CACHE_DIR", ctx.ref_dir.root.join(".cache").join("pip"))
+        .env("PYTHONNOUSERSITE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("HOME", ctx.home_dir());
+    if s.pass_proxy_env {
+        for (k, v) in util::passthrough_env() {
+            spec = spec.env(k, v);
+        }
+    }
+    spec
+}
+
+/// Distributions in the virtualenv's site-packages (`*.dist-info`, `*.egg-info`),
+/// except those `venv` puts there itself (pip, setuptools, wheel).
+pub fn count_distributions(venv: &Path) -> u32 {
+    let mut count = 0;
+    for lib in ["lib", "lib64"] {
+        // lib64 is usually a symlink to lib: count each real directory once.
+        if lib == "lib64" && std::fs::symlink_metadata(venv.join(lib)).is_ok_and(|m| m.is_symlink())
+        {
+            continue;
+        }
+        let Ok(pythons) = std::fs::read_dir(venv.join(lib)) else {
+            continue;
+        };
+        for python in pythons.flatten() {
+            let Ok(entries) = std::fs::read_dir(python.path().join("site-packages")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let Some(stem) = name
+                    .strip_suffix(".dist-info")
+                    .or(name.strip_suffix(".egg-info"))
+                else {
+                    continue;
+                };
+                let dist = stem
+                    .split('-')
+                    .next()
+                    .unwrap_or(stem)
+                    .to_ascii_lowercase()
+                    .replace('_', "-");
+                if !BOOTSTRAP_DISTS.contains(&dist.as_str()) {
+                    count += 1;
+                }
+            }
+        }
+    }
+    count
+}
+
+/// The virtualenv's Python version from its `pyvenv.cfg` (`version = 3.11.7`, or
+/// `version_info = 3.12.1.final.0`).
+fn venv_version(venv: &Path) -> Option<String> {
+    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    let value = |key: &str| {
+        cfg.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    if let Some(v) = value("version") {
+        return Some(v);
+    }
+    let info = value("version_info")?;
+    Some(info.split('.').take(3).collect::<Vec<_>>().join("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        assert_eq!(option_value("-r base.txt", &["-r"]), Some("base.txt"));
+        assert_eq!(option_value("-rbase.txt", &["-r"]), Some("base.txt"));
+        assert_eq!(
+            option_value("--requirement=base.txt", &["--requirement"]),
+            Some("base.txt")
+        );
+        assert_eq!(option_value("--requirementx", &["--requirement"]), None);
+        assert_eq!(option_value("requests", &["-r"]), None);
+        assert_eq!(strip_comment("foo==1 # pinned"), "foo==1");
+        assert_eq!(strip_comment("# all"), "");
+        assert!(is_local_path("./src"));
+        assert!(!is_local_path("git+https://x/y#egg=z"));
+    }
+
+    #[test]
+    fn includes_are_hashed_and_local_editables_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EnvSettings::default();
+        std::fs::write(dir.path().join("requirements.txt"), "-r base.txt\nfoo\n").unwrap();
+        std::fs::write(dir.path().join("base.txt"), "bar==1\n").unwrap();
+        let a = read_inputs(dir.path(), &settings).unwrap().digest;
+        std::fs::write(dir.path().join("base.txt"), "bar==2\n").unwrap();
+        let b = read_inputs(dir.path(), &settings).unwrap().digest;
+        assert_ne!(a, b);
+        let offline = EnvSettings {
+            pip_offline: true,
+            ..EnvSettings::default()
+        };
+        assert_ne!(b, read_inputs(dir.path(), &offline).unwrap().digest);
+
+        std::fs::write(dir.path().join("requirements.txt"), "-e ./src\n").unwrap();
+        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        assert!(err.contains("editable"), "{err}");
+        std::fs::write(dir.path().join("requirements.txt"), "-r missing.txt\n").unwrap();
+        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        assert!(err.contains("missing.txt"), "{err}");
+    }
+}
