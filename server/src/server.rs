@@ -5,8 +5,7 @@ use std::future::Future;
 
 use attune_packs_proto::{FILE_DESCRIPTOR_SET, v1::pack_service_server::PackServiceServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     grpc::{PackServiceImpl, auth_interceptor},
@@ -67,7 +66,8 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(packs)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Small streamed messages must not wait for delayed ACKs (Nagle: ~40 ms each).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(serve);
     let grace_over = async move {
         if signalled_rx.await.is_ok() {
