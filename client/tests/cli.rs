@@ -149,3 +149,76 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
         "{stderr}"
     );
 }
+
+#[test]
+fn download_register_and_build_envs_from_the_command_line() {
+    let server = Server::start();
+    let src = server.pack("src/gamma", "ref: gamma\nversion: 1.2.3\n");
+    let root = server.root.path().canonicalize().unwrap();
+    let dest = root.join("dest").display().to_string();
+    let base = root.join("base").display().to_string();
+
+    let out = server.cli(&server.token, &["-q", "download", "-d", &dest, &src]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 of 1 packs downloaded, 0 failed"),
+        "{stdout}"
+    );
+    let placed = format!("{dest}/gamma");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("gamma")
+            && l.contains("local_directory")
+            && l.contains(&placed)),
+        "{stdout}"
+    );
+
+    // A pack without runtimes needs no environment: ready, nothing built.
+    let out = server.cli(
+        &server.token,
+        &["-q", "build-envs", "--packs-base-dir", &base, &placed],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("none needed") && stdout.contains("1 of 1 packs ready"),
+        "{stdout}"
+    );
+
+    let out = server.cli(
+        &server.token,
+        &[
+            "--json",
+            "-q",
+            "register",
+            "--packs-base-dir",
+            &base,
+            &placed,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["registered_packs"][0]["pack_ref"], "gamma");
+    assert_eq!(
+        json["registered_packs"][0]["storage_path"],
+        format!("{base}/gamma")
+    );
+    assert_eq!(json["summary"]["success_count"], 1);
+
+    // Registering again without --force fails, and says to use force; exit 1.
+    let out = server.cli(
+        &server.token,
+        &["-q", "register", "--packs-base-dir", &base, &placed],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("failed (validation)") && stdout.contains("force"),
+        "{stdout}"
+    );
+}

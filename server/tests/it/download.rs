@@ -340,6 +340,25 @@ async fn hostile_and_broken_archives_fail_without_leaving_anything() {
     assert!(
         !root.join("escaped.txt").exists() && !server.root.path().join("../escaped.txt").exists()
     );
+
+    // A local directory with a symlink in it is refused too (it could point anywhere).
+    let linked = root.join("linked");
+    write_tree(&linked, &pack_files("linked", "1.0.0"));
+    std::os::unix::fs::symlink("/etc/passwd", linked.join("actions/passwd")).unwrap();
+    let r = client
+        .download(request(&server, &[&path_str(&linked)]))
+        .await
+        .unwrap();
+    let error = failure(&r, &path_str(&linked));
+    assert!(
+        error.contains("symbolic link") && error.contains("actions/passwd"),
+        "{error}"
+    );
+    assert!(
+        listing(&dest(&server)).is_empty(),
+        "{:?}",
+        listing(&dest(&server))
+    );
     server.stop().await;
 }
 

@@ -240,6 +240,16 @@ async fn registers_attune_and_stackstorm_packs_with_real_counts(backend: Backend
     )
     .await;
     assert_eq!(provenance[0].0, "local_directory");
+    let attribution = db_row(
+        &server,
+        "SELECT installed_by, storage_path FROM packs WHERE ref = $1",
+        "alpha",
+    )
+    .await;
+    assert_eq!(
+        attribution[0],
+        ("tester".to_string(), path_str(&base(&server).join("alpha")))
+    );
     assert_eq!(
         provenance[0].1,
         downloaded.downloaded_packs[0].checksum.clone().unwrap()
