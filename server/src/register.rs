@@ -337,7 +337,8 @@ impl Registrar<'_> {
             None
         } else {
             match &manifest.testing {
-                Some(testing) if testing.enabled => {
+                // A testing block without runners has nothing to run (the manifest warns).
+                Some(testing) if testing.enabled && !testing.runners.is_empty() => {
                     reporter.info(Stage::Test, "running pack tests");
                     let options = TestRunOptions {
                         python: test_python(base, &pack_ref),
