@@ -400,6 +400,21 @@ async fn invalid_packs_are_not_registered(backend: Backend) {
     let r = client.register_batch(lax).await.unwrap();
     assert_eq!(r.registered_packs.len(), 1, "{:#?}", r.failed_packs);
     assert!(r.registered_packs[0].test_result.is_none());
+
+    // A testing block without runners runs nothing: registered, no test result.
+    let quiet = write(
+        &root.join("quiet"),
+        &[(
+            "pack.yaml".into(),
+            "ref: quiet\nversion: 1.0.0\ntesting:\n  enabled: true\n".into(),
+        )],
+    );
+    let r = client
+        .register_batch(request(&server, &[&quiet]))
+        .await
+        .unwrap();
+    assert_eq!(r.registered_packs.len(), 1, "{:#?}", r.failed_packs);
+    assert!(r.registered_packs[0].test_result.is_none());
     server.stop().await;
 }
 on_both_backends!(invalid_packs_are_not_registered);
