@@ -148,6 +148,28 @@ pub async fn switch(ref_dir: &RefDir, kind: &'static str, build_dir: &Path) -> i
         .map_err(io::Error::other)?
 }
 
+/// Ends a build: on success the ref's `kind` link is switched to `build_dir`; on
+/// failure (of the build or of the switch) `build_dir` is removed, so the previous
+/// environment stays current and nothing half-built is left.
+pub async fn finish_build<M>(
+    ref_dir: &RefDir,
+    kind: &'static str,
+    build_dir: PathBuf,
+    outcome: Result<M, String>,
+) -> Result<M, String> {
+    let switched = match outcome {
+        Ok(marker) => switch(ref_dir, kind, &build_dir)
+            .await
+            .map(|()| marker)
+            .map_err(|e| format!("cannot switch to the new {kind} environment: {e}")),
+        Err(e) => Err(e),
+    };
+    if switched.is_err() {
+        super::util::remove_tree(build_dir).await;
+    }
+    switched
+}
+
 /// Writes the marker atomically (temporary file, then rename) into `build_dir`.
 pub fn write_marker(build_dir: &Path, marker: &Marker) -> io::Result<()> {
     let tmp = build_dir.join(format!("{MARKER_FILE}.tmp"));

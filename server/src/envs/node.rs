@@ -377,25 +377,16 @@ pub async fn ensure(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
     )
     .ok_or("node or npm disappeared during the build")?;
     let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
-    match build(ctx, &node, npm.as_deref(), &inputs, &hash, &build_dir).await {
-        Ok(marker) => {
-            layout::switch(&ctx.ref_dir, KIND, &build_dir)
-                .await
-                .map_err(|e| format!("cannot switch to the new node_modules: {e}"))?;
-            ctx.reporter.info(
-                Stage::Build,
-                format!(
-                    "nodejs: node_modules ready, {} package(s) installed",
-                    marker.package_count
-                ),
-            );
-            Ok(env_from_marker(ctx, &marker, false))
-        }
-        Err(e) => {
-            util::remove_tree(build_dir).await;
-            Err(e)
-        }
-    }
+    let outcome = build(ctx, &node, npm.as_deref(), &inputs, &hash, &build_dir).await;
+    let marker = layout::finish_build(&ctx.ref_dir, KIND, build_dir, outcome).await?;
+    ctx.reporter.info(
+        Stage::Build,
+        format!(
+            "nodejs: node_modules ready, {} package(s) installed",
+            marker.package_count
+        ),
+    );
+    Ok(env_from_marker(ctx, &marker, false))
 }
 
 async fn build(

@@ -237,25 +237,16 @@ pub async fn ensure(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
             interp.executable.display()
         ),
     );
-    match build(ctx, &interp, &inputs, &hash, &build_dir).await {
-        Ok(marker) => {
-            layout::switch(&ctx.ref_dir, KIND, &build_dir)
-                .await
-                .map_err(|e| format!("cannot switch to the new virtualenv: {e}"))?;
-            ctx.reporter.info(
-                Stage::Build,
-                format!(
-                    "python: virtualenv ready, {} package(s) installed",
-                    marker.package_count
-                ),
-            );
-            Ok(env_from_marker(ctx, &marker, false))
-        }
-        Err(e) => {
-            util::remove_tree(build_dir).await;
-            Err(e)
-        }
-    }
+    let outcome = build(ctx, &interp, &inputs, &hash, &build_dir).await;
+    let marker = layout::finish_build(&ctx.ref_dir, KIND, build_dir, outcome).await?;
+    ctx.reporter.info(
+        Stage::Build,
+        format!(
+            "python: virtualenv ready, {} package(s) installed",
+            marker.package_count
+        ),
+    );
+    Ok(env_from_marker(ctx, &marker, false))
 }
 
 async fn build(
