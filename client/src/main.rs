@@ -163,13 +163,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     force: Some(force),
                 })
                 .await?;
-            let result = progress.drive(stream).await?;
-            if cli.json {
-                output::print_json(&result)?;
-            } else {
-                output::print_download(&result);
-            }
-            Ok(exit_code(result.failure_count == 0))
+            let view = View::new(cli.json, output::print_download);
+            progress.show(stream, view, |r| r.failure_count == 0).await
         }
         Command::BuildEnvs {
             pack_paths,
@@ -195,13 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     detect_only: Some(detect_only),
                 })
                 .await?;
-            let result = progress.drive(stream).await?;
-            if cli.json {
-                output::print_json(&result)?;
-            } else {
-                output::print_build_envs(&result);
-            }
-            Ok(exit_code(result.failed_environments.is_empty()))
+            let view = View::new(cli.json, output::print_build_envs);
+            progress
+                .show(stream, view, |r| r.failed_environments.is_empty())
+                .await
         }
         Command::Register {
             pack_paths,
@@ -219,13 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     force: Some(force),
                 })
                 .await?;
-            let result = progress.drive(stream).await?;
-            if cli.json {
-                output::print_json(&result)?;
-            } else {
-                output::print_register(&result);
-            }
-            Ok(exit_code(result.failed_packs.is_empty()))
+            let view = View::new(cli.json, output::print_register);
+            progress
+                .show(stream, view, |r| r.failed_packs.is_empty())
+                .await
         }
         Command::Deps {
             pack_paths,
@@ -237,15 +226,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skip_validation: Some(skip_validation),
                 })
                 .await?;
-            let result = progress.drive(stream).await?;
-            if cli.json {
-                output::print_json(&result)?;
-            } else {
-                output::print_dependencies(&result);
-            }
-            Ok(exit_code(
-                result.errors.is_empty() && result.missing_dependencies.is_empty(),
-            ))
+            let view = View::new(cli.json, output::print_dependencies);
+            progress
+                .show(stream, view, |r| {
+                    r.errors.is_empty() && r.missing_dependencies.is_empty()
+                })
+                .await
         }
     }
 }
@@ -257,6 +243,27 @@ fn exit_code(clean: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// How a result is printed: JSON (`--json`) or the command's table.
+struct View<R> {
+    json: bool,
+    table: fn(&R),
+}
+
+impl<R: serde::Serialize> View<R> {
+    fn new(json: bool, table: fn(&R)) -> Self {
+        Self { json, table }
+    }
+
+    fn print(&self, result: &R) -> anyhow::Result<()> {
+        if self.json {
+            output::print_json(result)
+        } else {
+            (self.table)(result);
+            Ok(())
+        }
     }
 }
 
@@ -272,6 +279,18 @@ impl Progress {
             quiet,
             terminal: std::io::stderr().is_terminal(),
         }
+    }
+
+    /// Drives the call, prints its result, and says whether it was clean.
+    async fn show<R: serde::Serialize>(
+        &self,
+        stream: EventStream<R>,
+        view: View<R>,
+        clean: impl FnOnce(&R) -> bool,
+    ) -> anyhow::Result<ExitCode> {
+        let result = self.drive(stream).await?;
+        view.print(&result)?;
+        Ok(exit_code(clean(&result)))
     }
 
     async fn drive<R>(&self, stream: EventStream<R>) -> anyhow::Result<R> {
