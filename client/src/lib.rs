@@ -76,48 +76,10 @@ impl Interceptor for BearerAuth {
     }
 }
 
-/// One event of a streamed call.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event<R> {
-    Progress(pb::Progress),
-    Result(R),
-}
+pub use attune_packs_proto::{Event, StreamEvent};
 
 /// A streamed call: progress events, then the result.
 pub type EventStream<R> = Pin<Box<dyn Stream<Item = Result<Event<R>, Status>> + Send>>;
-
-/// The per-RPC event messages, seen generically.
-pub trait StreamEvent: Send + 'static {
-    type Result: Send + 'static;
-    fn into_event(self) -> Option<Event<Self::Result>>;
-}
-
-macro_rules! stream_event {
-    ($event:ty, $module:ident, $result:ty) => {
-        impl StreamEvent for $event {
-            type Result = $result;
-            fn into_event(self) -> Option<Event<$result>> {
-                match self.event? {
-                    pb::$module::Event::Progress(p) => Some(Event::Progress(p)),
-                    pb::$module::Event::Result(r) => Some(Event::Result(r)),
-                }
-            }
-        }
-    };
-}
-
-stream_event!(pb::DownloadEvent, download_event, pb::DownloadResult);
-stream_event!(
-    pb::DependenciesEvent,
-    dependencies_event,
-    pb::DependenciesResult
-);
-stream_event!(pb::BuildEnvsEvent, build_envs_event, pb::BuildEnvsResult);
-stream_event!(
-    pb::RegisterBatchEvent,
-    register_batch_event,
-    pb::RegisterBatchResult
-);
 
 /// Drains `stream`, calling `on_progress` for each progress event, and returns the
 /// result.

@@ -5,7 +5,7 @@
 //!   [`download`], [`buildenvs`], [`register`];
 //! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
 //!   (confinement), [`runtimes`] (host interpreters);
-//! - doors: [`grpc`] (the only module that knows protobuf);
+//! - doors: [`grpc`] and [`rest`] (the only modules that know protobuf and the API's JSON);
 //! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
 pub mod archive;
@@ -28,9 +28,11 @@ pub mod progress;
 pub mod provenance;
 pub mod register;
 pub mod registry;
+pub mod rest;
 pub mod runtimes;
 pub mod server;
 pub mod source;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod users;

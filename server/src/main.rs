@@ -6,7 +6,7 @@ use anyhow::Context;
 use attune_packs_server::{
     auth::{Authenticator, load_or_create_secret},
     config::{Config, ENV_CONFIG_FILE, Overrides},
-    server, state, store, telemetry,
+    server, state, store, telemetry, users,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -48,10 +48,24 @@ enum Command {
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// Users who may log in through the REST gateway.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Bearer tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from stdin (asked twice on a terminal).
+    Add {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -104,6 +118,17 @@ async fn main() -> anyhow::Result<()> {
             db.close().await;
             println!("database is up to date");
         }
+        Command::User {
+            command: UserCommand::Add { email },
+        } => {
+            let config = load_config(&cli.global, None)?;
+            let password = read_new_password()?;
+            let db = store::Db::connect(&config.database_url()).await?;
+            db.migrate().await?;
+            users::add_user(&db, &email, &password).await?;
+            db.close().await;
+            println!("user {} added", email.trim().to_lowercase());
+        }
         Command::Token {
             command: TokenCommand::Issue { subject, ttl },
         } => {
@@ -117,4 +142,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// On a terminal: asked twice without echo. Otherwise: the first line of stdin.
+fn read_new_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Repeat password: ")?;
+        anyhow::ensure!(first == second, "the passwords differ");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+    Ok(password)
 }

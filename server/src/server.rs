@@ -1,14 +1,20 @@
-//! Serving: one listener for gRPC (PackService, health, reflection v1 and v1alpha),
-//! with graceful, bounded shutdown.
+//! Serving: one listener for gRPC (PackService, health, reflection v1 and v1alpha) and
+//! the REST gateway (HTTP/1.1 and h2), with graceful, bounded shutdown.
 
 use std::future::Future;
 
 use attune_packs_proto::{FILE_DESCRIPTOR_SET, v1::pack_service_server::PackServiceServer};
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+
+use tonic::{
+    service::{Routes, interceptor::InterceptedService},
+    transport::{Server, server::TcpIncoming},
+};
 
 use crate::{
     grpc::{PackServiceImpl, auth_interceptor},
+    rest::{self, RestState},
     state::AppState,
 };
 
@@ -43,10 +49,28 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let packs = PackServiceServer::with_interceptor(
-        PackServiceImpl::new(state.clone()),
+    let service = Arc::new(PackServiceImpl::new(state.clone()));
+    let packs = InterceptedService::new(
+        PackServiceServer::from_arc(service.clone()),
         auth_interceptor(state.auth.clone()),
     );
+    let mut grpc = Routes::builder();
+    grpc.add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(packs);
+    // The REST gateway shares the port: gRPC paths are `/package.Service/Method`, REST
+    // paths are `/api/v1/…`, so plain path routing separates them.
+    let app = grpc
+        .routes()
+        .into_axum_router()
+        .merge(rest::router(RestState {
+            service,
+            auth: state.auth.clone(),
+            db: state.db.clone(),
+            throttle: Arc::default(),
+        }))
+        .fallback(rest::fallback);
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -62,10 +86,8 @@ pub async fn run(
         tracing::info!(%addr, "listening");
     }
     let serve = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(packs)
+        .accept_http1(true)
+        .add_routes(Routes::from(app))
         // Small streamed messages must not wait for delayed ACKs (Nagle: ~40 ms each).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     tokio::pin!(serve);

@@ -165,6 +165,49 @@ impl Db {
         })
     }
 
+    /// Adds a user (for REST login); `false` when the email is already taken.
+    pub async fn create_user(&self, email: &str, password_hash: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO users (email, password_hash, created_at) VALUES ($1, $2, $3) \
+                           ON CONFLICT (email) DO NOTHING";
+        let now = crate::auth::unix_now() as i64 * 1000;
+        let rows = match self {
+            Db::Sqlite(pool) => sqlx::query(SQL)
+                .bind(email)
+                .bind(password_hash)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Db::Postgres(pool) => sqlx::query(SQL)
+                .bind(email)
+                .bind(password_hash)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(rows == 1)
+    }
+
+    /// The stored password hash of `email`, if such a user exists.
+    pub async fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
+        const SQL: &str = "SELECT password_hash FROM users WHERE email = $1";
+        Ok(match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(email)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(email)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        })
+    }
+
     /// Inserts a minimal pack row. Used by tests and benchmarks to set up "installed"
     /// state until registration owns this table.
     #[doc(hidden)]

@@ -12,3 +12,4 @@ mod download;
 mod git;
 mod grpcurl;
 mod register;
+mod rest;
