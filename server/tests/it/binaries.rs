@@ -171,3 +171,61 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     }
     assert!(root.path().join("attune-packs.db").exists());
 }
+
+#[test]
+fn user_add_reads_the_password_from_stdin_and_login_accepts_it() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let add = |email: &str, password: &str| {
+        let mut child = Command::new(SERVER)
+            .args(["user", "add", "--email", email, "--data-dir"])
+            .arg(&data)
+            .env_remove("ATTUNE_PACKS_DATABASE_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = add("Admin@Example.com", "s3cret-passw0rd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("user admin@example.com added"));
+    let again = add("admin@example.com", "another-password");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let short = add("x@example.com", "short");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
+
+    let server = ServerProcess::start(&data, root.path());
+    let login = |password: &str| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .arg(format!("http://{}/api/v1/auth/login", server.addr))
+            .args(["-H", "content-type: application/json", "-d"])
+            .arg(format!(
+                r#"{{"email":"admin@example.com","password":"{password}"}}"#
+            ))
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&login("s3cret-passw0rd").stdout),
+        "200"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&login("wrong-password").stdout),
+        "401"
+    );
+}

@@ -509,3 +509,48 @@ async fn the_seed_workflow_script_runs_with_curl_and_jq() {
     assert_eq!(stdout.lines().last(), Some("OK"), "{stdout}");
     server.stop().await;
 }
+
+/// schemathesis (PyPI) fuzzes every operation of the live server from its own OpenAPI
+/// document: no 5xx, every response matching its schema, content types and headers as
+/// declared. Excluded: "schema-valid data is accepted", because valid-looking paths
+/// (relative, or outside the allowed roots) are rightly refused with a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_responses_match_the_openapi_document() {
+    let present = std::process::Command::new("st")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "schemathesis must be installed in CI"
+        );
+        eprintln!("notice: schemathesis (st) not installed; skipping (pip install schemathesis)");
+        return;
+    }
+    let server = TestServer::start(Backend::Sqlite).await;
+    let output = tokio::process::Command::new("st")
+        .args(["run", &format!("{}/api/v1/openapi.json", server.url())])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", server.token()),
+        ])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--max-examples", "25", "--seed", "20261123"])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}
