@@ -292,6 +292,13 @@ async fn errors_have_the_seed_shape_and_name_what_is_wrong() {
     let (status, body) = api.post("/api/v1/nothing-here", "{}", None).await;
     assert_eq!((status, body["status"].clone()), (404, json!(404)));
 
+    // The gateway speaks HTTP/1.1 and h2 (prior knowledge, as gRPC clients do).
+    let h2 = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", " %{http_version}"])
+        .arg(format!("{}/healthz", server.url()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), r#"{"status":"ok"} 2"#);
     let health = reqwest::get(format!("{}/healthz", server.url()))
         .await
         .unwrap();
