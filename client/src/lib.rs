@@ -181,6 +181,27 @@ impl Client {
         finish(self.build_envs_stream(request).await?, |_| {}).await
     }
 
+    pub async fn list_registries(&mut self) -> Result<pb::ListRegistriesResponse, ClientError> {
+        Ok(self
+            .inner
+            .list_registries(pb::ListRegistriesRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn search_packs(
+        &mut self,
+        keyword: &str,
+    ) -> Result<pb::SearchPacksResponse, ClientError> {
+        Ok(self
+            .inner
+            .search_packs(pb::SearchPacksRequest {
+                keyword: keyword.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
     pub async fn register_batch_stream(
         &mut self,
         request: pb::RegisterBatchRequest,

@@ -112,6 +112,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Search the server's registry indices (ref, label, description, keywords).
+    Search {
+        /// Substring to look for; empty lists every pack.
+        #[arg(default_value = "")]
+        keyword: String,
+    },
+    /// The registry indices the server searches, in order.
+    Registries,
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -215,6 +223,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             progress
                 .show(stream, view, |r| r.failed_packs.is_empty())
                 .await
+        }
+        Command::Search { keyword } => {
+            let result = client.search_packs(&keyword).await?;
+            View::new(cli.json, output::print_search).print(&result)?;
+            Ok(exit_code(true))
+        }
+        Command::Registries => {
+            let result = client.list_registries().await?;
+            View::new(cli.json, output::print_registries).print(&result)?;
+            Ok(exit_code(true))
         }
         Command::Deps {
             pack_paths,

@@ -283,3 +283,44 @@ pub fn print_build_envs(r: &pb::BuildEnvsResult) {
         );
     }
 }
+
+pub fn print_search(r: &pb::SearchPacksResponse) {
+    let rows: Vec<Vec<String>> = r
+        .packs
+        .iter()
+        .map(|p| {
+            vec![
+                p.pack_ref.clone(),
+                p.version.clone(),
+                p.description.clone(),
+                p.index_name.clone().unwrap_or_else(|| p.index_url.clone()),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(&["PACK", "VERSION", "DESCRIPTION", "INDEX"], &rows)
+    );
+    println!();
+    println!("{} packs", r.packs.len());
+}
+
+pub fn print_registries(r: &pb::ListRegistriesResponse) {
+    let rows: Vec<Vec<String>> = r
+        .registries
+        .iter()
+        .map(|i| {
+            vec![
+                i.priority.to_string(),
+                i.name.clone().unwrap_or_default(),
+                i.url.clone(),
+                if i.enabled { "enabled" } else { "disabled" }.to_string(),
+                if i.has_headers { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(&["PRIORITY", "NAME", "URL", "STATUS", "HEADERS"], &rows)
+    );
+}

@@ -258,6 +258,60 @@ impl PackService for PackServiceImpl {
         ))
     }
 
+    async fn list_registries(
+        &self,
+        request: Request<pb::ListRegistriesRequest>,
+    ) -> Result<Response<pb::ListRegistriesResponse>, Status> {
+        let _call = Call::start(&request, "ListRegistries");
+        let registries = self
+            .state
+            .downloader
+            .registry()
+            .indices()
+            .into_iter()
+            .map(|i| pb::Registry {
+                name: i.name,
+                url: i.url,
+                priority: i.priority,
+                enabled: i.enabled,
+                has_headers: i.has_headers,
+            })
+            .collect();
+        Ok(Response::new(pb::ListRegistriesResponse { registries }))
+    }
+
+    async fn search_packs(
+        &self,
+        request: Request<pb::SearchPacksRequest>,
+    ) -> Result<Response<pb::SearchPacksResponse>, Status> {
+        let call = Call::start(&request, "SearchPacks");
+        let keyword = request.into_inner().keyword;
+        let hits = self
+            .state
+            .downloader
+            .registry()
+            .search(keyword.trim())
+            .instrument(call.span.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let packs = hits
+            .into_iter()
+            .map(|h| pb::PackSummary {
+                pack_ref: h.pack_ref,
+                label: h.label,
+                description: h.description,
+                version: h.version.to_string(),
+                versions: h.versions,
+                author: h.author,
+                license: h.license,
+                keywords: h.keywords,
+                index_url: h.index_url,
+                index_name: h.index_name,
+            })
+            .collect();
+        Ok(Response::new(pb::SearchPacksResponse { packs }))
+    }
+
     async fn register_batch(
         &self,
         request: Request<pb::RegisterBatchRequest>,

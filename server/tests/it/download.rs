@@ -602,6 +602,33 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     })
     .await;
     let mut client = server.client().await;
+
+    // ListRegistries shows the indices in order, never header values; SearchPacks gives
+    // one row per ref with every version offered.
+    let registries = client.list_registries().await.unwrap().registries;
+    let shown: Vec<(Option<&str>, u32, bool)> = registries
+        .iter()
+        .map(|r| (r.name.as_deref(), r.priority, r.has_headers))
+        .collect();
+    assert_eq!(
+        shown,
+        [(Some("primary"), 1, false), (Some("secondary"), 2, true)]
+    );
+    assert!(!format!("{registries:?}").contains("index-token"));
+    let found = client.search_packs("ALPHA").await.unwrap().packs;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].versions, ["1.0.0", "0.9.0"]);
+    assert_eq!(found[0].index_name.as_deref(), Some("primary"));
+    let all: Vec<String> = client
+        .search_packs("")
+        .await
+        .unwrap()
+        .packs
+        .into_iter()
+        .map(|p| p.pack_ref)
+        .collect();
+    assert_eq!(all, ["alpha", "gitpack", "liar", "omega", "tampered"]);
+
     let r = client
         .download(request(
             &server,
