@@ -32,8 +32,11 @@ struct Cli {
     )]
     token: Option<String>,
     /// Print the result as JSON (field names as in the API).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "yaml")]
     json: bool,
+    /// Print the result as YAML.
+    #[arg(long, global = true)]
+    yaml: bool,
     /// No progress output.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -150,6 +153,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("no token: pass --token or set ATTUNE_PACKS_TOKEN")?;
     let mut client = Client::connect(&cli.server, &token).await?;
     let progress = Progress::new(cli.quiet);
+    let format = if cli.json {
+        Format::Json
+    } else if cli.yaml {
+        Format::Yaml
+    } else {
+        Format::Table
+    };
     match cli.command {
         Command::Download {
             packs,
@@ -171,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     force: Some(force),
                 })
                 .await?;
-            let view = View::new(cli.json, output::print_download);
+            let view = View::new(format, output::print_download);
             progress.show(stream, view, |r| r.failure_count == 0).await
         }
         Command::BuildEnvs {
@@ -198,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     detect_only: Some(detect_only),
                 })
                 .await?;
-            let view = View::new(cli.json, output::print_build_envs);
+            let view = View::new(format, output::print_build_envs);
             progress
                 .show(stream, view, |r| r.failed_environments.is_empty())
                 .await
@@ -219,19 +229,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     force: Some(force),
                 })
                 .await?;
-            let view = View::new(cli.json, output::print_register);
+            let view = View::new(format, output::print_register);
             progress
                 .show(stream, view, |r| r.failed_packs.is_empty())
                 .await
         }
         Command::Search { keyword } => {
             let result = client.search_packs(&keyword).await?;
-            View::new(cli.json, output::print_search).print(&result)?;
+            View::new(format, output::print_search).print(&result)?;
             Ok(exit_code(true))
         }
         Command::Registries => {
             let result = client.list_registries().await?;
-            View::new(cli.json, output::print_registries).print(&result)?;
+            View::new(format, output::print_registries).print(&result)?;
             Ok(exit_code(true))
         }
         Command::Deps {
@@ -244,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skip_validation: Some(skip_validation),
                 })
                 .await?;
-            let view = View::new(cli.json, output::print_dependencies);
+            let view = View::new(format, output::print_dependencies);
             progress
                 .show(stream, view, |r| {
                     r.errors.is_empty() && r.missing_dependencies.is_empty()
@@ -264,23 +274,32 @@ fn exit_code(clean: bool) -> ExitCode {
     }
 }
 
-/// How a result is printed: JSON (`--json`) or the command's table.
+#[derive(Clone, Copy)]
+enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// How a result is printed: the command's table, JSON or YAML.
 struct View<R> {
-    json: bool,
+    format: Format,
     table: fn(&R),
 }
 
 impl<R: serde::Serialize> View<R> {
-    fn new(json: bool, table: fn(&R)) -> Self {
-        Self { json, table }
+    fn new(format: Format, table: fn(&R)) -> Self {
+        Self { format, table }
     }
 
     fn print(&self, result: &R) -> anyhow::Result<()> {
-        if self.json {
-            output::print_json(result)
-        } else {
-            (self.table)(result);
-            Ok(())
+        match self.format {
+            Format::Json => output::print_json(result),
+            Format::Yaml => output::print_yaml(result),
+            Format::Table => {
+                (self.table)(result);
+                Ok(())
+            }
         }
     }
 }
@@ -311,12 +330,31 @@ impl Progress {
         Ok(exit_code(clean(&result)))
     }
 
+    /// A progress bar on a terminal; plain lines otherwise (logs, pipes, CI).
     async fn drive<R>(&self, stream: EventStream<R>) -> anyhow::Result<R> {
-        Ok(finish(stream, |p| {
-            if !self.quiet {
-                eprintln!("{}", output::progress_line(p, self.terminal));
+        if self.quiet {
+            return Ok(finish(stream, |_| {}).await?);
+        }
+        if !self.terminal {
+            return Ok(finish(stream, |p| eprintln!("{}", output::progress_line(p, false))).await?);
+        }
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} {wide_msg}")
+                .expect("a valid progress template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let result = finish(stream, |p| {
+            if let (Some(done), Some(total)) = (p.done, p.total) {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            bar.set_message(format!("{}: {}", p.pack, p.message));
+            if p.level != attune_packs_client::pb::progress::Level::Info as i32 {
+                bar.println(output::progress_line(p, true));
             }
         })
-        .await?)
+        .await;
+        bar.finish_and_clear();
+        Ok(result?)
     }
 }

@@ -8,6 +8,11 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn print_yaml<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    print!("{}", serde_yaml::to_string(value)?);
+    Ok(())
+}
+
 pub fn progress_line(p: &pb::Progress, colour: bool) -> String {
     let stage = pb::progress::Stage::try_from(p.stage)
         .map(|s| s.as_str_name().trim_start_matches("STAGE_").to_lowercase())

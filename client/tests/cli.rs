@@ -222,3 +222,46 @@ fn download_register_and_build_envs_from_the_command_line() {
         "{stdout}"
     );
 }
+
+#[test]
+fn yaml_output_and_a_progress_bar_on_a_terminal() {
+    let server = Server::start();
+    let pack = server.pack("tty/delta", "ref: delta\nversion: 2.0.0\n");
+
+    let out = server.cli(&server.token, &["--yaml", "-q", "deps", &pack]);
+    assert_eq!(out.status.code(), Some(0));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        yaml.contains("analyzed_packs:") && yaml.contains("pack_ref: delta"),
+        "{yaml}"
+    );
+
+    // In a pseudo-terminal (util-linux `script`), progress is a bar drawn with escape
+    // sequences instead of plain lines; the table still follows.
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "`script` (util-linux) must exist in CI"
+        );
+        eprintln!("notice: `script` not found; skipping the terminal part");
+        return;
+    }
+    let command = format!("{CLI} --server {} deps {pack}", server.url);
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("ATTUNE_PACKS_TOKEN", &server.token)
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("\u{1b}["),
+        "no terminal drawing in {screen:?}"
+    );
+    assert!(
+        !screen.contains("- [analyze]"),
+        "plain progress lines on a terminal: {screen}"
+    );
+    assert!(screen.contains("ready to build and register"), "{screen}");
+}
