@@ -31,6 +31,7 @@ pub mod registry;
 pub mod rest;
 pub mod runtimes;
 pub mod server;
+pub mod solver;
 pub mod source;
 pub mod state;
 pub mod store;
