@@ -1,6 +1,7 @@
 //! `attune-packs`: the command-line client of the attune-packs service.
 
 mod output;
+mod tools;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -123,6 +124,14 @@ enum Command {
     },
     /// The registry indices the server searches, in order.
     Registries,
+    /// Checksum of a pack directory (attune-pack-file-v1) or archive (its bytes, and the
+    /// pack inside). Local: needs no server.
+    Checksum { path: std::path::PathBuf },
+    /// Registry index files. Local: needs no server.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -132,6 +141,117 @@ enum Command {
         #[arg(long)]
         skip_validation: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Print the index entry for a pack directory or archive.
+    Entry {
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+    /// Add (or with --update replace) a pack's entry in an index file.
+    Update {
+        #[arg(long)]
+        index: std::path::PathBuf,
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
+        /// Replace an existing entry for the same ref.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Merge index files, keeping the highest version of each ref.
+    Merge {
+        #[arg(long)]
+        output: std::path::PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<std::path::PathBuf>,
+        /// Overwrite the output file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Git repository URL of the pack.
+    #[arg(long)]
+    git_url: Option<String>,
+    /// Commit or tag of that repository the entry describes.
+    #[arg(long)]
+    git_ref: Option<String>,
+    /// Where the archive (given as PATH) will be published.
+    #[arg(long)]
+    archive_url: Option<String>,
+}
+
+impl SourceArgs {
+    fn sources(&self) -> tools::Sources {
+        tools::Sources {
+            git_url: self.git_url.clone(),
+            git_ref: self.git_ref.clone(),
+            archive_url: self.archive_url.clone(),
+        }
+    }
+}
+
+/// Commands that work on local files only.
+fn run_local(command: &Command, format: Format) -> Option<anyhow::Result<ExitCode>> {
+    let outcome = match command {
+        Command::Checksum { path } => tools::checksum(path).and_then(|c| {
+            let value = serde_json::json!({
+                "path": path.display().to_string(),
+                "kind": c.kind,
+                "checksum": c.checksum,
+                "pack_checksum": c.pack_checksum,
+            });
+            match format {
+                Format::Table => {
+                    println!("{}", c.checksum);
+                    if let Some(p) = &c.pack_checksum {
+                        println!("{p} (pack inside the archive)");
+                    }
+                    Ok(())
+                }
+                Format::Json => output::print_json(&value),
+                Format::Yaml => output::print_yaml(&value),
+            }
+        }),
+        Command::Index { command } => match command {
+            IndexCommand::Entry { path, sources } => tools::index_entry(path, &sources.sources())
+                .and_then(|entry| match format {
+                    Format::Yaml => output::print_yaml(&entry),
+                    _ => output::print_json(&entry),
+                }),
+            IndexCommand::Update {
+                index,
+                path,
+                sources,
+                update,
+            } => tools::index_update(index, path, &sources.sources(), *update).map(|replaced| {
+                let verb = if replaced { "replaced in" } else { "added to" };
+                println!("✓ entry {verb} {}", index.display());
+            }),
+            IndexCommand::Merge {
+                output,
+                inputs,
+                force,
+            } => tools::index_merge(output, inputs, *force).map(|s| {
+                println!(
+                    "✓ merged {} index files into {}",
+                    s.inputs,
+                    output.display()
+                );
+                println!("  packs loaded: {}", s.loaded);
+                println!("  unique packs: {}", s.unique);
+                println!("  duplicates resolved: {}", s.duplicates);
+            }),
+        },
+        _ => return None,
+    };
+    Some(outcome.map(|()| ExitCode::SUCCESS))
 }
 
 #[tokio::main]
@@ -147,12 +267,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let token = cli
-        .token
-        .clone()
-        .context("no token: pass --token or set ATTUNE_PACKS_TOKEN")?;
-    let mut client = Client::connect(&cli.server, &token).await?;
-    let progress = Progress::new(cli.quiet);
     let format = if cli.json {
         Format::Json
     } else if cli.yaml {
@@ -160,6 +274,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         Format::Table
     };
+    if let Some(outcome) = run_local(&cli.command, format) {
+        return outcome;
+    }
+    let token = cli
+        .token
+        .clone()
+        .context("no token: pass --token or set ATTUNE_PACKS_TOKEN")?;
+    let mut client = Client::connect(&cli.server, &token).await?;
+    let progress = Progress::new(cli.quiet);
     match cli.command {
         Command::Download {
             packs,
@@ -244,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             View::new(format, output::print_registries).print(&result)?;
             Ok(exit_code(true))
         }
+        Command::Checksum { .. } | Command::Index { .. } => unreachable!("handled by run_local"),
         Command::Deps {
             pack_paths,
             skip_validation,

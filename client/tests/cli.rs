@@ -265,3 +265,182 @@ fn yaml_output_and_a_progress_bar_on_a_terminal() {
     );
     assert!(screen.contains("ready to build and register"), "{screen}");
 }
+
+/// Runs the CLI for a local tool (no server, no token).
+fn local(args: &[&str]) -> Output {
+    Command::new(CLI)
+        .args(args)
+        .env_remove("ATTUNE_PACKS_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+#[test]
+fn checksum_and_index_tools_work_without_a_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+
+    // The published test vector of the attune-pack-file-v1 checksum.
+    write_files(&root.join("vector"), &[("nested/file.txt", "fixture\n")]);
+    let out = local(&["checksum", root.join("vector").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sha256:e9837162383488cb9b187ea585ce8963634d7d04f75abeb0c43d5456de0d6b13"
+    );
+
+    // An archive: the digest of its bytes, and the checksum of the pack inside.
+    write_files(
+        &root.join("src/omega"),
+        &[
+            (
+                "pack.yaml",
+                "ref: omega\nversion: 1.4.0\ndescription: Omega pack\ntags: [x]\ndependencies: [\"core@>=1\"]\n",
+            ),
+            (
+                "actions/ping.yaml",
+                "ref: omega.ping\ndescription: Ping\nrunner_type: shell\nentry_point: ping.sh\n",
+            ),
+            ("actions/ping.sh", "echo pong\n"),
+        ],
+    );
+    let archive = root.join("omega-1.4.0.tar.gz");
+    let status = Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(root.join("src"))
+        .arg("omega")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sha = Command::new("sha256sum").arg(&archive).output().unwrap();
+    let bytes_sum = format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&sha.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    );
+    let dir_sum =
+        String::from_utf8(local(&["checksum", root.join("src/omega").to_str().unwrap()]).stdout)
+            .unwrap();
+    let out = local(&["--json", "checksum", archive.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["kind"], "archive");
+    assert_eq!(json["checksum"], bytes_sum.as_str());
+    assert_eq!(json["pack_checksum"], dir_sum.trim());
+
+    // index entry from the archive.
+    let url = "https://packs.example/omega-1.4.0.tar.gz";
+    let out = local(&[
+        "index",
+        "entry",
+        archive.to_str().unwrap(),
+        "--archive-url",
+        url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (entry["ref"].as_str(), entry["version"].as_str()),
+        (Some("omega"), Some("1.4.0"))
+    );
+    assert_eq!(entry["install_sources"][0]["checksum"], bytes_sum.as_str());
+    assert_eq!(entry["contents"]["actions"][0]["name"], "ping");
+    assert_eq!(entry["dependencies"]["packs"][0], "core@>=1");
+    let out = local(&[
+        "index",
+        "entry",
+        root.join("src/omega").to_str().unwrap(),
+        "--archive-url",
+        url,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("archive file as PATH"));
+
+    // index update: add, refuse a duplicate, replace with --update.
+    let index = root.join("index.json");
+    std::fs::write(&index, r#"{"registry_name": "t", "registry_url": "https://t", "version": "1.0", "last_updated": "x", "packs": []}"#).unwrap();
+    let update = |extra: &[&str]| {
+        let mut args = vec![
+            "index",
+            "update",
+            "--index",
+            index.to_str().unwrap(),
+            archive.to_str().unwrap(),
+            "--archive-url",
+            url,
+        ];
+        args.extend_from_slice(extra);
+        local(&args)
+    };
+    assert!(update(&[]).status.success());
+    let again = update(&[]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("--update"),
+        "{again:?}"
+    );
+    let replaced = update(&["--update"]);
+    assert!(String::from_utf8_lossy(&replaced.stdout).contains("replaced"));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    assert_eq!(written["packs"].as_array().unwrap().len(), 1);
+
+    // index merge keeps the highest version of each ref.
+    let other = root.join("other.json");
+    let mut older = written.clone();
+    older["packs"][0]["version"] = "1.0.0".into();
+    let mut extra_entry = written["packs"][0].clone();
+    extra_entry["ref"] = "zeta".into();
+    older["packs"].as_array_mut().unwrap().push(extra_entry);
+    std::fs::write(&other, older.to_string()).unwrap();
+    let merged = root.join("merged.json");
+    let out = local(&[
+        "index",
+        "merge",
+        "--output",
+        merged.to_str().unwrap(),
+        other.to_str().unwrap(),
+        index.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("packs loaded: 3")
+            && stdout.contains("unique packs: 2")
+            && stdout.contains("duplicates resolved: 1"),
+        "{stdout}"
+    );
+    let merged_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&merged).unwrap()).unwrap();
+    assert_eq!(merged_index["packs"][0]["version"], "1.4.0");
+    let refused = local(&[
+        "index",
+        "merge",
+        "--output",
+        merged.to_str().unwrap(),
+        index.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+}
