@@ -550,6 +550,8 @@ async fn live_responses_match_the_openapi_document() {
         ])
         .args(["--max-examples", "25", "--seed", "20261123"])
         .env("NO_COLOR", "1")
+        // schemathesis keeps a cache in its working directory: not in the source tree.
+        .current_dir(server.root.path())
         .output()
         .await
         .unwrap();
