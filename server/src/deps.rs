@@ -282,8 +282,8 @@ fn runtime_needs(pack: &Parsed) -> Option<RuntimeNeeds> {
             }),
         }
     };
-    let python = need(&pack.manifest.python, "requirements.txt");
-    let nodejs = need(&pack.manifest.nodejs, "package.json");
+    let python = need(&pack.manifest.python, crate::envs::PYTHON_MANIFEST);
+    let nodejs = need(&pack.manifest.nodejs, crate::envs::NODE_MANIFEST);
     (python.is_some() || nodejs.is_some()).then(|| RuntimeNeeds {
         pack_ref: pack.manifest.pack_ref.clone(),
         python,

@@ -678,12 +678,8 @@ fn parse_batch(
 
 /// The pack's virtualenv interpreter when BuildEnvs made one, else python3.
 fn test_python(base: &Path, pack_ref: &str) -> PathBuf {
-    let venv = base.join(".envs").join(pack_ref).join("python/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
+    crate::envs::python_interpreter(&crate::buildenvs::envs_root(base), pack_ref)
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 fn json(value: &impl serde::Serialize) -> String {

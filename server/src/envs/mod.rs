@@ -224,6 +224,20 @@ impl Ctx<'_> {
     }
 }
 
+/// The file whose presence means a pack needs a Python environment.
+pub const PYTHON_MANIFEST: &str = python::REQUIREMENTS_FILE;
+/// The file whose presence means a pack needs Node modules.
+pub const NODE_MANIFEST: &str = node::PACKAGE_JSON;
+
+/// The interpreter of the pack's virtualenv, if BuildEnvs made one.
+pub fn python_interpreter(envs_root: &Path, pack_ref: &str) -> Option<PathBuf> {
+    let python = layout::RefDir::new(envs_root, pack_ref)
+        .link(python::KIND)
+        .join("bin")
+        .join("python");
+    python.exists().then_some(python)
+}
+
 /// Whether the pack needs a Python environment (ignoring `skip_python`).
 pub fn needs_python(pack_dir: &Path, manifest: &Manifest) -> bool {
     manifest.python.is_some() || pack_dir.join(python::REQUIREMENTS_FILE).is_file()
