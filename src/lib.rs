@@ -46,3 +46,4 @@ stream_event!(
     register_batch_event,
     RegisterBatchResult
 );
+stream_event!(InstallEvent, install_event, InstallResult);

@@ -217,4 +217,19 @@ impl Client {
     ) -> Result<pb::RegisterBatchResult, ClientError> {
         finish(self.register_batch_stream(request).await?, |_| {}).await
     }
+
+    /// The whole pipeline: download, resolve, build, register (all or nothing).
+    pub async fn install_stream(
+        &mut self,
+        request: pb::InstallRequest,
+    ) -> Result<EventStream<pb::InstallResult>, ClientError> {
+        Ok(events(self.inner.install(request).await?.into_inner()))
+    }
+
+    pub async fn install(
+        &mut self,
+        request: pb::InstallRequest,
+    ) -> Result<pb::InstallResult, ClientError> {
+        finish(self.install_stream(request).await?, |_| {}).await
+    }
 }

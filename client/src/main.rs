@@ -47,6 +47,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install packs with their dependencies: download, resolve, build environments and
+    /// register, all or nothing.
+    Install {
+        /// Pack sources, as for `download`; omit with `--lock`.
+        #[arg(required_unless_present = "lock")]
+        packs: Vec<String>,
+        /// Reproduce the set in this lock file (JSON: a lock, or a whole install result).
+        #[arg(long, conflicts_with = "packs")]
+        lock: Option<std::path::PathBuf>,
+        /// After a successful install, write its lock to this file.
+        #[arg(long)]
+        write_lock: Option<std::path::PathBuf>,
+        /// Index searched before the configured ones.
+        #[arg(long)]
+        registry_url: Option<String>,
+        /// Git ref for git sources without `@ref`.
+        #[arg(long = "ref")]
+        ref_spec: Option<String>,
+        /// Where packs are stored (server default when omitted).
+        #[arg(long)]
+        packs_base_dir: Option<String>,
+        #[arg(long)]
+        python_version: Option<String>,
+        #[arg(long)]
+        nodejs_version: Option<String>,
+        /// Seconds per download and per environment build (server default 300).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Skip TLS certificate verification (if the server allows it).
+        #[arg(long)]
+        insecure: bool,
+        /// Do not resolve dependencies.
+        #[arg(long)]
+        skip_deps: bool,
+        /// Do not run the packs' tests.
+        #[arg(long)]
+        skip_tests: bool,
+        /// Replace installed packs the plan changes, and register despite failing tests.
+        #[arg(long)]
+        force: bool,
+        /// Show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Download packs (registry refs, git URLs, archives, local paths) into a directory on the server.
     Download {
         /// Pack sources: `core`, `core@^1.2`, `github:org/repo@v1`, `https://…/p.tar.gz`, `/srv/p`.
@@ -307,6 +351,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let view = View::new(format, output::print_download);
             progress.show(stream, view, |r| r.failure_count == 0).await
         }
+        Command::Install {
+            packs,
+            lock,
+            write_lock,
+            registry_url,
+            ref_spec,
+            packs_base_dir,
+            python_version,
+            nodejs_version,
+            timeout,
+            insecure,
+            skip_deps,
+            skip_tests,
+            force,
+            dry_run,
+        } => {
+            let lock = lock.as_deref().map(read_lock).transpose()?;
+            let stream = client
+                .install_stream(pb::InstallRequest {
+                    packs,
+                    registry_url,
+                    ref_spec,
+                    packs_base_dir,
+                    verify_ssl: Some(!insecure),
+                    timeout,
+                    python_version,
+                    nodejs_version,
+                    skip_deps: Some(skip_deps),
+                    skip_tests: Some(skip_tests),
+                    force: Some(force),
+                    dry_run: Some(dry_run),
+                    lock,
+                })
+                .await?;
+            let view = View::new(format, output::print_install);
+            let result = progress.drive(stream).await?;
+            view.print(&result)?;
+            if let (Some(path), Some(lock)) = (write_lock, &result.lock) {
+                std::fs::write(&path, serde_json::to_string_pretty(lock)? + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(exit_code(result.success))
+        }
         Command::BuildEnvs {
             pack_paths,
             packs_base_dir,
@@ -386,6 +473,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
         }
     }
+}
+
+/// A lock file: the lock itself, or a saved install result (`{"data": …}` from the
+/// REST gateway, or the result as `--json` prints it).
+fn read_lock(path: &std::path::Path) -> anyhow::Result<pb::InstallLock> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    for key in ["data", "lock"] {
+        if let Some(inner) = value.get_mut(key).map(serde_json::Value::take) {
+            value = inner;
+        }
+    }
+    let lock: pb::InstallLock = serde_json::from_value(value)
+        .with_context(|| format!("{} is not an install lock", path.display()))?;
+    anyhow::ensure!(!lock.packs.is_empty(), "{} locks no packs", path.display());
+    Ok(lock)
 }
 
 /// Exit 1 when something needs attention (a failed pack, a missing dependency), so

@@ -329,3 +329,61 @@ pub fn print_registries(r: &pb::ListRegistriesResponse) {
         table(&["PRIORITY", "NAME", "URL", "STATUS", "HEADERS"], &rows)
     );
 }
+
+pub fn print_install(r: &pb::InstallResult) {
+    if !r.plan.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .plan
+            .iter()
+            .map(|p| {
+                let version = match &p.installed_version {
+                    Some(old) if *old != p.version => format!("{old} -> {}", p.version),
+                    _ => p.version.clone(),
+                };
+                vec![
+                    p.pack_ref.clone(),
+                    version,
+                    p.action.clone(),
+                    p.source.clone(),
+                    p.reason.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["PACK", "VERSION", "ACTION", "SOURCE", "WHY"], &rows)
+        );
+    }
+    for p in &r.installed {
+        let c = p.components_registered.unwrap_or_default();
+        let tests = p.test_result.as_ref().map_or_else(
+            || "no tests".to_string(),
+            |t| format!("tests {} {}/{}", t.status, t.passed, t.total_tests),
+        );
+        println!(
+            "{} {} {}: {} components, {tests}, stored at {}",
+            p.action,
+            p.pack_ref,
+            p.version,
+            c.actions + c.sensors + c.triggers + c.rules + c.workflows + c.policies,
+            p.storage_path
+        );
+    }
+    for e in &r.errors {
+        println!("failed ({}): {}: {}", e.stage, e.pack, e.error);
+    }
+    let s = r.summary.unwrap_or_default();
+    if r.dry_run {
+        println!(
+            "dry run: {} pack(s) planned, {} already installed; nothing was changed",
+            s.planned, s.kept
+        );
+    } else if r.success {
+        println!(
+            "installed {} pack(s), kept {} ({} ms)",
+            s.installed, s.kept, s.duration_ms
+        );
+    } else {
+        println!("nothing was installed ({} ms)", s.duration_ms);
+    }
+}

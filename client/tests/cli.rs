@@ -29,6 +29,11 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// A server with extra `ATTUNE_PACKS_*` settings in its environment.
+    fn start_with_env(env: &[(&str, String)]) -> Self {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -46,6 +51,7 @@ impl Server {
             )
             .env_remove("ATTUNE_PACKS_JWT_SECRET")
             .env_remove("ATTUNE_PACKS_DATABASE_URL")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -443,4 +449,163 @@ fn checksum_and_index_tools_work_without_a_server() {
         index.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+}
+
+#[test]
+fn install_plans_installs_and_reproduces_from_a_lock() {
+    let server = Server::start();
+    let lib = server.pack("src/lib", "ref: libpack\nversion: 1.0.0\n");
+    let app = server.pack(
+        "src/app",
+        "ref: apppack\nversion: 0.3.0\ndependencies:\n  - libpack@^1\n",
+    );
+    let root = server.root.path().canonicalize().unwrap();
+    let base = root.join("base").display().to_string();
+    let lock = root.join("packs.lock.json");
+    let lock_arg = lock.display().to_string();
+
+    // A dry run prints the plan in dependency order and changes nothing.
+    let out = server.cli(
+        &server.token,
+        &[
+            "-q",
+            "install",
+            "--dry-run",
+            "--packs-base-dir",
+            &base,
+            &app,
+            &lib,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lib_line = stdout
+        .lines()
+        .position(|l| l.starts_with("libpack"))
+        .unwrap();
+    let app_line = stdout
+        .lines()
+        .position(|l| l.starts_with("apppack"))
+        .unwrap();
+    assert!(lib_line < app_line, "{stdout}");
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+    assert!(!Path::new(&base).join("apppack").exists());
+
+    let out = server.cli(
+        &server.token,
+        &[
+            "--json",
+            "-q",
+            "install",
+            "--packs-base-dir",
+            &base,
+            "--write-lock",
+            &lock_arg,
+            &app,
+            &lib,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["success"], true);
+    assert_eq!(json["installed"][0]["pack_ref"], "libpack");
+    assert_eq!(json["installed"][1]["pack_ref"], "apppack");
+    assert!(Path::new(&base).join("apppack/pack.yaml").exists());
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
+    assert_eq!(written, json["lock"]);
+
+    // From the lock: the same set, already installed, so every pack is kept.
+    let out = server.cli(
+        &server.token,
+        &[
+            "-q",
+            "install",
+            "--packs-base-dir",
+            &base,
+            "--lock",
+            &lock_arg,
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("kept 2"), "{stdout}");
+
+    // A dependency no registry has: exit 1, and the reason.
+    let lost = server.pack(
+        "src/lost",
+        "ref: lost\nversion: 1.0.0\ndependencies: [ghost]\n",
+    );
+    let out = server.cli(
+        &server.token,
+        &["-q", "install", "--packs-base-dir", &base, &lost],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("failed (resolve)") && stdout.contains("ghost"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn search_and_registries_show_the_configured_indices() {
+    let indices = tempfile::tempdir().unwrap();
+    let index = indices.path().join("index.json");
+    std::fs::write(
+        &index,
+        serde_json::json!({
+            "registry_name": "local",
+            "version": "1.0",
+            "packs": [
+                {"ref": "slack", "label": "Slack", "description": "Post messages to Slack",
+                 "version": "2.1.0", "keywords": ["chat"],
+                 "install_sources": [{"type": "archive", "url": "https://example.invalid/slack.tar.gz",
+                                      "checksum": format!("sha256:{}", "0".repeat(64))}]},
+                {"ref": "aws", "label": "AWS", "description": "Amazon Web Services",
+                 "version": "1.0.0",
+                 "install_sources": [{"type": "archive", "url": "https://example.invalid/aws.tar.gz",
+                                      "checksum": format!("sha256:{}", "1".repeat(64))}]}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let url = format!("file://{}", index.display());
+    let server = Server::start_with_env(&[(
+        "ATTUNE_PACKS_REGISTRY__INDICES",
+        format!("[{{url: \"{url}\", name: local, priority: 1}}]"),
+    )]);
+
+    let out = server.cli(&server.token, &["registries"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&url) && stdout.contains("local"),
+        "{stdout}"
+    );
+
+    let out = server.cli(&server.token, &["search", "chat"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("slack") && stdout.contains("2.1.0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("aws"), "{stdout}");
+
+    let out = server.cli(&server.token, &["--json", "search"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refs: Vec<&str> = json["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pack_ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(refs, ["aws", "slack"]);
 }

@@ -83,6 +83,7 @@ async fn main() {
         force_rebuild: false,
         timeout: std::time::Duration::from_secs(600),
         detect_only: false,
+        keep_previous: false,
     };
     let t = Instant::now();
     let first = builder

@@ -29,6 +29,8 @@ pub struct BuildEnvsRequest {
     pub force_rebuild: bool,
     pub timeout: Duration,
     pub detect_only: bool,
+    /// See [`BuildOptions::keep_previous`].
+    pub keep_previous: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,7 @@ impl EnvBuilder<'_> {
             force_rebuild: request.force_rebuild,
             timeout: request.timeout,
             detect_only: request.detect_only,
+            keep_previous: request.keep_previous,
         };
         let total = request.pack_paths.len() as u64;
         let done = std::sync::atomic::AtomicU64::new(0);

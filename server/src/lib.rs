@@ -20,6 +20,7 @@ pub mod envs;
 pub mod fetch;
 pub mod git;
 pub mod grpc;
+pub mod install;
 pub mod manifest;
 pub mod packtest;
 pub mod paths;

@@ -152,6 +152,9 @@ fn storage_lock(target: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
 /// A pack's registration, or the stage it failed in and why.
 type PackOutcome = Result<RegisteredPack, (ErrorStage, String)>;
 
+/// A pack made ready to switch in, or the stage it failed in and why.
+type Preparation = Result<Prepared, (ErrorStage, String)>;
+
 /// One pack of the batch after parsing, before storage.
 struct Candidate {
     given_path: String,
@@ -175,48 +178,10 @@ impl Registrar<'_> {
         reporter: &Reporter,
     ) -> Result<RegisterReport, RegisterError> {
         let started = Instant::now();
-        let base = match &request.packs_base_dir {
-            Some(dir) => self
-                .paths
-                .confine(dir)
-                .map_err(|e| RegisterError::InvalidRequest(format!("packs_base_dir: {e}")))?,
-            None => self.default_base_dir.clone(),
-        };
-        fs::create_dir_all(&base).map_err(|e| {
-            RegisterError::InvalidRequest(format!(
-                "packs_base_dir: cannot create '{}': {e}",
-                base.display()
-            ))
-        })?;
-
+        let base = self.base_dir(&request)?;
         let mut report = RegisterReport::default();
         let total = request.pack_paths.len() as u64;
-        let installed: HashSet<String> = self
-            .db
-            .installed_packs()
-            .await?
-            .into_iter()
-            .map(|p| p.pack_ref)
-            .collect();
-        let registered_components = self.db.component_refs().await?;
-
-        // Parse everything first: references between packs of the batch resolve.
-        let paths = self.paths.clone();
-        let pack_paths = request.pack_paths.clone();
-        let skip_validation = request.skip_validation;
-        let parse_reporter = reporter.clone();
-        let (candidates, failures) = tokio::task::spawn_blocking(move || {
-            parse_batch(
-                &paths,
-                &pack_paths,
-                skip_validation,
-                &installed,
-                &registered_components,
-                &parse_reporter,
-            )
-        })
-        .await
-        .expect("pack validation panicked");
+        let (candidates, failures) = self.parse(&request, reporter).await?;
         report.failed.extend(failures);
 
         // Packs are prepared (copied, tested, hashed) concurrently; each one's files
@@ -287,6 +252,145 @@ impl Registrar<'_> {
         request: &RegisterRequest,
         reporter: &Reporter,
     ) -> PackOutcome {
+        let prepared = self.prepare(candidate, base, request, reporter).await?;
+        self.commit(vec![prepared], request.force, reporter)
+            .await
+            .map(|mut registered| registered.remove(0))
+            .map_err(|(_, stage, error)| (stage, error))
+    }
+
+    /// Registers every pack of `request` or none of them, in the order given
+    /// (Install passes dependency order). Everything is validated, copied and
+    /// tested first; then one database transaction writes all packs while their
+    /// files are swapped in, and any failure rolls back the transaction and puts
+    /// every previous directory back.
+    ///
+    /// `Ok(Err(failures))` names the packs that failed; nothing was changed.
+    pub async fn register_all(
+        &self,
+        request: RegisterRequest,
+        reporter: &Reporter,
+    ) -> Result<Result<Vec<RegisteredPack>, Vec<FailedPack>>, RegisterError> {
+        let base = self.base_dir(&request)?;
+        let (candidates, failures) = self.parse(&request, reporter).await?;
+        if !failures.is_empty() {
+            return Ok(Err(failures));
+        }
+        let outcomes: Vec<(BatchMember, Preparation)> = futures::stream::iter(candidates)
+            .map(|candidate| {
+                let progress = reporter.with_subject(&candidate.manifest.pack_ref);
+                let ids = BatchMember {
+                    pack_ref: candidate.manifest.pack_ref.clone(),
+                    given: candidate.given_path.clone(),
+                };
+                let (base, request) = (&base, &request);
+                async move {
+                    let outcome = if progress.is_cancelled() {
+                        Err((ErrorStage::Validation, "cancelled".to_string()))
+                    } else {
+                        self.prepare(candidate, base, request, &progress).await
+                    };
+                    if let Err((stage, error)) = &outcome {
+                        progress.error(
+                            Stage::Register,
+                            format!("{} failed: {error}", stage.as_str()),
+                        );
+                    }
+                    (ids, outcome)
+                }
+            })
+            .buffered(self.concurrency.max(1))
+            .collect()
+            .await;
+        let mut prepared = Vec::with_capacity(outcomes.len());
+        let mut ids = Vec::with_capacity(outcomes.len());
+        let mut failed = Vec::new();
+        for (id, outcome) in outcomes {
+            match outcome {
+                Ok(p) => prepared.push(p),
+                Err((error_stage, error)) => failed.push(FailedPack {
+                    pack_ref: id.pack_ref.clone(),
+                    pack_path: id.given.clone(),
+                    error,
+                    error_stage,
+                }),
+            }
+            ids.push(id);
+        }
+        if !failed.is_empty() {
+            return Ok(Err(failed));
+        }
+        match self.commit(prepared, request.force, reporter).await {
+            Ok(registered) => Ok(Ok(registered)),
+            Err((index, error_stage, error)) => Ok(Err(vec![FailedPack {
+                pack_ref: ids[index].pack_ref.clone(),
+                pack_path: ids[index].given.clone(),
+                error,
+                error_stage,
+            }])),
+        }
+    }
+
+    fn base_dir(&self, request: &RegisterRequest) -> Result<PathBuf, RegisterError> {
+        let base = match &request.packs_base_dir {
+            Some(dir) => self
+                .paths
+                .confine(dir)
+                .map_err(|e| RegisterError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+            None => self.default_base_dir.clone(),
+        };
+        fs::create_dir_all(&base).map_err(|e| {
+            RegisterError::InvalidRequest(format!(
+                "packs_base_dir: cannot create '{}': {e}",
+                base.display()
+            ))
+        })?;
+        Ok(base)
+    }
+
+    /// Reads and validates every pack of the batch (references between packs of the
+    /// batch resolve).
+    async fn parse(
+        &self,
+        request: &RegisterRequest,
+        reporter: &Reporter,
+    ) -> Result<(Vec<Candidate>, Vec<FailedPack>), RegisterError> {
+        let installed: HashSet<String> = self
+            .db
+            .installed_packs()
+            .await?
+            .into_iter()
+            .map(|p| p.pack_ref)
+            .collect();
+        let registered_components = self.db.component_refs().await?;
+        let paths = self.paths.clone();
+        let pack_paths = request.pack_paths.clone();
+        let skip_validation = request.skip_validation;
+        let parse_reporter = reporter.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            parse_batch(
+                &paths,
+                &pack_paths,
+                skip_validation,
+                &installed,
+                &registered_components,
+                &parse_reporter,
+            )
+        })
+        .await
+        .expect("pack validation panicked"))
+    }
+
+    /// Everything before the database: refusal of what the database would refuse,
+    /// a staged copy beside the final place, tests against exactly those files,
+    /// the checksum and the rows to write.
+    async fn prepare(
+        &self,
+        candidate: Candidate,
+        base: &Path,
+        request: &RegisterRequest,
+        reporter: &Reporter,
+    ) -> Preparation {
         let Candidate {
             dir,
             manifest,
@@ -400,63 +504,6 @@ impl Registrar<'_> {
             provenance.as_ref(),
             request.requested_by.clone(),
         );
-        let components = component_rows(&loaded);
-
-        // The critical section: files and rows change together.
-        let lock = storage_lock(&target);
-        let _in_process = lock.lock().await;
-        reporter.info(Stage::Register, "writing to the database");
-        let mut write = self
-            .db
-            .begin_pack_write(&pack_ref)
-            .await
-            .map_err(|e| (ErrorStage::Database, e.to_string()))?;
-        let swap = match &staged {
-            Some(staged) => {
-                Some(Swap::perform(&staged.0, &target).map_err(|e| (ErrorStage::FileCopy, e))?)
-            }
-            None => None,
-        };
-        let now = crate::auth::unix_now() as i64 * 1000;
-        let written = async {
-            let pack_id = write.upsert_pack(&row, request.force, now).await?;
-            write
-                .replace_components(pack_id, &pack_ref, &components)
-                .await?;
-            if let Some(result) = &test_result {
-                write
-                    .insert_test_result(pack_id, &test_row(result), now)
-                    .await?;
-            }
-            Ok::<_, WriteError>(pack_id)
-        }
-        .await;
-        let pack_id = match written {
-            Ok(id) => id,
-            Err(e) => {
-                drop(write);
-                if let Some(swap) = swap {
-                    swap.undo();
-                }
-                let stage = match e {
-                    WriteError::AlreadyRegistered { .. } | WriteError::ComponentConflict { .. } => {
-                        ErrorStage::Validation
-                    }
-                    WriteError::Store(_) => ErrorStage::Database,
-                };
-                return Err((stage, e.to_string()));
-            }
-        };
-        if let Err(e) = write.commit().await {
-            if let Some(swap) = swap {
-                swap.undo();
-            }
-            return Err((ErrorStage::Database, e.to_string()));
-        }
-        if let Some(swap) = swap {
-            swap.finish();
-        }
-
         let mut validation = Validation::default();
         validation
             .warnings
@@ -470,16 +517,140 @@ impl Registrar<'_> {
                 file: w.file.clone(),
                 message: w.message.clone(),
             }));
-        Ok(RegisteredPack {
-            pack_ref,
-            pack_id,
+        Ok(Prepared {
+            components: component_rows(&loaded),
+            counts: ComponentCounts::of(&loaded),
             pack_version: manifest.version.to_string(),
-            storage_path: target.display().to_string(),
-            components: ComponentCounts::of(&loaded),
+            pack_ref,
+            target,
+            staged,
+            row,
             test_result,
             validation,
+            reporter: reporter.clone(),
         })
     }
+
+    /// The critical section: files and rows of every prepared pack change together,
+    /// in the order given. On failure nothing changed and the error names the index
+    /// of the pack that failed.
+    async fn commit(
+        &self,
+        prepared: Vec<Prepared>,
+        force: bool,
+        reporter: &Reporter,
+    ) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+        // In-process locks in path order, so two batches cannot wait on each other.
+        let mut locks: Vec<_> = prepared.iter().map(|p| storage_lock(&p.target)).collect();
+        let mut order: Vec<usize> = (0..prepared.len()).collect();
+        order.sort_by(|a, b| prepared[*a].target.cmp(&prepared[*b].target));
+        let mut guards = Vec::with_capacity(locks.len());
+        for i in order {
+            guards.push(std::sync::Arc::clone(&locks[i]).lock_owned().await);
+        }
+        locks.clear();
+        if prepared.len() > 1 {
+            reporter.info(
+                Stage::Register,
+                format!("writing {} packs in one transaction", prepared.len()),
+            );
+        }
+        let refs: Vec<&str> = prepared.iter().map(|p| p.pack_ref.as_str()).collect();
+        let mut write = self
+            .db
+            .begin_packs_write(&refs)
+            .await
+            .map_err(|e| (0, ErrorStage::Database, e.to_string()))?;
+        let mut swaps: Vec<Swap> = Vec::new();
+        let undo = |swaps: Vec<Swap>| {
+            for swap in swaps.into_iter().rev() {
+                swap.undo();
+            }
+        };
+        let now = crate::auth::unix_now() as i64 * 1000;
+        let mut ids = Vec::with_capacity(prepared.len());
+        for (index, p) in prepared.iter().enumerate() {
+            p.reporter.info(Stage::Register, "writing to the database");
+            if let Some(staged) = &p.staged {
+                match Swap::perform(&staged.0, &p.target) {
+                    Ok(swap) => swaps.push(swap),
+                    Err(e) => {
+                        drop(write);
+                        undo(swaps);
+                        return Err((index, ErrorStage::FileCopy, e));
+                    }
+                }
+            }
+            let written = async {
+                let pack_id = write.upsert_pack(&p.row, force, now).await?;
+                write
+                    .replace_components(pack_id, &p.pack_ref, &p.components)
+                    .await?;
+                if let Some(result) = &p.test_result {
+                    write
+                        .insert_test_result(pack_id, &test_row(result), now)
+                        .await?;
+                }
+                Ok::<_, WriteError>(pack_id)
+            }
+            .await;
+            match written {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    drop(write);
+                    undo(swaps);
+                    let stage = match e {
+                        WriteError::AlreadyRegistered { .. }
+                        | WriteError::ComponentConflict { .. } => ErrorStage::Validation,
+                        WriteError::Store(_) => ErrorStage::Database,
+                    };
+                    return Err((index, stage, e.to_string()));
+                }
+            }
+        }
+        if let Err(e) = write.commit().await {
+            undo(swaps);
+            return Err((0, ErrorStage::Database, e.to_string()));
+        }
+        for swap in swaps {
+            swap.finish();
+        }
+        drop(guards);
+        Ok(prepared
+            .into_iter()
+            .zip(ids)
+            .map(|(p, pack_id)| RegisteredPack {
+                pack_ref: p.pack_ref,
+                pack_id,
+                pack_version: p.pack_version,
+                storage_path: p.target.display().to_string(),
+                components: p.counts,
+                test_result: p.test_result,
+                validation: p.validation,
+            })
+            .collect())
+    }
+}
+
+/// Identifies a pack of a batch in failure reports.
+struct BatchMember {
+    pack_ref: String,
+    given: String,
+}
+
+/// A pack ready to be switched in: staged files, tests passed, rows computed.
+struct Prepared {
+    pack_ref: String,
+    pack_version: String,
+    target: PathBuf,
+    /// `None` when the pack already is at its final place.
+    staged: Option<StagedDir>,
+    row: PackRow,
+    components: Vec<ComponentRow>,
+    counts: ComponentCounts,
+    test_result: Option<PackTestResult>,
+    validation: Validation,
+    reporter: Reporter,
 }
 
 /// A staged copy; removed on drop (a no-op once it was renamed into place).

@@ -93,8 +93,9 @@ impl RefDir {
     }
 
     /// Points `<ref>/<kind>` at `build_dir` atomically (a temporary symlink renamed
-    /// over the old one), then deletes every other build of `kind`.
-    pub fn switch_to(&self, kind: &str, build_dir: &Path) -> io::Result<()> {
+    /// over the old one), then, unless `keep_previous`, deletes every other build of
+    /// `kind`.
+    pub fn switch_to(&self, kind: &str, build_dir: &Path, keep_previous: bool) -> io::Result<()> {
         let name = build_dir
             .file_name()
             .ok_or_else(|| io::Error::other("build directory has no name"))?;
@@ -111,8 +112,15 @@ impl RefDir {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        self.collect_garbage(kind, name.to_str());
+        if !keep_previous {
+            self.collect_garbage(kind, name.to_str());
+        }
         Ok(())
+    }
+
+    /// The build `<ref>/<kind>` points at (its directory name), if it is a link.
+    fn current_target(&self, kind: &str) -> Option<PathBuf> {
+        std::fs::read_link(self.link(kind)).ok()
     }
 
     /// Removes builds of `kind` other than `keep` and leftover temporary links: old
@@ -141,9 +149,14 @@ impl RefDir {
 
 /// [`RefDir::switch_to`] off the async threads (garbage collection deletes whole
 /// trees).
-pub async fn switch(ref_dir: &RefDir, kind: &'static str, build_dir: &Path) -> io::Result<()> {
+pub async fn switch(
+    ref_dir: &RefDir,
+    kind: &'static str,
+    build_dir: &Path,
+    keep_previous: bool,
+) -> io::Result<()> {
     let (ref_dir, build_dir) = (ref_dir.clone(), build_dir.to_path_buf());
-    tokio::task::spawn_blocking(move || ref_dir.switch_to(kind, &build_dir))
+    tokio::task::spawn_blocking(move || ref_dir.switch_to(kind, &build_dir, keep_previous))
         .await
         .map_err(io::Error::other)?
 }
@@ -156,9 +169,10 @@ pub async fn finish_build<M>(
     kind: &'static str,
     build_dir: PathBuf,
     outcome: Result<M, String>,
+    keep_previous: bool,
 ) -> Result<M, String> {
     let switched = match outcome {
-        Ok(marker) => switch(ref_dir, kind, &build_dir)
+        Ok(marker) => switch(ref_dir, kind, &build_dir, keep_previous)
             .await
             .map(|()| marker)
             .map_err(|e| format!("cannot switch to the new {kind} environment: {e}")),
@@ -168,6 +182,73 @@ pub async fn finish_build<M>(
         super::util::remove_tree(build_dir).await;
     }
     switched
+}
+
+/// Which builds a pack's environment links point at, taken before builds that
+/// keep their previous builds ([`BuildOptions::keep_previous`]): afterwards either
+/// [`restore`](Self::restore) goes back to them or [`commit`](Self::commit) deletes
+/// them.
+///
+/// [`BuildOptions::keep_previous`]: super::BuildOptions::keep_previous
+#[derive(Debug, Clone)]
+pub struct EnvSnapshot {
+    ref_dir: RefDir,
+    /// `(kind, target)` for `python` and `node`; `None`: there was no link.
+    links: Vec<(&'static str, Option<PathBuf>)>,
+}
+
+const KINDS: [&str; 2] = ["python", "node"];
+
+impl EnvSnapshot {
+    pub fn take(envs_root: &Path, pack_ref: &str) -> Self {
+        let ref_dir = RefDir::new(envs_root, pack_ref);
+        let links = KINDS
+            .iter()
+            .map(|kind| (*kind, ref_dir.current_target(kind)))
+            .collect();
+        Self { ref_dir, links }
+    }
+
+    /// Points every link back where it pointed when the snapshot was taken (or
+    /// removes links that did not exist), then deletes the builds made since.
+    pub fn restore(&self) {
+        for (kind, target) in &self.links {
+            let link = self.ref_dir.link(kind);
+            if self.ref_dir.current_target(kind) != *target {
+                match target {
+                    Some(target) => {
+                        let _ = self
+                            .ref_dir
+                            .switch_to(kind, &self.ref_dir.dir.join(target), true);
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(&link);
+                    }
+                }
+            }
+            self.collect(kind);
+        }
+    }
+
+    /// Keeps the current builds and deletes the ones they replaced.
+    pub fn commit(&self) {
+        for (kind, _) in &self.links {
+            self.collect(kind);
+        }
+    }
+
+    fn collect(&self, kind: &str) {
+        let current = self.ref_dir.current_target(kind);
+        let keep = current
+            .as_deref()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str());
+        match keep {
+            Some(keep) => self.ref_dir.collect_garbage(kind, Some(keep)),
+            // No link: every build of this kind is unreferenced.
+            None => self.ref_dir.collect_garbage(kind, None),
+        }
+    }
 }
 
 /// Writes the marker atomically (temporary file, then rename) into `build_dir`.

@@ -96,7 +96,7 @@ use tokio::time::Instant;
 use crate::manifest::{Manifest, is_valid_pack_ref};
 use crate::progress::{Reporter, Stage};
 
-pub use layout::MARKER_FILE;
+pub use layout::{EnvSnapshot, MARKER_FILE};
 
 /// Default for [`BuildOptions::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -146,6 +146,9 @@ pub struct BuildOptions {
     /// Report runtime availability and existing environments; build nothing, create
     /// nothing.
     pub detect_only: bool,
+    /// Keep the replaced builds after a switch, so that the caller can go back to
+    /// them ([`EnvSnapshot`]); Install uses this to stay all or nothing.
+    pub keep_previous: bool,
 }
 
 impl BuildOptions {
@@ -159,6 +162,7 @@ impl BuildOptions {
             force_rebuild: false,
             timeout: DEFAULT_TIMEOUT,
             detect_only: false,
+            keep_previous: false,
         }
     }
 }

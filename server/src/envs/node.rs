@@ -378,7 +378,14 @@ pub async fn ensure(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
     .ok_or("node or npm disappeared during the build")?;
     let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
     let outcome = build(ctx, &node, npm.as_deref(), &inputs, &hash, &build_dir).await;
-    let marker = layout::finish_build(&ctx.ref_dir, KIND, build_dir, outcome).await?;
+    let marker = layout::finish_build(
+        &ctx.ref_dir,
+        KIND,
+        build_dir,
+        outcome,
+        ctx.options.keep_previous,
+    )
+    .await?;
     ctx.reporter.info(
         Stage::Build,
         format!(

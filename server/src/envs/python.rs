@@ -238,7 +238,14 @@ pub async fn ensure(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
         ),
     );
     let outcome = build(ctx, &interp, &inputs, &hash, &build_dir).await;
-    let marker = layout::finish_build(&ctx.ref_dir, KIND, build_dir, outcome).await?;
+    let marker = layout::finish_build(
+        &ctx.ref_dir,
+        KIND,
+        build_dir,
+        outcome,
+        ctx.options.keep_previous,
+    )
+    .await?;
     ctx.reporter.info(
         Stage::Build,
         format!(

@@ -6,6 +6,9 @@ use tonic::Status;
 
 use crate::{
     buildenvs, deps, download,
+    envs::{NodeEnv, PythonEnv},
+    install,
+    packtest::PackTestResult,
     progress::{Level, ProgressEvent, Stage},
     register,
 };
@@ -228,36 +231,18 @@ pub fn register_result(report: register::RegisterReport) -> pb::RegisterBatchRes
         registered_packs: report
             .registered
             .into_iter()
-            .map(|p| {
-                let c = p.components;
-                pb::RegisteredPack {
-                    pack_ref: p.pack_ref,
-                    pack_id: p.pack_id,
-                    pack_version: p.pack_version,
-                    storage_path: p.storage_path,
-                    components_registered: Some(pb::ComponentCounts {
-                        actions: c.actions,
-                        sensors: c.sensors,
-                        triggers: c.triggers,
-                        rules: c.rules,
-                        workflows: c.workflows,
-                        policies: c.policies,
-                    }),
-                    test_result: p.test_result.map(|t| pb::TestResult {
-                        status: t.status.as_str().to_string(),
-                        total_tests: t.total_tests,
-                        passed: t.passed,
-                        failed: t.failed,
-                        skipped: t.skipped,
-                        pass_rate: t.pass_rate,
-                        duration_ms: t.duration_ms,
-                    }),
-                    validation_results: Some(pb::ValidationResults {
-                        valid: p.validation.errors.is_empty(),
-                        errors: issues(p.validation.errors),
-                        warnings: issues(p.validation.warnings),
-                    }),
-                }
+            .map(|p| pb::RegisteredPack {
+                pack_ref: p.pack_ref,
+                pack_id: p.pack_id,
+                pack_version: p.pack_version,
+                storage_path: p.storage_path,
+                components_registered: Some(component_counts(p.components)),
+                test_result: p.test_result.map(test_result),
+                validation_results: Some(pb::ValidationResults {
+                    valid: p.validation.errors.is_empty(),
+                    errors: issues(p.validation.errors),
+                    warnings: issues(p.validation.warnings),
+                }),
             })
             .collect(),
         failed_packs: report
@@ -304,6 +289,7 @@ pub fn build_envs_request(
         force_rebuild: request.force_rebuild.unwrap_or(false),
         timeout: std::time::Duration::from_secs(timeout.into()),
         detect_only: request.detect_only.unwrap_or(false),
+        keep_previous: false,
     })
 }
 
@@ -325,22 +311,7 @@ pub fn build_envs_result(report: buildenvs::BuildEnvsReport) -> pb::BuildEnvsRes
             .map(|b| pb::BuiltEnvironment {
                 pack_ref: b.pack_ref,
                 pack_path: b.pack_path,
-                environments: Some(pb::Environments {
-                    python: b.python.map(|p| pb::PythonEnvironment {
-                        virtualenv_path: p.virtualenv_path.display().to_string(),
-                        requirements_installed: p.requirements_installed,
-                        package_count: p.package_count,
-                        python_version: p.python_version,
-                        reused: p.reused,
-                    }),
-                    nodejs: b.nodejs.map(|n| pb::NodejsEnvironment {
-                        node_modules_path: n.node_modules_path.display().to_string(),
-                        dependencies_installed: n.dependencies_installed,
-                        package_count: n.package_count,
-                        nodejs_version: n.nodejs_version,
-                        reused: n.reused,
-                    }),
-                }),
+                environments: Some(environments(b.python, b.nodejs)),
                 duration_ms: b.duration.as_millis() as u64,
             })
             .collect(),
@@ -354,5 +325,177 @@ pub fn build_envs_result(report: buildenvs::BuildEnvsReport) -> pb::BuildEnvsRes
                 error: f.error,
             })
             .collect(),
+    }
+}
+
+fn component_counts(c: register::ComponentCounts) -> pb::ComponentCounts {
+    pb::ComponentCounts {
+        actions: c.actions,
+        sensors: c.sensors,
+        triggers: c.triggers,
+        rules: c.rules,
+        workflows: c.workflows,
+        policies: c.policies,
+    }
+}
+
+fn test_result(t: PackTestResult) -> pb::TestResult {
+    pb::TestResult {
+        status: t.status.as_str().to_string(),
+        total_tests: t.total_tests,
+        passed: t.passed,
+        failed: t.failed,
+        skipped: t.skipped,
+        pass_rate: t.pass_rate,
+        duration_ms: t.duration_ms,
+    }
+}
+
+fn environments(python: Option<PythonEnv>, nodejs: Option<NodeEnv>) -> pb::Environments {
+    pb::Environments {
+        python: python.map(|p| pb::PythonEnvironment {
+            virtualenv_path: p.virtualenv_path.display().to_string(),
+            requirements_installed: p.requirements_installed,
+            package_count: p.package_count,
+            python_version: p.python_version,
+            reused: p.reused,
+        }),
+        nodejs: nodejs.map(|n| pb::NodejsEnvironment {
+            node_modules_path: n.node_modules_path.display().to_string(),
+            dependencies_installed: n.dependencies_installed,
+            package_count: n.package_count,
+            nodejs_version: n.nodejs_version,
+            reused: n.reused,
+        }),
+    }
+}
+
+/// Seconds per download and per environment build of an Install.
+pub const DEFAULT_INSTALL_TIMEOUT_SECS: u32 = 300;
+
+pub fn install_request(
+    request: pb::InstallRequest,
+    requested_by: Option<String>,
+) -> Result<install::InstallRequest, Status> {
+    if request.lock.is_none() || !request.packs.is_empty() {
+        check_pack_list("packs", &request.packs)?;
+    }
+    let timeout = request.timeout.unwrap_or(DEFAULT_INSTALL_TIMEOUT_SECS);
+    if timeout == 0 {
+        return Err(Status::invalid_argument(
+            "timeout must be at least 1 second",
+        ));
+    }
+    if request
+        .registry_url
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        return Err(Status::invalid_argument("registry_url is empty"));
+    }
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    Ok(install::InstallRequest {
+        packs: request.packs,
+        registry_url: request.registry_url,
+        ref_spec: nonempty(request.ref_spec),
+        packs_base_dir: nonempty(request.packs_base_dir),
+        verify_ssl: request.verify_ssl.unwrap_or(true),
+        timeout: std::time::Duration::from_secs(timeout.into()),
+        python_version: nonempty(request.python_version),
+        nodejs_version: nonempty(request.nodejs_version),
+        skip_deps: request.skip_deps.unwrap_or(false),
+        skip_tests: request.skip_tests.unwrap_or(false),
+        force: request.force.unwrap_or(false),
+        dry_run: request.dry_run.unwrap_or(false),
+        lock: request.lock.map(|lock| install::Lock {
+            packs: lock
+                .packs
+                .into_iter()
+                .map(|p| install::LockedPack {
+                    pack_ref: p.pack_ref,
+                    version: p.version,
+                    source: p.source,
+                    source_type: p.source_type,
+                    registry_url: p.registry_url,
+                    git_commit: p.git_commit,
+                    checksum: p.checksum,
+                    dependencies: p.dependencies,
+                })
+                .collect(),
+        }),
+        requested_by,
+    })
+}
+
+pub fn install_result(report: install::InstallReport) -> pb::InstallResult {
+    let success = report.success();
+    let summary = pb::InstallSummary {
+        planned: report.plan.len() as u32,
+        installed: report.installed.len() as u32,
+        kept: report.kept() as u32,
+        duration_ms: report.duration.as_millis() as u64,
+    };
+    pb::InstallResult {
+        success,
+        dry_run: report.dry_run,
+        plan: report
+            .plan
+            .into_iter()
+            .map(|p| pb::PlannedPack {
+                pack_ref: p.pack_ref,
+                version: p.version,
+                source: p.source,
+                source_type: p.source_type,
+                required_by: p.required_by,
+                reason: p.reason,
+                action: p.action.as_str().to_string(),
+                installed_version: p.installed_version,
+                registry_url: p.registry_url,
+            })
+            .collect(),
+        installed: report
+            .installed
+            .into_iter()
+            .map(|p| pb::InstalledPack {
+                pack_ref: p.pack_ref,
+                version: p.version,
+                action: p.action.as_str().to_string(),
+                storage_path: p.storage_path,
+                pack_id: p.pack_id,
+                components_registered: Some(component_counts(p.components)),
+                test_result: p.test_result.map(test_result),
+                environments: Some(environments(p.python, p.nodejs)),
+                git_commit: p.git_commit,
+                checksum: p.checksum,
+            })
+            .collect(),
+        errors: report
+            .errors
+            .into_iter()
+            .map(|e| pb::InstallError {
+                pack: e.pack,
+                stage: e.stage,
+                error: e.error,
+            })
+            .collect(),
+        lock: (!report.lock.packs.is_empty()).then(|| pb::InstallLock {
+            lock_version: install::LOCK_VERSION,
+            packs: report
+                .lock
+                .packs
+                .into_iter()
+                .map(|p| pb::LockedPack {
+                    pack_ref: p.pack_ref,
+                    version: p.version,
+                    source: p.source,
+                    source_type: p.source_type,
+                    registry_url: p.registry_url,
+                    git_commit: p.git_commit,
+                    checksum: p.checksum,
+                    dependencies: p.dependencies,
+                })
+                .collect(),
+        }),
+        summary: Some(summary),
     }
 }

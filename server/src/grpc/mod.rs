@@ -11,7 +11,7 @@ mod convert;
 use std::{future::Future, pin::Pin, time::Instant};
 
 use attune_packs_proto::v1::{
-    self as pb, BuildEnvsEvent, DependenciesEvent, DownloadEvent, RegisterBatchEvent,
+    self as pb, BuildEnvsEvent, DependenciesEvent, DownloadEvent, InstallEvent, RegisterBatchEvent,
     pack_service_server::PackService,
 };
 use futures::Stream;
@@ -21,7 +21,7 @@ use tracing::{Instrument, Span};
 
 use crate::{
     auth::{Authenticator, Principal},
-    buildenvs, deps, download,
+    buildenvs, deps, download, install,
     progress::{ProgressEvent, Reporter},
     register,
     state::AppState,
@@ -171,6 +171,38 @@ impl PackService for PackServiceImpl {
     type DependenciesStream = EventStream<DependenciesEvent>;
     type BuildEnvsStream = EventStream<BuildEnvsEvent>;
     type RegisterBatchStream = EventStream<RegisterBatchEvent>;
+    type InstallStream = EventStream<InstallEvent>;
+
+    async fn install(
+        &self,
+        request: Request<pb::InstallRequest>,
+    ) -> Result<Response<Self::InstallStream>, Status> {
+        let call = Call::start(&request, "Install");
+        let subject = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.subject.clone());
+        let stage_request = convert::install_request(request.into_inner(), subject)?;
+        let state = self.state.clone();
+        Ok(call.stream(
+            move |reporter| async move {
+                install::Installer { state: &state }
+                    .install(stage_request, &reporter)
+                    .await
+                    .map(convert::install_result)
+                    .map_err(|e| match e {
+                        install::InstallError::InvalidRequest(m) => Status::invalid_argument(m),
+                        install::InstallError::Store(_) => Status::internal(e.to_string()),
+                    })
+            },
+            |p| InstallEvent {
+                event: Some(pb::install_event::Event::Progress(p)),
+            },
+            |r| InstallEvent {
+                event: Some(pb::install_event::Event::Result(r)),
+            },
+        ))
+    }
 
     async fn download(
         &self,

@@ -176,6 +176,14 @@ pub struct Resolved {
     pub index_name: Option<String>,
 }
 
+/// An index as loaded for one call.
+#[derive(Debug, Clone)]
+pub struct LoadedIndex {
+    pub url: String,
+    pub name: Option<String>,
+    pub index: Arc<PackIndex>,
+}
+
 /// One search result (one per ref; the highest-priority index wins).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchHit {
@@ -461,6 +469,26 @@ impl RegistryClient {
             pack_ref: pack_ref.to_string(),
             searched,
         })
+    }
+
+    /// Every index a call consults, in the order [`resolve`](Self::resolve) uses.
+    /// Fail closed: an index that cannot be loaded fails the whole call, since it
+    /// might have offered any pack.
+    pub async fn load_all(
+        &self,
+        extra_index: Option<&str>,
+        verify_ssl: bool,
+    ) -> Result<Vec<LoadedIndex>, RegistryError> {
+        let targets = self.targets(extra_index)?;
+        let mut out = Vec::with_capacity(targets.len());
+        for t in &targets {
+            out.push(LoadedIndex {
+                url: t.url.to_string(),
+                name: t.name.clone(),
+                index: self.load(t, verify_ssl).await?,
+            });
+        }
+        Ok(out)
     }
 
     /// Searches every enabled configured index. One row per ref; the

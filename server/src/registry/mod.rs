@@ -8,7 +8,8 @@ pub mod index;
 pub mod version;
 
 pub use client::{
-    IndexConfig, IndexInfo, RegistryClient, RegistryConfig, RegistryError, Resolved, SearchHit,
+    IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError, Resolved,
+    SearchHit,
 };
 pub use index::{
     ComponentSummary, IndexError, IndexWarning, InstallSource, PackContents, PackDependencies,

@@ -49,6 +49,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/packs/dependencies", post(dependencies))
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
+        .route("/api/v1/packs/install", post(install))
         .route("/api/v1/auth/login", post(login))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -292,6 +293,17 @@ async fn register_batch(
 ) -> Result<Response, ApiError> {
     call(s, headers, body, &["pack_paths"], |svc, r| async move {
         svc.register_batch(r).await
+    })
+    .await
+}
+
+async fn install(
+    State(s): State<RestState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    call(s, headers, body, &[], |svc, r| async move {
+        svc.install(r).await
     })
     .await
 }

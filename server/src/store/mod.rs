@@ -56,6 +56,28 @@ pub struct InstalledPack {
     pub dependencies: Vec<String>,
 }
 
+/// Where a registered pack came from, as registration recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RegisteredSource {
+    #[sqlx(rename = "ref")]
+    pub pack_ref: String,
+    pub version: String,
+    /// JSON list of the declared dependencies.
+    pub dependencies: String,
+    pub source: Option<String>,
+    pub source_type: Option<String>,
+    pub source_url: Option<String>,
+    pub registry_url: Option<String>,
+    pub git_commit: Option<String>,
+    pub checksum: Option<String>,
+}
+
+impl RegisteredSource {
+    pub fn dependency_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.dependencies).unwrap_or_default()
+    }
+}
+
 impl Db {
     /// Connects to `url` (creating a SQLite file and its directory if missing).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -144,6 +166,16 @@ impl Db {
                 .collect(),
         };
         Ok(rows)
+    }
+
+    /// Every registered pack with its version, dependencies and provenance.
+    pub async fn registered_sources(&self) -> Result<Vec<RegisteredSource>, StoreError> {
+        const SQL: &str = "SELECT ref, version, dependencies, source, source_type, source_url, \
+                           registry_url, git_commit, checksum FROM packs ORDER BY ref";
+        Ok(match self {
+            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
+        })
     }
 
     /// The registered version of `pack_ref`, if it is registered.

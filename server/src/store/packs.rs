@@ -134,16 +134,23 @@ const INSERT_TEST: &str = "INSERT INTO pack_test_results (pack_id, pack_version,
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 impl Db {
-    /// Begins the write of `pack_ref`, waiting for any other writer of it.
-    pub async fn begin_pack_write(&self, pack_ref: &str) -> Result<PackWrite, StoreError> {
+    /// Begins the write of the packs `pack_refs` (one transaction for all of them),
+    /// waiting for any other writer of any of them. PostgreSQL's locks are taken in
+    /// sorted order, so two writes of overlapping sets cannot deadlock.
+    pub async fn begin_packs_write(&self, pack_refs: &[&str]) -> Result<PackWrite, StoreError> {
         match self {
             Db::Sqlite(pool) => Ok(PackWrite::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
             Db::Postgres(pool) => {
+                let mut refs = pack_refs.to_vec();
+                refs.sort_unstable();
+                refs.dedup();
                 let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind(format!("attune-packs:{pack_ref}"))
-                    .execute(&mut *tx)
-                    .await?;
+                for pack_ref in refs {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                        .bind(format!("attune-packs:{pack_ref}"))
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 Ok(PackWrite::Postgres(tx))
             }
         }

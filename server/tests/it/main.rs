@@ -11,5 +11,6 @@ mod dependencies;
 mod download;
 mod git;
 mod grpcurl;
+mod install;
 mod register;
 mod rest;
