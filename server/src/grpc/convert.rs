@@ -46,6 +46,24 @@ pub fn progress(event: ProgressEvent) -> pb::Progress {
     }
 }
 
+/// A request's `timeout` in seconds (`default` when unset); zero is malformed.
+fn timeout_secs(timeout: Option<u32>, default: u32) -> Result<std::time::Duration, Status> {
+    match timeout.unwrap_or(default) {
+        0 => Err(Status::invalid_argument(
+            "timeout must be at least 1 second",
+        )),
+        secs => Ok(std::time::Duration::from_secs(secs.into())),
+    }
+}
+
+/// An extra registry index, when given, must be something.
+fn check_registry_url(url: Option<&str>) -> Result<(), Status> {
+    match url {
+        Some(u) if u.trim().is_empty() => Err(Status::invalid_argument("registry_url is empty")),
+        _ => Ok(()),
+    }
+}
+
 fn check_pack_list(field: &str, items: &[String]) -> Result<(), Status> {
     if items.is_empty() {
         return Err(Status::invalid_argument(format!(
@@ -144,25 +162,14 @@ pub fn download_request(request: pb::DownloadRequest) -> Result<download::Downlo
     if request.destination_dir.trim().is_empty() {
         return Err(Status::invalid_argument("destination_dir is required"));
     }
-    let timeout = request.timeout.unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT_SECS);
-    if timeout == 0 {
-        return Err(Status::invalid_argument(
-            "timeout must be at least 1 second",
-        ));
-    }
-    if request
-        .registry_url
-        .as_deref()
-        .is_some_and(|u| u.trim().is_empty())
-    {
-        return Err(Status::invalid_argument("registry_url is empty"));
-    }
+    let timeout = timeout_secs(request.timeout, DEFAULT_DOWNLOAD_TIMEOUT_SECS)?;
+    check_registry_url(request.registry_url.as_deref())?;
     Ok(download::DownloadRequest {
         packs: request.packs,
         destination_dir: request.destination_dir,
         registry_url: request.registry_url,
         ref_spec: request.ref_spec.filter(|r| !r.trim().is_empty()),
-        timeout: std::time::Duration::from_secs(timeout.into()),
+        timeout,
         verify_ssl: request.verify_ssl.unwrap_or(true),
         force: request.force.unwrap_or(false),
     })
@@ -272,12 +279,7 @@ pub fn build_envs_request(
     request: pb::BuildEnvsRequest,
 ) -> Result<buildenvs::BuildEnvsRequest, Status> {
     check_pack_list("pack_paths", &request.pack_paths)?;
-    let timeout = request.timeout.unwrap_or(DEFAULT_BUILD_TIMEOUT_SECS);
-    if timeout == 0 {
-        return Err(Status::invalid_argument(
-            "timeout must be at least 1 second",
-        ));
-    }
+    let timeout = timeout_secs(request.timeout, DEFAULT_BUILD_TIMEOUT_SECS)?;
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     Ok(buildenvs::BuildEnvsRequest {
         pack_paths: request.pack_paths,
@@ -287,7 +289,7 @@ pub fn build_envs_request(
         skip_python: request.skip_python.unwrap_or(false),
         skip_nodejs: request.skip_nodejs.unwrap_or(false),
         force_rebuild: request.force_rebuild.unwrap_or(false),
-        timeout: std::time::Duration::from_secs(timeout.into()),
+        timeout,
         detect_only: request.detect_only.unwrap_or(false),
         keep_previous: false,
     })
@@ -380,19 +382,8 @@ pub fn install_request(
     if request.lock.is_none() || !request.packs.is_empty() {
         check_pack_list("packs", &request.packs)?;
     }
-    let timeout = request.timeout.unwrap_or(DEFAULT_INSTALL_TIMEOUT_SECS);
-    if timeout == 0 {
-        return Err(Status::invalid_argument(
-            "timeout must be at least 1 second",
-        ));
-    }
-    if request
-        .registry_url
-        .as_deref()
-        .is_some_and(|u| u.trim().is_empty())
-    {
-        return Err(Status::invalid_argument("registry_url is empty"));
-    }
+    let timeout = timeout_secs(request.timeout, DEFAULT_INSTALL_TIMEOUT_SECS)?;
+    check_registry_url(request.registry_url.as_deref())?;
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     Ok(install::InstallRequest {
         packs: request.packs,
@@ -400,7 +391,7 @@ pub fn install_request(
         ref_spec: nonempty(request.ref_spec),
         packs_base_dir: nonempty(request.packs_base_dir),
         verify_ssl: request.verify_ssl.unwrap_or(true),
-        timeout: std::time::Duration::from_secs(timeout.into()),
+        timeout,
         python_version: nonempty(request.python_version),
         nodejs_version: nonempty(request.nodejs_version),
         skip_deps: request.skip_deps.unwrap_or(false),

@@ -155,6 +155,11 @@ fn chain_registry(registry: &mut Registry) {
     registry.publish("top", "1.0.0", &["mid@~1.1"], "");
 }
 
+/// `(ref, version, kind)` rows, for comparing plans and locks at a glance.
+fn triples<'a, T>(items: &'a [T], row: impl Fn(&'a T) -> [&'a str; 3]) -> Vec<[&'a str; 3]> {
+    items.iter().map(row).collect()
+}
+
 fn request(server: &TestServer, packs: &[&str]) -> pb::InstallRequest {
     pb::InstallRequest {
         packs: packs.iter().map(|p| p.to_string()).collect(),
@@ -220,18 +225,14 @@ async fn two_level_chain_installs_in_dependency_order(backend: Backend) {
 
     let (progress, r) = install(&server, request(&server, &["top"])).await;
     assert!(r.success, "{:#?}", r.errors);
-    let plan: Vec<(&str, &str, &str)> = r
-        .plan
-        .iter()
-        .map(|p| (p.pack_ref.as_str(), p.version.as_str(), p.action.as_str()))
-        .collect();
+    let plan = triples(&r.plan, |p| [&p.pack_ref, &p.version, &p.action]);
     // Highest versions that fit: mid ~1.1 excludes 2.0.0; base >=2.0 picks 2.1.0.
     assert_eq!(
         plan,
         [
-            ("base", "2.1.0", "install"),
-            ("mid", "1.1.0", "install"),
-            ("top", "1.0.0", "install")
+            ["base", "2.1.0", "install"],
+            ["mid", "1.1.0", "install"],
+            ["top", "1.0.0", "install"]
         ]
     );
     assert_eq!(r.plan[0].required_by, ["mid"]);
@@ -263,23 +264,13 @@ async fn two_level_chain_installs_in_dependency_order(backend: Backend) {
     // The lock pins every version with its checksum, in dependency order.
     let lock = r.lock.clone().expect("a lock");
     assert_eq!(lock.lock_version, 1);
-    let locked: Vec<(&str, &str, &str)> = lock
-        .packs
-        .iter()
-        .map(|p| {
-            (
-                p.pack_ref.as_str(),
-                p.version.as_str(),
-                p.source_type.as_str(),
-            )
-        })
-        .collect();
+    let locked = triples(&lock.packs, |p| [&p.pack_ref, &p.version, &p.source_type]);
     assert_eq!(
         locked,
         [
-            ("base", "2.1.0", "registry"),
-            ("mid", "1.1.0", "registry"),
-            ("top", "1.0.0", "registry")
+            ["base", "2.1.0", "registry"],
+            ["mid", "1.1.0", "registry"],
+            ["top", "1.0.0", "registry"]
         ]
     );
     assert_eq!(lock.packs[1].dependencies, ["base"]);
@@ -310,24 +301,14 @@ async fn dry_run_plans_explains_conflicts_and_changes_nothing() {
     dry.dry_run = Some(true);
     let (_, r) = install(&server, dry.clone()).await;
     assert!(r.success && r.dry_run, "{:#?}", r.errors);
-    let plan: Vec<(&str, &str, &str)> = r
-        .plan
-        .iter()
-        .map(|p| {
-            (
-                p.pack_ref.as_str(),
-                p.version.as_str(),
-                p.source_type.as_str(),
-            )
-        })
-        .collect();
+    let plan = triples(&r.plan, |p| [&p.pack_ref, &p.version, &p.source_type]);
     assert_eq!(
         plan,
         [
-            ("base", "2.0.0", "registry"),
-            ("mid", "1.1.0", "registry"),
-            ("top", "1.0.0", "registry"),
-            ("app", "0.1.0", "local_directory"),
+            ["base", "2.0.0", "registry"],
+            ["mid", "1.1.0", "registry"],
+            ["top", "1.0.0", "registry"],
+            ["app", "0.1.0", "local_directory"],
         ]
     );
     assert_eq!(r.plan[0].required_by, ["request", "mid"]);
@@ -360,6 +341,15 @@ async fn dry_run_plans_explains_conflicts_and_changes_nothing() {
     assert_eq!(body["data"]["plan"][1]["pack_ref"], "mid");
     assert_eq!(body["data"]["plan"][1]["reason"], "dependency of top");
     assert_eq!(body["data"]["lock"], Value::Null);
+
+    // skip_deps plans only what was asked for.
+    let mut alone = request(&server, &["top"]);
+    alone.dry_run = Some(true);
+    alone.skip_deps = Some(true);
+    let (_, r) = install(&server, alone).await;
+    assert!(r.success, "{:#?}", r.errors);
+    let plan = triples(&r.plan, |p| [&p.pack_ref, &p.version, &p.action]);
+    assert_eq!(plan, [["top", "1.0.0", "install"]]);
 
     // A conflict is explained in terms of the packs and requirements involved.
     let mut conflict = request(&server, &["top", "base@<2"]);
