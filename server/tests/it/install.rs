@@ -448,7 +448,7 @@ async fn a_failing_member_installs_nothing(backend: Backend) {
     let before = registered(&server).await;
     let unchanged = |server: &TestServer| {
         assert!(version_of_files(server, "base").contains("base 2.0.0"));
-        for gone in ["mid", "top", "broken", "flaky"] {
+        for gone in ["mid", "top", "broken", "flaky", "tripwire"] {
             assert!(
                 !server.packs_dir().join(gone).exists(),
                 "{gone} was left behind"
@@ -504,9 +504,71 @@ async fn a_failing_member_installs_nothing(backend: Backend) {
     assert_eq!(failed.stage, "testing", "{:#?}", r.errors);
     assert_eq!(registered(&server).await, before);
     unchanged(&server);
+
+    // The database refuses the last pack of the transaction, after base, mid and top
+    // were written and their directories swapped in: everything is rolled back and
+    // put back.
+    tripwire(&server).await;
+    let wired = root.join("src/tripwire");
+    write_tree(&wired, &pack("tripwire", "1.0.0", &["top"], ""));
+    let mut forced = request(&server, &["base@2.1.0", &path_str(&wired)]);
+    forced.force = Some(true);
+    let (progress, r) = install(&server, forced).await;
+    assert!(!r.success);
+    assert_eq!(r.errors.len(), 1, "{:#?}", r.errors);
+    assert_eq!(
+        (r.errors[0].pack.as_str(), r.errors[0].stage.as_str()),
+        ("tripwire", "database")
+    );
+    assert!(
+        r.errors[0].error.contains("tripwire refused"),
+        "{}",
+        r.errors[0].error
+    );
+    let writes: Vec<&str> = progress
+        .iter()
+        .filter(|p| p.message == "writing to the database")
+        .map(|p| p.pack.as_str())
+        .collect();
+    assert_eq!(writes, ["base", "mid", "top", "tripwire"]);
+    assert_eq!(registered(&server).await, before);
+    unchanged(&server);
+    assert!(!server.packs_dir().join("tripwire").exists());
     server.stop().await;
 }
 on_both_backends!(a_failing_member_installs_nothing);
+
+/// Makes the database refuse to insert a pack named `tripwire`.
+async fn tripwire(server: &TestServer) {
+    use attune_packs_server::store::Db;
+    match &server.state.db {
+        Db::Sqlite(pool) => {
+            sqlx::query(
+                "CREATE TRIGGER tripwire BEFORE INSERT ON packs WHEN NEW.ref = 'tripwire' \
+                 BEGIN SELECT RAISE(ABORT, 'tripwire refused'); END",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "CREATE FUNCTION refuse_tripwire() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'tripwire refused'; END $$ LANGUAGE plpgsql",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER tripwire BEFORE INSERT ON packs FOR EACH ROW \
+                 WHEN (NEW.ref = 'tripwire') EXECUTE FUNCTION refuse_tripwire()",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_install_puts_environments_back() {
