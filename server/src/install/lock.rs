@@ -1,0 +1,103 @@
+//! The lock of an installed set: enough to fetch every pack again, byte for byte.
+
+use std::{collections::HashMap, path::Path};
+
+use super::{Action, Lock, LockedPack, Member, REQUEST};
+use crate::{download::DownloadedPack, git, provenance, store::RegisteredSource};
+
+/// The lock of an installed set. Packs the install kept are described by what
+/// registration recorded about them.
+pub(super) fn lock_of(members: &[Member]) -> Lock {
+    let dependencies: HashMap<&str, Vec<String>> = {
+        let mut deps: HashMap<&str, Vec<String>> = HashMap::new();
+        for m in members {
+            for by in m.required_by.iter().filter(|r| *r != REQUEST) {
+                deps.entry(by.as_str())
+                    .or_default()
+                    .push(m.pack_ref.clone());
+            }
+        }
+        deps
+    };
+    let packs = members
+        .iter()
+        .map(|m| {
+            let mut deps = dependencies
+                .get(m.pack_ref.as_str())
+                .cloned()
+                .unwrap_or_default();
+            deps.sort();
+            match &m.fetched {
+                Some(fetched) if m.action != Action::Keep => locked_from_download(m, fetched, deps),
+                _ => locked_from_registered(m, deps),
+            }
+        })
+        .collect();
+    Lock { packs }
+}
+
+fn locked_from_download(m: &Member, fetched: &DownloadedPack, deps: Vec<String>) -> LockedPack {
+    let origin = provenance::read(Path::new(&fetched.pack_path));
+    let registry_url = origin
+        .as_ref()
+        .and_then(|o| o.registry_url.clone())
+        .or_else(|| m.registry_url.clone());
+    let (source, source_type) = if registry_url.is_some() || m.source_type == "registry" {
+        (format!("{}@{}", m.pack_ref, m.version), "registry".into())
+    } else {
+        match (
+            &fetched.git_commit,
+            origin.as_ref().and_then(|o| o.url.clone()),
+        ) {
+            (Some(commit), Some(url)) => {
+                (format!("{}@{commit}", git::redact_url(&url)), "git".into())
+            }
+            (_, Some(url)) => (url, fetched.source_type.clone()),
+            (_, None) => (fetched.source.clone(), fetched.source_type.clone()),
+        }
+    };
+    LockedPack {
+        pack_ref: m.pack_ref.clone(),
+        version: m.version.to_string(),
+        source,
+        source_type,
+        registry_url,
+        git_commit: fetched.git_commit.clone(),
+        checksum: fetched.checksum.clone(),
+        dependencies: deps,
+    }
+}
+
+fn locked_from_registered(m: &Member, deps: Vec<String>) -> LockedPack {
+    let installed = m.installed.as_ref();
+    let field = |f: fn(&RegisteredSource) -> Option<String>| installed.and_then(f);
+    let registry_url = field(|i| i.registry_url.clone());
+    let git_commit = field(|i| i.git_commit.clone());
+    let url = field(|i| i.source_url.clone());
+    let source_type = field(|i| i.source_type.clone()).unwrap_or_default();
+    let (source, source_type) = if registry_url.is_some() {
+        (
+            format!("{}@{}", m.pack_ref, m.version),
+            "registry".to_string(),
+        )
+    } else {
+        match (&git_commit, url) {
+            (Some(commit), Some(url)) => {
+                (format!("{}@{commit}", git::redact_url(&url)), "git".into())
+            }
+            (_, Some(url)) => (url, source_type),
+            // Registered from a directory without provenance: it can only be kept.
+            (_, None) => (format!("{}@{}", m.pack_ref, m.version), "installed".into()),
+        }
+    };
+    LockedPack {
+        pack_ref: m.pack_ref.clone(),
+        version: m.version.to_string(),
+        source,
+        source_type,
+        registry_url,
+        git_commit,
+        checksum: field(|i| i.checksum.clone()).unwrap_or_default(),
+        dependencies: deps,
+    }
+}

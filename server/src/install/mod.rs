@@ -1,0 +1,669 @@
+//! The Install stage: sources in, a registered set of packs out, all or nothing.
+//!
+//! 1. **Plan.** Non-registry sources (git, archives, local paths) are downloaded into
+//!    a work directory first: only their `pack.yaml` says what they are and what they
+//!    need. Registry refs, those packs' dependencies and the installed packs then go
+//!    to the [`solver`] over every version the indices offer. Given a [`Lock`], the
+//!    lock is the plan and nothing is solved.
+//! 2. **Gate.** A plan that would change an installed pack (another version, other
+//!    content) needs `force`. A dry run stops here and reports the plan.
+//! 3. **Fetch** the registry packs of the plan (exact versions), **verify** that
+//!    each pack's own `pack.yaml` agrees with the plan, **build** environments
+//!    (keeping the previous builds), and **register** everything in one transaction
+//!    in dependency order ([`Registrar::register_all`]).
+//! 4. On any failure the environments are switched back and nothing is registered;
+//!    on success the replaced environments are deleted.
+//!
+//! The work directory lives under the packs base directory (same filesystem as the
+//! final places) and is removed when the call ends, whatever happens.
+//!
+//! Modules: `resolve` (sources → plan), `catalog` (the registries as the solver sees
+//! them), `plan` (actions, the force gate, checks of what was fetched), `lock`.
+
+mod catalog;
+mod lock;
+mod plan;
+mod resolve;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use semver::Version;
+
+use crate::{
+    buildenvs::{self, BuildEnvsRequest, EnvBuilder},
+    download::{DownloadRequest, DownloadedPack},
+    envs::{EnvSnapshot, NodeEnv, PythonEnv},
+    packtest::PackTestResult,
+    progress::{Reporter, Stage},
+    register::{ComponentCounts, RegisterRequest, Registrar},
+    solver,
+    state::AppState,
+    store::{RegisteredSource, StoreError},
+};
+
+use self::{
+    lock::lock_of,
+    plan::{gate_changes, plan_from_lock, verify_fetched},
+};
+
+/// The lock format this server writes and reads.
+pub const LOCK_VERSION: u32 = 1;
+
+/// `required_by` entry for packs the caller asked for.
+pub const REQUEST: &str = solver::REQUEST;
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallRequest {
+    pub packs: Vec<String>,
+    pub registry_url: Option<String>,
+    pub ref_spec: Option<String>,
+    pub packs_base_dir: Option<String>,
+    pub verify_ssl: bool,
+    /// Per download and per environment build.
+    pub timeout: Duration,
+    pub python_version: Option<String>,
+    pub nodejs_version: Option<String>,
+    pub skip_deps: bool,
+    pub skip_tests: bool,
+    pub force: bool,
+    pub dry_run: bool,
+    pub lock: Option<Lock>,
+    /// Who asked (the token's subject), recorded as `installed_by`.
+    pub requested_by: Option<String>,
+}
+
+/// Everything needed to install the same set again, byte for byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lock {
+    /// Dependency order.
+    pub packs: Vec<LockedPack>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockedPack {
+    pub pack_ref: String,
+    pub version: String,
+    /// A source Download accepts (`ref@version` for registry packs, `url@commit` for
+    /// git); `installed` packs have no fetchable source.
+    pub source: String,
+    pub source_type: String,
+    pub registry_url: Option<String>,
+    pub git_commit: Option<String>,
+    /// `sha256:` + the directory checksum.
+    pub checksum: String,
+    pub dependencies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Install,
+    Upgrade,
+    Downgrade,
+    /// Same version, different content.
+    Replace,
+    /// Installed as needed; nothing to do.
+    Keep,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Install => "install",
+            Action::Upgrade => "upgrade",
+            Action::Downgrade => "downgrade",
+            Action::Replace => "replace",
+            Action::Keep => "keep",
+        }
+    }
+
+    fn changes_installed(self) -> bool {
+        matches!(self, Action::Upgrade | Action::Downgrade | Action::Replace)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedPack {
+    pub pack_ref: String,
+    pub version: String,
+    pub source: String,
+    pub source_type: String,
+    pub required_by: Vec<String>,
+    pub reason: String,
+    pub action: Action,
+    pub installed_version: Option<String>,
+    pub registry_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstalledPack {
+    pub pack_ref: String,
+    pub version: String,
+    pub action: Action,
+    pub storage_path: String,
+    pub pack_id: i64,
+    pub components: ComponentCounts,
+    pub test_result: Option<PackTestResult>,
+    pub python: Option<PythonEnv>,
+    pub nodejs: Option<NodeEnv>,
+    pub git_commit: Option<String>,
+    pub checksum: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallFailure {
+    /// A ref, a source as given, or [`REQUEST`].
+    pub pack: String,
+    /// download | resolve | build | validation | testing | file_copy | database | lock
+    pub stage: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallReport {
+    pub dry_run: bool,
+    pub plan: Vec<PlannedPack>,
+    pub installed: Vec<InstalledPack>,
+    pub errors: Vec<InstallFailure>,
+    /// Empty unless a real install succeeded.
+    pub lock: Lock,
+    pub duration: Duration,
+}
+
+impl InstallReport {
+    pub fn success(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn kept(&self) -> usize {
+        self.plan
+            .iter()
+            .filter(|p| p.action == Action::Keep)
+            .count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The request as a whole is malformed (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("cannot read registered packs: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One pack of the set being installed.
+#[derive(Debug, Clone)]
+struct Member {
+    pack_ref: String,
+    version: Version,
+    /// What to download (still `pending`) or what was downloaded.
+    source: String,
+    source_type: String,
+    required_by: Vec<String>,
+    registry_url: Option<String>,
+    /// Already in the work directory.
+    fetched: Option<DownloadedPack>,
+    /// From a lock: the download must have exactly this checksum.
+    locked_checksum: Option<String>,
+    installed: Option<RegisteredSource>,
+    action: Action,
+}
+
+impl Member {
+    fn planned(&self) -> PlannedPack {
+        let reason = if self.required_by.iter().any(|r| r == REQUEST) {
+            "requested".to_string()
+        } else if self.required_by.is_empty() {
+            "locked".to_string()
+        } else {
+            format!("dependency of {}", self.required_by.join(", "))
+        };
+        PlannedPack {
+            pack_ref: self.pack_ref.clone(),
+            version: self.version.to_string(),
+            source: self.source.clone(),
+            source_type: self.source_type.clone(),
+            required_by: self.required_by.clone(),
+            reason,
+            action: self.action,
+            installed_version: self.installed.as_ref().map(|i| i.version.clone()),
+            registry_url: self.registry_url.clone(),
+        }
+    }
+}
+
+/// A failed install, before the report is assembled.
+type Failures = Vec<InstallFailure>;
+
+fn failure(pack: &str, stage: &str, error: impl Into<String>) -> InstallFailure {
+    InstallFailure {
+        pack: pack.to_string(),
+        stage: stage.to_string(),
+        error: error.into(),
+    }
+}
+
+pub struct Installer<'a> {
+    pub state: &'a AppState,
+}
+
+impl Installer<'_> {
+    pub async fn install(
+        &self,
+        request: InstallRequest,
+        reporter: &Reporter,
+    ) -> Result<InstallReport, InstallError> {
+        let started = Instant::now();
+        let lock = validate(&request)?;
+        let base = match &request.packs_base_dir {
+            Some(dir) => self
+                .state
+                .paths
+                .confine(dir)
+                .map_err(|e| InstallError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+            None => self.state.config.packs_base_dir(),
+        };
+        fs::create_dir_all(&base).map_err(|e| {
+            InstallError::InvalidRequest(format!(
+                "packs_base_dir: cannot create '{}': {e}",
+                base.display()
+            ))
+        })?;
+        let work = WorkDir::create(&base).map_err(|e| {
+            InstallError::InvalidRequest(format!(
+                "packs_base_dir: cannot create a work directory in '{}': {e}",
+                base.display()
+            ))
+        })?;
+        let registered: HashMap<String, RegisteredSource> = self
+            .state
+            .db
+            .registered_sources()
+            .await?
+            .into_iter()
+            .map(|r| (r.pack_ref.clone(), r))
+            .collect();
+
+        let mut report = InstallReport {
+            dry_run: request.dry_run,
+            ..Default::default()
+        };
+        let planned = match &lock {
+            Some(lock) => plan_from_lock(lock, &registered),
+            None => {
+                self.plan_from_request(&request, &work, &registered, reporter)
+                    .await
+            }
+        };
+        let mut members = match planned {
+            Ok(members) => members,
+            Err(errors) => {
+                report.errors = errors;
+                report.duration = started.elapsed();
+                return Ok(report);
+            }
+        };
+        report.plan = members.iter().map(Member::planned).collect();
+        let gate = gate_changes(&members, request.force);
+        if !gate.is_empty() {
+            report.errors = gate;
+        }
+        for p in &report.plan {
+            reporter.with_subject(&p.pack_ref).info(
+                Stage::Resolve,
+                format!("plan: {} {} ({})", p.action.as_str(), p.version, p.reason),
+            );
+        }
+        if request.dry_run || !report.errors.is_empty() {
+            report.duration = started.elapsed();
+            return Ok(report);
+        }
+
+        match self
+            .apply(&request, &base, &work, &mut members, reporter)
+            .await?
+        {
+            Ok(installed) => {
+                report.installed = installed;
+                report.lock = lock_of(&members);
+            }
+            Err(errors) => report.errors = errors,
+        }
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Everything after the plan: fetch, verify, build, register. `Err` lists the
+    /// failures; then nothing was changed.
+    async fn apply(
+        &self,
+        request: &InstallRequest,
+        base: &Path,
+        work: &WorkDir,
+        members: &mut [Member],
+        reporter: &Reporter,
+    ) -> Result<Result<Vec<InstalledPack>, Failures>, InstallError> {
+        // Fetch what the plan still needs.
+        let pending: Vec<usize> = (0..members.len())
+            .filter(|i| members[*i].action != Action::Keep && members[*i].fetched.is_none())
+            .collect();
+        if !pending.is_empty() {
+            reporter.info(
+                Stage::Fetch,
+                format!("downloading {} pack(s) of the plan", pending.len()),
+            );
+            let downloaded = match self
+                .fetch_pending(request, work, members, &pending, reporter)
+                .await
+            {
+                Ok(d) => d,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            for (i, pack) in downloaded {
+                members[i].fetched = Some(pack);
+            }
+        }
+
+        // Each pack's own pack.yaml must agree with the plan.
+        let errors = verify_fetched(members, request.skip_deps, reporter);
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+
+        let to_register: Vec<usize> = (0..members.len())
+            .filter(|i| members[*i].action != Action::Keep)
+            .collect();
+        if to_register.is_empty() {
+            reporter.info(Stage::Register, "every pack is already installed");
+            return Ok(Ok(Vec::new()));
+        }
+        let paths: Vec<String> = to_register
+            .iter()
+            .map(|i| {
+                members[*i]
+                    .fetched
+                    .as_ref()
+                    .expect("fetched above")
+                    .pack_path
+                    .clone()
+            })
+            .collect();
+
+        // Environments: built beside the current ones, switched, and switched back
+        // should anything fail.
+        let envs_root = buildenvs::envs_root(base);
+        let snapshots: Vec<EnvSnapshot> = to_register
+            .iter()
+            .map(|i| EnvSnapshot::take(&envs_root, &members[*i].pack_ref))
+            .collect();
+        let restore = |snapshots: &[EnvSnapshot]| {
+            for s in snapshots {
+                s.restore();
+            }
+        };
+        let settings = self.state.config.build.env_settings();
+        let builder = EnvBuilder {
+            paths: &self.state.paths,
+            settings: &settings,
+            default_base_dir: base.to_path_buf(),
+            concurrency: self.state.config.build.concurrency,
+        };
+        let built = builder
+            .build(
+                BuildEnvsRequest {
+                    pack_paths: paths.clone(),
+                    packs_base_dir: Some(base.display().to_string()),
+                    python_version: request.python_version.clone(),
+                    nodejs_version: request.nodejs_version.clone(),
+                    skip_python: false,
+                    skip_nodejs: false,
+                    force_rebuild: false,
+                    timeout: request.timeout,
+                    detect_only: false,
+                    keep_previous: true,
+                },
+                reporter,
+            )
+            .await;
+        let built = match built {
+            Ok(built) if built.failed.is_empty() => built,
+            Ok(built) => {
+                restore(&snapshots);
+                return Ok(Err(built
+                    .failed
+                    .into_iter()
+                    .map(|f| failure(&f.pack_ref, "build", format!("{}: {}", f.runtime, f.error)))
+                    .collect()));
+            }
+            Err(e) => {
+                restore(&snapshots);
+                return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
+            }
+        };
+
+        let registrar = Registrar {
+            db: &self.state.db,
+            paths: &self.state.paths,
+            default_base_dir: base.to_path_buf(),
+            concurrency: self.state.config.register.concurrency,
+        };
+        let registered = registrar
+            .register_all(
+                RegisterRequest {
+                    pack_paths: paths,
+                    packs_base_dir: Some(base.display().to_string()),
+                    skip_validation: false,
+                    skip_tests: request.skip_tests,
+                    force: request.force,
+                    requested_by: request.requested_by.clone(),
+                },
+                reporter,
+            )
+            .await;
+        let registered = match registered {
+            Ok(Ok(registered)) => registered,
+            Ok(Err(failed)) => {
+                restore(&snapshots);
+                return Ok(Err(failed
+                    .into_iter()
+                    .map(|f| failure(&f.pack_ref, f.error_stage.as_str(), f.error))
+                    .collect()));
+            }
+            Err(e) => {
+                restore(&snapshots);
+                return Err(match e {
+                    crate::register::RegisterError::InvalidRequest(m) => {
+                        InstallError::InvalidRequest(m)
+                    }
+                    crate::register::RegisterError::Store(e) => InstallError::Store(e),
+                });
+            }
+        };
+        for s in &snapshots {
+            s.commit();
+        }
+
+        let mut envs: HashMap<String, buildenvs::BuiltEnvironment> = built
+            .built
+            .into_iter()
+            .map(|b| (b.pack_ref.clone(), b))
+            .collect();
+        let installed = registered
+            .into_iter()
+            .zip(&to_register)
+            .map(|(r, i)| {
+                let member = &members[*i];
+                let fetched = member.fetched.as_ref().expect("fetched above");
+                let env = envs.remove(&r.pack_ref);
+                reporter.with_subject(&r.pack_ref).info(
+                    Stage::Register,
+                    format!("{} {} done", member.action.as_str(), r.pack_version),
+                );
+                InstalledPack {
+                    pack_ref: r.pack_ref,
+                    version: r.pack_version,
+                    action: member.action,
+                    storage_path: r.storage_path,
+                    pack_id: r.pack_id,
+                    components: r.components,
+                    test_result: r.test_result,
+                    python: env.as_ref().and_then(|e| e.python.clone()),
+                    nodejs: env.and_then(|e| e.nodejs),
+                    git_commit: fetched.git_commit.clone(),
+                    checksum: fetched.checksum.clone(),
+                }
+            })
+            .collect();
+        Ok(Ok(installed))
+    }
+
+    /// Downloads the members at `pending`. Locked registry packs are fetched from
+    /// the index the lock names (as the call's extra index unless it is configured,
+    /// so that configured headers still apply).
+    async fn fetch_pending(
+        &self,
+        request: &InstallRequest,
+        work: &WorkDir,
+        members: &[Member],
+        pending: &[usize],
+        reporter: &Reporter,
+    ) -> Result<Vec<(usize, DownloadedPack)>, Failures> {
+        let configured: HashSet<String> = self
+            .state
+            .downloader
+            .registry()
+            .indices()
+            .into_iter()
+            .map(|i| i.url)
+            .collect();
+        let mut groups: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for &i in pending {
+            let extra = match (&request.lock, &members[i].registry_url) {
+                (Some(_), Some(url)) if !configured.contains(url) => Some(url.clone()),
+                _ => request.registry_url.clone(),
+            };
+            groups.entry(extra).or_default().push(i);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (extra, indices) in groups {
+            let group_request = InstallRequest {
+                registry_url: extra,
+                ..request.clone()
+            };
+            let sources = indices.iter().map(|i| members[*i].source.clone()).collect();
+            let downloaded = self
+                .download(&group_request, work, sources, reporter)
+                .await?;
+            out.extend(indices.into_iter().zip(downloaded));
+        }
+        Ok(out)
+    }
+
+    /// Downloads `sources` into the work directory; every one must succeed.
+    async fn download(
+        &self,
+        request: &InstallRequest,
+        work: &WorkDir,
+        sources: Vec<String>,
+        reporter: &Reporter,
+    ) -> Result<Vec<DownloadedPack>, Failures> {
+        let report = self
+            .state
+            .downloader
+            .download(
+                DownloadRequest {
+                    packs: sources,
+                    destination_dir: work.path().display().to_string(),
+                    registry_url: request.registry_url.clone(),
+                    ref_spec: request.ref_spec.clone(),
+                    timeout: request.timeout,
+                    verify_ssl: request.verify_ssl,
+                    force: false,
+                },
+                reporter,
+            )
+            .await
+            .map_err(|e| vec![failure(REQUEST, "download", e.to_string())])?;
+        if !report.failed.is_empty() {
+            return Err(report
+                .failed
+                .into_iter()
+                .map(|f| failure(&f.source, "download", f.error))
+                .collect());
+        }
+        Ok(report.downloaded)
+    }
+}
+
+/// Checks the request as a whole and returns its lock, if any.
+fn validate(request: &InstallRequest) -> Result<Option<Lock>, InstallError> {
+    let invalid = |m: String| Err(InstallError::InvalidRequest(m));
+    match (&request.lock, request.packs.is_empty()) {
+        (Some(_), false) => {
+            return invalid("give either `packs` or `lock`, not both".into());
+        }
+        (None, true) => return invalid("`packs` must name at least one pack".into()),
+        _ => {}
+    }
+    if request.packs.iter().any(|p| p.trim().is_empty()) {
+        return invalid("`packs` contains an empty source".into());
+    }
+    if request.timeout.is_zero() {
+        return invalid("`timeout` must be at least 1 second".into());
+    }
+    let Some(lock) = &request.lock else {
+        return Ok(None);
+    };
+    if lock.packs.is_empty() {
+        return invalid("`lock.packs` is empty".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in lock.packs.iter().enumerate() {
+        let at = format!("lock.packs[{i}]");
+        if !crate::manifest::is_valid_pack_ref(&p.pack_ref) {
+            return invalid(format!("{at}.pack_ref: '{}' is not a pack ref", p.pack_ref));
+        }
+        if !seen.insert(p.pack_ref.as_str()) {
+            return invalid(format!("{at}: pack '{}' is locked twice", p.pack_ref));
+        }
+        if Version::parse(&p.version).is_err() {
+            return invalid(format!("{at}.version: '{}' is not a version", p.version));
+        }
+        if crate::checksum::Digest::parse(&p.checksum).is_err() {
+            return invalid(format!(
+                "{at}.checksum: '{}' is not `sha256:<64 hex digits>`",
+                p.checksum
+            ));
+        }
+        if p.source.trim().is_empty() {
+            return invalid(format!("{at}.source is empty"));
+        }
+    }
+    Ok(Some(lock.clone()))
+}
+
+/// `<packs_base_dir>/.attune-install-<id>`, removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(base: &Path) -> std::io::Result<Self> {
+        let path = base.join(format!(".attune-install-{}", crate::paths::unique_suffix()));
+        fs::create_dir(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,238 @@
+//! The plan's packs: what each does to what is installed, whether that needs
+//! `force`, and whether what was fetched agrees with the plan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use semver::Version;
+
+use super::{Action, Failures, Lock, Member, failure};
+use crate::{
+    download::DownloadedPack,
+    manifest::Manifest,
+    progress::{Reporter, Stage},
+    store::RegisteredSource,
+};
+
+/// The locked set, in the lock's order. Packs installed with exactly the locked
+/// version and checksum are kept; the rest are fetched from their locked sources.
+pub(super) fn plan_from_lock(
+    lock: &Lock,
+    registered: &HashMap<String, RegisteredSource>,
+) -> Result<Vec<Member>, Failures> {
+    let mut required_by: HashMap<&str, Vec<String>> = HashMap::new();
+    for p in &lock.packs {
+        for dep in &p.dependencies {
+            required_by
+                .entry(dep.as_str())
+                .or_default()
+                .push(p.pack_ref.clone());
+        }
+    }
+    let mut errors = Vec::new();
+    let mut members = Vec::new();
+    for p in &lock.packs {
+        let installed = registered.get(&p.pack_ref).cloned();
+        let same = installed
+            .as_ref()
+            .is_some_and(|i| i.version == p.version && i.checksum.as_deref() == Some(&p.checksum));
+        if p.source_type == "installed" && !same {
+            errors.push(failure(
+                &p.pack_ref,
+                "lock",
+                format!(
+                    "{} {} ({}) has no source to fetch it from and is not installed as locked",
+                    p.pack_ref, p.version, p.checksum
+                ),
+            ));
+            continue;
+        }
+        let mut by = required_by.remove(p.pack_ref.as_str()).unwrap_or_default();
+        by.sort();
+        let mut member = Member {
+            pack_ref: p.pack_ref.clone(),
+            version: Version::parse(&p.version).expect("validated"),
+            source: p.source.clone(),
+            source_type: p.source_type.clone(),
+            required_by: by,
+            registry_url: p.registry_url.clone(),
+            fetched: None,
+            locked_checksum: Some(p.checksum.clone()),
+            installed,
+            action: Action::Install,
+        };
+        member.action = if same {
+            Action::Keep
+        } else {
+            action_for(&member)
+        };
+        members.push(member);
+    }
+    if errors.is_empty() {
+        Ok(members)
+    } else {
+        Err(errors)
+    }
+}
+
+pub(super) fn registry_member(
+    pack_ref: &str,
+    version: Version,
+    required_by: Vec<String>,
+    registry_url: Option<String>,
+) -> Member {
+    Member {
+        pack_ref: pack_ref.to_string(),
+        source: format!("{pack_ref}@{version}"),
+        version,
+        source_type: "registry".to_string(),
+        required_by,
+        registry_url,
+        fetched: None,
+        locked_checksum: None,
+        installed: None,
+        action: Action::Install,
+    }
+}
+
+pub(super) fn provided_member(
+    pack: DownloadedPack,
+    manifest: &Manifest,
+    required_by: Vec<String>,
+) -> Member {
+    Member {
+        pack_ref: manifest.pack_ref.clone(),
+        version: manifest.version.clone(),
+        source: pack.source.clone(),
+        source_type: pack.source_type.clone(),
+        required_by,
+        registry_url: None,
+        fetched: Some(pack),
+        locked_checksum: None,
+        installed: None,
+        action: Action::Install,
+    }
+}
+
+/// What installing `member` does to what is installed.
+pub(super) fn action_for(member: &Member) -> Action {
+    let Some(installed) = &member.installed else {
+        return Action::Install;
+    };
+    let Ok(installed_version) = Version::parse(&installed.version) else {
+        return Action::Replace;
+    };
+    match installed_version.cmp(&member.version) {
+        std::cmp::Ordering::Less => Action::Upgrade,
+        std::cmp::Ordering::Greater => Action::Downgrade,
+        std::cmp::Ordering::Equal => {
+            let checksum = member
+                .fetched
+                .as_ref()
+                .map(|f| f.checksum.as_str())
+                .or(member.locked_checksum.as_deref());
+            match checksum {
+                // The registry's copy of an installed version: keep what is there.
+                None => Action::Keep,
+                Some(c) if installed.checksum.as_deref() == Some(c) => Action::Keep,
+                Some(_) => Action::Replace,
+            }
+        }
+    }
+}
+
+/// Changing an installed pack needs `force`; one error per pack that would change.
+pub(super) fn gate_changes(members: &[Member], force: bool) -> Failures {
+    if force {
+        return Vec::new();
+    }
+    members
+        .iter()
+        .filter(|m| m.action.changes_installed())
+        .map(|m| {
+            let installed = m.installed.as_ref().map_or("?", |i| i.version.as_str());
+            let what = match m.action {
+                Action::Replace => format!(
+                    "{} {} is installed with different content",
+                    m.pack_ref, installed
+                ),
+                _ => format!(
+                    "{} {} is installed; this install needs {} ({})",
+                    m.pack_ref,
+                    installed,
+                    m.version,
+                    m.planned().reason
+                ),
+            };
+            failure(
+                &m.pack_ref,
+                "resolve",
+                format!("{what}; set force to {} it", m.action.as_str()),
+            )
+        })
+        .collect()
+}
+
+/// After fetching: identity, locked checksums, and the dependencies each pack's own
+/// `pack.yaml` declares, against the versions of the set (or installed ones).
+pub(super) fn verify_fetched(members: &[Member], skip_deps: bool, reporter: &Reporter) -> Failures {
+    let versions: BTreeMap<&str, &Version> = members
+        .iter()
+        .map(|m| (m.pack_ref.as_str(), &m.version))
+        .collect();
+    let mut errors = Vec::new();
+    for m in members.iter().filter(|m| m.action != Action::Keep) {
+        let Some(fetched) = &m.fetched else { continue };
+        if fetched.pack_ref != m.pack_ref || fetched.pack_version != m.version.to_string() {
+            errors.push(failure(
+                &m.pack_ref,
+                "download",
+                format!(
+                    "'{}' is {} {}, but the plan has {} {}",
+                    m.source, fetched.pack_ref, fetched.pack_version, m.pack_ref, m.version
+                ),
+            ));
+            continue;
+        }
+        if let Some(locked) = &m.locked_checksum
+            && *locked != fetched.checksum
+        {
+            errors.push(failure(
+                &m.pack_ref,
+                "lock",
+                format!(
+                    "'{}' now has checksum {}, the lock says {locked}; refusing it",
+                    m.source, fetched.checksum
+                ),
+            ));
+            continue;
+        }
+        let manifest = match Manifest::load(Path::new(&fetched.pack_path)) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(failure(&m.pack_ref, "download", e.to_string()));
+                continue;
+            }
+        };
+        for dep in &manifest.dependencies {
+            let version = versions.get(dep.pack_ref.as_str()).copied();
+            let problem = match version {
+                Some(v) if dep.matches(v) => continue,
+                Some(v) => format!(
+                    "{} {} requires {dep}, but the plan has {} {v}",
+                    m.pack_ref, m.version, dep.pack_ref
+                ),
+                None => format!(
+                    "{} {} requires {dep}, which is not part of the plan",
+                    m.pack_ref, m.version
+                ),
+            };
+            if skip_deps {
+                reporter.warn(Stage::Resolve, format!("{problem} (skip_deps)"));
+            } else {
+                errors.push(failure(&m.pack_ref, "resolve", problem));
+            }
+        }
+    }
+    errors
+}
