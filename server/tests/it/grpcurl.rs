@@ -106,6 +106,36 @@ async fn list_describe_and_stream_with_grpcurl() {
     assert_eq!(result["dependencies"][0]["packRef"], "beta");
     assert_eq!(result["dependencies"][0]["providedByRequest"], "1.4.0");
 
+    // Install, over reflection alone: both packs, dependency first.
+    let base = server.root.path().canonicalize().unwrap().join("installed");
+    let body = serde_json::json!({
+        "packs": [path_str(&a), path_str(&b)],
+        "packs_base_dir": path_str(&base),
+    })
+    .to_string();
+    let mut cmd = grpcurl().unwrap();
+    cmd.args([
+        "-plaintext",
+        "-H",
+        &format!("authorization: Bearer {}", server.token()),
+        "-d",
+        &body,
+        &addr,
+        "attune.packs.v1.PackService/Install",
+    ]);
+    let (ok, out, err) = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
+    assert!(ok, "{err}");
+    let messages: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let result = &messages.last().unwrap()["result"];
+    assert_eq!(result["success"], true, "{out}");
+    assert_eq!(result["installed"][0]["packRef"], "beta");
+    assert_eq!(result["installed"][1]["packRef"], "alpha");
+    assert!(base.join("alpha/pack.yaml").exists());
+    let body = serde_json::json!({ "pack_paths": [path_str(&a), path_str(&b)] }).to_string();
+
     // Without a token: Unauthenticated.
     let mut cmd = grpcurl().unwrap();
     cmd.args([
