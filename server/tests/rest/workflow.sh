@@ -171,4 +171,14 @@ check register-batch '.data.registered_packs[0].components_registered
   | [.actions, .sensors, .triggers, .rules, .workflows, .policies] | all(type == "number")'
 check register-batch '.data.summary.total_components | type == "number"'
 
+# 5. The four steps in one call (Install): the pack is registered with this content
+#    already, so the plan keeps it and nothing changes.
+post /api/v1/packs/install "$(jq -cn --arg src "$PACK_SOURCE" --arg base "$BASE" \
+  '{packs: [$src], packs_base_dir: $base}')" "${AUTH[@]}"
+expect_code install 200
+check install '.data.success and (.data.errors | length == 0)'
+check install '.data.plan[0].pack_ref == $ref and .data.plan[0].action == "keep"' --arg ref "$PACK_REF"
+check install '.data.lock.packs[0].pack_ref == $ref and (.data.lock.packs[0].checksum | startswith("sha256:"))' \
+  --arg ref "$PACK_REF"
+
 echo OK
