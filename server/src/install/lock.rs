@@ -42,20 +42,14 @@ fn locked_from_download(m: &Member, fetched: &DownloadedPack, deps: Vec<String>)
         .as_ref()
         .and_then(|o| o.registry_url.clone())
         .or_else(|| m.registry_url.clone());
-    let (source, source_type) = if registry_url.is_some() || m.source_type == "registry" {
-        (format!("{}@{}", m.pack_ref, m.version), "registry".into())
-    } else {
-        match (
-            &fetched.git_commit,
-            origin.as_ref().and_then(|o| o.url.clone()),
-        ) {
-            (Some(commit), Some(url)) => {
-                (format!("{}@{commit}", git::redact_url(&url)), "git".into())
-            }
-            (_, Some(url)) => (url, fetched.source_type.clone()),
-            (_, None) => (fetched.source.clone(), fetched.source_type.clone()),
-        }
-    };
+    let (source, source_type) = locked_source(
+        m,
+        registry_url.is_some() || m.source_type == "registry",
+        fetched.git_commit.as_deref(),
+        origin.and_then(|o| o.url),
+        &fetched.source_type,
+    )
+    .unwrap_or_else(|| (fetched.source.clone(), fetched.source_type.clone()));
     LockedPack {
         pack_ref: m.pack_ref.clone(),
         version: m.version.to_string(),
@@ -73,23 +67,15 @@ fn locked_from_registered(m: &Member, deps: Vec<String>) -> LockedPack {
     let field = |f: fn(&RegisteredSource) -> Option<String>| installed.and_then(f);
     let registry_url = field(|i| i.registry_url.clone());
     let git_commit = field(|i| i.git_commit.clone());
-    let url = field(|i| i.source_url.clone());
-    let source_type = field(|i| i.source_type.clone()).unwrap_or_default();
-    let (source, source_type) = if registry_url.is_some() {
-        (
-            format!("{}@{}", m.pack_ref, m.version),
-            "registry".to_string(),
-        )
-    } else {
-        match (&git_commit, url) {
-            (Some(commit), Some(url)) => {
-                (format!("{}@{commit}", git::redact_url(&url)), "git".into())
-            }
-            (_, Some(url)) => (url, source_type),
-            // Registered from a directory without provenance: it can only be kept.
-            (_, None) => (format!("{}@{}", m.pack_ref, m.version), "installed".into()),
-        }
-    };
+    let (source, source_type) = locked_source(
+        m,
+        registry_url.is_some(),
+        git_commit.as_deref(),
+        field(|i| i.source_url.clone()),
+        &field(|i| i.source_type.clone()).unwrap_or_default(),
+    )
+    // Registered from a directory without provenance: it can only be kept.
+    .unwrap_or_else(|| (format!("{}@{}", m.pack_ref, m.version), "installed".into()));
     LockedPack {
         pack_ref: m.pack_ref.clone(),
         version: m.version.to_string(),
@@ -99,5 +85,27 @@ fn locked_from_registered(m: &Member, deps: Vec<String>) -> LockedPack {
         git_commit,
         checksum: field(|i| i.checksum.clone()).unwrap_or_default(),
         dependencies: deps,
+    }
+}
+
+/// `(source, source_type)` to fetch the pack again: `ref@version` from a registry,
+/// `url@commit` for git (credentials redacted), else the URL or path it came from;
+/// `None` when nothing fetchable is known.
+fn locked_source(
+    m: &Member,
+    from_registry: bool,
+    git_commit: Option<&str>,
+    url: Option<String>,
+    source_type: &str,
+) -> Option<(String, String)> {
+    if from_registry {
+        return Some((format!("{}@{}", m.pack_ref, m.version), "registry".into()));
+    }
+    match (git_commit, url) {
+        (Some(commit), Some(url)) => {
+            Some((format!("{}@{commit}", git::redact_url(&url)), "git".into()))
+        }
+        (_, Some(url)) => Some((url, source_type.to_string())),
+        (_, None) => None,
     }
 }

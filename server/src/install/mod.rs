@@ -603,18 +603,9 @@ impl Installer<'_> {
 /// Checks the request as a whole and returns its lock, if any.
 fn validate(request: &InstallRequest) -> Result<Option<Lock>, InstallError> {
     let invalid = |m: String| Err(InstallError::InvalidRequest(m));
-    match (&request.lock, request.packs.is_empty()) {
-        (Some(_), false) => {
-            return invalid("give either `packs` or `lock`, not both".into());
-        }
-        (None, true) => return invalid("`packs` must name at least one pack".into()),
-        _ => {}
-    }
-    if request.packs.iter().any(|p| p.trim().is_empty()) {
-        return invalid("`packs` contains an empty source".into());
-    }
-    if request.timeout.is_zero() {
-        return invalid("`timeout` must be at least 1 second".into());
+    // The door (`grpc::convert`) has checked `packs` and `timeout`.
+    if request.lock.is_some() && !request.packs.is_empty() {
+        return invalid("give either `packs` or `lock`, not both".into());
     }
     let Some(lock) = &request.lock else {
         return Ok(None);
