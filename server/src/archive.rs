@@ -10,6 +10,12 @@
 //!   component, parents are created by us (so they are real directories), and files are
 //!   created with `create_new` (an existing path is never followed or overwritten).
 //! * Limits ([`Limits`]) count the bytes actually written, never header sizes.
+//! * Tar extension records (pax headers, GNU long names/links) are interpreted here, not
+//!   by the tar crate (which would read them whole): each is refused above
+//!   [`Limits::max_header_bytes`] by its declared size before it is read. Entry names
+//!   with control characters are refused (the error escapes them).
+//! * Extractions across the process pass one [`ExtractBudget`] (slots and reserved
+//!   memory); the caller holds its [`ExtractPermit`] for the whole blocking extraction.
 //! * Ownership, mtimes and setuid/setgid/sticky bits are not preserved; files are 0755
 //!   if any execute bit was set in the archive, else 0644 (before the umask).
 //! * While writing, the "attune-pack-file-v1" checksum is computed from the same
