@@ -10,6 +10,12 @@
 //!   component, parents are created by us (so they are real directories), and files are
 //!   created with `create_new` (an existing path is never followed or overwritten).
 //! * Limits ([`Limits`]) count the bytes actually written, never header sizes.
+//! * Tar extension records (pax headers, GNU long names/links) are interpreted here, not
+//!   by the tar crate (which would read them whole): each is refused above
+//!   [`Limits::max_header_bytes`] by its declared size before it is read. Entry names
+//!   with control characters are refused (the error escapes them).
+//! * Extractions across the process pass one [`ExtractBudget`] (slots and reserved
+//!   memory); the caller holds its [`ExtractPermit`] for the whole blocking extraction.
 //! * Ownership, mtimes and setuid/setgid/sticky bits are not preserved; files are 0755
 //!   if any execute bit was set in the archive, else 0644 (before the umask).
 //! * While writing, the "attune-pack-file-v1" checksum is computed from the same
@@ -23,7 +29,9 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::checksum::{ChecksumError, DirectoryHasher};
 use crate::progress::{Reporter, Stage};
@@ -51,6 +59,12 @@ pub struct Limits {
     pub max_entries: u64,
     /// Size of one file. Default 100 MiB.
     pub max_entry_bytes: u64,
+    /// Size of one tar extension record read into memory: a pax extended header
+    /// (local or global) or a GNU long name / long link entry. Default 64 KiB.
+    pub max_header_bytes: u64,
+    /// Sum of the lengths of all entry names (they are kept in memory to detect
+    /// duplicates and to compute the checksum). Default 8 MiB.
+    pub max_names_bytes: u64,
 }
 
 impl Default for Limits {
@@ -59,7 +73,140 @@ impl Default for Limits {
             max_total_bytes: 512 * 1024 * 1024,
             max_entries: 20_000,
             max_entry_bytes: 100 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_names_bytes: 8 * 1024 * 1024,
         }
+    }
+}
+
+/// Longest entry name accepted (Linux's `PATH_MAX`): a longer one could not be created.
+const MAX_NAME_BYTES: usize = 4096;
+
+/// Memory an extraction's buffers take besides what [`Limits`] bound: the file and
+/// inflate readers, the inflated chunks in flight between the two threads (at most
+/// ~12 of 256 KiB), the write buffer and the inflater's state.
+const FIXED_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+/// Bookkeeping per entry besides its name (map slot, string header, checksum track).
+const MEMORY_PER_ENTRY: u64 = 64;
+
+/// The most memory one extraction under `limits` can hold: fixed buffers, one of each
+/// kind of tar extension record, and the names kept for duplicate detection (counted
+/// twice for the map's slack).
+pub fn memory_needed(limits: &Limits) -> u64 {
+    FIXED_MEMORY_BYTES
+        .saturating_add(limits.max_header_bytes.saturating_mul(3))
+        .saturating_add(limits.max_names_bytes.saturating_mul(2))
+        .saturating_add(limits.max_entries.saturating_mul(MEMORY_PER_ENTRY))
+}
+
+/// Process-wide admission for extractions: at most `concurrency` run at once, and the
+/// memory each may hold ([`memory_needed`]) is reserved from a shared byte budget
+/// before it starts. Waiting for admission holds nothing; a [`ExtractPermit`] gives
+/// everything back when dropped, which happens when the blocking extraction ends,
+/// whether it finished, failed or was cancelled.
+#[derive(Debug, Clone)]
+pub struct ExtractBudget {
+    slots: Arc<Semaphore>,
+    /// In KiB (tokio semaphores count in u32 per acquisition).
+    memory_kib: Arc<Semaphore>,
+    concurrency: usize,
+    memory_bytes: u64,
+}
+
+/// Held while one extraction runs.
+#[derive(Debug)]
+pub struct ExtractPermit {
+    _slot: OwnedSemaphorePermit,
+    _memory: OwnedSemaphorePermit,
+}
+
+/// The budget cannot admit an extraction under the given limits, ever.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "download.extract_memory_bytes ({budget} bytes) is smaller than what one extraction \
+         may need under the download limits ({needed} bytes: 4 MiB of buffers, 3 x \
+         max_header_bytes, 2 x max_names_bytes, 64 bytes per entry)"
+    )]
+    TooSmall { needed: u64, budget: u64 },
+    #[error("download.extract_concurrency must be at least 1")]
+    NoSlots,
+}
+
+fn kib(bytes: u64) -> u64 {
+    bytes.div_ceil(1024)
+}
+
+impl ExtractBudget {
+    pub fn new(concurrency: usize, memory_bytes: u64) -> Self {
+        let memory_kib = kib(memory_bytes).min(Semaphore::MAX_PERMITS as u64) as usize;
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency.min(Semaphore::MAX_PERMITS))),
+            memory_kib: Arc::new(Semaphore::new(memory_kib)),
+            concurrency,
+            memory_bytes,
+        }
+    }
+
+    /// Whether an extraction under `limits` can ever be admitted.
+    pub fn validate(&self, limits: &Limits) -> Result<(), BudgetError> {
+        if self.concurrency == 0 {
+            return Err(BudgetError::NoSlots);
+        }
+        let needed = memory_needed(limits);
+        if needed > self.memory_bytes || kib(needed) > u64::from(u32::MAX) {
+            return Err(BudgetError::TooSmall {
+                needed,
+                budget: self.memory_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for a slot and for [`memory_needed`]`(limits)` bytes of the budget.
+    /// Dropping the future while it waits holds nothing.
+    pub async fn admit(&self, limits: &Limits) -> Result<ExtractPermit, BudgetError> {
+        self.validate(limits)?;
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| BudgetError::NoSlots)?;
+        let needed = kib(memory_needed(limits)) as u32;
+        let memory = Arc::clone(&self.memory_kib)
+            .acquire_many_owned(needed)
+            .await
+            .map_err(|_| BudgetError::NoSlots)?;
+        Ok(ExtractPermit {
+            _slot: slot,
+            _memory: memory,
+        })
+    }
+
+    /// Like [`ExtractBudget::admit`] but without waiting: `None` if busy.
+    pub fn try_admit(&self, limits: &Limits) -> Result<Option<ExtractPermit>, BudgetError> {
+        self.validate(limits)?;
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            return Ok(None);
+        };
+        let needed = kib(memory_needed(limits)) as u32;
+        let Ok(memory) = Arc::clone(&self.memory_kib).try_acquire_many_owned(needed) else {
+            return Ok(None);
+        };
+        Ok(Some(ExtractPermit {
+            _slot: slot,
+            _memory: memory,
+        }))
+    }
+
+    /// Extractions running now.
+    pub fn running(&self) -> usize {
+        self.concurrency - self.slots.available_permits()
+    }
+
+    /// Bytes of the memory budget reserved now.
+    pub fn reserved_bytes(&self) -> u64 {
+        let total = kib(self.memory_bytes).min(Semaphore::MAX_PERMITS as u64);
+        (total - self.memory_kib.available_permits() as u64) * 1024
     }
 }
 
@@ -110,6 +257,21 @@ pub enum ArchiveError {
     EntryTooLarge { entry: String, limit: u64 },
     #[error("archive expands to more than {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error(
+        "archive entry {entry:?} is a {kind} of {size} bytes, more than the {limit}-byte \
+         limit (setting download.max_header_bytes)"
+    )]
+    HeaderTooLarge {
+        entry: String,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "archive entry names add up to more than {limit} bytes \
+         (setting download.max_names_bytes)"
+    )]
+    NamesTooLong { limit: u64 },
     #[error("{path}: not a supported archive (zip, tar.gz or tar): {seen}")]
     UnknownFormat { path: PathBuf, seen: String },
     #[error("corrupt or unsupported archive: {detail}")]
@@ -261,6 +423,17 @@ fn clean_path(raw: &[u8]) -> Result<Option<(String, bool)>, ArchiveError> {
     if s.contains('\0') {
         return Err(unsafe_path("name contains a NUL byte"));
     }
+    // Carriage returns, tabs, escape sequences and the like in file names forge lines
+    // and terminal output wherever the names are shown.
+    if s.chars().any(|c| c < ' ' || c == '\u{7f}') {
+        return Err(unsafe_path("name contains a control character"));
+    }
+    if s.len() > MAX_NAME_BYTES {
+        return Err(ArchiveError::UnsafePath {
+            entry: format!("{}…", s.chars().take(100).collect::<String>()),
+            reason: "name is longer than 4096 bytes",
+        });
+    }
     if s.starts_with('/') {
         return Err(unsafe_path("absolute path"));
     }
@@ -339,8 +512,8 @@ pub fn extract(
 }
 
 /// Upper bound for the decompressed tar stream: file data plus generous room for
-/// headers and padding. Bounds memory the tar crate may use for GNU long names / pax
-/// records, which it buffers whole.
+/// headers and padding. Bounds the work (not the memory: extension records are capped
+/// one by one) that skipping over refused or padding data may take.
 fn tar_stream_cap(l: &Limits) -> u64 {
     l.max_total_bytes
         .saturating_add(l.max_entries.saturating_mul(4 * 1024))
@@ -441,6 +614,8 @@ struct Sink<'a> {
     reporter: &'a Reporter,
     format: ArchiveFormat,
     seen: HashMap<String, Kind>,
+    /// Bytes of the names in `seen`.
+    name_bytes: u64,
     entries: u64,
     files: u64,
     bytes: u64,
@@ -462,6 +637,7 @@ impl<'a> Sink<'a> {
             reporter,
             format,
             seen: HashMap::new(),
+            name_bytes: 0,
             entries: 0,
             files: 0,
             bytes: 0,
@@ -532,11 +708,13 @@ impl<'a> Sink<'a> {
             let parent = &path[..path.rfind('/').unwrap_or(0)];
             fs::create_dir_all(self.dest.join(parent)).map_err(io_at(&self.dest.join(parent)))?;
             for (i, _) in path.match_indices('/').filter(|(i, _)| *i >= first) {
+                self.remember_name(i)?;
                 self.seen.insert(path[..i].to_string(), Kind::Dir);
             }
         }
         match (self.seen.get(path), kind) {
             (None, _) => {
+                self.remember_name(path.len())?;
                 self.seen.insert(path.to_string(), kind);
                 Ok(true)
             }
@@ -546,6 +724,17 @@ impl<'a> Sink<'a> {
                 reason: "duplicate path",
             }),
         }
+    }
+
+    /// Counts a name of `len` bytes about to be kept in `seen`.
+    fn remember_name(&mut self, len: usize) -> Result<(), ArchiveError> {
+        self.name_bytes += len as u64;
+        if self.name_bytes > self.limits.max_names_bytes {
+            return Err(ArchiveError::NamesTooLong {
+                limit: self.limits.max_names_bytes,
+            });
+        }
+        Ok(())
     }
 
     fn dir(&mut self, path: &str) -> Result<(), ArchiveError> {
@@ -631,21 +820,68 @@ fn read_error(e: io::Error, limits: &Limits) -> ArchiveError {
     corrupt(e)
 }
 
+/// Extension records read for the next member of a tar archive.
+#[derive(Default)]
+struct TarExtensions {
+    long_name: Option<Vec<u8>>,
+    long_link: bool,
+    pax: Option<Vec<u8>>,
+}
+
+impl TarExtensions {
+    fn is_empty(&self) -> bool {
+        self.long_name.is_none() && !self.long_link && self.pax.is_none()
+    }
+}
+
+/// Iterates the archive's raw members and interprets the extension records (pax
+/// headers, GNU long names/links) here rather than in the tar crate, which reads
+/// them into memory whole whatever size their header declares: each is refused
+/// above `max_header_bytes` before a byte of it is read.
 fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
     let mut ar = tar::Archive::new(reader);
     let limits = *sink.limits;
-    let entries = ar.entries().map_err(|e| read_error(e, &limits))?;
+    let entries = ar.entries().map_err(|e| read_error(e, &limits))?.raw(true);
+    let mut pending = TarExtensions::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| read_error(e, &limits))?;
         let header = entry.header();
         let et = header.entry_type();
         if et.is_pax_global_extensions() {
-            continue; // e.g. GitHub's commit id comment
+            // e.g. GitHub's commit id comment: read (bounded) and ignored.
+            read_extension(&mut entry, "pax global header", &limits)?;
+            continue;
         }
+        if et.is_pax_local_extensions() {
+            let record = read_extension(&mut entry, "pax extended header", &limits)?;
+            if pending.pax.replace(record).is_some() {
+                return Err(corrupt("two pax headers describe the same member"));
+            }
+            continue;
+        }
+        if et.is_gnu_longname() {
+            let mut name = read_extension(&mut entry, "GNU long name entry", &limits)?;
+            if let Some(nul) = name.iter().position(|b| *b == 0) {
+                name.truncate(nul);
+            }
+            if pending.long_name.replace(name).is_some() {
+                return Err(corrupt("two long name entries describe the same member"));
+            }
+            continue;
+        }
+        if et.is_gnu_longlink() {
+            // Links are refused anyway; the record is only read past.
+            read_extension(&mut entry, "GNU long link entry", &limits)?;
+            pending.long_link = true;
+            continue;
+        }
+        let ext = std::mem::take(&mut pending);
+        let header_size = entry.size();
+        let raw = member_name(&entry, &ext, header_size, &limits)?;
         sink.next_entry()?;
-        let raw = entry.path_bytes();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let cleaned = clean_path(&raw)?;
+        let header = entry.header();
         let kind = match et {
             tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
             tar::EntryType::Directory => Kind::Dir,
@@ -663,6 +899,11 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
                 return Err(ArchiveError::SpecialFile { entry: name, kind });
             }
         };
+        if ext.long_link && kind == Kind::File {
+            return Err(corrupt(format!(
+                "{name}: a link target describes a regular file"
+            )));
+        }
         let Some((path, _)) = cleaned else {
             if kind == Kind::Dir {
                 continue; // "./"
@@ -676,15 +917,102 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
             Kind::Dir => sink.dir(&path)?,
             Kind::File => {
                 let mode = header.mode().map_err(corrupt)?;
-                let size = entry.size();
-                let written = sink.file(&path, mode & 0o111 != 0, size, &mut entry)?;
-                if written != size {
+                let written = sink.file(&path, mode & 0o111 != 0, header_size, &mut entry)?;
+                if written != header_size {
                     return Err(corrupt(format!("{name}: truncated entry")));
                 }
             }
         }
     }
+    if !pending.is_empty() {
+        return Err(corrupt(
+            "the archive ends with extension headers describing a member that is missing",
+        ));
+    }
     Ok(())
+}
+
+/// Reads an extension record's body after checking its declared size.
+fn read_extension<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    kind: &'static str,
+    limits: &Limits,
+) -> Result<Vec<u8>, ArchiveError> {
+    let size = entry.size();
+    if size > limits.max_header_bytes {
+        return Err(ArchiveError::HeaderTooLarge {
+            entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+            kind,
+            size,
+            limit: limits.max_header_bytes,
+        });
+    }
+    let mut body = Vec::with_capacity(size as usize);
+    entry
+        .take(size)
+        .read_to_end(&mut body)
+        .map_err(|e| read_error(e, limits))?;
+    if body.len() as u64 != size {
+        return Err(corrupt(format!("{kind}: truncated")));
+    }
+    Ok(body)
+}
+
+/// The member's name: a pax `path` record, else a GNU long name, else the header's.
+/// Pax records that would make this reader and other tar implementations see
+/// different members are refused: a `size` that disagrees with the header (the
+/// header's size is what positions the next member here) and pax sparse files.
+fn member_name<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    ext: &TarExtensions,
+    header_size: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>, ArchiveError> {
+    let header_name = || String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    let mut pax_path = None;
+    if let Some(pax) = &ext.pax {
+        for record in tar::PaxExtensions::new(pax) {
+            let record = record.map_err(|e| corrupt(format!("pax header: {e}")))?;
+            let key = record.key_bytes();
+            if key == b"path" {
+                pax_path = Some(record.value_bytes().to_vec());
+            } else if key == b"size" {
+                let size = record
+                    .value()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| corrupt("pax header: size is not a number"))?;
+                if size > limits.max_entry_bytes {
+                    return Err(ArchiveError::EntryTooLarge {
+                        entry: header_name(),
+                        limit: limits.max_entry_bytes,
+                    });
+                }
+                if size != header_size {
+                    return Err(corrupt(format!(
+                        "{}: the pax header gives size {size}, the tar header {header_size}",
+                        header_name()
+                    )));
+                }
+            } else if key.starts_with(b"GNU.sparse.") {
+                return Err(ArchiveError::SpecialFile {
+                    entry: header_name(),
+                    kind: "sparse file".into(),
+                });
+            }
+        }
+    }
+    Ok(match (pax_path, &ext.long_name) {
+        (Some(pax), Some(long)) if pax != *long => {
+            return Err(corrupt(format!(
+                "{}: a pax path and a GNU long name disagree",
+                String::from_utf8_lossy(&pax)
+            )));
+        }
+        (Some(pax), _) => pax,
+        (None, Some(long)) => long.clone(),
+        (None, None) => entry.path_bytes().into_owned(),
+    })
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -1443,5 +1771,280 @@ mod tests {
             assert!(clean_path(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(clean_path(b"\xff").is_err());
+    }
+
+    // ---- extension records, names, budget ----
+
+    /// One pax record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body = 1 + key.len() + 1 + value.len() + 1;
+        let mut len = body + 1;
+        while len != body + len.to_string().len() {
+            len = body + len.to_string().len();
+        }
+        let mut r = format!("{len} {key}=").into_bytes();
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
+    }
+
+    fn pax_header(size: u64) -> tar::Header {
+        raw_header("PaxHeaders/x", tar::EntryType::XHeader, size, 0o644)
+    }
+
+    /// A tar.gz whose first member is a pax header declaring `size` bytes, followed by
+    /// those bytes: gzip members of one compressed MiB repeated, so a huge header costs
+    /// a few hundred KiB of archive (as in the attack).
+    fn huge_pax_tar_gz(size: u64) -> Vec<u8> {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(size % MIB, 0);
+        let mut out = gz(pax_header(size).as_bytes());
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b'a'; MIB as usize]).unwrap();
+        let chunk = enc.finish().unwrap();
+        for _ in 0..size / MIB {
+            out.extend_from_slice(&chunk);
+        }
+        let rest = tar_bytes(&[E::File("pack.yaml", b"ref: x\n", 0o644)]);
+        out.extend_from_slice(&gz(&rest));
+        out
+    }
+
+    #[test]
+    fn huge_pax_header_is_refused_before_it_is_read() {
+        let size = 64 * 1024 * 1024;
+        let bomb = huge_pax_tar_gz(size);
+        assert!(bomb.len() < 200 * 1024, "{}", bomb.len());
+        let f = fx();
+        let a = f.write("in.tgz", &bomb);
+        let started = std::time::Instant::now();
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        match &e {
+            ArchiveError::HeaderTooLarge {
+                entry,
+                kind,
+                size: got,
+                limit,
+            } => {
+                assert_eq!(entry, "PaxHeaders/x");
+                assert_eq!(*kind, "pax extended header");
+                assert_eq!(*got, size);
+                assert_eq!(*limit, 64 * 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("download.max_header_bytes"), "{e}");
+    }
+
+    #[test]
+    fn large_gnu_long_name_and_global_header_are_refused() {
+        let limits = Limits {
+            max_header_bytes: 1024,
+            ..Limits::default()
+        };
+        let long = vec![b'a'; 2048];
+        for (et, kind) in [
+            (tar::EntryType::GNULongName, "GNU long name entry"),
+            (tar::EntryType::GNULongLink, "GNU long link entry"),
+            (tar::EntryType::XGlobalHeader, "pax global header"),
+        ] {
+            let h = raw_header("././@LongLink", et, long.len() as u64, 0o644);
+            let t = tar_bytes(&[E::Raw(Box::new(h), &long), E::File("a", b"x", 0o644)]);
+            let f = fx();
+            let a = f.write("in.tar", &t);
+            let e = f.run(&a, &limits).unwrap_err();
+            assert!(
+                matches!(&e, ArchiveError::HeaderTooLarge { kind: k, size: 2048, .. } if *k == kind),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_names_by_gnu_and_pax_records_are_extracted() {
+        let deep = format!("{}/file.txt", ["d"; 80].join("/"));
+        // The tar crate writes a GNU long name entry for names over 100 bytes.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &deep, &b"hi"[..]).unwrap();
+        let f = fx();
+        let a = f.write("in.tar", &b.into_inner().unwrap());
+        f.run(&a, &Limits::default()).unwrap();
+        assert_eq!(fs::read(f.dest.join(&deep)).unwrap(), b"hi");
+
+        let record = [
+            pax_record("path", deep.as_bytes()),
+            pax_record("size", b"2"),
+            pax_record("mtime", b"1704067200.5"),
+        ]
+        .concat();
+        let t = tar_bytes(&[
+            E::Raw(Box::new(pax_header(record.len() as u64)), &record),
+            E::File("short-name", b"hi", 0o644),
+        ]);
+        let g = fx();
+        let a = g.write("in.tgz", &gz(&t));
+        let s = g.run(&a, &Limits::default()).unwrap();
+        assert_eq!(s.files, 1);
+        assert_eq!(fs::read(g.dest.join(&deep)).unwrap(), b"hi");
+        assert!(!g.dest.join("short-name").exists());
+    }
+
+    #[test]
+    fn pax_records_that_would_be_read_differently_are_refused() {
+        let run = |record: Vec<u8>| {
+            let t = tar_bytes(&[
+                E::Raw(Box::new(pax_header(record.len() as u64)), &record),
+                E::File("a", b"hi", 0o644),
+            ]);
+            let f = fx();
+            let a = f.write("in.tar", &t);
+            f.run(&a, &Limits::default()).unwrap_err()
+        };
+        let e = run(pax_record("size", b"1000"));
+        assert!(
+            matches!(&e, ArchiveError::Corrupt { detail } if detail.contains("pax header gives size 1000")),
+            "{e:?}"
+        );
+        let e = run(pax_record("size", b"999999999999"));
+        assert!(matches!(e, ArchiveError::EntryTooLarge { .. }), "{e:?}");
+        let e = run(pax_record("GNU.sparse.major", b"1"));
+        assert!(
+            matches!(&e, ArchiveError::SpecialFile { kind, .. } if kind == "sparse file"),
+            "{e:?}"
+        );
+        let e = run(pax_record("path", b"../evil"));
+        assert!(matches!(e, ArchiveError::UnsafePath { .. }), "{e:?}");
+        // A pax header with no member after it.
+        let record = pax_record("path", b"x");
+        let t = tar_bytes(&[E::Raw(Box::new(pax_header(record.len() as u64)), &record)]);
+        let f = fx();
+        let a = f.write("in.tar", &t);
+        let e = f.run(&a, &Limits::default()).unwrap_err();
+        assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_escaped() {
+        for name in [
+            "evil\rname",
+            "tab\there",
+            "esc\u{1b}[31mred",
+            "del\u{7f}",
+            "nl\nx",
+        ] {
+            let f = fx();
+            let t = tar_bytes(&[
+                E::File("pack.yaml", b"ref: x\n", 0o644),
+                E::File(name, b"x", 0o644),
+            ]);
+            let a = f.write("in.tgz", &gz(&t));
+            let e = f.run(&a, &Limits::default()).unwrap_err();
+            match &e {
+                ArchiveError::UnsafePath { entry, reason } => {
+                    assert_eq!(entry, name);
+                    assert_eq!(*reason, "name contains a control character");
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+            let shown = e.to_string();
+            assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+            assert!(shown.contains(&format!("{name:?}")), "{shown}");
+            assert!(!f.dest.join(name).exists());
+        }
+        let z = zip_bytes(|w| {
+            w.start_file("a\u{1b}]0;title\u{7}", zopts(0o644)).unwrap();
+            w.write_all(b"x").unwrap();
+        });
+        expect_zip_err(
+            z,
+            |e| matches!(e, ArchiveError::UnsafePath { reason, .. } if reason.contains("control")),
+        );
+    }
+
+    #[test]
+    fn names_are_bounded_in_length_and_in_total() {
+        let long = format!("{}/f", vec!["a".repeat(200); 21].join("/"));
+        assert!(long.len() > MAX_NAME_BYTES);
+        let e = clean_path(long.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ArchiveError::UnsafePath { reason, entry } if reason.contains("4096") && entry.len() < 200),
+            "{e:?}"
+        );
+
+        let names: Vec<String> = (0..50).map(|i| format!("dir/file-{i:04}")).collect();
+        let entries: Vec<E<'_>> = names.iter().map(|n| E::File(n, b"x", 0o644)).collect();
+        let f = fx();
+        let a = f.write("in.tar", &tar_bytes(&entries));
+        let limits = Limits {
+            max_names_bytes: 200,
+            ..Limits::default()
+        };
+        let e = f.run(&a, &limits).unwrap_err();
+        assert!(
+            matches!(e, ArchiveError::NamesTooLong { limit: 200 }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("download.max_names_bytes"));
+    }
+
+    #[test]
+    fn budget_admits_up_to_its_slots_and_memory_and_releases_on_drop() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = Limits::default();
+        let per = memory_needed(&limits);
+        rt.block_on(async {
+            // Memory for two, slots for three: memory binds.
+            let budget = ExtractBudget::new(3, per * 2 + per / 2);
+            let one = budget.admit(&limits).await.unwrap();
+            let two = budget.try_admit(&limits).unwrap().unwrap();
+            assert_eq!(budget.running(), 2);
+            assert!(budget.reserved_bytes() >= 2 * per);
+            assert!(budget.try_admit(&limits).unwrap().is_none());
+            // A waiter holds nothing; dropping it (a cancelled caller) changes nothing.
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(50), budget.admit(&limits))
+                    .await;
+            assert!(waiting.is_err());
+            assert_eq!(budget.running(), 2);
+            drop(one);
+            let three = budget.admit(&limits).await.unwrap();
+            drop((two, three));
+            assert_eq!(budget.running(), 0);
+            assert_eq!(budget.reserved_bytes(), 0);
+
+            // Slots for one: the second waits until the first is released from a
+            // blocking thread.
+            let budget = ExtractBudget::new(1, per * 4);
+            let held = budget.admit(&limits).await.unwrap();
+            let worker = tokio::task::spawn_blocking(move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                drop(held);
+            });
+            budget.admit(&limits).await.unwrap();
+            worker.await.unwrap();
+        });
+        let budget = ExtractBudget::new(4, per - 1);
+        assert_eq!(
+            budget.validate(&limits),
+            Err(BudgetError::TooSmall {
+                needed: per,
+                budget: per - 1
+            })
+        );
+        assert_eq!(
+            ExtractBudget::new(0, per).validate(&limits),
+            Err(BudgetError::NoSlots)
+        );
     }
 }

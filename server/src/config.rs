@@ -100,6 +100,44 @@ pub struct Config {
     pub download: DownloadSection,
     pub register: RegisterSection,
     pub build: BuildSection,
+    pub yaml: YamlSection,
+}
+
+/// `yaml:` — limits on YAML read from packs (pack.yaml, component files), checked
+/// before any value is built (see `crate::yaml_limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YamlSection {
+    pub max_document_bytes: u64,
+    pub max_depth: u64,
+    pub max_aliases: u64,
+    pub max_nodes: u64,
+    pub max_expanded_bytes: u64,
+}
+
+impl Default for YamlSection {
+    fn default() -> Self {
+        let d = crate::yaml_limits::YamlLimits::DEFAULT;
+        Self {
+            max_document_bytes: d.max_document_bytes,
+            max_depth: d.max_depth,
+            max_aliases: d.max_aliases,
+            max_nodes: d.max_nodes,
+            max_expanded_bytes: d.max_expanded_bytes,
+        }
+    }
+}
+
+impl YamlSection {
+    pub fn limits(&self) -> crate::yaml_limits::YamlLimits {
+        crate::yaml_limits::YamlLimits {
+            max_document_bytes: self.max_document_bytes,
+            max_depth: self.max_depth,
+            max_aliases: self.max_aliases,
+            max_nodes: self.max_nodes,
+            max_expanded_bytes: self.max_expanded_bytes,
+        }
+    }
 }
 
 /// `build:` — BuildEnvs: concurrency, and pip/npm settings (nothing is hard-wired to a
@@ -249,6 +287,15 @@ pub struct DownloadSection {
     pub max_entries: u64,
     pub max_entry_bytes: u64,
     pub git: GitSection,
+    /// Largest tar extension record (pax header, GNU long name/link) read into memory.
+    pub max_header_bytes: u64,
+    /// Sum of the entry names of one archive (kept in memory while extracting).
+    pub max_names_bytes: u64,
+    /// Archive extractions running at once, across all requests.
+    pub extract_concurrency: usize,
+    /// Memory reserved for running extractions, across all requests; each reserves
+    /// what the limits above let it hold (`archive::memory_needed`).
+    pub extract_memory_bytes: u64,
 }
 
 impl Default for DownloadSection {
@@ -263,6 +310,10 @@ impl Default for DownloadSection {
             max_entries: 20_000,
             max_entry_bytes: 100 * 1024 * 1024,
             git: GitSection::default(),
+            max_header_bytes: 64 * 1024,
+            max_names_bytes: 8 * 1024 * 1024,
+            extract_concurrency: 4,
+            extract_memory_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -293,6 +344,7 @@ impl Default for Config {
             download: DownloadSection::default(),
             register: RegisterSection::default(),
             build: BuildSection::default(),
+            yaml: YamlSection::default(),
         }
     }
 }
@@ -611,5 +663,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn yaml_and_extraction_limits_are_settings() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.yaml.limits(), crate::yaml_limits::YamlLimits::DEFAULT);
+        assert_eq!(c.download.max_header_bytes, 64 * 1024);
+        assert_eq!(c.download.extract_concurrency, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "yaml:\n  max_depth: 10\n  max_aliases: 5\ndownload:\n  max_header_bytes: 1024\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("ATTUNE_PACKS_YAML__MAX_NODES", "500"),
+                ("ATTUNE_PACKS_YAML__MAX_DOCUMENT_BYTES", "2048"),
+                ("ATTUNE_PACKS_YAML__MAX_EXPANDED_BYTES", "4096"),
+                ("ATTUNE_PACKS_DOWNLOAD__MAX_NAMES_BYTES", "65536"),
+                ("ATTUNE_PACKS_DOWNLOAD__EXTRACT_CONCURRENCY", "1"),
+                ("ATTUNE_PACKS_DOWNLOAD__EXTRACT_MEMORY_BYTES", "33554432"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.yaml.limits(),
+            crate::yaml_limits::YamlLimits {
+                max_document_bytes: 2048,
+                max_depth: 10,
+                max_aliases: 5,
+                max_nodes: 500,
+                max_expanded_bytes: 4096,
+            }
+        );
+        assert_eq!(c.download.max_header_bytes, 1024);
+        assert_eq!(c.download.max_names_bytes, 65536);
+        assert_eq!(c.download.extract_concurrency, 1);
+        assert_eq!(c.download.extract_memory_bytes, 32 * 1024 * 1024);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_YAML__MAX_DEPTHS", "3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_depths"), "{err}");
     }
 }

@@ -87,6 +87,8 @@ pub struct Downloader {
     http: HttpFetcher,
     credentials: GitCredentials,
     limits: Limits,
+    /// Shared by every extraction of the process (Download and Install).
+    extract_budget: archive::ExtractBudget,
     github_host: String,
     concurrency: usize,
     allow_insecure_tls: bool,
@@ -140,6 +142,18 @@ impl Downloader {
         let d = &config.download;
         let http = HttpFetcher::new(d.allow_http, d.max_archive_bytes)
             .map_err(|e| DownloadError::Setup(e.to_string()))?;
+        let extract_budget =
+            archive::ExtractBudget::new(d.extract_concurrency, d.extract_memory_bytes);
+        let limits = Limits {
+            max_total_bytes: d.max_extracted_bytes,
+            max_entries: d.max_entries,
+            max_entry_bytes: d.max_entry_bytes,
+            max_header_bytes: d.max_header_bytes,
+            max_names_bytes: d.max_names_bytes,
+        };
+        extract_budget
+            .validate(&limits)
+            .map_err(|e| DownloadError::Setup(e.to_string()))?;
         Ok(Self {
             registry,
             http,
@@ -154,11 +168,8 @@ impl Downloader {
                     .map(|s| s.expose().to_string()),
                 use_ssh_agent: d.git.use_ssh_agent,
             },
-            limits: Limits {
-                max_total_bytes: d.max_extracted_bytes,
-                max_entries: d.max_entries,
-                max_entry_bytes: d.max_entry_bytes,
-            },
+            limits,
+            extract_budget,
             github_host: d.github_host.clone(),
             concurrency: d.concurrency,
             allow_insecure_tls: d.allow_insecure_tls,
@@ -166,6 +177,11 @@ impl Downloader {
             paths,
             placing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The process-wide admission for archive extractions.
+    pub fn extract_budget(&self) -> &archive::ExtractBudget {
+        &self.extract_budget
     }
 
     pub fn registry(&self) -> &RegistryClient {
@@ -663,9 +679,31 @@ impl Downloader {
         let limits = self.limits;
         let file = archive_file.to_path_buf();
         let extract_reporter = reporter.clone();
+        let permit = match self
+            .extract_budget
+            .try_admit(&limits)
+            .map_err(|e| e.to_string())?
+        {
+            Some(permit) => permit,
+            None => {
+                reporter.info(
+                    Stage::Extract,
+                    format!(
+                        "waiting for an extraction slot ({} running)",
+                        self.extract_budget.running()
+                    ),
+                );
+                self.extract_budget
+                    .admit(&limits)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
         reporter.info(Stage::Extract, "extracting");
         let (pack_root, checksum_hex) = staging
             .blocking(move || {
+                // Released when the extraction stops, even after its caller left.
+                let _permit = permit;
                 let summary = archive::extract(&file, &tree, &limits, &extract_reporter)
                     .map_err(|e| e.to_string())?;
                 extract_reporter.count(

@@ -38,3 +38,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod users;
+pub mod yaml_limits;

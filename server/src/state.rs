@@ -24,6 +24,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, db: Db, auth: Authenticator) -> Result<Self, DownloadError> {
         let paths = PathPolicy::new(config.allowed_roots());
+        crate::yaml_limits::install(config.yaml.limits());
         let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
         Ok(Self {
             config: Arc::new(config),

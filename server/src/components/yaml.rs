@@ -6,6 +6,7 @@ use serde_yaml::Value as Yaml;
 /// Parses one YAML document into JSON. Merge keys (`<<`) are applied and tags dropped.
 /// The error message carries the line and column for syntax errors.
 pub(super) fn parse(text: &str) -> Result<Json, String> {
+    crate::yaml_limits::check_current(text).map_err(|e| e.to_string())?;
     let mut value: Yaml = serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
     value
         .apply_merge()

@@ -138,6 +138,10 @@ impl Manifest {
             line: e.location().map(|l| l.line()),
             message: e.to_string(),
         };
+        crate::yaml_limits::check_current(text).map_err(|source| ManifestError::Limit {
+            path: file.to_path_buf(),
+            source,
+        })?;
         let mut value: Value = serde_yaml::from_str(text).map_err(syntax)?;
         // `<<: *anchor` merge keys are YAML conventions that authors expect to work.
         value.apply_merge().map_err(syntax)?;
@@ -214,6 +218,14 @@ pub enum ManifestError {
         line: Option<usize>,
         message: String,
     },
+    /// The YAML crosses a size, depth, alias or expansion limit (checked before it is
+    /// parsed into values).
+    #[error("{}: {source}", path.display())]
+    Limit {
+        path: PathBuf,
+        #[source]
+        source: crate::yaml_limits::YamlLimitError,
+    },
     /// The YAML is valid but the manifest is not; displays one issue per line.
     #[error("{}", display_issues(issues))]
     Invalid {
@@ -237,6 +249,7 @@ impl ManifestError {
             ManifestError::NotFound { path }
             | ManifestError::Io { path, .. }
             | ManifestError::Syntax { path, .. }
+            | ManifestError::Limit { path, .. }
             | ManifestError::Invalid { path, .. } => path,
         }
     }

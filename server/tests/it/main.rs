@@ -11,6 +11,8 @@ mod dependencies;
 mod download;
 mod git;
 mod grpcurl;
+mod hostile_archive;
+mod hostile_yaml;
 mod install;
 mod register;
 mod rest;

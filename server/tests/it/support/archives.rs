@@ -154,6 +154,27 @@ pub fn tar_with_path_raw(raw_path: &str, data: &[u8]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// A gzip-compressed tar whose first member is a pax extended header declaring
+/// `size` bytes (a multiple of 1 MiB) of repetitive content, then a pack. Built from
+/// gzip members (one compressed MiB repeated; gzip readers concatenate members), so
+/// the archive is a few hundred KiB however large the header claims to be.
+pub fn tar_gz_with_huge_pax_header(size: u64) -> Vec<u8> {
+    const MIB: u64 = 1024 * 1024;
+    assert_eq!(size % MIB, 0, "size must be a multiple of 1 MiB");
+    let mut header = tar_header(EntryType::XHeader, 0o644, size);
+    header.set_path("PaxHeaders.0/pack.yaml").unwrap();
+    header.set_cksum();
+    let mut out = gzip(header.as_bytes());
+    let one_mib = gzip(&vec![b'a'; MIB as usize]);
+    for _ in 0..size / MIB {
+        out.extend_from_slice(&one_mib);
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    append_pack_yaml(&mut builder);
+    out.extend_from_slice(&gzip(&builder.into_inner().unwrap()));
+    out
+}
+
 fn append_pack_yaml(builder: &mut tar::Builder<Vec<u8>>) {
     let mut header = tar_header(EntryType::Regular, 0o644, HOSTILE_PACK_YAML.len() as u64);
     builder

@@ -8,4 +8,5 @@ pub mod archives;
 pub mod git;
 pub mod http;
 pub mod index;
+pub mod memory;
 pub mod packs;
