@@ -71,7 +71,12 @@ pub async fn run(
             login: state.login.clone(),
             login_max_body_bytes: state.config.login.max_body_bytes,
         }))
-        .fallback(rest::fallback)
+        .fallback(rest::fallback);
+    // Response filters see what the router answered in full (axum adds `Allow` to a
+    // 405 only after route layers ran), so they wrap it from outside.
+    let app = axum::Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::map_response(rest::json_errors))
         .layer(axum::middleware::map_response(
             malformed_requests_are_invalid_arguments,
         ));

@@ -348,8 +348,10 @@ impl Throttle {
     /// Admits the attempt, reserving it for every key at once, or says how long to wait.
     /// Nothing is reserved when the attempt is refused.
     fn admit(&self, keys: &AttemptKeys) -> Result<(), Duration> {
-        let now = Instant::now();
         let mut entries = self.entries.lock().expect("throttle lock");
+        // Read under the lock: an earlier reading could lie before a `not_before` that
+        // a concurrent admission just set to its own (later) now.
+        let now = Instant::now();
         let mut wait = Duration::ZERO;
         for (key, _) in &keys.keys {
             if let Some(entry) = entries.get(key)

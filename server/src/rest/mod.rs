@@ -58,19 +58,23 @@ pub fn router(state: RestState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(state)
-        .layer(axum::middleware::map_response(json_errors))
 }
 
 /// Errors axum answers by itself (405 with an empty body, 413 and other extractor
 /// rejections as plain text) get the same JSON envelope as every other error, with
-/// their status and headers (`Allow`) kept.
-async fn json_errors(response: Response) -> Response {
+/// their status and headers (`Allow`) kept. A response filter around the whole router
+/// (route layers run before axum adds `Allow`); gRPC answers pass untouched.
+pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            ["application/json", "text/event-stream", "application/grpc"]
+                .iter()
+                .any(|t| v.starts_with(t))
+        });
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
