@@ -742,3 +742,153 @@ async fn a_closed_database_port_fails_fast_and_names_where() {
     assert!(text.contains("database_connect_timeout"), "{text}");
     assert!(!text.contains(SECRET_WORD), "{text}");
 }
+
+const SERVER_BIN: &str = env!("CARGO_BIN_EXE_attune-packs-server");
+
+/// The shipped server, logging (uncoloured text) into a file.
+struct LoggedServer {
+    child: std::process::Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl LoggedServer {
+    fn start(root: &std::path::Path, secret: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = root.join("server.log");
+        let child = std::process::Command::new(SERVER_BIN)
+            .args(["serve", "--listen", &addr, "--data-dir"])
+            .arg(root.join("data"))
+            .env(
+                "ATTUNE_PACKS_ALLOWED_ROOTS",
+                format!("[{}]", root.display()),
+            )
+            .env("ATTUNE_PACKS_JWT_SECRET", secret)
+            .env_remove("ATTUNE_PACKS_DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "server did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr, log }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for LoggedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tokens whose subject carries a newline or escape sequences are refused on both
+/// doors, and the log of the real binary holds no forged line and no escape byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_subjects_never_reach_the_log() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    let secret = "log-forging-test-secret";
+    let server = LoggedServer::start(&root_path, secret);
+    let auth = attune_packs_server::auth::Authenticator::new(
+        &attune_packs_server::config::Secret::new(secret),
+    );
+    let pack = write_pack(&root_path, "p", &simple_pack("pp", "1.0.0", &[]));
+    let forged = "FORGED-LINE INFO rpc{subject=admin}: call started";
+    let url = format!("http://{}", server.addr);
+    for subject in [
+        format!("eve\n{forged}"),
+        format!("eve\r\n{forged}"),
+        format!("\u{1b}[2K\u{1b}[1G{forged}"),
+    ] {
+        let token = auth.issue(&subject, Duration::from_secs(600));
+        let mut client = Client::connect(&url, &token).await.unwrap();
+        let status = status_of(
+            client
+                .dependencies(pb::DependenciesRequest {
+                    pack_paths: vec![path_str(&pack)],
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let response = reqwest::Client::new()
+            .post(format!("{url}/api/v1/packs/dependencies"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(json!({"pack_paths": [path_str(&pack)]}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    // A well-formed subject is logged as it is.
+    let token = auth.issue("ops@example.com", Duration::from_secs(600));
+    let mut client = Client::connect(&url, &token).await.unwrap();
+    client
+        .dependencies(pb::DependenciesRequest {
+            pack_paths: vec![path_str(&pack)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = server.stop();
+    assert!(log.contains("subject=ops@example.com"), "{log}");
+    assert!(log.contains("rejected unauthenticated call"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape bytes in the log:\n{log}");
+    assert!(!log.contains('\r'), "carriage return in the log:\n{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("FORGED-LINE"), "forged line: {line}");
+        assert!(
+            !line.contains("FORGED-LINE"),
+            "subject text reached the log: {line}"
+        );
+    }
+}
+
+/// The shipped binary started against a closed PostgreSQL port exits at once, naming
+/// host and port and the OS error, never the password.
+#[test]
+fn the_server_binary_names_an_unreachable_database_without_its_password() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let out = std::process::Command::new(SERVER_BIN)
+        .args(["migrate", "--data-dir"])
+        .arg(root.path().join("data"))
+        .args([
+            "--database-url",
+            &format!("postgres://attune:{SECRET_WORD}@127.0.0.1:{port}/attune"),
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(3), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
+    assert!(!stderr.contains(SECRET_WORD), "{stderr}");
+}
