@@ -666,6 +666,41 @@ mod tests {
     }
 
     #[test]
+    fn login_and_database_connect_settings() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.login.hash_concurrency, 2);
+        assert_eq!(c.login.max_tracked, 10_000);
+        assert_eq!(c.database_connect_timeout, Duration::from_secs(5));
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_LOGIN__HASH_CONCURRENCY", "4"),
+                ("ATTUNE_PACKS_LOGIN__MAX_DELAY", "2m"),
+                ("ATTUNE_PACKS_DATABASE_CONNECT_TIMEOUT", "2s"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.login.hash_concurrency, 4);
+        assert_eq!(c.login.max_delay, Duration::from_secs(120));
+        assert_eq!(c.database_connect_timeout, Duration::from_secs(2));
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_LOGIN__HASH_CONCURRENCY", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("login.hash_concurrency"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_LOGIN__HASH_CONCURENCY", "3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hash_concurency"), "{err}");
+    }
+
+    #[test]
     fn relative_allowed_roots_are_rejected() {
         let err = Config::load(
             None,
