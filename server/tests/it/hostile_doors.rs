@@ -657,15 +657,28 @@ async fn stored_sources_carry_no_query_or_userinfo(backend: Backend) {
     .await;
     let mut client = server.client().await;
     let dest = server.root.path().canonicalize().unwrap().join("dl");
-    let result = client
-        .download(pb::DownloadRequest {
+    let stream = client
+        .download_stream(pb::DownloadRequest {
             packs: vec![source.clone()],
             destination_dir: path_str(&dest),
             ..Default::default()
         })
         .await
         .unwrap();
+    let mut shown = Vec::new();
+    let result = attune_packs_client::finish(stream, |p| {
+        shown.push(format!("{} {}", p.pack, p.message));
+    })
+    .await
+    .unwrap();
     assert_eq!(result.success_count, 1, "{result:?}");
+    assert!(shown.len() >= 3, "{shown:#?}");
+    for line in &shown {
+        assert!(
+            !line.contains("download=1"),
+            "progress shows the query: {line}"
+        );
+    }
     let sidecar = std::fs::read_to_string(dest.join(".quiet.source.json")).unwrap();
     assert!(!sidecar.contains("download=1"), "{sidecar}");
     assert!(!sidecar.contains('?'), "{sidecar}");
@@ -891,4 +904,40 @@ fn the_server_binary_names_an_unreachable_database_without_its_password() {
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
     assert!(!stderr.contains(SECRET_WORD), "{stderr}");
+}
+
+/// Install of an archive URL with a harmless query: the lock it returns, and the row it
+/// writes, name the URL without the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_locks_carry_no_query() {
+    let files = FileServer::start_http().await;
+    files.put(
+        "calm-1.0.0.tar.gz",
+        archives::tar_gz(&pack_files("calm", "1.0.0")),
+    );
+    let source = format!("{}?download=1", files.url("calm-1.0.0.tar.gz"));
+    let server = TestServer::start_with(Backend::Sqlite, |c: &mut Config| {
+        c.download.allow_http = true;
+    })
+    .await;
+    let mut client = server.client().await;
+    let result = client
+        .install(pb::InstallRequest {
+            packs: vec![source],
+            packs_base_dir: Some(path_str(&server.packs_dir())),
+            skip_tests: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(result.success, "{result:#?}");
+    let lock = result.lock.expect("a lock");
+    assert_eq!(lock.packs.len(), 1, "{lock:#?}");
+    assert_eq!(lock.packs[0].source, files.url("calm-1.0.0.tar.gz"));
+    let rows = server.state.db.registered_sources().await.unwrap();
+    let row = rows.iter().find(|r| r.pack_ref == "calm").unwrap();
+    for stored in [&row.source, &row.source_url].into_iter().flatten() {
+        assert!(!stored.contains('?'), "{stored}");
+    }
+    server.stop().await;
 }
