@@ -31,6 +31,8 @@ struct Claims {
     sub: String,
     exp: u64,
     iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum AuthError {
     Malformed(String),
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (its `nbf` is in the future)")]
+    NotYetValid,
     #[error("token signature is invalid (not signed with this server's secret)")]
     BadSignature,
     #[error("token rejected: {0}")]
@@ -81,7 +85,9 @@ impl Authenticator {
     pub fn new(secret: &Secret) -> Self {
         let bytes = secret.expose().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
+        // `exp` and `nbf` are both checked, with the same (zero) leeway.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             inner: Arc::new(Keys {
@@ -114,6 +120,7 @@ impl Authenticator {
             jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
                 .map_err(|e| match e.kind() {
                     ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     ErrorKind::InvalidSignature => AuthError::BadSignature,
                     ErrorKind::InvalidToken
                     | ErrorKind::Base64(_)
@@ -127,6 +134,7 @@ impl Authenticator {
                     }
                     other => AuthError::Invalid(format!("{other:?}")),
                 })?;
+        check_subject(&data.claims.sub)?;
         Ok(Principal {
             subject: data.claims.sub,
         })
@@ -139,6 +147,7 @@ impl Authenticator {
             sub: subject.to_string(),
             iat: now,
             exp: now + ttl.as_secs(),
+            nbf: None,
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -155,6 +164,7 @@ impl Authenticator {
             sub: subject.to_string(),
             iat,
             exp,
+            nbf: None,
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -162,6 +172,59 @@ impl Authenticator {
             &self.inner.encoding,
         )
         .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// Signs a token that is not valid before `nbf` (tests of `nbf`).
+    #[doc(hidden)]
+    pub fn issue_not_before(&self, subject: &str, nbf: u64, ttl: Duration) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            sub: subject.to_string(),
+            iat: now,
+            exp: now.max(nbf) + ttl.as_secs(),
+            nbf: Some(nbf),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.inner.encoding,
+        )
+        .expect("HS256 signing with an in-memory key cannot fail")
+    }
+}
+
+/// The longest token subject accepted (bytes). Subjects are user names, emails
+/// (at most 254 bytes) or service ids; anything longer is not one.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// A subject reaches log lines, spans and the `installed_by` column: one with control
+/// characters (newlines, ESC) could forge log lines or terminal output, so the token
+/// is refused rather than the subject altered.
+fn check_subject(subject: &str) -> Result<(), AuthError> {
+    if subject.is_empty() {
+        return Err(AuthError::Invalid("the `sub` claim is empty".into()));
+    }
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err(AuthError::Invalid(format!(
+            "the `sub` claim is {} bytes long; at most {MAX_SUBJECT_BYTES} are accepted",
+            subject.len()
+        )));
+    }
+    if subject.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(
+            "the `sub` claim contains control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`), for log fields that hold
+/// caller-chosen strings.
+pub fn escape_for_log(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string()
+    } else {
+        text.to_string()
     }
 }
 
@@ -269,6 +332,38 @@ mod tests {
             a.verify_header(Some(&format!("Bearer {foreign}"))),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn nbf_in_the_future_is_refused_and_in_the_past_accepted() {
+        let a = auth("one");
+        let later = a.issue_not_before("carol", unix_now() + 3600, Duration::from_secs(60));
+        assert_eq!(
+            a.verify_header(Some(&format!("Bearer {later}"))),
+            Err(AuthError::NotYetValid)
+        );
+        let earlier = a.issue_not_before("carol", unix_now() - 10, Duration::from_secs(60));
+        assert!(a.verify_header(Some(&format!("Bearer {earlier}"))).is_ok());
+    }
+
+    #[test]
+    fn subjects_that_could_forge_log_lines_are_refused() {
+        let a = auth("one");
+        for bad in ["alice\nINFO forged", "\u{1b}[31mred", "tab\there", ""] {
+            let t = a.issue(bad, Duration::from_secs(60));
+            let err = a.verify_token(&t).unwrap_err();
+            assert!(matches!(err, AuthError::Invalid(_)), "{bad:?}: {err}");
+        }
+        let long = "x".repeat(MAX_SUBJECT_BYTES + 1);
+        let err = a
+            .verify_token(&a.issue(&long, Duration::from_secs(60)))
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 256"), "{err}");
+        assert!(
+            a.verify_token(&a.issue("ünïcode@example.com", Duration::from_secs(60)))
+                .is_ok()
+        );
+        assert_eq!(escape_for_log("a\nb\u{1b}"), "a\\nb\\u{1b}");
     }
 
     #[test]

@@ -101,6 +101,57 @@ pub struct Config {
     pub register: RegisterSection,
     pub build: BuildSection,
     pub yaml: YamlSection,
+    pub login: LoginSection,
+    /// How long opening a database connection may take at start before the server
+    /// gives up, naming the host and the operating system's error.
+    #[serde(with = "humantime_serde_compat")]
+    pub database_connect_timeout: Duration,
+}
+
+/// `login:` — `/api/v1/auth/login`: the argon2 pool and the throttle of failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    /// Password hashes verified at the same time; each holds the hash's argon2 memory
+    /// (19 MiB with the default parameters) while it runs.
+    pub hash_concurrency: usize,
+    /// Logins allowed to wait for a hashing slot; more are answered 503 at once.
+    pub max_waiting: usize,
+    /// Longest password accepted (bytes); longer ones are refused before any work.
+    pub max_password_bytes: usize,
+    /// Largest login request body (bytes).
+    pub max_body_bytes: usize,
+    /// Failed attempts per email before each further one must wait.
+    pub free_failures_per_email: u32,
+    /// Failed attempts per client address before each further one must wait.
+    pub free_failures_per_address: u32,
+    /// The first wait; it doubles with each further failure, up to `max_delay`.
+    #[serde(with = "humantime_serde_compat")]
+    pub base_delay: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_delay: Duration,
+    /// Failures are forgotten after this long without another one.
+    #[serde(with = "humantime_serde_compat")]
+    pub failure_window: Duration,
+    /// Emails and addresses tracked at once; the least recently seen is forgotten first.
+    pub max_tracked: usize,
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        Self {
+            hash_concurrency: 2,
+            max_waiting: 64,
+            max_password_bytes: 1024,
+            max_body_bytes: 4096,
+            free_failures_per_email: 3,
+            free_failures_per_address: 20,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(60),
+            failure_window: Duration::from_secs(15 * 60),
+            max_tracked: 10_000,
+        }
+    }
 }
 
 /// `yaml:` — limits on YAML read from packs (pack.yaml, component files), checked
@@ -345,6 +396,8 @@ impl Default for Config {
             register: RegisterSection::default(),
             build: BuildSection::default(),
             yaml: YamlSection::default(),
+            login: LoginSection::default(),
+            database_connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -400,6 +453,16 @@ impl Config {
         if self.download.concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "download.concurrency must be at least 1".into(),
+            ));
+        }
+        if self.login.hash_concurrency == 0 || self.login.max_tracked == 0 {
+            return Err(ConfigError::Invalid(
+                "login.hash_concurrency and login.max_tracked must be at least 1".into(),
+            ));
+        }
+        if self.database_connect_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "database_connect_timeout must be longer than zero".into(),
             ));
         }
         if let Some(roots) = &self.allowed_roots {
@@ -652,6 +715,41 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn login_and_database_connect_settings() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.login.hash_concurrency, 2);
+        assert_eq!(c.login.max_tracked, 10_000);
+        assert_eq!(c.database_connect_timeout, Duration::from_secs(5));
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_LOGIN__HASH_CONCURRENCY", "4"),
+                ("ATTUNE_PACKS_LOGIN__MAX_DELAY", "2m"),
+                ("ATTUNE_PACKS_DATABASE_CONNECT_TIMEOUT", "2s"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.login.hash_concurrency, 4);
+        assert_eq!(c.login.max_delay, Duration::from_secs(120));
+        assert_eq!(c.database_connect_timeout, Duration::from_secs(2));
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_LOGIN__HASH_CONCURRENCY", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("login.hash_concurrency"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_LOGIN__HASH_CONCURENCY", "3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hash_concurency"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
     registry::{IndexConfig, InstallSource, RegistryClient, RegistryConfig},
-    source::PackSource,
+    source::{PackSource, redact_url},
 };
 
 /// After a pack's timeout, how long its work may take to notice and clean up.
@@ -233,7 +233,7 @@ impl Downloader {
                             )
                             .await;
                         let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        let progress = reporter.with_subject(&source);
+                        let progress = reporter.with_subject(&redact_url(&source));
                         match &outcome {
                             Ok(p) => progress.count(
                                 Stage::Place,
@@ -285,7 +285,7 @@ impl Downloader {
         claimed: &Mutex<HashMap<String, String>>,
         reporter: &Reporter,
     ) -> PackResult {
-        let (child, cancel) = reporter.child(source);
+        let (child, cancel) = reporter.child(&redact_url(source));
         let deadline = Instant::now() + request.timeout;
         let work = self.download_one(source, request, destination, claimed, &child, deadline);
         tokio::pin!(work);
@@ -310,7 +310,10 @@ impl Downloader {
     ) -> PackResult {
         let source = PackSource::parse(raw, request.ref_spec.as_deref(), &self.github_host)
             .map_err(|e| e.to_string())?;
-        reporter.info(Stage::Resolve, format!("{raw}: {} source", source.kind()));
+        reporter.info(
+            Stage::Resolve,
+            format!("{}: {} source", redact_url(raw), source.kind()),
+        );
         let staging = Staging::create(destination).map_err(|e| {
             format!(
                 "cannot create a staging directory in '{}': {e}",
@@ -334,7 +337,9 @@ impl Downloader {
                     Stage::Resolve,
                     format!(
                         "{pack_ref}@{selector} is {} {} from {}",
-                        resolved.entry_ref, resolved.version, resolved.index_url
+                        resolved.entry_ref,
+                        resolved.version,
+                        redact_url(&resolved.index_url)
                     ),
                 );
                 if resolved.yanked {
@@ -373,7 +378,10 @@ impl Downloader {
             ),
             PackSource::RemoteUnknown { url } => {
                 let fetched = if self.http.is_git_remote(url, request.verify_ssl).await {
-                    reporter.info(Stage::Resolve, format!("{url} is a git repository"));
+                    reporter.info(
+                        Stage::Resolve,
+                        format!("{} is a git repository", redact_url(url)),
+                    );
                     self.fetch_git(
                         url,
                         request.ref_spec.as_deref(),
@@ -558,7 +566,11 @@ impl Downloader {
                             format!("{} source failed ({e}); trying the next one", source.kind()),
                         );
                     }
-                    errors.push(format!("{} {}: {e}", source.kind(), source.url()));
+                    errors.push(format!(
+                        "{} {}: {e}",
+                        source.kind(),
+                        redact_url(source.url())
+                    ));
                 }
             }
             if reporter.is_cancelled() {

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use crate::{
     checksum::{DigestWriter, Digests},
     progress::{Reporter, Stage},
+    source::redact_url,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,7 @@ impl HttpFetcher {
             Ok(())
         } else {
             Err(FetchError::Policy {
-                url: url.to_string(),
+                url: redact_url(url),
                 reason:
                     "only https:// downloads are allowed (the server's download.allow_http is off)"
                         .into(),
@@ -130,7 +131,7 @@ impl HttpFetcher {
     ) -> Result<Digests, FetchError> {
         self.check_scheme(url)?;
         let network = |e: reqwest::Error| FetchError::Network {
-            url: url.to_string(),
+            url: redact_url(url),
             message: describe_reqwest_error(&e),
         };
         let response = tokio::select! {
@@ -140,14 +141,14 @@ impl HttpFetcher {
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
-                url: url.to_string(),
+                url: redact_url(url),
                 status: status.as_u16(),
             });
         }
         let total = response.content_length();
         if total.is_some_and(|t| t > self.max_bytes) {
             return Err(FetchError::TooLarge {
-                url: url.to_string(),
+                url: redact_url(url),
                 limit: self.max_bytes,
             });
         }
@@ -161,7 +162,12 @@ impl HttpFetcher {
         let mut body = response.bytes_stream();
         let mut received: u64 = 0;
         let mut last_report = Instant::now();
-        reporter.count(Stage::Fetch, format!("downloading {url}"), 0, total);
+        reporter.count(
+            Stage::Fetch,
+            format!("downloading {}", redact_url(url)),
+            0,
+            total,
+        );
         let outcome: Result<(), FetchError> = loop {
             let chunk = tokio::select! {
                 chunk = body.next() => chunk,
@@ -175,7 +181,7 @@ impl HttpFetcher {
             received += chunk.len() as u64;
             if received > self.max_bytes {
                 break Err(FetchError::TooLarge {
-                    url: url.to_string(),
+                    url: redact_url(url),
                     limit: self.max_bytes,
                 });
             }
@@ -252,7 +258,11 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         message.push_str(" (timed out)");
     }
-    message
+    // reqwest names the URL it failed on, query string and all.
+    match e.url() {
+        Some(url) => message.replace(url.as_str(), &redact_url(url.as_str())),
+        None => message,
+    }
 }
 
 /// Copies the pack directory `src` into `dst` (which must not exist). Only regular

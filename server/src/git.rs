@@ -196,23 +196,9 @@ pub fn classify_url(url: &str) -> Result<Transport, GitError> {
     ))
 }
 
-/// Returns the URL without userinfo, query and fragment, for messages.
+/// The URL as it may be shown or stored (see [`crate::source::redact_url`]).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // scp-like: user@host:path has no password field; drop anything after
-        // a '?' or '#' anyway.
-        return url.split(['?', '#']).next().unwrap_or_default().to_string();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let host = match authority.rfind('@') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
-    format!("{scheme}://{host}{path}")
+    crate::source::redact_url(url)
 }
 
 /// Rejects reference names that could be taken as options, refspec syntax or
@@ -1053,7 +1039,7 @@ mod tests {
         assert_eq!(redact_url("https://tok@host"), "https://host");
         assert_eq!(
             redact_url("ssh://git@host:22/org/p.git"),
-            "ssh://host:22/org/p.git"
+            "ssh://git@host:22/org/p.git"
         );
         assert_eq!(redact_url("git@host:org/p.git"), "git@host:org/p.git");
         assert_eq!(redact_url("git://host/p.git"), "git://host/p.git");

@@ -113,7 +113,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let config = load_config(&cli.global, None)?;
             telemetry::init(config.log_format);
-            let db = store::Db::connect(&config.database_url()).await?;
+            let db = store::Db::connect_with_timeout(
+                &config.database_url(),
+                config.database_connect_timeout,
+            )
+            .await?;
             db.migrate().await?;
             db.close().await;
             println!("database is up to date");
@@ -123,7 +127,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let config = load_config(&cli.global, None)?;
             let password = read_new_password()?;
-            let db = store::Db::connect(&config.database_url()).await?;
+            let db = store::Db::connect_with_timeout(
+                &config.database_url(),
+                config.database_connect_timeout,
+            )
+            .await?;
             db.migrate().await?;
             users::add_user(&db, &email, &password).await?;
             db.close().await;

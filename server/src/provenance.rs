@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::source::redact_url;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     pub pack_ref: String,
@@ -41,12 +43,28 @@ pub fn path_for(pack_dir: &Path) -> Option<PathBuf> {
     Some(pack_dir.with_file_name(format!(".{name}.source.json")))
 }
 
+impl Provenance {
+    /// The record with every URL in its stored form: no userinfo (but an SSH account
+    /// name), no query string, no fragment.
+    pub fn redacted(&self) -> Self {
+        let redact = |u: &Option<String>| u.as_deref().map(redact_url);
+        Self {
+            source: redact_url(&self.source),
+            url: redact(&self.url),
+            registry_url: redact(&self.registry_url),
+            ..self.clone()
+        }
+    }
+}
+
 /// Writes atomically (temp file + rename), so a reader never sees half a file.
+/// URLs are redacted first, so the file holds nothing secret and may stay readable
+/// to others (0644).
 pub fn write(pack_dir: &Path, provenance: &Provenance) -> io::Result<()> {
     let path = path_for(pack_dir)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pack dir has no name"))?;
     let tmp = path.with_extension("json.tmp");
-    let json = serde_json::to_vec_pretty(provenance).map_err(io::Error::other)?;
+    let json = serde_json::to_vec_pretty(&provenance.redacted()).map_err(io::Error::other)?;
     let mut file = fs::File::create(&tmp)?;
     file.write_all(&json)?;
     drop(file);

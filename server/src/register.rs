@@ -869,6 +869,10 @@ fn pack_row(
         .iter()
         .map(|d| d.raw.clone())
         .collect();
+    // A sidecar is caller-writable: the row gets the stored (redacted) form whatever
+    // the file says.
+    let provenance = provenance.map(provenance::Provenance::redacted);
+    let provenance = provenance.as_ref();
     PackRow {
         pack_ref: manifest.pack_ref.clone(),
         label: manifest.label.clone(),

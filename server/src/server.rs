@@ -13,7 +13,7 @@ use tonic::{
 };
 
 use crate::{
-    grpc::{PackServiceImpl, auth_interceptor},
+    grpc::{PackServiceImpl, auth_interceptor, malformed_requests_are_invalid_arguments},
     rest::{self, RestState},
     state::AppState,
 };
@@ -68,9 +68,18 @@ pub async fn run(
             service,
             auth: state.auth.clone(),
             db: state.db.clone(),
-            throttle: Arc::default(),
+            login: state.login.clone(),
+            login_max_body_bytes: state.config.login.max_body_bytes,
         }))
         .fallback(rest::fallback);
+    // Response filters see what the router answered in full (axum adds `Allow` to a
+    // 405 only after route layers ran), so they wrap it from outside.
+    let app = axum::Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::map_response(rest::json_errors))
+        .layer(axum::middleware::map_response(
+            malformed_requests_are_invalid_arguments,
+        ));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {

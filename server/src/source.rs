@@ -46,6 +46,174 @@ pub enum SourceError {
     Invalid { input: String, reason: String },
     #[error(transparent)]
     Selector(#[from] SelectorError),
+    /// `url` is already redacted: the refusal never repeats the secret.
+    #[error("'{url}' carries {what}: {CREDENTIALS_REFUSED}")]
+    Credentials { url: String, what: String },
+}
+
+/// Why a URL with credentials is refused, and where credentials belong instead.
+pub const CREDENTIALS_REFUSED: &str = "credentials in URLs are not accepted; configure them in the server's git/registry credential settings (download.git.https_username and download.git.https_token for https git, download.git.ssh_key_path or download.git.use_ssh_agent for ssh, registry.indices[].headers for indices)";
+
+/// Schemes whose URLs may name an account (`ssh://git@host/…`, scp-like
+/// `git@host:org/repo`): for SSH a bare user name is how the account is chosen, not a
+/// secret. A password is refused everywhere.
+const SSH_SCHEMES: &[&str] = &["ssh", "git+ssh", "ssh+git"];
+
+/// Refuses `raw` when it is a URL (any scheme, or git's scp-like form) carrying
+/// credentials: a password anywhere, a user name outside SSH, or a query parameter
+/// whose name says it is a token, key, password or signature. Anything that is not a
+/// URL passes: it is a path or a registry ref and has no place for credentials.
+pub fn check_no_credentials(raw: &str) -> Result<(), SourceError> {
+    let s = raw.trim();
+    let refuse = |what: String| {
+        Err(SourceError::Credentials {
+            url: redact_url(s),
+            what,
+        })
+    };
+    let Some(parts) = UrlParts::split(s) else {
+        return Ok(());
+    };
+    if let Some(userinfo) = parts.userinfo {
+        if userinfo.contains(':') {
+            return refuse("a password".into());
+        }
+        let ssh = parts
+            .scheme
+            .is_none_or(|scheme| SSH_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()));
+        if !ssh {
+            return refuse("a user name (only ssh URLs may name an account)".into());
+        }
+    }
+    if let Some(query) = parts.query {
+        for pair in query.split('&') {
+            let name = pair.split('=').next().unwrap_or_default();
+            let name = percent_decode(name);
+            if is_credential_parameter(&name) {
+                let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+                return refuse(format!("a credential in its query string (`{shown}`)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one form in which a source URL is stored (provenance, `packs.source`, locks)
+/// or shown (progress, logs): no password, no user name except an SSH account, no
+/// query string, no fragment. Strings that are not URLs come back unchanged.
+pub fn redact_url(raw: &str) -> String {
+    let Some(parts) = UrlParts::split(raw) else {
+        return raw.to_string();
+    };
+    let ssh = parts
+        .scheme
+        .is_none_or(|scheme| SSH_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()));
+    let account = match parts.userinfo {
+        Some(userinfo) if ssh => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            (!user.is_empty()).then(|| format!("{user}@"))
+        }
+        _ => None,
+    };
+    let account = account.unwrap_or_default();
+    match parts.scheme {
+        Some(scheme) => format!("{scheme}://{account}{}{}", parts.host, parts.path),
+        None => format!("{account}{}:{}", parts.host, parts.path),
+    }
+}
+
+/// A URL cut at its delimiters, without normalising anything (so that redacting a
+/// URL changes nothing but what it removes).
+struct UrlParts<'a> {
+    /// `None` for git's scp-like `[user@]host:path`.
+    scheme: Option<&'a str>,
+    userinfo: Option<&'a str>,
+    host: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl<'a> UrlParts<'a> {
+    fn split(s: &'a str) -> Option<Self> {
+        if let Some((scheme, rest)) = s.split_once("://") {
+            if scheme.is_empty()
+                || !scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            {
+                return None;
+            }
+            let (rest, _fragment) = rest.split_once('#').unwrap_or((rest, ""));
+            let (rest, query) = match rest.split_once('?') {
+                Some((r, q)) => (r, Some(q)),
+                None => (rest, None),
+            };
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let (userinfo, host) = match authority.rfind('@') {
+                Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+                None => (None, authority),
+            };
+            return Some(Self {
+                scheme: Some(scheme),
+                userinfo,
+                host,
+                path,
+                query,
+            });
+        }
+        // scp-like: `user@host:path` or `user:password@host:path`; the part before the
+        // last '@' that precedes the first '/' is the user information.
+        let head = &s[..s.find('/').unwrap_or(s.len())];
+        let at = head.rfind('@')?;
+        let (userinfo, after) = (&s[..at], &s[at + 1..]);
+        let (host, path) = after.split_once(':')?;
+        if userinfo.is_empty() || host.is_empty() || host.contains('/') {
+            return None;
+        }
+        let (path, _fragment) = path.split_once('#').unwrap_or((path, ""));
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        Some(Self {
+            scheme: None,
+            userinfo: Some(userinfo),
+            host,
+            path,
+            query,
+        })
+    }
+}
+
+/// Query parameter names that carry secrets in the wild: tokens, keys, passwords,
+/// pre-signed URL signatures and credentials.
+fn is_credential_parameter(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    const CONTAINS: &[&str] = &[
+        "token",
+        "passw",
+        "secret",
+        "apikey",
+        "accesskey",
+        "privatekey",
+        "auth",
+        "signature",
+        "credential",
+        "session",
+    ];
+    const EXACT: &[&str] = &["key", "sig", "pw", "pwd", "pass", "jwt", "bearer"];
+    CONTAINS.iter().any(|c| n.contains(c)) || EXACT.contains(&n.as_str())
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("{s}=").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_else(|| s.to_string())
 }
 
 const ARCHIVE_SUFFIXES: &[&str] = &[".zip", ".tar.gz", ".tgz", ".tar"];
@@ -61,6 +229,7 @@ impl PackSource {
         if s.is_empty() {
             return Err(SourceError::Empty);
         }
+        check_no_credentials(s)?;
         let invalid = |reason: &str| SourceError::Invalid {
             input: s.to_string(),
             reason: reason.to_string(),
@@ -95,9 +264,10 @@ impl PackSource {
                 return Err(invalid("the URL has no host"));
             }
             if !parsed.username().is_empty() || parsed.password().is_some() {
-                return Err(invalid(
-                    "credentials in URLs are refused (they would end up in logs); configure them on the server",
-                ));
+                return Err(SourceError::Credentials {
+                    url: redact_url(url),
+                    what: "a user name".into(),
+                });
             }
             let path = parsed.path().to_ascii_lowercase();
             if own.is_none() && is_archive_path(&path) {
@@ -302,6 +472,75 @@ mod tests {
         ));
         assert!(PackSource::parse("https://user:pw@h/p.zip", None, "x").is_err());
         assert!(PackSource::parse("ftp://h/p.zip", None, "x").is_err());
+    }
+
+    #[test]
+    fn credentials_are_refused_in_every_scheme_without_being_repeated() {
+        for url in [
+            "git://user:pw@127.0.0.1/x",
+            "git://user@127.0.0.1/x",
+            "https://u:p@example.com/p.tar.gz",
+            "https://tok@example.com/org/repo.git",
+            "http://u:p@h/org/repo",
+            "ssh://git:pw@host/org/repo.git",
+            "git+https://u:pw@host/org/repo.git",
+            "user:pw@host:org/repo.git",
+            "https://example.com/p.tar.gz?token=pw",
+            "https://example.com/p.zip?X-Amz-Signature=pw&X-Amz-Credential=pw",
+            "https://h/org/repo.git?private_token=pw",
+            "file:///tmp/p.zip?access_token=pw",
+            "https://h/p.tgz?api-key=pw",
+            "https://h/p.tgz?%74oken=pw",
+        ] {
+            let err = PackSource::parse(url, None, "github.com").unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, SourceError::Credentials { .. }),
+                "{url}: {text}"
+            );
+            assert!(
+                text.contains("credentials in URLs are not accepted"),
+                "{text}"
+            );
+            assert!(text.contains("download.git.https_token"), "{text}");
+            assert!(!text.contains("pw"), "{url} leaked into: {text}");
+        }
+    }
+
+    #[test]
+    fn ssh_accounts_and_harmless_queries_pass() {
+        for ok in [
+            "ssh://git@host/org/repo.git",
+            "git@github.com:org/repo.git",
+            "git@github.com:org/repo.git@v1",
+            "https://example.com/p.tar.gz?raw=true",
+            "https://example.com/p.tar.gz?keyword=x&monkey=1",
+            "core@1.2.0",
+            "./packs/a@b",
+        ] {
+            assert_eq!(check_no_credentials(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn stored_urls_carry_no_userinfo_query_or_fragment() {
+        for (raw, stored) in [
+            (
+                "https://u:p@h/org/p.git?private_token=x#f",
+                "https://h/org/p.git",
+            ),
+            ("https://tok@host", "https://host"),
+            ("https://h/p.tar.gz?raw=true", "https://h/p.tar.gz"),
+            ("ssh://git:pw@host:22/r.git", "ssh://git@host:22/r.git"),
+            ("ssh://git@host:22/r.git", "ssh://git@host:22/r.git"),
+            ("git://u:p@127.0.0.1:9418/r", "git://127.0.0.1:9418/r"),
+            ("user:pw@host:org/repo.git", "user@host:org/repo.git"),
+            ("git@host:org/r.git@v1", "git@host:org/r.git@v1"),
+            ("/tmp/pack", "/tmp/pack"),
+            ("core@^1.2", "core@^1.2"),
+        ] {
+            assert_eq!(redact_url(raw), stored, "{raw}");
+        }
     }
 
     #[test]

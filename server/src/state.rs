@@ -9,6 +9,7 @@ use crate::{
     download::{DownloadError, Downloader},
     paths::PathPolicy,
     store::Db,
+    users::LoginGate,
 };
 
 #[derive(Clone)]
@@ -19,6 +20,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Shared across requests: the registry cache and HTTP clients live here.
     pub downloader: Arc<Downloader>,
+    /// Login's throttle and argon2 pool, one per process.
+    pub login: Arc<LoginGate>,
 }
 
 impl AppState {
@@ -26,12 +29,14 @@ impl AppState {
         let paths = PathPolicy::new(config.allowed_roots());
         crate::yaml_limits::install(config.yaml.limits());
         let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
+        let login = Arc::new(LoginGate::new(&config.login));
         Ok(Self {
             config: Arc::new(config),
             db,
             paths,
             auth,
             downloader,
+            login,
         })
     }
 }
@@ -60,7 +65,8 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         source,
     })?;
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
-    let db = Db::connect(&config.database_url()).await?;
+    let db =
+        Db::connect_with_timeout(&config.database_url(), config.database_connect_timeout).await?;
     db.migrate().await?;
     Ok(AppState::new(config, db, Authenticator::new(&secret))?)
 }

@@ -10,7 +10,7 @@ use crate::{
     install,
     packtest::PackTestResult,
     progress::{Level, ProgressEvent, Stage},
-    register,
+    register, source,
 };
 
 /// More paths than this in one request is a mistake, not a batch.
@@ -60,8 +60,16 @@ fn timeout_secs(timeout: Option<u32>, default: u32) -> Result<std::time::Duratio
 fn check_registry_url(url: Option<&str>) -> Result<(), Status> {
     match url {
         Some(u) if u.trim().is_empty() => Err(Status::invalid_argument("registry_url is empty")),
-        _ => Ok(()),
+        Some(u) => check_credentials("registry_url", u),
+        None => Ok(()),
     }
+}
+
+/// Credentials never enter the server through a request: refused here, before any
+/// stage could store, log or echo them.
+fn check_credentials(field: &str, value: &str) -> Result<(), Status> {
+    source::check_no_credentials(value)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 fn check_pack_list(field: &str, items: &[String]) -> Result<(), Status> {
@@ -78,6 +86,9 @@ fn check_pack_list(field: &str, items: &[String]) -> Result<(), Status> {
     }
     if let Some(i) = items.iter().position(|p| p.trim().is_empty()) {
         return Err(Status::invalid_argument(format!("{field}[{i}] is empty")));
+    }
+    for (i, item) in items.iter().enumerate() {
+        check_credentials(&format!("{field}[{i}]"), item)?;
     }
     Ok(())
 }
@@ -384,6 +395,12 @@ pub fn install_request(
     }
     let timeout = timeout_secs(request.timeout, DEFAULT_INSTALL_TIMEOUT_SECS)?;
     check_registry_url(request.registry_url.as_deref())?;
+    for (i, locked) in request.lock.iter().flat_map(|l| &l.packs).enumerate() {
+        check_credentials(&format!("lock.packs[{i}].source"), &locked.source)?;
+        if let Some(url) = &locked.registry_url {
+            check_credentials(&format!("lock.packs[{i}].registry_url"), url)?;
+        }
+    }
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     Ok(install::InstallRequest {
         packs: request.packs,

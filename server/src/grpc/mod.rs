@@ -7,6 +7,9 @@
 //! blocking work).
 
 mod convert;
+mod decode_status;
+
+pub use decode_status::malformed_requests_are_invalid_arguments;
 
 use std::{future::Future, pin::Pin, time::Instant};
 
@@ -79,7 +82,7 @@ impl Call {
         let subject = request
             .extensions()
             .get::<Principal>()
-            .map(|p| p.subject.clone())
+            .map(|p| crate::auth::escape_for_log(&p.subject))
             .unwrap_or_default();
         let request_id = request
             .metadata()

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, path::Path};
 
 use super::{Action, Lock, LockedPack, Member, REQUEST};
-use crate::{download::DownloadedPack, git, provenance, store::RegisteredSource};
+use crate::{download::DownloadedPack, provenance, source, store::RegisteredSource};
 
 /// The lock of an installed set. Packs the install kept are described by what
 /// registration recorded about them.
@@ -41,7 +41,8 @@ fn locked_from_download(m: &Member, fetched: &DownloadedPack, deps: Vec<String>)
     let registry_url = origin
         .as_ref()
         .and_then(|o| o.registry_url.clone())
-        .or_else(|| m.registry_url.clone());
+        .or_else(|| m.registry_url.clone())
+        .map(|u| source::redact_url(&u));
     let (source, source_type) = locked_source(
         m,
         registry_url.is_some() || m.source_type == "registry",
@@ -49,7 +50,12 @@ fn locked_from_download(m: &Member, fetched: &DownloadedPack, deps: Vec<String>)
         origin.and_then(|o| o.url),
         &fetched.source_type,
     )
-    .unwrap_or_else(|| (fetched.source.clone(), fetched.source_type.clone()));
+    .unwrap_or_else(|| {
+        (
+            source::redact_url(&fetched.source),
+            fetched.source_type.clone(),
+        )
+    });
     LockedPack {
         pack_ref: m.pack_ref.clone(),
         version: m.version.to_string(),
@@ -102,10 +108,11 @@ fn locked_source(
         return Some((format!("{}@{}", m.pack_ref, m.version), "registry".into()));
     }
     match (git_commit, url) {
-        (Some(commit), Some(url)) => {
-            Some((format!("{}@{commit}", git::redact_url(&url)), "git".into()))
-        }
-        (_, Some(url)) => Some((url, source_type.to_string())),
+        (Some(commit), Some(url)) => Some((
+            format!("{}@{commit}", source::redact_url(&url)),
+            "git".into(),
+        )),
+        (_, Some(url)) => Some((source::redact_url(&url), source_type.to_string())),
         (_, None) => None,
     }
 }

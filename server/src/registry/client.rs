@@ -27,7 +27,7 @@ use url::Url;
 
 use super::index::{InstallSource, PackDependencies, PackIndex};
 use super::version::{SelectorError, VersionSelector};
-use crate::manifest::is_valid_pack_ref;
+use crate::{manifest::is_valid_pack_ref, source::redact_url};
 
 /// Sent with every index request.
 pub const USER_AGENT: &str = concat!("attune-packs/", env!("CARGO_PKG_VERSION"));
@@ -330,8 +330,8 @@ struct Target<'a> {
 impl Target<'_> {
     fn label(&self) -> String {
         match &self.name {
-            Some(n) => format!("'{n}' ({})", self.url),
-            None => self.url.to_string(),
+            Some(n) => format!("'{n}' ({})", redact_url(self.url.as_str())),
+            None => redact_url(self.url.as_str()),
         }
     }
     fn key(&self, insecure: bool) -> CacheKey {
@@ -398,7 +398,7 @@ impl RegistryClient {
             .iter()
             .map(|i| IndexInfo {
                 name: i.name.clone(),
-                url: i.url.to_string(),
+                url: redact_url(i.url.as_str()),
                 priority: i.priority,
                 enabled: i.enabled,
                 has_headers: !i.headers.is_empty(),
@@ -436,10 +436,10 @@ impl RegistryClient {
                     });
                 };
                 if rel.yanked {
-                    tracing::warn!(pack = pack_ref, version = %rel.version, index = %t.url,
+                    tracing::warn!(pack = pack_ref, version = %rel.version, index = %redact_url(t.url.as_str()),
                         "resolving a yanked release because it was pinned exactly");
                 }
-                tracing::debug!(pack = pack_ref, version = %rel.version, index = %t.url, "resolved");
+                tracing::debug!(pack = pack_ref, version = %rel.version, index = %redact_url(t.url.as_str()), "resolved");
                 return Ok(Resolved {
                     entry_ref: entry.pack_ref.clone(),
                     version: rel.version.clone(),
@@ -506,7 +506,7 @@ impl RegistryClient {
             let index = match self.load(t, true).await {
                 Ok(i) => i,
                 Err(e) => {
-                    tracing::warn!(index = %t.url, error = %e, "skipping registry index in search");
+                    tracing::warn!(index = %redact_url(t.url.as_str()), error = %e, "skipping registry index in search");
                     last_err = Some(e);
                     continue;
                 }
@@ -647,7 +647,7 @@ impl RegistryClient {
                             .into(),
                     });
                 };
-                tracing::debug!(index = %t.url, "registry index not modified");
+                tracing::debug!(index = %redact_url(t.url.as_str()), "registry index not modified");
                 c.fetched_at = Instant::now();
                 Ok(c.index.clone())
             }
@@ -662,9 +662,9 @@ impl RegistryClient {
                         reason: e.to_string(),
                     })?;
                 for w in &index.warnings {
-                    tracing::warn!(index = %t.url, "registry index: {w}");
+                    tracing::warn!(index = %redact_url(t.url.as_str()), "registry index: {w}");
                 }
-                tracing::debug!(index = %t.url, packs = index.packs.len(), "registry index loaded");
+                tracing::debug!(index = %redact_url(t.url.as_str()), packs = index.packs.len(), "registry index loaded");
                 let index = Arc::new(index);
                 *cached = Some(CachedIndex {
                     index: index.clone(),
@@ -706,7 +706,7 @@ impl RegistryClient {
                 req = req.header(IF_MODIFIED_SINCE, lm.clone());
             }
         }
-        tracing::debug!(index = %t.url, conditional = cached.is_some(), "fetching registry index");
+        tracing::debug!(index = %redact_url(t.url.as_str()), conditional = cached.is_some(), "fetching registry index");
         let mut resp = req.send().await.map_err(|e| unavailable(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED {

@@ -10,9 +10,9 @@ use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
 use attune_packs_proto::{Event, StreamEvent, v1 as pb, v1::pack_service_server::PackService};
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
-    extract::State,
+    extract::{DefaultBodyLimit, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{
         IntoResponse, Response,
@@ -23,13 +23,13 @@ use axum::{
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tonic::{Code, Status};
+use tonic::{Code, Status, transport::server::TcpConnectInfo};
 
 use crate::{
     auth::{AuthError, Authenticator},
     grpc::PackServiceImpl,
     store::Db,
-    users::{self, LoginThrottle, UserError},
+    users::{self, LoginGate, UserError},
 };
 
 /// The OpenAPI description of this gateway.
@@ -40,21 +40,76 @@ pub struct RestState {
     pub service: Arc<PackServiceImpl>,
     pub auth: Authenticator,
     pub db: Db,
-    pub throttle: Arc<LoginThrottle>,
+    pub login: Arc<LoginGate>,
+    /// Largest login request body (`login.max_body_bytes`).
+    pub login_max_body_bytes: usize,
 }
 
 pub fn router(state: RestState) -> Router {
+    let login_limit = DefaultBodyLimit::max(state.login_max_body_bytes);
     Router::new()
         .route("/api/v1/packs/download", post(download))
         .route("/api/v1/packs/dependencies", post(dependencies))
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
         .route("/api/v1/packs/install", post(install))
-        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// Errors axum answers by itself (405 with an empty body, 413 and other extractor
+/// rejections as plain text) get the same JSON envelope as every other error, with
+/// their status and headers (`Allow`) kept. A response filter around the whole router
+/// (route layers run before axum adds `Allow`); gRPC answers pass untouched.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            ["application/json", "text/event-stream", "application/grpc"]
+                .iter()
+                .any(|t| v.starts_with(t))
+        });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .unwrap_or("another method");
+            format!("method not allowed on this endpoint; use {allowed}")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            "the request body is larger than this endpoint accepts".to_string()
+        }
+        _ => {
+            // A short plain-text reason from axum; anything longer is not ours to show.
+            let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&text).trim().to_string();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text
+            }
+        }
+    };
+    let mut json = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
 }
 
 /// An error in the seed's shape.
@@ -314,16 +369,19 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(State(s): State<RestState>, body: Bytes) -> Result<Response, ApiError> {
+async fn login(
+    State(s): State<RestState>,
+    connection: Option<Extension<TcpConnectInfo>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: LoginRequest = parse_body(&body, &["email", "password"])?;
-    match users::login(
-        &s.db,
-        &s.auth,
-        &s.throttle,
-        &request.email,
-        &request.password,
-    )
-    .await
+    let address = connection
+        .and_then(|Extension(c)| c.remote_addr())
+        .map(|a| a.ip());
+    match s
+        .login
+        .login(&s.db, &s.auth, &request.email, &request.password, address)
+        .await
     {
         Ok((token, ttl)) => Ok(Json(json!({
             "data": {
@@ -337,6 +395,26 @@ async fn login(State(s): State<RestState>, body: Bytes) -> Result<Response, ApiE
             StatusCode::UNAUTHORIZED,
             "invalid email or password",
         )),
+        Err(e @ (UserError::EmailTooLong { .. } | UserError::PasswordTooLong { .. })) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+        }
+        Err(e @ UserError::Throttled { retry_after }) => {
+            let mut response =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                users::secs_rounded_up(retry_after).into(),
+            );
+            Ok(response)
+        }
+        Err(e @ UserError::Busy) => {
+            let mut response =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(response)
+        }
         Err(e) => {
             tracing::error!(error = %e, "login failed");
             Err(ApiError::new(

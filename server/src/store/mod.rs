@@ -10,9 +10,9 @@ pub mod packs;
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, Row, SqlitePool,
+    ConnectOptions, Connection, PgPool, Row, SqlitePool,
     migrate::Migrator,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -30,6 +30,19 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// `target` is `host:port` (or the socket directory): never the URL, which may
+    /// hold a password.
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "cannot connect to PostgreSQL at {target}: no answer within {} s (database_connect_timeout)",
+        timeout.as_secs_f32()
+    )]
+    ConnectTimeout { target: String, timeout: Duration },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -78,9 +91,18 @@ impl RegisteredSource {
     }
 }
 
+/// How long opening the first connection may take when no setting says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Db {
     /// Connects to `url` (creating a SQLite file and its directory if missing).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
+    }
+
+    /// Connects to `url`; a PostgreSQL server that refuses or does not answer fails
+    /// within `timeout`, naming its host and port and the operating system's error.
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -102,10 +124,21 @@ impl Db {
                 .await?;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            let target = format!("{}:{}", options.get_host(), options.get_port());
+            // One direct connection first: the pool would retry a refused port until
+            // its acquire timeout and then report only that it timed out.
+            match tokio::time::timeout(timeout, options.connect()).await {
+                Err(_) => return Err(StoreError::ConnectTimeout { target, timeout }),
+                Ok(Err(source)) => return Err(StoreError::Connect { target, source }),
+                Ok(Ok(probe)) => {
+                    let _ = probe.close().await;
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             Ok(Db::Postgres(pool))
         } else {

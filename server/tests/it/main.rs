@@ -12,6 +12,7 @@ mod download;
 mod git;
 mod grpcurl;
 mod hostile_archive;
+mod hostile_doors;
 mod hostile_yaml;
 mod install;
 mod register;
