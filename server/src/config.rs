@@ -100,6 +100,43 @@ pub struct Config {
     pub download: DownloadSection,
     pub register: RegisterSection,
     pub build: BuildSection,
+    pub sandbox: SandboxSection,
+}
+
+/// `sandbox:` — how pack code (pack tests, pip/npm/venv builds) is confined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// The user pack code runs as when the server runs as root (`root`: no switch).
+    pub run_as_user: String,
+    /// Create `run_as_user` with `useradd --system` at start when it does not exist.
+    pub create_user: bool,
+    /// `auto` (use Landlock when the kernel has it), `required` (refuse to start
+    /// without it) or `off`.
+    pub landlock: LandlockMode,
+    /// Readable by pack code besides the system directories (interpreters installed
+    /// outside `/usr`, for example).
+    pub extra_read_paths: Vec<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            run_as_user: "attune-packs-runner".into(),
+            create_user: true,
+            landlock: LandlockMode::Auto,
+            extra_read_paths: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    #[default]
+    Auto,
+    Required,
+    Off,
 }
 
 /// `build:` — BuildEnvs: concurrency, and pip/npm settings (nothing is hard-wired to a
@@ -293,6 +330,7 @@ impl Default for Config {
             download: DownloadSection::default(),
             register: RegisterSection::default(),
             build: BuildSection::default(),
+            sandbox: SandboxSection::default(),
         }
     }
 }
@@ -349,6 +387,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "download.concurrency must be at least 1".into(),
             ));
+        }
+        if let Some(bad) = self
+            .sandbox
+            .extra_read_paths
+            .iter()
+            .find(|p| !p.is_absolute())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.extra_read_paths entries must be absolute paths: {}",
+                bad.display()
+            )));
         }
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
@@ -611,5 +660,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_settings_from_file_and_environment() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.sandbox.run_as_user, "attune-packs-runner");
+        assert!(c.sandbox.create_user);
+        assert_eq!(c.sandbox.landlock, LandlockMode::Auto);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "sandbox:\n  run_as_user: packrunner\n  create_user: false\n  landlock: required\n  extra_read_paths: [/opt/python]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("ATTUNE_PACKS_SANDBOX__LANDLOCK", "off")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.run_as_user, "packrunner");
+        assert!(!c.sandbox.create_user);
+        assert_eq!(c.sandbox.landlock, LandlockMode::Off);
+        assert_eq!(c.sandbox.extra_read_paths, [PathBuf::from("/opt/python")]);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_SANDBOX__EXTRA_READ_PATHS", "[opt/python]")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sandbox.extra_read_paths"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_SANDBOX__LANDLOCK", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }

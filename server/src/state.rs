@@ -48,6 +48,15 @@ pub enum StartupError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Download(#[from] DownloadError),
+    #[error("cannot set up the sandbox for pack code: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("cannot make {path} private (mode {mode:o}): {source}")]
+    Private {
+        path: String,
+        mode: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Prepares everything a server needs: the data dir, the JWT secret, the database
@@ -58,8 +67,94 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         path: data_dir.display().to_string(),
         source,
     })?;
+    // Pack code may pass through the data dir to packs stored below it, but may not
+    // list it; the secret and the database inside are the server's alone.
+    narrow_mode(&data_dir, 0o711)?;
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
+    narrow_mode(&data_dir.join(crate::auth::SECRET_FILE), 0o600)?;
+    register_secrets(&config, &secret);
+    crate::sandbox::install(&config.sandbox)?;
     let db = Db::connect(&config.database_url()).await?;
     db.migrate().await?;
     Ok(AppState::new(config, db, Authenticator::new(&secret))?)
+}
+
+/// Sets `path`'s permission bits to at most `mode` when the server owns it (a missing
+/// path is left alone; someone else's is logged, since it cannot be changed).
+fn narrow_mode(path: &std::path::Path, mode: u32) -> Result<(), StartupError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StartupError::Private {
+                path: path.display().to_string(),
+                mode,
+                source,
+            });
+        }
+    };
+    let current = meta.mode() & 0o7777;
+    if current & !mode == 0 {
+        return Ok(());
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{current:o}"),
+            "not owned by the server: its mode cannot be narrowed"
+        );
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode)).map_err(
+        |source| StartupError::Private {
+            path: path.display().to_string(),
+            mode,
+            source,
+        },
+    )
+}
+
+/// Every secret value the configuration holds, so that `sandbox::scrub` removes it
+/// from progress events, results and logs.
+fn register_secrets(config: &Config, jwt_secret: &crate::config::Secret) {
+    use crate::sandbox::register_secret;
+    register_secret(jwt_secret.expose());
+    if let Some(password) = url_password(&config.database_url()) {
+        register_secret(password);
+    }
+    let git = &config.download.git;
+    for secret in [&git.https_token, &git.ssh_key_passphrase]
+        .into_iter()
+        .flatten()
+    {
+        register_secret(secret.expose());
+    }
+    for index in &config.registry.indices {
+        for value in index.headers.values() {
+            register_secret(value.expose());
+        }
+    }
+}
+
+/// The password of a `scheme://user:password@host` URL.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords() {
+        assert_eq!(url_password("postgres://u:pw-1@h:5432/db"), Some("pw-1"));
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("sqlite:///x/y.db"), None);
+        assert_eq!(url_password("postgres://h/db?x=a@b"), None);
+    }
 }
