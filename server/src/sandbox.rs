@@ -573,6 +573,17 @@ mod tests {
     }
 
     #[test]
+    fn progress_events_are_scrubbed() {
+        register_secret("reporter-test-secret-0123456789");
+        let (reporter, mut rx) = crate::progress::Reporter::channel("p");
+        reporter.info(
+            crate::progress::Stage::Test,
+            "[t] reporter-test-secret-0123456789",
+        );
+        assert_eq!(rx.try_recv().unwrap().message, "[t] [REDACTED]");
+    }
+
+    #[test]
     fn handled_rights_follow_the_abi() {
         assert_eq!(handled_access(1), 0x1fff);
         assert_eq!(handled_access(2), 0x3fff);

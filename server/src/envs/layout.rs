@@ -370,3 +370,33 @@ pub async fn lock_ref(ref_dir: &RefDir, deadline: Instant) -> Result<RefLock, St
         _file: file,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_planted_under_the_marker_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("python-0123456789abcdef-x");
+        std::fs::create_dir_all(&build).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, build.join(format!("{MARKER_FILE}.tmp"))).unwrap();
+        let marker = Marker {
+            schema: MARKER_SCHEMA,
+            runtime: "python".into(),
+            inputs_hash: "0".repeat(64),
+            tool_path: PathBuf::from("/usr/bin/python3"),
+            tool_version: "3.11.2".into(),
+            version_text: "Python 3.11.2".into(),
+            deps_installed: false,
+            package_count: 0,
+            built_at_unix: 0,
+        };
+        write_marker(&build, &marker).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let written = std::fs::symlink_metadata(build.join(MARKER_FILE)).unwrap();
+        assert!(written.is_file());
+    }
+}

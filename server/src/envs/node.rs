@@ -557,6 +557,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn links_left_by_the_build_must_stay_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(build.join("staging/vendor/dep")).unwrap();
+        std::fs::write(build.join("staging/vendor/dep/index.js"), "ok").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let modules = build.join("staging/node_modules");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::os::unix::fs::symlink(build.join("staging/vendor/dep"), modules.join("dep")).unwrap();
+        let inside = std::fs::canonicalize(&build).unwrap();
+        materialize_links(&modules, &inside).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(modules.join("dep"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(modules.join("dep/index.js").is_file());
+
+        // A lifecycle script swapped a package for a link to the server's files.
+        std::os::unix::fs::symlink(&outside, modules.join("evil")).unwrap();
+        let err = materialize_links(&modules, &inside).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the build directory"),
+            "{err}"
+        );
+        assert!(!modules.join("evil/secret").exists() || modules.join("evil").is_symlink());
+        assert!(
+            std::fs::symlink_metadata(modules.join("evil"))
+                .unwrap()
+                .is_symlink()
+        );
+    }
+
+    #[test]
     fn local_dependencies_must_stay_inside() {
         let ok = serde_json::json!({"dependencies": {"a": "file:./a", "b": "^1"},
                                     "devDependencies": {"c": "file:libs/c"}});
