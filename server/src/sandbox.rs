@@ -605,6 +605,22 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_user_is_created_as_a_system_user() {
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } != 0 || lookup_user("root").is_none() {
+            eprintln!("notice: not root; user creation is not tested");
+            return;
+        }
+        let name = format!("atp-test-{}", std::process::id());
+        let user = resolve_user(&name, true).unwrap();
+        let again = resolve_user(&name, true).unwrap();
+        let _ = std::process::Command::new("userdel").arg(&name).status();
+        assert_eq!(user, again, "an existing user is found, not created twice");
+        assert_ne!(user.uid, 0);
+        assert_ne!(user.gid, 0);
+    }
+
+    #[test]
     fn missing_user_without_creation_names_the_command() {
         let err = resolve_user("attune-no-such-user-x", false).unwrap_err();
         let message = err.to_string();
