@@ -36,6 +36,24 @@ fn attempts(data: &Path, other: &Path, tag: &str) -> Vec<(&'static str, String)>
     ]
 }
 
+/// A shell script that makes every attempt and prints `UID <uid>` and one
+/// `PROBE <name> allowed|denied` line each, then what a thief would print (the secret
+/// file, the environment): none of that may come back.
+fn probe_script(attempts: &[(&str, String)], data: &Path) -> String {
+    let mut script = String::from("#!/bin/sh\necho \"UID $(id -u)\"\n");
+    for (name, command) in attempts {
+        script.push_str(&format!(
+            "if {command} >/dev/null 2>&1; then echo 'PROBE {name} allowed'; else echo 'PROBE {name} denied'; fi\n"
+        ));
+    }
+    script.push_str(
+        "if touch ./planted 2>/dev/null; then echo 'PROBE write-own-pack allowed'; else echo 'PROBE write-own-pack denied'; fi\n\
+         if touch \"$HOME/ok\" && touch \"$TMPDIR/ok\"; then echo 'PROBE write-own-home allowed'; else echo 'PROBE write-own-home denied'; fi\n",
+    );
+    script.push_str(&format!("cat {}/jwt-secret 2>&1\nenv\n", data.display()));
+    script
+}
+
 /// Denied by the user switch and the data dir's modes alone, Landlock or not.
 const DENIED_BY_PERMISSIONS: &[&str] = &[
     "read-secret",
@@ -147,18 +165,7 @@ async fn pack_tests_cannot_reach_secrets(backend: Backend) {
     assert!(other.join("secret.txt").is_file());
 
     let attempts = attempts(&data, &other, &tag);
-    let mut script = String::from("#!/bin/sh\necho \"UID $(id -u)\"\n");
-    for (name, command) in &attempts {
-        script.push_str(&format!(
-            "if {command} >/dev/null 2>&1; then echo 'PROBE {name} allowed'; else echo 'PROBE {name} denied'; fi\n"
-        ));
-    }
-    script.push_str(
-        "if touch ./planted 2>/dev/null; then echo 'PROBE write-own-pack allowed'; else echo 'PROBE write-own-pack denied'; fi\n\
-         if touch \"$HOME/ok\" && touch \"$TMPDIR/ok\"; then echo 'PROBE write-own-home allowed'; else echo 'PROBE write-own-home denied'; fi\n",
-    );
-    // What a thief would print: nothing of it may come back.
-    script.push_str(&format!("cat {}/jwt-secret 2>&1\nenv\n", data.display()));
+    let mut script = probe_script(&attempts, &data);
     script.push_str("echo 'Total Tests: 1'\necho 'Passed: 1'\n");
     let spy = root.join("src/spy");
     write_tree(
@@ -342,6 +349,94 @@ async fn build_code_cannot_reach_secrets_and_builds_are_taken_back() {
     assert!(venv.join("bin/python").exists(), "{:#?}", result);
     let server_uid = std::fs::metadata(&data).unwrap().uid();
     let mut stack = vec![std::fs::canonicalize(&venv).unwrap()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.uid(), server_uid, "{} not taken back", path.display());
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    server.stop().await;
+}
+
+/// An npm lifecycle script (a dependency's `postinstall`) runs as the sandbox user,
+/// confined like the rest; the build still succeeds and is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_lifecycle_scripts_cannot_reach_secrets() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.jwt_secret = None;
+        c.build.npm_offline = true;
+        // npm hides lifecycle output unless asked.
+        c.build.npm_extra_args = vec!["--foreground-scripts".into()];
+    })
+    .await;
+    let data = server.state.config.data_dir_absolute();
+    let secret = std::fs::read_to_string(data.join("jwt-secret")).unwrap();
+    let secret = secret.trim().to_string();
+    let root = server.root.path().canonicalize().unwrap();
+    let base = root.join("base");
+    let other = root.join("src/other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("secret.txt"), "other pack's data\n").unwrap();
+    let tag = format!("{}-npm", std::process::id());
+    let attempts = attempts(&data, &other, &tag);
+    let script = probe_script(&attempts, &data);
+
+    let pack = root.join("src/nodespy");
+    write_tree(
+        &pack,
+        &[
+            ("pack.yaml", b"ref: nodespy\nversion: 1.0.0\n".as_slice()),
+            (
+                "package.json",
+                br#"{"name": "nodespy", "version": "1.0.0", "dependencies": {"dep": "file:./vendor/dep"}}"#
+                    .as_slice(),
+            ),
+            (
+                "vendor/dep/package.json",
+                br#"{"name": "dep", "version": "1.0.0", "scripts": {"postinstall": "sh probe.sh"}}"#
+                    .as_slice(),
+            ),
+            ("vendor/dep/probe.sh", script.as_bytes()),
+        ],
+    );
+    let mut client = server.client().await;
+    let mut lines = Vec::new();
+    let result = finish(
+        client
+            .build_envs_stream(pb::BuildEnvsRequest {
+                pack_paths: vec![path_str(&pack)],
+                packs_base_dir: Some(path_str(&base)),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        |p| lines.push(p.message.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        result.failed_environments.is_empty(),
+        "{:#?}\n{lines:#?}",
+        result.failed_environments
+    );
+
+    let uid = reported_uid(&lines).unwrap_or_else(|| panic!("no UID line: {lines:#?}"));
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        assert_ne!(uid, 0, "the lifecycle script ran as root");
+        assert_eq!(Some(uid), runner_uid());
+    }
+    let verdicts = probes(&lines);
+    assert_confined(&verdicts, &attempts, &tag);
+    let mut texts = lines.clone();
+    texts.push(format!("{result:?}"));
+    assert_secret_absent(&secret, &texts);
+
+    let modules = std::fs::canonicalize(base.join(".envs/nodespy/node")).unwrap();
+    assert!(modules.join("node_modules/dep/package.json").is_file());
+    let server_uid = std::fs::metadata(&data).unwrap().uid();
+    let mut stack = vec![modules];
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.uid(), server_uid, "{} not taken back", path.display());
