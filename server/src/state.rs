@@ -98,6 +98,15 @@ fn narrow_mode(path: &std::path::Path, mode: u32) -> Result<(), StartupError> {
     if current & !mode == 0 {
         return Ok(());
     }
+    // A shared directory (`/tmp` as data dir) must not be closed for everyone else.
+    if meta.is_dir() && current & 0o1002 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{current:o}"),
+            "the data dir is a shared directory: pack code may list it; use a dedicated one"
+        );
+        return Ok(());
+    }
     // SAFETY: geteuid cannot fail and touches no memory.
     if meta.uid() != unsafe { libc::geteuid() } {
         tracing::warn!(
@@ -149,6 +158,30 @@ fn url_password(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_narrowed_but_shared_directories_are_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        narrow_mode(&data, 0o711).unwrap();
+        assert_eq!(mode(&data), 0o711);
+        let file = data.join("secret");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        narrow_mode(&file, 0o600).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        narrow_mode(&shared, 0o711).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
+        narrow_mode(&dir.path().join("missing"), 0o711).unwrap();
+    }
 
     #[test]
     fn url_passwords() {
