@@ -229,6 +229,32 @@ impl Sandbox {
     }
 }
 
+/// The first directory on the way to `dir` (itself included) that the sandbox user
+/// cannot pass through, judged by its mode bits for others (that user is in no group
+/// of ours and owns nothing there). Pack tests and builds under `dir` fail if there is
+/// one.
+pub fn unreachable_ancestor(sandbox: &Sandbox, dir: &Path) -> Option<PathBuf> {
+    let user = sandbox.run_as.as_ref()?;
+    let mut path = PathBuf::new();
+    for part in dir.components() {
+        path.push(part);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            break;
+        };
+        let passable = if meta.uid() == user.uid {
+            meta.mode() & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            meta.mode() & 0o010 != 0
+        } else {
+            meta.mode() & 0o001 != 0
+        };
+        if !passable {
+            return Some(path);
+        }
+    }
+    None
+}
+
 /// Called between `fork` and `exec`: no allocation, raw system calls only.
 ///
 /// # Safety
@@ -581,6 +607,45 @@ mod tests {
             "[t] reporter-test-secret-0123456789",
         );
         assert_eq!(rx.try_recv().unwrap().message, "[t] [REDACTED]");
+    }
+
+    #[test]
+    fn unreachable_directories_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = dir.path().join("closed");
+        let open = dir.path().join("open");
+        for (d, mode) in [(&closed, 0o700), (&open, 0o755)] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let sandbox = Sandbox {
+            run_as: Some(RunAs {
+                name: "nobody".into(),
+                uid: 65534,
+                gid: 65534,
+            }),
+            landlock_abi: None,
+            landlock_note: None,
+            extra_read_paths: Vec::new(),
+            server_uid: 0,
+            server_gid: 0,
+        };
+        assert_eq!(
+            unreachable_ancestor(&sandbox, &closed.join("packs")),
+            Some(closed.clone())
+        );
+        assert_eq!(unreachable_ancestor(&sandbox, &open.join("packs")), None);
+        let own = Sandbox {
+            run_as: None,
+            ..sandbox
+        };
+        assert_eq!(unreachable_ancestor(&own, &closed), None);
     }
 
     #[test]

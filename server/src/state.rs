@@ -73,7 +73,16 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
     narrow_mode(&data_dir.join(crate::auth::SECRET_FILE), 0o600)?;
     register_secrets(&config, &secret);
-    crate::sandbox::install(&config.sandbox)?;
+    let sandbox = crate::sandbox::install(&config.sandbox)?;
+    if let Some(blocked) = crate::sandbox::unreachable_ancestor(&sandbox, &config.packs_base_dir())
+    {
+        tracing::warn!(
+            packs_base_dir = %config.packs_base_dir().display(),
+            blocked = %blocked.display(),
+            "the sandbox user cannot pass through this directory: pack tests and builds \
+             there will fail; make it traversable (chmod o+x)"
+        );
+    }
     let db = Db::connect(&config.database_url()).await?;
     db.migrate().await?;
     Ok(AppState::new(config, db, Authenticator::new(&secret))?)
