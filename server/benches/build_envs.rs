@@ -30,6 +30,12 @@ fn summary(name: &str, mut ms: Vec<f64>) {
 #[tokio::main]
 async fn main() {
     let root = tempfile::tempdir().unwrap();
+    // Pack code runs as the sandbox user, which must reach the packs below this root.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let root = root.path().canonicalize().unwrap();
     let wheels = root.join("wheels");
     std::fs::create_dir_all(&wheels).unwrap();

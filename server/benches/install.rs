@@ -91,6 +91,12 @@ fn median(mut times: Vec<Duration>) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
+    // Pack code runs as the sandbox user, which must reach the packs below this root.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let root = dir.path().canonicalize().unwrap();
     let index = root.join("index.json");
     std::fs::write(&index, index_document()).unwrap();

@@ -106,6 +106,7 @@ pub struct Config {
     /// gives up, naming the host and the operating system's error.
     #[serde(with = "humantime_serde_compat")]
     pub database_connect_timeout: Duration,
+    pub sandbox: SandboxSection,
 }
 
 /// `login:` — `/api/v1/auth/login`: the argon2 pool and the throttle of failures.
@@ -154,6 +155,33 @@ impl Default for LoginSection {
     }
 }
 
+/// `sandbox:` — how pack code (pack tests, pip/npm/venv builds) is confined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// The user pack code runs as when the server runs as root (`root`: no switch).
+    pub run_as_user: String,
+    /// Create `run_as_user` with `useradd --system` at start when it does not exist.
+    pub create_user: bool,
+    /// `auto` (use Landlock when the kernel has it), `required` (refuse to start
+    /// without it) or `off`.
+    pub landlock: LandlockMode,
+    /// Readable by pack code besides the system directories (interpreters installed
+    /// outside `/usr`, for example).
+    pub extra_read_paths: Vec<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self {
+            run_as_user: "attune-packs-runner".into(),
+            create_user: true,
+            landlock: LandlockMode::Auto,
+            extra_read_paths: Vec::new(),
+        }
+    }
+}
+
 /// `yaml:` — limits on YAML read from packs (pack.yaml, component files), checked
 /// before any value is built (see `crate::yaml_limits`).
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +217,15 @@ impl YamlSection {
             max_expanded_bytes: self.max_expanded_bytes,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LandlockMode {
+    #[default]
+    Auto,
+    Required,
+    Off,
 }
 
 /// `build:` — BuildEnvs: concurrency, and pip/npm settings (nothing is hard-wired to a
@@ -398,6 +435,7 @@ impl Default for Config {
             yaml: YamlSection::default(),
             login: LoginSection::default(),
             database_connect_timeout: Duration::from_secs(5),
+            sandbox: SandboxSection::default(),
         }
     }
 }
@@ -464,6 +502,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "database_connect_timeout must be longer than zero".into(),
             ));
+        }
+        if let Some(bad) = self
+            .sandbox
+            .extra_read_paths
+            .iter()
+            .find(|p| !p.is_absolute())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "sandbox.extra_read_paths entries must be absolute paths: {}",
+                bad.display()
+            )));
         }
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
@@ -810,5 +859,47 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_depths"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_settings_from_file_and_environment() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.sandbox.run_as_user, "attune-packs-runner");
+        assert!(c.sandbox.create_user);
+        assert_eq!(c.sandbox.landlock, LandlockMode::Auto);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "sandbox:\n  run_as_user: packrunner\n  create_user: false\n  landlock: required\n  extra_read_paths: [/opt/python]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("ATTUNE_PACKS_SANDBOX__LANDLOCK", "off")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.run_as_user, "packrunner");
+        assert!(!c.sandbox.create_user);
+        assert_eq!(c.sandbox.landlock, LandlockMode::Off);
+        assert_eq!(c.sandbox.extra_read_paths, [PathBuf::from("/opt/python")]);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_SANDBOX__EXTRA_READ_PATHS", "[opt/python]")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sandbox.extra_read_paths"),
+            "{err}"
+        );
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_SANDBOX__LANDLOCK", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
     }
 }

@@ -31,6 +31,7 @@ pub mod register;
 pub mod registry;
 pub mod rest;
 pub mod runtimes;
+pub mod sandbox;
 pub mod server;
 pub mod solver;
 pub mod source;

@@ -23,10 +23,14 @@
 //! The entry point must be relative, without `..`, exist, and still be inside the pack
 //! once symlinks are resolved; otherwise the suite is an error and nothing is run.
 //!
+//! Suites run confined (see [`crate::sandbox`]): as the sandbox user, able to read the
+//! pack and the interpreter's prefix but not to write the pack; they write to their
+//! private `HOME`/`TMPDIR`.
+//!
 //! # Environment
 //!
 //! Nothing of the server's environment is passed except `PATH`. `HOME` and `TMPDIR` are
-//! a fresh temporary directory per suite (removed afterwards), `LANG=C.UTF-8`,
+//! the run's private directory (see [`crate::process`]; removed afterwards), `LANG=C.UTF-8`,
 //! `PYTHONDONTWRITEBYTECODE=1`, `PYTHONUNBUFFERED=1`, then
 //! [`TestRunOptions::extra_env`] (which may override any of these).
 //!
@@ -106,6 +110,8 @@ pub struct TestRunOptions {
     pub default_timeout: Duration,
     /// Added to the (otherwise minimal) environment of every suite.
     pub extra_env: Vec<(OsString, OsString)>,
+    /// Readable by the suite besides the pack and the interpreter's prefix.
+    pub read_paths: Vec<PathBuf>,
 }
 
 impl Default for TestRunOptions {
@@ -114,6 +120,7 @@ impl Default for TestRunOptions {
             python: PathBuf::from("python3"),
             default_timeout: Duration::from_secs(300),
             extra_env: Vec::new(),
+            read_paths: Vec::new(),
         }
     }
 }
@@ -487,29 +494,25 @@ async fn run_suite(
         Ok(command) => command,
         Err(e) => return SuiteResult::errored(name, runner, e, started.elapsed()),
     };
-    let home = match TempHome::create() {
-        Ok(home) => home,
-        Err(e) => {
-            return SuiteResult::errored(
-                name,
-                runner,
-                format!("could not create a temporary HOME: {e}"),
-                started.elapsed(),
-            );
-        }
-    };
     let timeout = runner
         .timeout_secs
         .map(Duration::from_secs)
         .unwrap_or(opts.default_timeout);
     let mut env: Vec<(OsString, OsString)> = vec![
-        ("HOME".into(), home.path.clone().into()),
-        ("TMPDIR".into(), home.path.clone().into()),
         ("LANG".into(), "C.UTF-8".into()),
         ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
         ("PYTHONUNBUFFERED".into(), "1".into()),
     ];
     env.extend(opts.extra_env.iter().cloned());
+    // The pack is read, never written: what is tested is what gets stored.
+    let mut access = crate::sandbox::Access {
+        read: vec![root.to_path_buf()],
+        write: Vec::new(),
+    };
+    if let Some(prefix) = interpreter_prefix(&opts.python) {
+        access.read.push(prefix);
+    }
+    access.read.extend(opts.read_paths.iter().cloned());
     let spec = CommandSpec {
         program,
         args,
@@ -517,6 +520,7 @@ async fn run_suite(
         env,
         env_clear: true,
         timeout,
+        access,
     };
     reporter.info(
         Stage::Test,
@@ -568,7 +572,6 @@ async fn run_suite(
         Err(ProcessError::Cancelled { .. }) => suite.set_error(CANCELLED.to_string()),
         Err(e) => suite.set_error(e.to_string()),
     }
-    drop(home);
     suite.duration_ms = millis(started.elapsed());
     suite
 }
@@ -1207,44 +1210,15 @@ fn clip_end(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
-/// A fresh directory for `HOME`/`TMPDIR`, removed on drop.
-struct TempHome {
-    path: PathBuf,
-}
-
-impl TempHome {
-    fn create() -> std::io::Result<Self> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mut last_err = None;
-        for _ in 0..16 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!(
-                "attune-packtest-{}-{nanos:x}-{n}",
-                std::process::id()
-            ));
-            match std::fs::create_dir(&path) {
-                Ok(()) => {
-                    use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| std::io::Error::other("no free name")))
+/// The installation prefix of an interpreter given by absolute path (`<venv>` for
+/// `<venv>/bin/python`): the sandboxed suite must read it. Links are not resolved
+/// here: the rule is taken on the directory they lead to.
+fn interpreter_prefix(python: &Path) -> Option<PathBuf> {
+    if !python.is_absolute() {
+        return None;
     }
-}
-
-impl Drop for TempHome {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+    let prefix = python.parent()?.parent()?;
+    (prefix != Path::new("/")).then(|| prefix.to_path_buf())
 }
 
 #[cfg(test)]
@@ -1734,7 +1708,7 @@ exit 1
         assert!(tail.contains("PYTHONUNBUFFERED=1"));
         assert!(tail.contains("LANG=C.UTF-8"));
         assert!(
-            tail.contains("HOME is /") && tail.contains("attune-packtest-"),
+            tail.contains("HOME is /") && tail.contains("attune-run-"),
             "{tail}"
         );
         assert_eq!(result.status, TestStatus::Passed);

@@ -23,9 +23,17 @@
 //! * **Environment.** [`CommandSpec::env_clear`] starts from an empty environment plus
 //!   `PATH` (the server's own `PATH`, which is not secret and is needed to find
 //!   `python3`/`npm` the way the server does; `/usr/local/bin:/usr/bin:/bin` if unset),
-//!   `HOME` (the system temporary directory) and `LANG=C.UTF-8`; [`CommandSpec::env`]
-//!   is applied on top and may override those. The environment is never logged or
-//!   printed: [`CommandSpec`]'s `Debug` shows variable names only.
+//!   `HOME` and `TMPDIR` (a private run directory, below) and `LANG=C.UTF-8`;
+//!   [`CommandSpec::env`] is applied on top and may override those. The environment
+//!   is never logged or printed: [`CommandSpec`]'s `Debug` shows variable names only.
+//! * **Private run directory.** Every run gets a fresh directory under the system
+//!   temporary directory (mode 0700, owned by the user the child runs as), removed
+//!   when the run ends; it is the default `HOME` and `TMPDIR`.
+//! * **Confinement.** Once [`crate::sandbox::install`] ran, children run as the
+//!   sandbox user (no supplementary groups) and, with Landlock, may read only the
+//!   system directories and [`CommandSpec::access`]'s `read` paths and write only
+//!   the run directory and its `write` paths. The Landlock ruleset is built before
+//!   the fork; the child only enforces it.
 //!
 //! A note on PID reuse: the group is signalled by its id (the child's PID). After the
 //! child is reaped that id stays reserved while any member of the group is alive; once
@@ -42,6 +50,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::time::Instant;
+
+use crate::sandbox::{self, Access, Sandbox, SandboxError};
 
 /// How much of the end of each stream [`Finished`] keeps.
 pub const TAIL_BYTES: usize = 64 * 1024;
@@ -73,6 +83,9 @@ pub struct CommandSpec {
     /// documentation) instead of inheriting the server's environment.
     pub env_clear: bool,
     pub timeout: Duration,
+    /// What the child may use beyond the system directories and its run directory,
+    /// when the sandbox confines children.
+    pub access: Access,
 }
 
 impl CommandSpec {
@@ -85,7 +98,20 @@ impl CommandSpec {
             env: Vec::new(),
             env_clear: true,
             timeout,
+            access: Access::default(),
         }
+    }
+
+    /// Lets the child read (and execute) beneath `path`.
+    pub fn read_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.access.read.push(path.into());
+        self
+    }
+
+    /// Lets the child read and write beneath `path`.
+    pub fn write_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.access.write.push(path.into());
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
@@ -119,6 +145,7 @@ impl fmt::Debug for CommandSpec {
             .field("env (names only)", &env_names)
             .field("env_clear", &self.env_clear)
             .field("timeout", &self.timeout)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -194,6 +221,18 @@ pub enum ProcessError {
     },
     #[error("`{program}` was cancelled after {:.1}s", after.as_secs_f64())]
     Cancelled { program: String, after: Duration },
+    #[error("cannot prepare the run directory for `{program}`: {source}")]
+    RunDir {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot confine `{program}`: {source}")]
+    Sandbox {
+        program: String,
+        #[source]
+        source: SandboxError,
+    },
 }
 
 /// Resolves once `is_cancelled()` returns true, checking every [`CANCEL_POLL`].
@@ -214,10 +253,22 @@ pub async fn poll_cancelled(is_cancelled: impl Fn() -> bool) {
 /// returned.
 pub async fn run(
     spec: &CommandSpec,
+    on_line: impl FnMut(Stream, &str) + Send,
+    cancel: impl Future<Output = ()> + Send,
+) -> Result<Finished, ProcessError> {
+    run_in(spec, sandbox::current().as_deref(), on_line, cancel).await
+}
+
+/// [`run`] under `sandbox` (`None`: unconfined).
+async fn run_in(
+    spec: &CommandSpec,
+    sandbox: Option<&Sandbox>,
     mut on_line: impl FnMut(Stream, &str) + Send,
     cancel: impl Future<Output = ()> + Send,
 ) -> Result<Finished, ProcessError> {
     let program = spec.program.to_string_lossy().into_owned();
+    // Pack code may have read a secret: what it prints never carries one further.
+    let mut on_line = move |stream: Stream, line: &str| on_line(stream, &sandbox::scrub(line));
     if !spec.cwd.is_dir() {
         return Err(ProcessError::Spawn {
             program,
@@ -228,6 +279,10 @@ pub async fn run(
         });
     }
 
+    let run_dir = RunDir::create(sandbox).map_err(|source| ProcessError::RunDir {
+        program: program.clone(),
+        source,
+    })?;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -242,23 +297,65 @@ pub async fn run(
             "PATH",
             std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
         );
-        cmd.env("HOME", std::env::temp_dir());
+        cmd.env("HOME", &run_dir.path);
+        cmd.env("TMPDIR", &run_dir.path);
         cmd.env("LANG", "C.UTF-8");
     }
     for (key, value) in &spec.env {
         cmd.env(key, value);
     }
+    // Kept open until the child has been spawned: its copy is what it enforces.
+    let mut ruleset = None;
+    if let Some(sandbox) = sandbox {
+        if let Some(user) = &sandbox.run_as {
+            // As root, std also drops the supplementary groups when uid is set.
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        let mut access = spec.access.clone();
+        access.write.push(run_dir.path.clone());
+        ruleset = sandbox
+            .ruleset(&access)
+            .map_err(|source| ProcessError::Sandbox {
+                program: program.clone(),
+                source,
+            })?;
+        if let Some(fd) = &ruleset {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+            let hook = move || {
+                // SAFETY: runs between fork and exec with `raw`, a ruleset that stays
+                // open until the spawn returned.
+                unsafe { sandbox::enforce_in_child(raw) }
+            };
+            // SAFETY: the hook only makes two system calls on an integer; it neither
+            // allocates nor takes locks, as required between fork and exec.
+            unsafe {
+                cmd.pre_exec(hook);
+            }
+        }
+    }
 
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+    let spawned = cmd.spawn();
+    drop(ruleset);
+    let mut child = spawned.map_err(|source| ProcessError::Spawn {
         program: program.clone(),
-        source: if source.kind() == io::ErrorKind::NotFound {
-            io::Error::new(
+        source: match source.kind() {
+            io::ErrorKind::NotFound => io::Error::new(
                 io::ErrorKind::NotFound,
                 "program not found (not an existing file, nor found in PATH)",
-            )
-        } else {
-            source
+            ),
+            io::ErrorKind::PermissionDenied => match sandbox {
+                Some(sandbox) => io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{source} (pack code runs as uid {}{}: the program and its working directory must be accessible to it)",
+                        sandbox.child_uid(),
+                        if sandbox.landlock_abi.is_some() { " under Landlock" } else { "" }
+                    ),
+                ),
+                None => source,
+            },
+            _ => source,
         },
     })?;
     // `id()` is `Some` until the child has been waited for.
@@ -388,11 +485,52 @@ pub async fn run(
     }
     Ok(Finished {
         status: status.expect("loop ends only after the child was waited for"),
-        stdout_tail: out.tail(),
-        stderr_tail: err.tail(),
+        stdout_tail: sandbox::scrub(&out.tail()).into_owned(),
+        stderr_tail: sandbox::scrub(&err.tail()).into_owned(),
         duration,
         timed_out,
     })
+}
+
+/// A private, empty directory for one run (`HOME`, `TMPDIR`), owned by the user the
+/// child runs as; removed with everything in it when dropped.
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create(sandbox: Option<&Sandbox>) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mut last_err = None;
+        for _ in 0..16 {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("attune-run-{}-{nanos:x}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {
+                    let dir = Self { path };
+                    if let Some(user) = sandbox.and_then(|s| s.run_as.as_ref()) {
+                        std::os::unix::fs::chown(&dir.path, Some(user.uid), Some(user.gid))?;
+                    }
+                    return Ok(dir);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no free name")))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// Reads one chunk; `None` at end of file or on a read error (treated as the end).
@@ -532,6 +670,7 @@ fn char_floor(bytes: &[u8], end: usize, min: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn sh(script: &str, timeout: Duration) -> CommandSpec {
         CommandSpec::new("/bin/sh", std::env::temp_dir(), timeout)
@@ -759,6 +898,148 @@ mod tests {
         assert!(!vars.iter().any(|v| v.starts_with("CARGO")), "{vars:?}");
         let debug = format!("{spec:?}");
         assert!(debug.contains("FOO") && !debug.contains("bar"), "{debug}");
+    }
+
+    async fn run_in_collect(
+        spec: &CommandSpec,
+        sandbox: &Sandbox,
+    ) -> (Result<Finished, ProcessError>, Vec<String>) {
+        let mut lines = Vec::new();
+        let result = run_in(
+            spec,
+            Some(sandbox),
+            |_, l| lines.push(l.to_string()),
+            std::future::pending(),
+        )
+        .await;
+        (result, lines)
+    }
+
+    fn test_sandbox(run_as: Option<sandbox::RunAs>, landlock_abi: Option<u32>) -> Sandbox {
+        Sandbox {
+            run_as,
+            landlock_abi,
+            landlock_note: None,
+            extra_read_paths: Vec::new(),
+            server_uid: 0,
+            server_gid: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn run_dir_is_private_and_removed() {
+        let spec = sh(
+            "echo \"$HOME\"; echo \"$TMPDIR\"; stat -c %a \"$HOME\"; touch \"$HOME/x\"",
+            Duration::from_secs(10),
+        );
+        let (result, lines) = run_collect(&spec).await;
+        assert!(result.unwrap().success(), "{lines:?}");
+        let home = &lines[0].1;
+        assert!(home.contains("attune-run-"), "{home}");
+        assert_eq!(&lines[1].1, home, "TMPDIR is HOME");
+        assert_eq!(lines[2].1, "700");
+        assert!(!Path::new(home).exists(), "{home} was left behind");
+    }
+
+    #[tokio::test]
+    async fn landlock_allows_only_the_named_paths() {
+        let Ok(abi) = sandbox::landlock_abi() else {
+            eprintln!("notice: no Landlock on this kernel; confinement test skipped");
+            return;
+        };
+        let readable = tempfile::tempdir().unwrap();
+        let hidden = tempfile::tempdir().unwrap();
+        let writable = tempfile::tempdir().unwrap();
+        std::fs::write(readable.path().join("f"), "r").unwrap();
+        std::fs::write(hidden.path().join("f"), "h").unwrap();
+        let script = format!(
+            "try() {{ if sh -c \"$2\" >/dev/null 2>&1; then echo \"$1 yes\"; else echo \"$1 no\"; fi; }}\n\
+             try read-named 'cat {r}/f'\n\
+             try read-other 'cat {h}/f'\n\
+             try list-other 'ls {h}'\n\
+             try write-named 'touch {w}/new'\n\
+             try write-readonly 'touch {r}/new'\n\
+             try write-home 'touch \"$HOME/new\"'\n\
+             try write-tmp 'touch {tmp}/attune-landlock-probe-{pid}'\n",
+            r = readable.path().display(),
+            h = hidden.path().display(),
+            w = writable.path().display(),
+            tmp = std::env::temp_dir().display(),
+            pid = std::process::id(),
+        );
+        let spec = sh(&script, Duration::from_secs(10))
+            .read_path(readable.path())
+            .write_path(writable.path());
+        let (result, lines) = run_in_collect(&spec, &test_sandbox(None, Some(abi))).await;
+        assert!(result.unwrap().success(), "{lines:?}");
+        assert_eq!(
+            lines,
+            [
+                "read-named yes",
+                "read-other no",
+                "list-other no",
+                "write-named yes",
+                "write-readonly no",
+                "write-home yes",
+                "write-tmp no",
+            ]
+        );
+        assert!(writable.path().join("new").exists());
+        assert!(!readable.path().join("new").exists());
+    }
+
+    #[tokio::test]
+    async fn children_run_as_the_sandbox_user_without_groups() {
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } != 0 {
+            eprintln!("notice: not root; the user switch cannot be tested");
+            return;
+        }
+        let nobody = sandbox::RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let spec = CommandSpec::new("/bin/sh", "/", Duration::from_secs(10))
+            .arg("-c")
+            .arg("id -u; id -G; stat -c %u \"$HOME\"; touch \"$HOME/x\" && echo home-writable");
+        let (result, lines) = run_in_collect(&spec, &test_sandbox(Some(nobody), None)).await;
+        assert!(result.unwrap().success(), "{lines:?}");
+        assert_eq!(lines, ["65534", "65534", "65534", "home-writable"]);
+
+        // A working directory the user cannot enter is a clear spawn error.
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            private.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let spec = CommandSpec::new("/bin/true", private.path(), Duration::from_secs(10));
+        let nobody = sandbox::RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let err = run_in_collect(&spec, &test_sandbox(Some(nobody), None))
+            .await
+            .0
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("uid 65534"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn output_and_tails_are_scrubbed() {
+        sandbox::register_secret("process-test-secret-value-42");
+        let spec = sh(
+            "echo before process-test-secret-value-42 after; echo process-test-secret-value-42 >&2",
+            Duration::from_secs(10),
+        );
+        let (result, lines) = run_collect(&spec).await;
+        let finished = result.unwrap();
+        assert_eq!(lines[0].1, "before [REDACTED] after");
+        assert!(!finished.stdout_tail.contains("secret-value"));
+        assert_eq!(finished.stderr_tail, "[REDACTED]\n");
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum StartupError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Download(#[from] DownloadError),
+    #[error("cannot set up the sandbox for pack code: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("cannot make {path} private (mode {mode:o}): {source}")]
+    Private {
+        path: String,
+        mode: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Prepares everything a server needs: the data dir, the JWT secret, the database
@@ -64,9 +73,137 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
         path: data_dir.display().to_string(),
         source,
     })?;
+    // Pack code may pass through the data dir to packs stored below it, but may not
+    // list it; the secret and the database inside are the server's alone.
+    narrow_mode(&data_dir, 0o711)?;
     let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
+    narrow_mode(&data_dir.join(crate::auth::SECRET_FILE), 0o600)?;
+    register_secrets(&config, &secret);
+    let sandbox = crate::sandbox::install(&config.sandbox)?;
+    if let Some(blocked) = crate::sandbox::unreachable_ancestor(&sandbox, &config.packs_base_dir())
+    {
+        tracing::warn!(
+            packs_base_dir = %config.packs_base_dir().display(),
+            blocked = %blocked.display(),
+            "the sandbox user cannot pass through this directory: pack tests and builds \
+             there will fail; make it traversable (chmod o+x)"
+        );
+    }
     let db =
         Db::connect_with_timeout(&config.database_url(), config.database_connect_timeout).await?;
     db.migrate().await?;
     Ok(AppState::new(config, db, Authenticator::new(&secret))?)
+}
+
+/// Sets `path`'s permission bits to at most `mode` when the server owns it (a missing
+/// path is left alone; someone else's is logged, since it cannot be changed).
+fn narrow_mode(path: &std::path::Path, mode: u32) -> Result<(), StartupError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StartupError::Private {
+                path: path.display().to_string(),
+                mode,
+                source,
+            });
+        }
+    };
+    let current = meta.mode() & 0o7777;
+    if current & !mode == 0 {
+        return Ok(());
+    }
+    // A shared directory (`/tmp` as data dir) must not be closed for everyone else.
+    if meta.is_dir() && current & 0o1002 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{current:o}"),
+            "the data dir is a shared directory: pack code may list it; use a dedicated one"
+        );
+        return Ok(());
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{current:o}"),
+            "not owned by the server: its mode cannot be narrowed"
+        );
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode)).map_err(
+        |source| StartupError::Private {
+            path: path.display().to_string(),
+            mode,
+            source,
+        },
+    )
+}
+
+/// Every secret value the configuration holds, so that `sandbox::scrub` removes it
+/// from progress events, results and logs.
+fn register_secrets(config: &Config, jwt_secret: &crate::config::Secret) {
+    use crate::sandbox::register_secret;
+    register_secret(jwt_secret.expose());
+    if let Some(password) = url_password(&config.database_url()) {
+        register_secret(password);
+    }
+    let git = &config.download.git;
+    for secret in [&git.https_token, &git.ssh_key_passphrase]
+        .into_iter()
+        .flatten()
+    {
+        register_secret(secret.expose());
+    }
+    for index in &config.registry.indices {
+        for value in index.headers.values() {
+            register_secret(value.expose());
+        }
+    }
+}
+
+/// The password of a `scheme://user:password@host` URL.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_narrowed_but_shared_directories_are_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        narrow_mode(&data, 0o711).unwrap();
+        assert_eq!(mode(&data), 0o711);
+        let file = data.join("secret");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        narrow_mode(&file, 0o600).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        narrow_mode(&shared, 0o711).unwrap();
+        assert_eq!(mode(&shared), 0o1777);
+        narrow_mode(&dir.path().join("missing"), 0o711).unwrap();
+    }
+
+    #[test]
+    fn url_passwords() {
+        assert_eq!(url_password("postgres://u:pw-1@h:5432/db"), Some("pw-1"));
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("sqlite:///x/y.db"), None);
+        assert_eq!(url_password("postgres://h/db?x=a@b"), None);
+    }
 }

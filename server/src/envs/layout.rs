@@ -161,6 +161,18 @@ pub async fn switch(
         .map_err(io::Error::other)?
 }
 
+/// Takes a build back from the sandbox user once its tools have run, before the server
+/// reads or writes anything in it: afterwards pack code (even a process that escaped
+/// the run's process group) can no longer change it, and the environment workers use
+/// is not writable by pack code.
+pub async fn reclaim(build_dir: &Path) -> Result<(), String> {
+    let dir = build_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::sandbox::reclaim(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// Ends a build: on success the ref's `kind` link is switched to `build_dir`; on
 /// failure (of the build or of the switch) `build_dir` is removed, so the previous
 /// environment stays current and nothing half-built is left.
@@ -253,9 +265,20 @@ impl EnvSnapshot {
 
 /// Writes the marker atomically (temporary file, then rename) into `build_dir`.
 pub fn write_marker(build_dir: &Path, marker: &Marker) -> io::Result<()> {
+    use std::io::Write as _;
     let tmp = build_dir.join(format!("{MARKER_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(marker).map_err(io::Error::other)?;
-    std::fs::write(&tmp, bytes)?;
+    // Pack code built this directory: a link planted under the temporary name must be
+    // replaced, never followed.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?
+        .write_all(&bytes)?;
     std::fs::rename(&tmp, build_dir.join(MARKER_FILE))
 }
 
@@ -346,4 +369,34 @@ pub async fn lock_ref(ref_dir: &RefDir, deadline: Instant) -> Result<RefLock, St
         _guard: guard,
         _file: file,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_planted_under_the_marker_name_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("python-0123456789abcdef-x");
+        std::fs::create_dir_all(&build).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, build.join(format!("{MARKER_FILE}.tmp"))).unwrap();
+        let marker = Marker {
+            schema: MARKER_SCHEMA,
+            runtime: "python".into(),
+            inputs_hash: "0".repeat(64),
+            tool_path: PathBuf::from("/usr/bin/python3"),
+            tool_version: "3.11.2".into(),
+            version_text: "Python 3.11.2".into(),
+            deps_installed: false,
+            package_count: 0,
+            built_at_unix: 0,
+        };
+        write_marker(&build, &marker).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        let written = std::fs::symlink_metadata(build.join(MARKER_FILE)).unwrap();
+        assert!(written.is_file());
+    }
 }

@@ -340,13 +340,17 @@ pub async fn build_pack_envs(
             return out;
         }
     };
-    if let Err(e) = std::fs::create_dir_all(ctx.home_dir()) {
-        fail_all(
-            &mut out,
-            format!("cannot create {}: {e}", ctx.home_dir().display()),
-        );
-        out.duration = started.elapsed();
-        return out;
+    // HOME and the caches are written by pip/npm, which run as the sandbox user.
+    let cache = ctx.ref_dir.root.join(".cache");
+    for dir in [ctx.home_dir(), cache.join("pip"), cache.join("npm")] {
+        let ready = std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+            .and_then(|()| crate::sandbox::hand_over_once(&dir).map_err(|e| e.to_string()));
+        if let Err(e) = ready {
+            fail_all(&mut out, e);
+            out.duration = started.elapsed();
+            return out;
+        }
     }
     let (py, js) = tokio::join!(
         async {

@@ -187,8 +187,10 @@ fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
 }
 
 /// Replaces every symlinked package in `node_modules` (and nested `node_modules`)
-/// by a copy of what it points to.
-fn materialize_links(node_modules: &Path) -> io::Result<()> {
+/// by a copy of what it points to, which must lie inside `inside` (the build
+/// directory): npm and lifecycle scripts ran sandboxed, and a link they left pointing
+/// elsewhere would have the server copy files they could not read.
+fn materialize_links(node_modules: &Path, inside: &Path) -> io::Result<()> {
     let Ok(entries) = std::fs::read_dir(node_modules) else {
         return Ok(());
     };
@@ -202,22 +204,32 @@ fn materialize_links(node_modules: &Path) -> io::Result<()> {
         let meta = std::fs::symlink_metadata(&path)?;
         if name.as_encoded_bytes().starts_with(b"@") && meta.is_dir() {
             for scoped in std::fs::read_dir(&path)? {
-                materialize_package(&scoped?.path())?;
+                materialize_package(&scoped?.path(), inside)?;
             }
         } else {
-            materialize_package(&path)?;
+            materialize_package(&path, inside)?;
         }
     }
     Ok(())
 }
 
-fn materialize_package(path: &Path) -> io::Result<()> {
+fn materialize_package(path: &Path, inside: &Path) -> io::Result<()> {
     if std::fs::symlink_metadata(path)?.is_symlink() {
         let target = std::fs::canonicalize(path)?;
+        if !target.starts_with(inside) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} links to {}, outside the build directory",
+                    path.display(),
+                    target.display()
+                ),
+            ));
+        }
         std::fs::remove_file(path)?;
         copy_tree(&target, path, false)?;
     }
-    materialize_links(&path.join("node_modules"))
+    materialize_links(&path.join("node_modules"), inside)
 }
 
 /// Installed packages: every package directory under `node_modules`, nested ones
@@ -433,15 +445,30 @@ async fn build(
             let verb = if inputs.has_lockfile { "ci" } else { "install" };
             let what = format!("npm {verb}");
             let timeout = util::remaining(ctx.deadline, &what, ctx.options.timeout)?;
-            let spec = npm_command(ctx, npm, verb, &staging, timeout);
+            // npm and the packages' lifecycle scripts run as the sandbox user: the
+            // build directory is theirs until `finish_build` takes it back.
+            util::prepare_build_dir(build_dir)?;
+            let mut spec = npm_command(ctx, npm, verb, &staging, timeout).write_path(build_dir);
+            for tool in [Some(npm), Some(node.executable.as_path())]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(prefix) = util::install_prefix(tool) {
+                    spec = spec.read_path(prefix);
+                }
+            }
             ctx.reporter
                 .info(Stage::Build, format!("nodejs: {}", spec.display_command()));
-            util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await?;
+            let ran = util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await;
+            layout::reclaim(build_dir).await?;
+            ran?;
 
             let (from, to) = (staging.join("node_modules"), node_modules.clone());
+            let inside = std::fs::canonicalize(build_dir)
+                .map_err(|e| format!("cannot resolve {}: {e}", build_dir.display()))?;
             tokio::task::spawn_blocking(move || -> io::Result<()> {
                 if from.is_dir() {
-                    materialize_links(&from)?;
+                    materialize_links(&from, &inside)?;
                     std::fs::rename(&from, &to)?;
                 } else {
                     std::fs::create_dir_all(&to)?;
@@ -488,6 +515,8 @@ fn npm_command(
     let s = ctx.settings;
     let home = ctx.home_dir();
     let mut spec = CommandSpec::new(npm, staging, timeout)
+        .write_path(&home)
+        .write_path(ctx.ref_dir.root.join(".cache").join("npm"))
         .arg(verb)
         .arg("--no-audit")
         .arg("--no-fund")
@@ -526,6 +555,42 @@ fn npm_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_left_by_the_build_must_stay_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(build.join("staging/vendor/dep")).unwrap();
+        std::fs::write(build.join("staging/vendor/dep/index.js"), "ok").unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let modules = build.join("staging/node_modules");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::os::unix::fs::symlink(build.join("staging/vendor/dep"), modules.join("dep")).unwrap();
+        let inside = std::fs::canonicalize(&build).unwrap();
+        materialize_links(&modules, &inside).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(modules.join("dep"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(modules.join("dep/index.js").is_file());
+
+        // A lifecycle script swapped a package for a link to the server's files.
+        std::os::unix::fs::symlink(&outside, modules.join("evil")).unwrap();
+        let err = materialize_links(&modules, &inside).unwrap_err();
+        assert!(
+            err.to_string().contains("outside the build directory"),
+            "{err}"
+        );
+        assert!(!modules.join("evil/secret").exists() || modules.join("evil").is_symlink());
+        assert!(
+            std::fs::symlink_metadata(modules.join("evil"))
+                .unwrap()
+                .is_symlink()
+        );
+    }
 
     #[test]
     fn local_dependencies_must_stay_inside() {

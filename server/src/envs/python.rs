@@ -265,17 +265,32 @@ async fn build(
 ) -> Result<Marker, String> {
     let timeout = ctx.options.timeout;
     let venv_timeout = util::remaining(ctx.deadline, "python -m venv", timeout)?;
-    let spec = CommandSpec::new(&interp.executable, &ctx.ref_dir.dir, venv_timeout)
+    // Pack code (setup.py, build hooks) runs as the sandbox user: it gets this one
+    // directory to write, made and handed over by the server; `finish_build` takes
+    // it back before it is used.
+    util::prepare_build_dir(build_dir)?;
+    let mut spec = CommandSpec::new(&interp.executable, &ctx.ref_dir.dir, venv_timeout)
         .arg("-m")
         .arg("venv")
         .arg(build_dir)
-        .env("PYTHONNOUSERSITE", "1");
+        .env("PYTHONNOUSERSITE", "1")
+        .write_path(build_dir);
+    if let Some(prefix) = util::install_prefix(&interp.executable) {
+        spec = spec.read_path(prefix);
+    }
+    let interpreter_access = spec.access.clone();
     util::run_tool(&spec, "python -m venv", "venv", ctx.reporter, timeout).await?;
     let venv_python = build_dir.join("bin").join("python");
 
     let installed = if let Some(requirements) = &inputs.requirements {
         let pip_timeout = util::remaining(ctx.deadline, "pip install", timeout)?;
-        let spec = pip_command(ctx, &venv_python, requirements, pip_timeout);
+        let mut spec = pip_command(ctx, &venv_python, requirements, pip_timeout);
+        spec.access
+            .read
+            .extend(interpreter_access.read.iter().cloned());
+        spec.access
+            .write
+            .extend(interpreter_access.write.iter().cloned());
         ctx.reporter
             .info(Stage::Build, format!("python: {}", spec.display_command()));
         util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout).await?;
@@ -284,6 +299,7 @@ async fn build(
         false
     };
 
+    layout::reclaim(build_dir).await?;
     let package_count = count_distributions(build_dir);
     let version_text = format!(
         "Python {}",
@@ -316,6 +332,9 @@ fn pip_command(
 ) -> CommandSpec {
     let s = ctx.settings;
     let mut spec = CommandSpec::new(venv_python, ctx.pack_dir, timeout)
+        .read_path(ctx.pack_dir)
+        .write_path(ctx.home_dir())
+        .write_path(ctx.ref_dir.root.join(".cache").join("pip"))
         .arg("-m")
         .arg("pip")
         .arg("install")
@@ -337,6 +356,13 @@ fn pip_command(
     }
     for arg in &s.pip_extra_args {
         spec = spec.arg(arg);
+    }
+    // Local wheel directories are read by pip, which runs sandboxed.
+    for link in &s.pip_find_links {
+        let local = link.strip_prefix("file://").unwrap_or(link);
+        if local.starts_with('/') {
+            spec = spec.read_path(local);
+        }
     }
     // URLs go through the environment: they may carry credentials, and the
     // environment is neither shown in `ps` nor printed (CommandSpec's Debug).
@@ -409,7 +435,12 @@ pub fn count_distributions(venv: &Path) -> u32 {
 /// The virtualenv's Python version from its `pyvenv.cfg` (`version = 3.11.7`, or
 /// `version_info = 3.12.1.final.0`).
 fn venv_version(venv: &Path) -> Option<String> {
-    let cfg = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
+    // Written by the sandboxed build: only a regular file is read, never a link.
+    let path = venv.join("pyvenv.cfg");
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let cfg = std::fs::read_to_string(path).ok()?;
     let value = |key: &str| {
         cfg.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;

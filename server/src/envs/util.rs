@@ -218,6 +218,22 @@ pub fn passthrough_env() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+/// Creates `build_dir` (when missing) and hands it to the sandbox user, who builds
+/// there.
+pub fn prepare_build_dir(build_dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(build_dir)
+        .map_err(|e| format!("cannot create {}: {e}", build_dir.display()))?;
+    crate::sandbox::hand_over(build_dir).map_err(|e| e.to_string())
+}
+
+/// The installation prefix of a tool given by path (`/opt/node` for
+/// `/opt/node/bin/npm`), links resolved: sandboxed children must read it.
+pub fn install_prefix(tool: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(tool).ok()?;
+    let prefix = real.parent()?.parent()?;
+    (prefix != Path::new("/")).then(|| prefix.to_path_buf())
+}
+
 /// Removes a directory tree off the async threads; errors are ignored (the next
 /// successful build's garbage collection retries).
 pub async fn remove_tree(path: PathBuf) {

@@ -28,6 +28,12 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the database file {path} private (mode 0600): {source}")]
+    PrivateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sqlx(#[from] sqlx::Error),
     /// `target` is `host:port` (or the socket directory): never the URL, which may
@@ -94,6 +100,31 @@ impl RegisteredSource {
 /// How long opening the first connection may take when no setting says otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Creates the SQLite file (when missing) with mode 0600 and narrows an existing one
+/// and its `-wal`/`-shm` companions to 0600: SQLite gives the companions the database
+/// file's mode, and pack code must not read any of them.
+fn private_sqlite_files(db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if db.as_os_str().is_empty() || db.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        match std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Connects to `url` (creating a SQLite file and its directory if missing).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -118,6 +149,12 @@ impl Db {
                     source,
                 })?;
             }
+            private_sqlite_files(options.get_filename()).map_err(|source| {
+                StoreError::PrivateFile {
+                    path: options.get_filename().display().to_string(),
+                    source,
+                }
+            })?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .connect_with(options)

@@ -38,6 +38,12 @@ fn import_value(venv: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environments_are_built_reused_and_survive_registration() {
     let wheels = tempfile::tempdir().unwrap();
+    // pip runs as the sandbox user: the wheel directory must be readable to it.
+    std::fs::set_permissions(
+        wheels.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     make_wheel(wheels.path(), "tinypkg", "1.0", "42");
     let wheel_dir = path_str(wheels.path());
     let server = TestServer::start_with(Backend::Sqlite, |c| {

@@ -107,6 +107,12 @@ impl TestServer {
     /// Starts a server after `adjust` has changed its configuration.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let root = tempfile::tempdir().unwrap();
+        // tempfile makes it 0700: pack code (run as the sandbox user) could not reach
+        // the packs below it. The server's own directories do the protecting.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let root_path = root.path().canonicalize().unwrap();
         let (database_url, pg_database) = match backend {
             Backend::Sqlite => (None, None),
