@@ -171,12 +171,16 @@ impl EnvBuilder<'_> {
             Ok(_) => return unknown(format!("pack directory '{given}' does not exist")),
             Err(e) => return unknown(e.to_string()),
         };
-        let manifest = match Manifest::load(&dir) {
+        let manifest = match Manifest::load(&dir, self.paths.read_limits()) {
             Ok(m) => m,
             Err(e) => return unknown(e.to_string()),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);
-        let envs = envs::build_pack_envs(&dir, &manifest, self.settings, options, &progress).await;
+        let settings = EnvSettings {
+            read_limits: *self.paths.read_limits(),
+            ..self.settings.clone()
+        };
+        let envs = envs::build_pack_envs(&dir, &manifest, &settings, options, &progress).await;
         let failures: Vec<FailedEnvironment> = envs
             .failures
             .iter()

@@ -25,6 +25,7 @@ use crate::{
     fetch::{self, HttpFetcher},
     git::{self, GitCredentials},
     manifest::Manifest,
+    packfs::{PackDir, PackReadLimits},
     paths::PathPolicy,
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -380,9 +381,10 @@ impl Downloader {
         reporter.info(Stage::Verify, "reading pack.yaml");
         let pack_root = fetched.pack_root.clone();
         let known_checksum = fetched.checksum_hex.clone();
+        let limits = *self.paths.read_limits();
         let (manifest, checksum_hex) = staging
             .blocking(move || {
-                let manifest = Manifest::load(&pack_root).map_err(|e| e.to_string())?;
+                let manifest = Manifest::load(&pack_root, &limits).map_err(|e| e.to_string())?;
                 let checksum = match known_checksum {
                     Some(c) => c,
                     None => checksum::directory_checksum(&pack_root).map_err(|e| e.to_string())?,
@@ -435,6 +437,7 @@ impl Downloader {
         let pack_root = fetched.pack_root.clone();
         let place_target = target.clone();
         let place_checksum = checksum_hex.clone();
+        let place_limits = *self.paths.read_limits();
         let placed = staging
             .blocking(move || {
                 place(
@@ -443,6 +446,7 @@ impl Downloader {
                     &place_checksum,
                     force,
                     &provenance,
+                    &place_limits,
                 )
             })
             .await??;
@@ -731,6 +735,7 @@ impl Downloader {
         let src = path.clone();
         let pack_root = staging
             .blocking(move || {
+                let src = PackDir::open(&src).map_err(|e| e.to_string())?;
                 fetch::copy_tree(&src, &tree, &copy_reporter).map_err(|e| e.to_string())?;
                 archive::find_pack_root(&tree).map_err(|e| e.to_string())
             })
@@ -776,6 +781,7 @@ fn place(
     checksum_hex: &str,
     force: bool,
     provenance: &Provenance,
+    limits: &PackReadLimits,
 ) -> Result<Placed, String> {
     let describe =
         |e: std::io::Error| format!("cannot place the pack at '{}': {e}", target.display());
@@ -796,7 +802,7 @@ fn place(
             if existing.as_deref() == Some(checksum_hex) {
                 Placed::Unchanged
             } else if !force {
-                let version = Manifest::load(target)
+                let version = Manifest::load(target, limits)
                     .map(|m| format!("version {}", m.version))
                     .unwrap_or_else(|_| "unreadable pack".into());
                 return Err(format!(

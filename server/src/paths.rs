@@ -10,6 +10,8 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use crate::packfs::PackReadLimits;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error("path must not be empty")]
@@ -28,15 +30,30 @@ pub enum PathError {
     Io { path: String, source: io::Error },
 }
 
-/// The roots requests may touch. Cheap to clone.
+/// The roots requests may touch, and how much of a pack file may be read into
+/// memory once a pack under them is opened. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PathPolicy {
     roots: Vec<PathBuf>,
+    read_limits: PackReadLimits,
 }
 
 impl PathPolicy {
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        Self { roots }
+        Self {
+            roots,
+            read_limits: PackReadLimits::default(),
+        }
+    }
+
+    /// The caps of the `pack_files` settings.
+    pub fn with_read_limits(mut self, read_limits: PackReadLimits) -> Self {
+        self.read_limits = read_limits;
+        self
+    }
+
+    pub fn read_limits(&self) -> &PackReadLimits {
+        &self.read_limits
     }
 
     pub fn roots(&self) -> &[PathBuf] {

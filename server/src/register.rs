@@ -22,6 +22,7 @@ use crate::{
     components::{self, ComponentKind, LoadedPack},
     fetch,
     manifest::Manifest,
+    packfs::PackDir,
     packtest::{self, PackTestResult, TestRunOptions},
     paths::PathPolicy,
     progress::{Level, Reporter, Stage},
@@ -159,6 +160,8 @@ type Preparation = Result<Prepared, (ErrorStage, String)>;
 struct Candidate {
     given_path: String,
     dir: PathBuf,
+    /// `dir` opened once: the manifest, the components and the copy all read through it.
+    opened: PackDir,
     manifest: Manifest,
     loaded: LoadedPack,
 }
@@ -393,6 +396,7 @@ impl Registrar<'_> {
     ) -> Preparation {
         let Candidate {
             dir,
+            opened,
             manifest,
             loaded,
             ..
@@ -423,11 +427,14 @@ impl Registrar<'_> {
                 ".{pack_ref}.staging-{}",
                 crate::paths::unique_suffix()
             ));
-            let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
-            let copied =
-                tokio::task::spawn_blocking(move || fetch::copy_tree(&src, &dst, &copy_reporter))
-                    .await
-                    .expect("copy panicked");
+            let (dst, copy_reporter) = (staging.clone(), reporter.clone());
+            // The copy reads through the descriptor the manifest and components were read
+            // from: what is stored is what was validated, wherever the path points now.
+            let copied = tokio::task::spawn_blocking(move || {
+                fetch::copy_tree(&opened, &dst, &copy_reporter)
+            })
+            .await
+            .expect("copy panicked");
             if let Err(e) = copied {
                 let _ = fs::remove_dir_all(&staging);
                 return Err((ErrorStage::FileCopy, e.to_string()));
@@ -760,7 +767,14 @@ fn parse_batch(
                 continue;
             }
         };
-        let manifest = match Manifest::load(&dir) {
+        let opened = match PackDir::open(&dir) {
+            Ok(opened) => opened,
+            Err(e) => {
+                fail(&mut failed, "unknown", given, e.to_string());
+                continue;
+            }
+        };
+        let manifest = match Manifest::read(&opened, paths.read_limits()) {
             Ok(m) => m,
             Err(e) => {
                 fail(&mut failed, "unknown", given, e.to_string());
@@ -779,10 +793,11 @@ fn parse_batch(
         reporter
             .with_subject(&manifest.pack_ref)
             .info(Stage::Validate, "reading components");
-        let loaded = components::load(&dir, &manifest.pack_ref);
+        let loaded = components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
         candidates.push(Candidate {
             given_path: given.clone(),
             dir,
+            opened,
             manifest,
             loaded,
         });
@@ -812,7 +827,7 @@ fn parse_batch(
             };
             components::validate(
                 &mut candidate.loaded,
-                &candidate.dir,
+                &candidate.opened,
                 &candidate.manifest.pack_ref,
                 &pack_exists,
                 &component_exists,

@@ -23,7 +23,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, db: Db, auth: Authenticator) -> Result<Self, DownloadError> {
-        let paths = PathPolicy::new(config.allowed_roots());
+        let paths =
+            PathPolicy::new(config.allowed_roots()).with_read_limits(config.pack_files.limits());
         let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
         Ok(Self {
             config: Arc::new(config),

@@ -11,6 +11,7 @@ mod dependencies;
 mod download;
 mod git;
 mod grpcurl;
+mod hostile_files;
 mod install;
 mod register;
 mod rest;
