@@ -793,7 +793,7 @@ mod tests {
         // Creating a device node needs CAP_MKNOD; without it, this check is moot.
         let made = rustix::fs::mknodat(
             rustix::fs::CWD,
-            &pack.path().join("zero"),
+            pack.path().join("zero"),
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o644),
             rustix::fs::makedev(1, 5),

@@ -490,7 +490,7 @@ fn fifos_and_sockets_are_refused_without_blocking() {
     for name in ["actions/fifo.yaml", "actions/pipe.sh", "rules"] {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &d.join(name),
+            d.join(name),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,

@@ -596,7 +596,7 @@ mod tests {
         // A FIFO in a local dependency is refused at once, naming it.
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &pack.join("lib/pipe"),
+            pack.join("lib/pipe"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,

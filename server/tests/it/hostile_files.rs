@@ -276,7 +276,7 @@ async fn hostile_component_files(backend: Backend) {
     // A character device needs CAP_MKNOD (the test runs as root in CI).
     let device = rustix::fs::mknodat(
         rustix::fs::CWD,
-        &actions.join("zero.yaml"),
+        actions.join("zero.yaml"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o644),
         rustix::fs::makedev(1, 5),
