@@ -25,7 +25,7 @@ use crate::{
     fetch::{self, HttpFetcher},
     git::{self, GitCredentials},
     manifest::Manifest,
-    packfs::{PackDir, PackReadLimits},
+    packfs::PackReadLimits,
     paths::PathPolicy,
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -733,9 +733,10 @@ impl Downloader {
         let tree = staging.path().join("tree");
         let copy_reporter = reporter.clone();
         let src = path.clone();
+        let paths = self.paths.clone();
         let pack_root = staging
             .blocking(move || {
-                let src = PackDir::open(&src).map_err(|e| e.to_string())?;
+                let src = paths.open_confined(&src).map_err(|e| e.to_string())?;
                 fetch::copy_tree(&src, &tree, &copy_reporter).map_err(|e| e.to_string())?;
                 archive::find_pack_root(&tree).map_err(|e| e.to_string())
             })

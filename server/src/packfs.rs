@@ -21,7 +21,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -343,6 +343,12 @@ impl PackDir {
     /// The path this directory was opened as (for messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the opened directory is now, as the kernel names it; `None` without
+    /// `/proc`.
+    pub fn real_path(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()
     }
 
     /// Opens the directory `rel` below this one.

@@ -767,7 +767,7 @@ fn parse_batch(
                 continue;
             }
         };
-        let opened = match PackDir::open(&dir) {
+        let opened = match paths.open_confined(&dir) {
             Ok(opened) => opened,
             Err(e) => {
                 fail(&mut failed, "unknown", given, e.to_string());
