@@ -434,3 +434,41 @@ async fn directory_swapped_for_a_link_during_copies(backend: Backend) {
     server.stop().await;
 }
 on_both_backends!(directory_swapped_for_a_link_during_copies);
+
+/// A pack.yaml over `pack_files.max_manifest_bytes` (here a sparse 4 GiB file) is
+/// refused at once, naming the limit and its setting; only the cap is ever read.
+async fn oversized_pack_yaml_names_its_setting(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.pack_files.max_manifest_bytes = 64 * 1024;
+    })
+    .await;
+    let pack = server.packs_dir().join("huge");
+    std::fs::create_dir_all(&pack).unwrap();
+    let file = std::fs::File::create(pack.join("pack.yaml")).unwrap();
+    file.set_len(4 << 30).unwrap();
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut client = server.client().await;
+    let deps = client.dependencies(deps_request(&[&pack])).await.unwrap();
+    let register = client
+        .register_batch(register_request(&server, &[&pack]))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for error in [
+        deps_error(&deps, &pack),
+        register.failed_packs[0].error.clone(),
+    ] {
+        assert!(
+            error.contains("65536 bytes") && error.contains("pack_files.max_manifest_bytes"),
+            "{error}"
+        );
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 100 * 1024 * 1024,
+        "the server grew by {grown} bytes"
+    );
+    server.stop().await;
+}
+on_both_backends!(oversized_pack_yaml_names_its_setting);
