@@ -22,7 +22,6 @@ use crate::{
     components::{self, ComponentKind, LoadedPack},
     fetch,
     manifest::Manifest,
-    packfs::PackDir,
     packtest::{self, PackTestResult, TestRunOptions},
     paths::PathPolicy,
     progress::{Level, Reporter, Stage},
@@ -160,8 +159,6 @@ type Preparation = Result<Prepared, (ErrorStage, String)>;
 struct Candidate {
     given_path: String,
     dir: PathBuf,
-    /// `dir` opened once: the manifest, the components and the copy all read through it.
-    opened: PackDir,
     manifest: Manifest,
     loaded: LoadedPack,
 }
@@ -396,7 +393,6 @@ impl Registrar<'_> {
     ) -> Preparation {
         let Candidate {
             dir,
-            opened,
             manifest,
             loaded,
             ..
@@ -427,17 +423,19 @@ impl Registrar<'_> {
                 ".{pack_ref}.staging-{}",
                 crate::paths::unique_suffix()
             ));
-            let (dst, copy_reporter) = (staging.clone(), reporter.clone());
-            // The copy reads through the descriptor the manifest and components were read
-            // from: what is stored is what was validated, wherever the path points now.
+            let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
+            let paths = self.paths.clone();
+            // Opened again rather than kept from parsing: a batch of thousands of packs
+            // must not hold a descriptor per pack.
             let copied = tokio::task::spawn_blocking(move || {
-                fetch::copy_tree(&opened, &dst, &copy_reporter)
+                let opened = paths.open_confined(&src).map_err(|e| e.to_string())?;
+                fetch::copy_tree(&opened, &dst, &copy_reporter).map_err(|e| e.to_string())
             })
             .await
             .expect("copy panicked");
             if let Err(e) = copied {
                 let _ = fs::remove_dir_all(&staging);
-                return Err((ErrorStage::FileCopy, e.to_string()));
+                return Err((ErrorStage::FileCopy, e));
             }
             Some(StagedDir(staging))
         };
@@ -797,7 +795,6 @@ fn parse_batch(
         candidates.push(Candidate {
             given_path: given.clone(),
             dir,
-            opened,
             manifest,
             loaded,
         });
@@ -825,9 +822,17 @@ fn parse_batch(
                 let key = (kind.as_str().to_string(), r.to_string());
                 batch_components.contains(&key) || registered_components.contains(&key)
             };
+            let opened = match paths.open_confined(&candidate.dir) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let pack_ref = candidate.manifest.pack_ref.clone();
+                    fail(&mut failed, &pack_ref, &candidate.given_path, e.to_string());
+                    continue;
+                }
+            };
             components::validate(
                 &mut candidate.loaded,
-                &candidate.opened,
+                &opened,
                 &candidate.manifest.pack_ref,
                 &pack_exists,
                 &component_exists,
