@@ -217,6 +217,45 @@ fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
     }
 }
 
+/// Copies the npm input `name` of `dir` (a file, a link or a directory tree) to
+/// `dst`, reading through the pack's descriptor: links are copied as links (never
+/// followed), FIFOs and devices are refused, `node_modules` and `.git` are left out.
+fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = |e: PackFsError| e.to_string();
+    let write = |e: io::Error| format!("cannot write {}: {e}", dst.display());
+    let Some((kind, _)) = dir.kind(name).map_err(read)? else {
+        return Err(format!(
+            "{} does not exist",
+            dir.path().join(name).display()
+        ));
+    };
+    match kind {
+        EntryKind::Symlink => {
+            std::os::unix::fs::symlink(dir.read_link(name).map_err(read)?, dst).map_err(write)
+        }
+        EntryKind::Dir => {
+            let sub = dir.open_dir(name).map_err(read)?;
+            std::fs::create_dir_all(dst).map_err(write)?;
+            for entry in sub.entries().map_err(read)? {
+                if entry.name == "node_modules" || entry.name == ".git" {
+                    continue;
+                }
+                copy_input(&sub, Path::new(&entry.name), &dst.join(&entry.name))?;
+            }
+            Ok(())
+        }
+        EntryKind::File => {
+            let mut opened = dir.open_file(name).map_err(read)?;
+            let mut out = std::fs::File::create(dst).map_err(write)?;
+            io::copy(&mut opened.file, &mut out).map_err(write)?;
+            out.set_permissions(std::fs::Permissions::from_mode(opened.mode & 0o777))
+                .map_err(write)
+        }
+        other => Err(read(other.refusal(dir.path().join(name)))),
+    }
+}
+
 /// Replaces every symlinked package in `node_modules` (and nested `node_modules`)
 /// by a copy of what it points to.
 fn materialize_links(node_modules: &Path) -> io::Result<()> {
@@ -446,19 +485,21 @@ async fn build(
                 inputs.copy.clone(),
                 staging.clone(),
             );
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let pack = PackDir::open(&pack_dir).map_err(|e| e.to_string())?;
                 for rel in copy {
                     let to = dst.join(&rel);
                     if let Some(parent) = to.parent() {
-                        std::fs::create_dir_all(parent)?;
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
                     }
-                    copy_tree(&pack_dir.join(&rel), &to, true)?;
+                    copy_input(&pack, &rel, &to)?;
                 }
                 Ok(())
             })
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|r| r)
             .map_err(|e| format!("cannot copy the npm inputs: {e}"))?;
 
             let verb = if inputs.has_lockfile { "ci" } else { "install" };
