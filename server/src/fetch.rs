@@ -339,3 +339,71 @@ fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
     // pack's own bits (scripts stay executable).
     out.set_permissions(fs::Permissions::from_mode(mode))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn copies_files_and_directories_keeping_permission_bits_but_not_set_id_bits() {
+        let src = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("actions/lib")).unwrap();
+        fs::create_dir_all(src.path().join(".git")).unwrap();
+        fs::write(src.path().join(".git/config"), "x").unwrap();
+        fs::write(src.path().join("pack.yaml"), "ref: p\n").unwrap();
+        let script = src.path().join("actions/run.sh");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::write(src.path().join("actions/lib/x.py"), "pass\n").unwrap();
+
+        let dst = out.path().join("copy");
+        let opened = PackDir::open(src.path()).unwrap();
+        let files = copy_tree(&opened, &dst, &Reporter::noop()).unwrap();
+        assert_eq!(files, 3);
+        assert_eq!(fs::read(dst.join("actions/lib/x.py")).unwrap(), b"pass\n");
+        assert_eq!(mode(&dst.join("actions/run.sh")), 0o755);
+        assert!(!dst.join(".git").exists());
+    }
+
+    #[test]
+    fn links_and_fifos_anywhere_are_refused_naming_them() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let make_link = |path: &Path| std::os::unix::fs::symlink(&secret, path).unwrap();
+        let make_fifo = |path: &Path| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap()
+        };
+        type Make<'a> = &'a dyn Fn(&Path);
+        let cases: [(&str, Make, &str); 2] = [
+            ("sub/link", &make_link, "symbolic link"),
+            ("sub/pipe", &make_fifo, "fifo"),
+        ];
+        for (name, make, kind) in cases {
+            let src = tempfile::tempdir().unwrap();
+            fs::create_dir(src.path().join("sub")).unwrap();
+            make(&src.path().join(name));
+            let out = tempfile::tempdir().unwrap();
+            let opened = PackDir::open(src.path()).unwrap();
+            let err = copy_tree(&opened, &out.path().join("copy"), &Reporter::noop()).unwrap_err();
+            assert!(
+                matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
+                "{err}"
+            );
+        }
+    }
+}
