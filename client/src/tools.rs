@@ -16,6 +16,7 @@ use attune_packs_server::{
     checksum::{self, DigestWriter},
     components::{self, ComponentKind},
     manifest::Manifest,
+    packfs::{PackDir, PackReadLimits},
     progress::Reporter,
     registry::PackIndex,
 };
@@ -101,7 +102,9 @@ pub struct Sources {
 /// An index entry (format 1.0) for the pack at `path` (a directory or an archive).
 pub fn index_entry(path: &Path, sources: &Sources) -> anyhow::Result<Value> {
     let pack = open_pack(path)?;
-    let m = Manifest::load(&pack.root)?;
+    let limits = PackReadLimits::default();
+    let opened = PackDir::open(&pack.root)?;
+    let m = Manifest::read(&opened, &limits)?;
     let dir_sum = checksum::checksum_prefixed(&checksum::directory_checksum(&pack.root)?);
     let mut install = Vec::new();
     if let Some(url) = &sources.git_url {
@@ -124,7 +127,7 @@ pub fn index_entry(path: &Path, sources: &Sources) -> anyhow::Result<Value> {
         "give at least one install source (--git-url/--git-ref or --archive-url)"
     );
 
-    let loaded = components::load(&pack.root, &m.pack_ref);
+    let loaded = components::load(&opened, &m.pack_ref, limits.component());
     let names = |kind: ComponentKind| -> Vec<Value> {
         let mut list: Vec<Value> = loaded
             .of_kind(kind)

@@ -171,12 +171,22 @@ impl EnvBuilder<'_> {
             Ok(_) => return unknown(format!("pack directory '{given}' does not exist")),
             Err(e) => return unknown(e.to_string()),
         };
-        let manifest = match Manifest::load(&dir) {
+        let manifest = match self
+            .paths
+            .open_confined(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|opened| {
+                Manifest::read(&opened, self.paths.read_limits()).map_err(|e| e.to_string())
+            }) {
             Ok(m) => m,
-            Err(e) => return unknown(e.to_string()),
+            Err(e) => return unknown(e),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);
-        let envs = envs::build_pack_envs(&dir, &manifest, self.settings, options, &progress).await;
+        let settings = EnvSettings {
+            read_limits: *self.paths.read_limits(),
+            ..self.settings.clone()
+        };
+        let envs = envs::build_pack_envs(&dir, &manifest, &settings, options, &progress).await;
         let failures: Vec<FailedEnvironment> = envs
             .failures
             .iter()

@@ -31,12 +31,13 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use sha2::{Digest as _, Sha256, Sha512};
+
+use crate::packfs::{EntryKind, PackDir, PackFile, PackFsError};
 
 /// Domain separator written before every file.
 const FILE_TAG: &[u8; 19] = b"attune-pack-file-v1";
@@ -68,6 +69,8 @@ pub enum ChecksumError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Unreadable(PackFsError),
     #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest { input: String, reason: String },
 }
@@ -121,25 +124,25 @@ fn hex_digest(sha: Sha256) -> String {
 /// at run time by `sha2`). Buffers are recycled, so there is no per-file allocation of
 /// content buffers.
 pub fn directory_checksum(dir: &Path) -> Result<String, ChecksumError> {
-    let meta = fs::symlink_metadata(dir).map_err(io_err(dir))?;
-    if meta.file_type().is_symlink() {
-        return Err(ChecksumError::Symlink {
-            path: dir.to_path_buf(),
-        });
-    }
-    if !meta.is_dir() {
-        return Err(ChecksumError::NotADirectory {
-            path: dir.to_path_buf(),
-        });
-    }
+    let root = PackDir::open(dir).map_err(refused)?;
     let mut files = Vec::new();
     let mut rel = String::new();
-    walk(dir, &mut rel, &mut files)?;
+    walk(&root, &mut rel, &mut files)?;
     files.sort_unstable_by(|a, b| compare_paths(a, b));
     if files.len() <= SMALL_TREE_FILES {
-        hash_files_sequentially(dir, &files)
+        hash_files_sequentially(&root, &files)
     } else {
-        hash_files_in_order(dir, &files)
+        hash_files_in_order(&root, &files)
+    }
+}
+
+/// The checksum's own error for what the pack's descriptor refused.
+fn refused(e: PackFsError) -> ChecksumError {
+    match e {
+        PackFsError::Symlink { path } => ChecksumError::Symlink { path },
+        PackFsError::Special { path, kind } => ChecksumError::SpecialFile { path, kind },
+        PackFsError::NotADirectory { path } => ChecksumError::NotADirectory { path },
+        other => ChecksumError::Unreadable(other),
     }
 }
 
@@ -148,13 +151,14 @@ const SMALL_TREE_FILES: usize = 256;
 
 /// Hashes the files one after the other on this thread with one reused buffer: the
 /// fast path for typical packs (dozens of small files).
-fn hash_files_sequentially(root: &Path, files: &[String]) -> Result<String, ChecksumError> {
+fn hash_files_sequentially(root: &PackDir, files: &[String]) -> Result<String, ChecksumError> {
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
-        let path = root.join(rel);
-        let mut f = File::open(&path).map_err(io_err(&path))?;
-        let len = f.metadata().map_err(io_err(&path))?.len();
+        let path = root.path().join(rel);
+        let PackFile {
+            file: mut f, len, ..
+        } = root.open_file(rel).map_err(refused)?;
         hash_header(&mut sha, rel, len);
         let mut total = 0u64;
         loop {
@@ -180,7 +184,7 @@ fn hash_files_sequentially(root: &Path, files: &[String]) -> Result<String, Chec
 }
 
 /// Hashes the given `/`-joined relative paths under `root` in the given order.
-fn hash_files_in_order(root: &Path, files: &[String]) -> Result<String, ChecksumError> {
+fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, ChecksumError> {
     enum Msg {
         File(usize, u64),
         Data(Vec<u8>),
@@ -199,14 +203,10 @@ fn hash_files_in_order(root: &Path, files: &[String]) -> Result<String, Checksum
             };
             let mut spare: Option<Vec<u8>> = None;
             for (i, rel) in files.iter().enumerate() {
-                let path = root.join(rel);
-                let mut f = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => return send_err(io_err(&path)(e)),
-                };
-                let len = match f.metadata() {
-                    Ok(m) => m.len(),
-                    Err(e) => return send_err(io_err(&path)(e)),
+                let path = root.path().join(rel);
+                let (mut f, len) = match root.open_file(rel) {
+                    Ok(opened) => (opened.file, opened.len),
+                    Err(e) => return send_err(refused(e)),
                 };
                 if tx.send(Msg::File(i, len)).is_err() {
                     return;
@@ -272,56 +272,30 @@ fn hash_files_in_order(root: &Path, files: &[String]) -> Result<String, Checksum
     Ok(hex_digest(sha))
 }
 
-fn walk(dir: &Path, rel: &mut String, out: &mut Vec<String>) -> Result<(), ChecksumError> {
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        if name == ".git" {
+/// Collects the regular files below `dir`, each directory opened relative to its
+/// parent's descriptor (a directory swapped for a link is refused, not followed).
+fn walk(dir: &PackDir, rel: &mut String, out: &mut Vec<String>) -> Result<(), ChecksumError> {
+    for entry in dir.entries().map_err(refused)? {
+        if entry.name == ".git" {
             continue;
         }
-        let path = entry.path();
-        let Some(name) = name.to_str() else {
+        let path = dir.path().join(&entry.name);
+        let Some(name) = entry.name.to_str() else {
             return Err(ChecksumError::NonUtf8Path { path });
         };
-        let ft = entry.file_type().map_err(io_err(&path))?;
         let base = rel.len();
         if !rel.is_empty() {
             rel.push('/');
         }
         rel.push_str(name);
-        if ft.is_file() {
-            out.push(rel.clone());
-        } else if ft.is_dir() {
-            walk(&path, rel, out)?;
-        } else if ft.is_symlink() {
-            return Err(ChecksumError::Symlink { path });
-        } else {
-            return Err(ChecksumError::SpecialFile {
-                path,
-                kind: special_kind(&ft),
-            });
+        match entry.kind {
+            EntryKind::File => out.push(rel.clone()),
+            EntryKind::Dir => walk(&dir.open_dir(name).map_err(refused)?, rel, out)?,
+            other => return Err(refused(other.refusal(path))),
         }
         rel.truncate(base);
     }
     Ok(())
-}
-
-fn special_kind(ft: &fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "fifo";
-        } else if ft.is_socket() {
-            return "socket";
-        } else if ft.is_block_device() {
-            return "block device";
-        } else if ft.is_char_device() {
-            return "character device";
-        }
-    }
-    let _ = ft;
-    "special"
 }
 
 // ---------------------------------------------------------------------------
@@ -732,6 +706,7 @@ impl<W: Write> Write for DigestWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn write(root: &Path, rel: &str, content: &[u8]) {
         let p = root.join(rel);
@@ -750,11 +725,9 @@ mod tests {
             files.push(rel);
         }
         files.sort_unstable_by(|a, b| compare_paths(a, b));
-        let threaded = hash_files_in_order(dir.path(), &files).unwrap();
-        assert_eq!(
-            hash_files_sequentially(dir.path(), &files).unwrap(),
-            threaded
-        );
+        let root = PackDir::open(dir.path()).unwrap();
+        let threaded = hash_files_in_order(&root, &files).unwrap();
+        assert_eq!(hash_files_sequentially(&root, &files).unwrap(), threaded);
         assert_eq!(directory_checksum(dir.path()).unwrap(), threaded);
     }
 

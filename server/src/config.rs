@@ -107,6 +107,43 @@ pub struct Config {
     #[serde(with = "humantime_serde_compat")]
     pub database_connect_timeout: Duration,
     pub sandbox: SandboxSection,
+    pub pack_files: PackFilesSection,
+}
+
+/// `pack_files:` — how much of a pack file may be read into memory. Pack files are
+/// opened through the pack's directory descriptor (see `packfs`); these caps stop a
+/// huge (or endless) file from growing the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackFilesSection {
+    /// Largest pack.yaml, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Largest component file (actions/*.yaml, sensors/*.yaml, ...), in bytes.
+    pub max_component_bytes: u64,
+    /// Largest other pack file read whole (requirements.txt, package.json, lock
+    /// files, test result files), in bytes.
+    pub max_other_bytes: u64,
+}
+
+impl Default for PackFilesSection {
+    fn default() -> Self {
+        let limits = crate::packfs::PackReadLimits::default();
+        Self {
+            max_manifest_bytes: limits.manifest_bytes,
+            max_component_bytes: limits.component_bytes,
+            max_other_bytes: limits.other_bytes,
+        }
+    }
+}
+
+impl PackFilesSection {
+    pub fn limits(&self) -> crate::packfs::PackReadLimits {
+        crate::packfs::PackReadLimits {
+            manifest_bytes: self.max_manifest_bytes,
+            component_bytes: self.max_component_bytes,
+            other_bytes: self.max_other_bytes,
+        }
+    }
 }
 
 /// `login:` — `/api/v1/auth/login`: the argon2 pool and the throttle of failures.
@@ -284,6 +321,8 @@ impl BuildSection {
             npm_extra_args: self.npm_extra_args.clone(),
             npm_ignore_scripts: self.npm_ignore_scripts,
             pass_proxy_env: self.pass_proxy_env,
+            // From `pack_files`, set by the BuildEnvs stage from the path policy.
+            read_limits: crate::packfs::PackReadLimits::default(),
         }
     }
 }
@@ -420,6 +459,7 @@ pub struct GitSection {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            pack_files: PackFilesSection::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./attune-packs-data"),
             database_url: None,
@@ -513,6 +553,17 @@ impl Config {
                 "sandbox.extra_read_paths entries must be absolute paths: {}",
                 bad.display()
             )));
+        }
+        for (key, value) in [
+            ("max_manifest_bytes", self.pack_files.max_manifest_bytes),
+            ("max_component_bytes", self.pack_files.max_component_bytes),
+            ("max_other_bytes", self.pack_files.max_other_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "pack_files.{key} must be at least 1 byte"
+                )));
+            }
         }
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
@@ -799,6 +850,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("hash_concurency"), "{err}");
+    }
+
+    #[test]
+    fn pack_file_caps_come_from_the_pack_files_section() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.pack_files.limits(),
+            crate::packfs::PackReadLimits::default()
+        );
+        let c = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_PACK_FILES__MAX_MANIFEST_BYTES", "4096")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.pack_files.limits().manifest_bytes, 4096);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_PACK_FILES__MAX_OTHER_BYTES", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("pack_files.max_other_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

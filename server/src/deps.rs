@@ -148,7 +148,8 @@ fn parse_all(
                 if !dir.is_dir() {
                     return Err(format!("pack directory '{given}' does not exist"));
                 }
-                Manifest::load(&dir)
+                let opened = paths.open_confined(&dir).map_err(|e| e.to_string())?;
+                Manifest::read(&opened, paths.read_limits())
                     .map(|manifest| (dir, manifest))
                     .map_err(|e| e.to_string())
             })

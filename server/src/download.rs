@@ -25,6 +25,7 @@ use crate::{
     fetch::{self, HttpFetcher},
     git::{self, GitCredentials},
     manifest::Manifest,
+    packfs::PackReadLimits,
     paths::PathPolicy,
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -404,9 +405,10 @@ impl Downloader {
         reporter.info(Stage::Verify, "reading pack.yaml");
         let pack_root = fetched.pack_root.clone();
         let known_checksum = fetched.checksum_hex.clone();
+        let limits = *self.paths.read_limits();
         let (manifest, checksum_hex) = staging
             .blocking(move || {
-                let manifest = Manifest::load(&pack_root).map_err(|e| e.to_string())?;
+                let manifest = Manifest::load(&pack_root, &limits).map_err(|e| e.to_string())?;
                 let checksum = match known_checksum {
                     Some(c) => c,
                     None => checksum::directory_checksum(&pack_root).map_err(|e| e.to_string())?,
@@ -459,6 +461,7 @@ impl Downloader {
         let pack_root = fetched.pack_root.clone();
         let place_target = target.clone();
         let place_checksum = checksum_hex.clone();
+        let place_limits = *self.paths.read_limits();
         let placed = staging
             .blocking(move || {
                 place(
@@ -467,6 +470,7 @@ impl Downloader {
                     &place_checksum,
                     force,
                     &provenance,
+                    &place_limits,
                 )
             })
             .await??;
@@ -779,8 +783,10 @@ impl Downloader {
         let tree = staging.path().join("tree");
         let copy_reporter = reporter.clone();
         let src = path.clone();
+        let paths = self.paths.clone();
         let pack_root = staging
             .blocking(move || {
+                let src = paths.open_confined(&src).map_err(|e| e.to_string())?;
                 fetch::copy_tree(&src, &tree, &copy_reporter).map_err(|e| e.to_string())?;
                 archive::find_pack_root(&tree).map_err(|e| e.to_string())
             })
@@ -826,6 +832,7 @@ fn place(
     checksum_hex: &str,
     force: bool,
     provenance: &Provenance,
+    limits: &PackReadLimits,
 ) -> Result<Placed, String> {
     let describe =
         |e: std::io::Error| format!("cannot place the pack at '{}': {e}", target.display());
@@ -846,7 +853,7 @@ fn place(
             if existing.as_deref() == Some(checksum_hex) {
                 Placed::Unchanged
             } else if !force {
-                let version = Manifest::load(target)
+                let version = Manifest::load(target, limits)
                     .map(|m| format!("version {}", m.version))
                     .unwrap_or_else(|_| "unreadable pack".into());
                 return Err(format!(

@@ -12,6 +12,7 @@ use futures::StreamExt;
 
 use crate::{
     checksum::{DigestWriter, Digests},
+    packfs::{EntryKind, PackDir, PackFile, PackFsError},
     progress::{Reporter, Stage},
     source::redact_url,
 };
@@ -32,6 +33,8 @@ pub enum FetchError {
     Io { path: PathBuf, source: io::Error },
     #[error("'{path}' is a {kind}; packs may contain only regular files and directories")]
     SpecialFile { path: String, kind: &'static str },
+    #[error(transparent)]
+    Read(PackFsError),
 }
 
 /// HTTP(S) downloads. Two clients, built once: one verifying certificates, one not
@@ -265,60 +268,152 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
     }
 }
 
-/// Copies the pack directory `src` into `dst` (which must not exist). Only regular
-/// files and directories are copied; a symlink or special file anywhere is an error
-/// (a pack must not point the server at files outside it). `.git` is skipped.
-pub fn copy_tree(src: &Path, dst: &Path, reporter: &Reporter) -> Result<u64, FetchError> {
+/// Copies the opened pack directory `src` into `dst` (which must not exist). Only
+/// regular files and directories are copied; a symlink or special file anywhere is an
+/// error (a pack must not point the server at files outside it). `.git` is skipped.
+///
+/// The walk goes by descriptor: each directory is opened relative to its parent's
+/// descriptor without following links and each file is checked after it is opened,
+/// so a directory swapped for a link while the copy runs is refused, never followed.
+/// Set-user-ID, set-group-ID and sticky bits are not copied.
+pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, FetchError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FetchError::Io { path, source }
     };
+    let refused = |e: PackFsError| -> FetchError {
+        let shown = e
+            .path()
+            .strip_prefix(src.path())
+            .unwrap_or(e.path())
+            .display()
+            .to_string();
+        match e {
+            PackFsError::Symlink { .. } => FetchError::SpecialFile {
+                path: shown,
+                kind: "symbolic link",
+            },
+            PackFsError::Special { kind, .. } => FetchError::SpecialFile { path: shown, kind },
+            other => FetchError::Read(other),
+        }
+    };
     fs::create_dir(dst).map_err(io_err(dst))?;
     let mut files = 0u64;
-    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    let mut stack: Vec<(Option<PackDir>, PathBuf)> = vec![(None, dst.to_path_buf())];
     while let Some((from, to)) = stack.pop() {
         if reporter.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
-        let mut entries: Vec<_> = fs::read_dir(&from)
-            .map_err(io_err(&from))?
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&from))?;
-        entries.sort_by_key(|e| e.file_name());
+        let from_dir = from.as_ref().unwrap_or(src);
+        let mut entries = from_dir.entries().map_err(refused)?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries {
-            let name = entry.file_name();
-            if name == ".git" {
+            if entry.name == ".git" {
                 continue;
             }
-            let source = entry.path();
-            let target = to.join(&name);
-            let kind = entry.file_type().map_err(io_err(&source))?;
-            let shown = || {
-                source
-                    .strip_prefix(src)
-                    .unwrap_or(&source)
-                    .display()
-                    .to_string()
-            };
-            if kind.is_symlink() {
-                return Err(FetchError::SpecialFile {
-                    path: shown(),
-                    kind: "symbolic link",
-                });
-            } else if kind.is_dir() {
-                fs::create_dir(&target).map_err(io_err(&target))?;
-                stack.push((source, target));
-            } else if kind.is_file() {
-                fs::copy(&source, &target).map_err(io_err(&target))?;
-                files += 1;
-            } else {
-                return Err(FetchError::SpecialFile {
-                    path: shown(),
-                    kind: "special file",
-                });
+            let target = to.join(&entry.name);
+            match entry.kind {
+                EntryKind::Dir => {
+                    let sub = from_dir.open_dir(&entry.name).map_err(refused)?;
+                    fs::create_dir(&target).map_err(io_err(&target))?;
+                    stack.push((Some(sub), target));
+                }
+                EntryKind::File => {
+                    let mut opened = from_dir.open_file(&entry.name).map_err(refused)?;
+                    copy_file(&mut opened, &target).map_err(io_err(&target))?;
+                    files += 1;
+                }
+                other => {
+                    return Err(refused(other.refusal(from_dir.path().join(&entry.name))));
+                }
             }
         }
     }
     reporter.count(Stage::Fetch, "files copied", files, Some(files));
     Ok(files)
+}
+
+/// Writes the content of the opened file to the new file `target` with its
+/// permission bits (less set-ID and sticky bits: a copy made by the server must not
+/// become a set-ID program owned by the server's user).
+fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = opened.mode & 0o777;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(target)?;
+    io::copy(&mut opened.file, &mut out)?;
+    // The mode given at creation is reduced by the umask; the copy keeps the
+    // pack's own bits (scripts stay executable).
+    out.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn copies_files_and_directories_keeping_permission_bits_but_not_set_id_bits() {
+        let src = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("actions/lib")).unwrap();
+        fs::create_dir_all(src.path().join(".git")).unwrap();
+        fs::write(src.path().join(".git/config"), "x").unwrap();
+        fs::write(src.path().join("pack.yaml"), "ref: p\n").unwrap();
+        let script = src.path().join("actions/run.sh");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::write(src.path().join("actions/lib/x.py"), "pass\n").unwrap();
+
+        let dst = out.path().join("copy");
+        let opened = PackDir::open(src.path()).unwrap();
+        let files = copy_tree(&opened, &dst, &Reporter::noop()).unwrap();
+        assert_eq!(files, 3);
+        assert_eq!(fs::read(dst.join("actions/lib/x.py")).unwrap(), b"pass\n");
+        assert_eq!(mode(&dst.join("actions/run.sh")), 0o755);
+        assert!(!dst.join(".git").exists());
+    }
+
+    #[test]
+    fn links_and_fifos_anywhere_are_refused_naming_them() {
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        fs::write(&secret, "s").unwrap();
+        let make_link = |path: &Path| std::os::unix::fs::symlink(&secret, path).unwrap();
+        let make_fifo = |path: &Path| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap()
+        };
+        type Make<'a> = &'a dyn Fn(&Path);
+        let cases: [(&str, Make, &str); 2] = [
+            ("sub/link", &make_link, "symbolic link"),
+            ("sub/pipe", &make_fifo, "fifo"),
+        ];
+        for (name, make, kind) in cases {
+            let src = tempfile::tempdir().unwrap();
+            fs::create_dir(src.path().join("sub")).unwrap();
+            make(&src.path().join(name));
+            let out = tempfile::tempdir().unwrap();
+            let opened = PackDir::open(src.path()).unwrap();
+            let err = copy_tree(&opened, &out.path().join("copy"), &Reporter::noop()).unwrap_err();
+            assert!(
+                matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
+                "{err}"
+            );
+        }
+    }
 }

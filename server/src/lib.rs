@@ -22,6 +22,7 @@ pub mod git;
 pub mod grpc;
 pub mod install;
 pub mod manifest;
+pub mod packfs;
 pub mod packtest;
 pub mod paths;
 pub mod process;

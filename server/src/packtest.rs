@@ -1145,10 +1145,12 @@ fn build_command(
     })
 }
 
-/// `#!interpreter [one argument]` from the first line of `path`.
+/// `#!interpreter [one argument]` from the first line of `path` (a resolved path in
+/// the pack), opened as a regular file without following a link or waiting on a FIFO.
 fn read_shebang(path: &Path) -> Option<(String, Option<String>)> {
     let mut head = [0u8; 256];
-    let mut file = std::fs::File::open(path).ok()?;
+    let dir = crate::packfs::PackDir::open(path.parent()?).ok()?;
+    let mut file = dir.open_file(path.file_name()?).ok()?.file;
     let n = file.read(&mut head).ok()?;
     let head = head[..n].strip_prefix(b"#!")?;
     let line = head.split(|&b| b == b'\n').next()?;

@@ -10,6 +10,8 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use crate::packfs::{PackDir, PackFsError, PackReadLimits};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error("path must not be empty")]
@@ -26,17 +28,34 @@ pub enum PathError {
     DotDot { path: String },
     #[error("cannot resolve path '{path}': {source}")]
     Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Open(PackFsError),
 }
 
-/// The roots requests may touch. Cheap to clone.
+/// The roots requests may touch, and how much of a pack file may be read into
+/// memory once a pack under them is opened. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PathPolicy {
     roots: Vec<PathBuf>,
+    read_limits: PackReadLimits,
 }
 
 impl PathPolicy {
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        Self { roots }
+        Self {
+            roots,
+            read_limits: PackReadLimits::default(),
+        }
+    }
+
+    /// The caps of the `pack_files` settings.
+    pub fn with_read_limits(mut self, read_limits: PackReadLimits) -> Self {
+        self.read_limits = read_limits;
+        self
+    }
+
+    pub fn read_limits(&self) -> &PackReadLimits {
+        &self.read_limits
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -83,6 +102,30 @@ impl PathPolicy {
                     .join(", "),
             })
         }
+    }
+
+    /// Opens the directory `confined` (a path [`confine`](Self::confine) returned) as
+    /// a [`PackDir`] and checks where the opened directory really is: a directory on
+    /// the way swapped for a link since `confine` judged the path would otherwise
+    /// lead the descriptor — and every read through it — outside the roots.
+    pub fn open_confined(&self, confined: &Path) -> Result<PackDir, PathError> {
+        let dir = PackDir::open(confined).map_err(PathError::Open)?;
+        if let Some(actual) = dir.real_path() {
+            let roots = self.resolved_roots();
+            if !roots.iter().any(|root| actual.starts_with(root)) {
+                return Err(PathError::OutsideRoots {
+                    path: confined.display().to_string(),
+                    resolved: actual.display().to_string(),
+                    roots: self
+                        .roots
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(dir)
     }
 
     /// Roots are resolved at check time: a root created (or re-pointed) after start-up
@@ -193,6 +236,33 @@ mod tests {
             .confine(root_path.join("missing/../../x").to_str().unwrap())
             .unwrap_err();
         assert!(matches!(err, PathError::DotDot { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_opened_directory_must_really_be_inside_the_roots() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root_path = root.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root_path.join("a/pack")).unwrap();
+        std::fs::create_dir_all(outside.path().join("pack")).unwrap();
+        let policy = PathPolicy::new(vec![root_path.clone()]);
+        let confined = policy
+            .confine(root_path.join("a/pack").to_str().unwrap())
+            .unwrap();
+        assert!(policy.open_confined(&confined).is_ok());
+
+        // `a` swapped for a link out of the roots after `confine` judged the path.
+        std::fs::rename(root_path.join("a"), root_path.join("a.real")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root_path.join("a")).unwrap();
+        let err = policy.open_confined(&confined).unwrap_err();
+        assert!(matches!(err, PathError::OutsideRoots { .. }), "{err}");
+
+        std::fs::remove_file(root_path.join("a")).unwrap();
+        let err = policy.open_confined(&confined).unwrap_err();
+        assert!(
+            matches!(&err, PathError::Open(e) if e.is_not_found()),
+            "{err}"
+        );
     }
 
     #[test]

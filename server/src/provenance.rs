@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::redact_url;
 
+use crate::packfs::{PackDir, ReadCap};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     pub pack_ref: String,
@@ -71,8 +73,20 @@ pub fn write(pack_dir: &Path, provenance: &Provenance) -> io::Result<()> {
     fs::rename(&tmp, &path)
 }
 
-/// Reads the metadata of `pack_dir`; `None` when there is none or it is unreadable.
+/// The sidecar is written by the server and holds a few hundred bytes; anything much
+/// larger was put there by someone else.
+const MAX_SIDECAR_BYTES: u64 = 64 * 1024;
+
+/// Reads the metadata of `pack_dir`; `None` when there is none or it is unreadable
+/// (a link, a FIFO or device, larger than 64 KiB, not JSON).
 pub fn read(pack_dir: &Path) -> Option<Provenance> {
-    let text = fs::read(path_for(pack_dir)?).ok()?;
+    let path = path_for(pack_dir)?;
+    let parent = PackDir::open(path.parent()?).ok()?;
+    let cap = ReadCap {
+        bytes: MAX_SIDECAR_BYTES,
+        what: "a pack's source metadata",
+        setting: "none: fixed, the server writes this file itself",
+    };
+    let text = parent.read(path.file_name()?, cap).ok()?;
     serde_json::from_slice(&text).ok()
 }

@@ -424,13 +424,18 @@ impl Registrar<'_> {
                 crate::paths::unique_suffix()
             ));
             let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
-            let copied =
-                tokio::task::spawn_blocking(move || fetch::copy_tree(&src, &dst, &copy_reporter))
-                    .await
-                    .expect("copy panicked");
+            let paths = self.paths.clone();
+            // Opened again rather than kept from parsing: a batch of thousands of packs
+            // must not hold a descriptor per pack.
+            let copied = tokio::task::spawn_blocking(move || {
+                let opened = paths.open_confined(&src).map_err(|e| e.to_string())?;
+                fetch::copy_tree(&opened, &dst, &copy_reporter).map_err(|e| e.to_string())
+            })
+            .await
+            .expect("copy panicked");
             if let Err(e) = copied {
                 let _ = fs::remove_dir_all(&staging);
-                return Err((ErrorStage::FileCopy, e.to_string()));
+                return Err((ErrorStage::FileCopy, e));
             }
             Some(StagedDir(staging))
         };
@@ -760,7 +765,14 @@ fn parse_batch(
                 continue;
             }
         };
-        let manifest = match Manifest::load(&dir) {
+        let opened = match paths.open_confined(&dir) {
+            Ok(opened) => opened,
+            Err(e) => {
+                fail(&mut failed, "unknown", given, e.to_string());
+                continue;
+            }
+        };
+        let manifest = match Manifest::read(&opened, paths.read_limits()) {
             Ok(m) => m,
             Err(e) => {
                 fail(&mut failed, "unknown", given, e.to_string());
@@ -779,7 +791,7 @@ fn parse_batch(
         reporter
             .with_subject(&manifest.pack_ref)
             .info(Stage::Validate, "reading components");
-        let loaded = components::load(&dir, &manifest.pack_ref);
+        let loaded = components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
         candidates.push(Candidate {
             given_path: given.clone(),
             dir,
@@ -810,9 +822,17 @@ fn parse_batch(
                 let key = (kind.as_str().to_string(), r.to_string());
                 batch_components.contains(&key) || registered_components.contains(&key)
             };
+            let opened = match paths.open_confined(&candidate.dir) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    let pack_ref = candidate.manifest.pack_ref.clone();
+                    fail(&mut failed, &pack_ref, &candidate.given_path, e.to_string());
+                    continue;
+                }
+            };
             components::validate(
                 &mut candidate.loaded,
-                &candidate.dir,
+                &opened,
                 &candidate.manifest.pack_ref,
                 &pack_exists,
                 &component_exists,

@@ -26,7 +26,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, db: Db, auth: Authenticator) -> Result<Self, DownloadError> {
-        let paths = PathPolicy::new(config.allowed_roots());
+        let paths =
+            PathPolicy::new(config.allowed_roots()).with_read_limits(config.pack_files.limits());
         crate::yaml_limits::install(config.yaml.limits());
         let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
         let login = Arc::new(LoginGate::new(&config.login));

@@ -1,10 +1,9 @@
-//! Reading files of a pack without following symbolic links or leaving the pack.
+//! Reading files of a pack without following symbolic links or leaving the pack: every
+//! name is opened through the pack's directory descriptor ([`PackDir`]).
 
-use std::fs;
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::MAX_COMPONENT_FILE_BYTES;
+use crate::packfs::{self, PackDir, PackFsError, ReadCap};
 
 /// What a directory entry is, judged without following symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,7 +11,8 @@ pub(super) enum EntryKind {
     File,
     Symlink,
     Dir,
-    Other,
+    /// A FIFO, socket or device: "fifo", "socket", ...
+    Other(&'static str),
 }
 
 /// A `*.yaml`/`*.yml` entry of a component directory.
@@ -22,7 +22,6 @@ pub(super) struct YamlEntry {
     pub name: String,
     /// Relative to the pack root, `/`-separated.
     pub rel: String,
-    pub path: PathBuf,
     pub kind: EntryKind,
 }
 
@@ -38,48 +37,43 @@ pub(super) struct Listing {
 pub(super) const SYMLINK_REFUSED: &str =
     "is a symbolic link; refused (a pack must not make the server read outside it)";
 
-/// Lists the `*.yaml`/`*.yml` entries directly inside `pack_dir/dir_rel`, sorted by
+/// Lists the `*.yaml`/`*.yml` entries directly inside `dir_rel` of the pack, sorted by
 /// name. A missing directory is empty.
-pub(super) fn list_yaml(pack_dir: &Path, dir_rel: &str) -> Listing {
+pub(super) fn list_yaml(pack: &PackDir, dir_rel: &str) -> Listing {
     let mut out = Listing::default();
-    let dir = pack_dir.join(dir_rel);
-    match fs::symlink_metadata(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
-        Err(e) => {
-            out.errors
-                .push((dir_rel.to_string(), format!("cannot read directory: {e}")));
-            return out;
-        }
-        Ok(m) if m.file_type().is_symlink() => {
+    let dir = match pack.open_dir(dir_rel) {
+        Ok(dir) => dir,
+        Err(e) if e.is_not_found() => return out,
+        Err(PackFsError::Symlink { .. }) => {
             out.errors
                 .push((dir_rel.to_string(), SYMLINK_REFUSED.to_string()));
             return out;
         }
-        Ok(m) if !m.is_dir() => {
+        Err(PackFsError::NotADirectory { .. } | PackFsError::Special { .. }) => {
             out.errors
                 .push((dir_rel.to_string(), "is not a directory".to_string()));
             return out;
         }
-        Ok(_) => {}
-    }
-    let read = match fs::read_dir(&dir) {
-        Ok(r) => r,
         Err(e) => {
-            out.errors
-                .push((dir_rel.to_string(), format!("cannot read directory: {e}")));
+            out.errors.push((
+                dir_rel.to_string(),
+                format!("cannot read directory: {}", e.reason()),
+            ));
             return out;
         }
     };
-    for entry in read {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                out.errors
-                    .push((dir_rel.to_string(), format!("cannot read directory: {e}")));
-                continue;
-            }
-        };
-        let name = match entry.file_name().into_string() {
+    let entries = match dir.entries() {
+        Ok(entries) => entries,
+        Err(e) => {
+            out.errors.push((
+                dir_rel.to_string(),
+                format!("cannot read directory: {}", e.reason()),
+            ));
+            return out;
+        }
+    };
+    for entry in entries {
+        let name = match entry.name.into_string() {
             Ok(n) => n,
             Err(raw) => {
                 let lossy = raw.to_string_lossy().into_owned();
@@ -100,23 +94,13 @@ pub(super) fn list_yaml(pack_dir: &Path, dir_rel: &str) -> Listing {
             out.warnings.push((rel, "hidden file; skipped".to_string()));
             continue;
         }
-        let kind = match entry.file_type() {
-            Ok(t) if t.is_symlink() => EntryKind::Symlink,
-            Ok(t) if t.is_file() => EntryKind::File,
-            Ok(t) if t.is_dir() => EntryKind::Dir,
-            Ok(_) => EntryKind::Other,
-            Err(e) => {
-                out.errors
-                    .push((rel, format!("cannot read file type: {e}")));
-                continue;
-            }
+        let kind = match entry.kind {
+            packfs::EntryKind::File => EntryKind::File,
+            packfs::EntryKind::Dir => EntryKind::Dir,
+            packfs::EntryKind::Symlink => EntryKind::Symlink,
+            other => EntryKind::Other(other.describe()),
         };
-        out.entries.push(YamlEntry {
-            name,
-            rel,
-            path: entry.path(),
-            kind,
-        });
+        out.entries.push(YamlEntry { name, rel, kind });
     }
     out.entries.sort_by(|a, b| a.name.cmp(&b.name));
     out
@@ -126,50 +110,13 @@ fn is_yaml_name(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-/// Reads a regular file of at most [`MAX_COMPONENT_FILE_BYTES`] as UTF-8 text. The error
-/// is a message for an issue on that file.
-pub(super) fn read_text(path: &Path) -> Result<String, String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
-    if meta.file_type().is_symlink() {
-        return Err(SYMLINK_REFUSED.to_string());
-    }
-    if !meta.is_file() {
-        return Err("is not a regular file".to_string());
-    }
-    if meta.len() > MAX_COMPONENT_FILE_BYTES {
-        return Err(too_large(meta.len()));
-    }
-    let file = fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
-    // Re-check on the opened handle: the entry may have been replaced meanwhile.
-    let opened = file
-        .metadata()
-        .map_err(|e| format!("cannot read file: {e}"))?;
-    if !opened.is_file() {
-        return Err("is not a regular file".to_string());
-    }
-    let mut buf = Vec::new();
-    file.take(MAX_COMPONENT_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read file: {e}"))?;
-    if buf.len() as u64 > MAX_COMPONENT_FILE_BYTES {
-        return Err(too_large(buf.len() as u64));
-    }
-    let mut text = String::from_utf8(buf).map_err(|e| {
-        format!(
-            "is not valid UTF-8 (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    if text.starts_with('\u{feff}') {
-        text.remove(0);
-    }
-    Ok(text)
-}
-
-fn too_large(len: u64) -> String {
-    format!(
-        "file is {len} bytes; component files are limited to 1 MiB ({MAX_COMPONENT_FILE_BYTES} bytes)"
-    )
+/// Reads the regular file `rel` of the pack (at most `cap`) as UTF-8 text. The error
+/// is a message for an issue on that file; a link is [`SYMLINK_REFUSED`].
+pub(super) fn read_text(pack: &PackDir, rel: &str, cap: ReadCap) -> Result<String, String> {
+    pack.read_text(rel, cap).map_err(|e| match e {
+        PackFsError::Symlink { .. } => SYMLINK_REFUSED.to_string(),
+        other => other.reason(),
+    })
 }
 
 /// Why a path given in a component (`entry_point`, `workflow_file`) is unusable.
@@ -211,10 +158,10 @@ impl PathProblem {
 
 /// Resolves `rel` (as written in a component) against the pack directory `base` (e.g.
 /// `actions`), lexically, refusing absolute paths and `..` leaving the pack, then checks
-/// on disk, component by component without following symlinks, that it is a regular
-/// file. Returns the path relative to the pack root.
+/// through the pack's descriptor, component by component without following symlinks,
+/// that it is a regular file. Returns the path relative to the pack root.
 pub(super) fn resolve_in_pack(
-    pack_dir: &Path,
+    pack: &PackDir,
     base: &str,
     rel: &str,
 ) -> Result<String, PathProblem> {
@@ -246,32 +193,19 @@ pub(super) fn resolve_in_pack(
         return Err(PathProblem::NotAFile(".".to_string()));
     }
     let joined = parts.join("/");
-    let mut path = pack_dir.to_path_buf();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let so_far = parts[..=i].join("/");
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Err(PathProblem::Missing(joined));
-            }
-            Err(e) => return Err(PathProblem::Io(so_far, e.to_string())),
-        };
-        if meta.file_type().is_symlink() {
-            return Err(PathProblem::Symlink(so_far));
+    match pack.kind(&joined) {
+        Ok(None) => Err(PathProblem::Missing(joined)),
+        Ok(Some((packfs::EntryKind::File, _))) => Ok(joined),
+        Ok(Some((packfs::EntryKind::Symlink, _))) => Err(PathProblem::Symlink(joined)),
+        Ok(Some(_)) => Err(PathProblem::NotAFile(joined)),
+        Err(PackFsError::Symlink { path }) => {
+            let link = path
+                .strip_prefix(pack.path())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            Err(PathProblem::Symlink(link))
         }
-        let last = i + 1 == parts.len();
-        if last && !meta.is_file() {
-            return Err(PathProblem::NotAFile(joined));
-        }
-        if !last && !meta.is_dir() {
-            return Err(PathProblem::Missing(joined));
-        }
+        Err(e) => Err(PathProblem::Io(joined, e.reason())),
     }
-    Ok(joined)
 }

@@ -1,9 +1,10 @@
 //! [`load`]: reading the component files of one pack.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::packfs::{PackDir, ReadCap};
 
 use super::fsutil::{self, EntryKind, PathProblem, SYMLINK_REFUSED, YamlEntry};
 use super::names::{attune_compatible, is_template, is_valid_name, qualify_reference};
@@ -15,10 +16,11 @@ use super::{
 
 type Doc = Map<String, Value>;
 
-pub(super) fn load(pack_dir: &Path, pack: &str) -> LoadedPack {
+pub(super) fn load(pack_dir: &PackDir, pack: &str, cap: ReadCap) -> LoadedPack {
     let mut l = Loader {
         pack_dir,
         pack,
+        cap,
         out: LoadedPack::default(),
         seen: HashMap::new(),
         workflow_files: HashMap::new(),
@@ -85,8 +87,10 @@ enum Fallback {
 }
 
 struct Loader<'a> {
-    pack_dir: &'a Path,
+    pack_dir: &'a PackDir,
     pack: &'a str,
+    /// Largest component file read.
+    cap: ReadCap,
     out: LoadedPack,
     /// (kind, ref) → file defining it.
     seen: HashMap<(ComponentKind, String), String>,
@@ -121,7 +125,12 @@ impl Loader<'_> {
                     &e.rel,
                     "is a directory; skipped (component directories are not read recursively)",
                 ),
-                EntryKind::Other => self.out.error(&e.rel, "is not a regular file"),
+                EntryKind::Other(kind) => self.out.error(
+                    &e.rel,
+                    format!(
+                        "is a {kind}; packs may contain only regular files and directories, so it is not read"
+                    ),
+                ),
             }
         }
         files
@@ -133,8 +142,8 @@ impl Loader<'_> {
         }
     }
 
-    fn read_doc(&mut self, rel: &str, path: &Path) -> Option<Doc> {
-        let text = match fsutil::read_text(path) {
+    fn read_doc(&mut self, rel: &str) -> Option<Doc> {
+        let text = match fsutil::read_text(self.pack_dir, rel, self.cap) {
             Ok(t) => t,
             Err(m) if m == SYMLINK_REFUSED => {
                 self.refuse(rel);
@@ -176,7 +185,7 @@ impl Loader<'_> {
             if kind == ComponentKind::Workflow && self.workflow_files.contains_key(&e.rel) {
                 continue; // already loaded through an action's workflow_file
             }
-            let Some(doc) = self.read_doc(&e.rel, &e.path) else {
+            let Some(doc) = self.read_doc(&e.rel) else {
                 continue;
             };
             if let Some((c, extra)) = self.build(kind, &e.rel, doc, Fallback::Stem(stem(&e.name))) {
@@ -191,7 +200,7 @@ impl Loader<'_> {
     fn actions(&mut self) {
         let mut docs = Vec::new();
         for e in self.listing("actions") {
-            if let Some(doc) = self.read_doc(&e.rel, &e.path) {
+            if let Some(doc) = self.read_doc(&e.rel) {
                 docs.push((e, doc));
             }
         }
@@ -242,7 +251,7 @@ impl Loader<'_> {
             return done.clone();
         }
         self.workflow_files.insert(rel.clone(), None);
-        let doc = self.read_doc(&rel, &self.pack_dir.join(&rel))?;
+        let doc = self.read_doc(&rel)?;
         let (mut wf, _) = self.build(
             ComponentKind::Workflow,
             &rel,

@@ -19,8 +19,9 @@
 //!   the server read outside it). A component directory that is itself a symlink is
 //!   refused the same way. Other non-regular files (FIFOs, devices) are errors;
 //!   directories named `*.yaml` are skipped with a warning.
-//! * Files larger than [`MAX_COMPONENT_FILE_BYTES`] (1 MiB) and files that are not UTF-8
-//!   are errors. A YAML syntax error is an error for that file (the message carries the
+//! * Files are opened through the pack's directory descriptor ([`PackDir`]). Files
+//!   larger than the `pack_files.max_component_bytes` setting (1 MiB by default, as
+//!   Attune's workflow sync) and files that are not UTF-8 are errors. A YAML syntax error is an error for that file (the message carries the
 //!   line and column); the other files are still loaded. An empty document, or one that
 //!   is not a mapping, is an error. YAML merge keys (`<<`) are applied.
 //! * Workflows: standalone `workflows/*.yaml` are Workflow components. StackStorm keeps
@@ -121,12 +122,10 @@ mod yaml;
 mod tests;
 
 use std::fmt;
-use std::path::Path;
+
+use crate::packfs::{PackDir, ReadCap};
 
 pub use self::names::{generate_label, is_valid_name};
-
-/// Largest component file read (1 MiB), as Attune's workflow sync.
-pub const MAX_COMPONENT_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Longest accepted name part of a component ref.
 pub const MAX_NAME_LEN: usize = 255;
@@ -379,8 +378,8 @@ impl LoadedPack {
 
 /// Reads every component file of the pack. Never panics on bad input; problems become
 /// errors/warnings.
-pub fn load(pack_dir: &Path, pack_ref: &str) -> LoadedPack {
-    load::load(pack_dir, pack_ref)
+pub fn load(pack_dir: &PackDir, pack_ref: &str, cap: ReadCap) -> LoadedPack {
+    load::load(pack_dir, pack_ref, cap)
 }
 
 /// Checks required keys, entry-point files and references. `pack_exists(ref)` answers
@@ -395,7 +394,7 @@ pub fn load(pack_dir: &Path, pack_ref: &str) -> LoadedPack {
 /// are never errors: warnings only, when `core` or the component is missing.
 pub fn validate(
     loaded: &mut LoadedPack,
-    pack_dir: &Path,
+    pack_dir: &PackDir,
     pack_ref: &str,
     pack_exists: &dyn Fn(&str) -> bool,
     component_exists: &dyn Fn(ComponentKind, &str) -> bool,

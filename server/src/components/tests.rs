@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::ComponentKind::{self, *};
 use super::{Issue, LoadedPack, load, validate};
+use crate::packfs::{PackDir, PackReadLimits};
 
 fn write_pack(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -18,10 +19,11 @@ fn write_pack(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// load + validate, with `packs` existing elsewhere and `comps` their components.
 fn run(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) -> LoadedPack {
-    let mut loaded = load(dir, pack);
+    let dir = PackDir::open(dir).unwrap();
+    let mut loaded = load(&dir, pack, PackReadLimits::default().component());
     let pack_exists = |p: &str| packs.contains(&p);
     let component_exists = |k: ComponentKind, r: &str| comps.contains(&(k, r));
-    validate(&mut loaded, dir, pack, &pack_exists, &component_exists);
+    validate(&mut loaded, &dir, pack, &pack_exists, &component_exists);
     loaded
 }
 
@@ -479,6 +481,39 @@ fn symlinks_are_refused() {
 }
 
 #[test]
+fn fifos_and_sockets_are_refused_without_blocking() {
+    let dir = write_pack(&[
+        ("actions/ok.yaml", "ref: p.ok\nrunner_type: noop\n"),
+        ("actions/run.yaml", "ref: p.run\nentry_point: pipe.sh\n"),
+    ]);
+    let d = dir.path();
+    for name in ["actions/fifo.yaml", "actions/pipe.sh", "rules"] {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join(name),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+    let _socket = std::os::unix::net::UnixListener::bind(d.join("actions/sock.yaml")).unwrap();
+    let started = std::time::Instant::now();
+    let loaded = check(d, "p");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(refs(&loaded, Action), ["p.ok", "p.run"]);
+    assert_issue(&loaded.errors, "actions/fifo.yaml", "is a fifo");
+    assert_issue(&loaded.errors, "actions/sock.yaml", "is a socket");
+    assert_issue(&loaded.errors, "rules", "is not a directory");
+    assert_issue(
+        &loaded.errors,
+        "actions/run.yaml",
+        "entry_point 'pipe.sh' (actions/pipe.sh) is not a regular file",
+    );
+    assert_eq!(loaded.errors.len(), 4, "{:#?}", loaded.errors);
+}
+
+#[test]
 fn large_non_utf8_hidden_and_nested_files() {
     let big = format!("ref: p.big\ndescription: \"{}\"\n", "x".repeat(1024 * 1024));
     let dir = write_pack(&[
@@ -496,7 +531,12 @@ fn large_non_utf8_hidden_and_nested_files() {
     fs::create_dir(dir.path().join("actions/dir.yaml")).unwrap();
     let loaded = check(dir.path(), "p");
     assert_eq!(refs(&loaded, Action), ["p.ok"]);
-    assert_issue(&loaded.errors, "actions/big.yaml", "limited to 1 MiB");
+    assert_issue(
+        &loaded.errors,
+        "actions/big.yaml",
+        "is larger than 1048576 bytes, the limit for a component file (setting \
+         pack_files.max_component_bytes)",
+    );
     assert_issue(&loaded.errors, "actions/latin1.yaml", "is not valid UTF-8");
     assert_issue(
         &loaded.warnings,
@@ -1130,8 +1170,9 @@ fn missing_pack_dir_and_empty_pack() {
     let loaded = check(dir.path(), "p");
     assert!(loaded.components.is_empty());
     assert!(loaded.errors.is_empty() && loaded.warnings.is_empty());
-    let loaded = check(&dir.path().join("nope"), "p");
-    assert!(loaded.components.is_empty());
+    // A missing pack directory cannot be opened, so there is nothing to load from.
+    let err = PackDir::open(&dir.path().join("nope")).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
     let dir = write_pack(&[("actions", "not a dir")]);
     let loaded = check(dir.path(), "p");
     assert_issue(&loaded.errors, "actions", "is not a directory");

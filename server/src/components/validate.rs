@@ -1,9 +1,10 @@
 //! [`validate`]: required keys, entry-point files and references.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::packfs::PackDir;
 
 use super::fsutil::{self, PathProblem};
 use super::load::workflow_source;
@@ -21,7 +22,7 @@ const INTERPRETED_SENSOR_RUNNERS: &[&str] = &[
 
 pub(super) fn validate(
     loaded: &mut LoadedPack,
-    pack_dir: &Path,
+    pack_dir: &PackDir,
     pack: &str,
     pack_exists: &dyn Fn(&str) -> bool,
     component_exists: &dyn Fn(ComponentKind, &str) -> bool,
@@ -57,7 +58,7 @@ fn non_empty_str<'d>(def: &'d Doc, key: &str) -> Option<&'d str> {
         .filter(|s| !s.is_empty())
 }
 
-fn action(loaded: &mut LoadedPack, pack_dir: &Path, c: &Component, def: &Doc) {
+fn action(loaded: &mut LoadedPack, pack_dir: &PackDir, c: &Component, def: &Doc) {
     let runner = non_empty_str(def, "runner_type")
         .unwrap_or("shell")
         .to_ascii_lowercase();
@@ -99,7 +100,7 @@ fn action(loaded: &mut LoadedPack, pack_dir: &Path, c: &Component, def: &Doc) {
     }
 }
 
-fn sensor(loaded: &mut LoadedPack, pack_dir: &Path, c: &Component, def: &Doc) {
+fn sensor(loaded: &mut LoadedPack, pack_dir: &PackDir, c: &Component, def: &Doc) {
     let Some(ep) = non_empty_str(def, "entry_point") else {
         loaded.error(&c.file, "sensor needs an entry_point");
         return;

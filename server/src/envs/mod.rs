@@ -127,6 +127,9 @@ pub struct EnvSettings {
     /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, ...) to pip and
     /// npm. Not part of the inputs hash.
     pub pass_proxy_env: bool,
+    /// Caps on the pack files read into memory (requirements, package.json, lock
+    /// files). Not part of the inputs hash.
+    pub read_limits: crate::packfs::PackReadLimits,
 }
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
 use super::{Ctx, EnvSettings, NodeEnv};
 use crate::manifest::parse_lenient_version;
+use crate::packfs::{EntryKind, PackDir, PackFsError, ReadCap};
 use crate::process::CommandSpec;
 use crate::progress::Stage;
 
@@ -42,45 +43,62 @@ pub struct NodeInputs {
     pub digest: String,
 }
 
+/// Reads the npm inputs through the pack's directory descriptor (no links out, no
+/// FIFOs or devices; at most `pack_files.max_other_bytes` per file).
 pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs, String> {
     let mut h = InputsHasher::new("attune-node-files-v1");
     let mut copy = Vec::new();
-    let package_json = pack_dir.join(PACKAGE_JSON);
-    let has_package_json = package_json.is_file();
+    let pack = PackDir::open(pack_dir).map_err(|e| e.to_string())?;
+    let cap = settings.read_limits.other();
+    let present = |name: &str| {
+        pack.kind(name)
+            .map(|kind| kind.is_some())
+            .map_err(|e| format!("{name}: {}", e.reason()))
+    };
+    let has_package_json = present(PACKAGE_JSON)?;
     let mut has_lockfile = false;
     if has_package_json {
-        let text =
-            std::fs::read_to_string(&package_json).map_err(|e| format!("{PACKAGE_JSON}: {e}"))?;
+        let text = pack
+            .read_text(PACKAGE_JSON, cap)
+            .map_err(|e| format!("{PACKAGE_JSON}: {}", e.reason()))?;
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| format!("{PACKAGE_JSON} is not valid JSON: {e}"))?;
         h.str(PACKAGE_JSON);
         h.str(&text);
         copy.push(PathBuf::from(PACKAGE_JSON));
-        for name in LOCKFILES.iter().chain([&NPMRC]) {
-            let path = pack_dir.join(name);
-            if path.is_file() {
-                let bytes = std::fs::read(&path).map_err(|e| format!("{name}: {e}"))?;
+        for &name in LOCKFILES.iter().chain([&NPMRC]) {
+            if present(name)? {
+                let bytes = pack
+                    .read(name, cap)
+                    .map_err(|e| format!("{name}: {}", e.reason()))?;
                 h.str(name);
                 h.field(&bytes);
                 copy.push(PathBuf::from(name));
-                has_lockfile |= LOCKFILES.contains(name);
+                has_lockfile |= LOCKFILES.contains(&name);
             }
         }
         let mut local = local_dependencies(&json)?;
         local.sort();
         local.dedup();
         for rel in local {
-            let path = pack_dir.join(&rel);
-            if std::fs::symlink_metadata(&path).is_err() {
+            let kind = pack
+                .kind(&rel)
+                .map_err(|e| format!("cannot read {}: {}", rel.display(), e.reason()))?;
+            let Some((kind, _)) = kind else {
                 return Err(format!(
                     "{PACKAGE_JSON}: local dependency `file:{}` does not exist",
                     rel.display()
                 ));
-            }
+            };
             h.str("local dependency");
             h.field(rel.as_os_str().as_encoded_bytes());
-            hash_tree(&path, Path::new(""), &mut h)
-                .map_err(|e| format!("cannot read {}: {e}", rel.display()))?;
+            hash_tree(&pack, &rel, kind, Path::new(""), cap, &mut h).map_err(|e| {
+                format!(
+                    "{PACKAGE_JSON}: local dependency `file:{}`: {}",
+                    rel.display(),
+                    e.relative_to(pack.path())
+                )
+            })?;
             copy.push(rel);
         }
     } else {
@@ -137,29 +155,42 @@ fn local_dependencies(json: &serde_json::Value) -> Result<Vec<PathBuf>, String> 
     Ok(out)
 }
 
-/// Names and contents of every file under `path` (sorted; `node_modules` and `.git`
-/// skipped; symlinks by their target text).
-fn hash_tree(path: &Path, rel: &Path, h: &mut InputsHasher) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
+/// Names and contents of every file under `name` (of kind `kind`) in `dir`, sorted;
+/// `node_modules` and `.git` skipped; symlinks by their target text (never followed);
+/// FIFOs, sockets and devices refused. `rel` is the path hashed for `name`.
+fn hash_tree(
+    dir: &PackDir,
+    name: &Path,
+    kind: EntryKind,
+    rel: &Path,
+    cap: ReadCap,
+    h: &mut InputsHasher,
+) -> Result<(), PackFsError> {
     h.field(rel.as_os_str().as_encoded_bytes());
-    if meta.is_symlink() {
-        h.str("symlink");
-        h.field(std::fs::read_link(path)?.as_os_str().as_encoded_bytes());
-    } else if meta.is_dir() {
-        h.str("dir");
-        let mut names: Vec<_> = std::fs::read_dir(path)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        names.sort();
-        for name in names {
-            if name == "node_modules" || name == ".git" {
-                continue;
-            }
-            hash_tree(&path.join(&name), &rel.join(&name), h)?;
+    match kind {
+        EntryKind::Symlink => {
+            h.str("symlink");
+            let target = dir.read_link(name)?;
+            h.field(target.as_os_str().as_encoded_bytes());
         }
-    } else {
-        h.str("file");
-        h.field(&std::fs::read(path)?);
+        EntryKind::Dir => {
+            h.str("dir");
+            let sub = dir.open_dir(name)?;
+            let mut entries = sub.entries()?;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            for entry in entries {
+                if entry.name == "node_modules" || entry.name == ".git" {
+                    continue;
+                }
+                let child = Path::new(&entry.name);
+                hash_tree(&sub, child, entry.kind, &rel.join(child), cap, h)?;
+            }
+        }
+        EntryKind::File => {
+            h.str("file");
+            h.field(&dir.read(name, cap)?);
+        }
+        other => return Err(other.refusal(dir.path().join(name))),
     }
     Ok(())
 }
@@ -183,6 +214,45 @@ fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
         Ok(())
     } else {
         std::fs::copy(src, dst).map(|_| ())
+    }
+}
+
+/// Copies the npm input `name` of `dir` (a file, a link or a directory tree) to
+/// `dst`, reading through the pack's descriptor: links are copied as links (never
+/// followed), FIFOs and devices are refused, `node_modules` and `.git` are left out.
+fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = |e: PackFsError| e.to_string();
+    let write = |e: io::Error| format!("cannot write {}: {e}", dst.display());
+    let Some((kind, _)) = dir.kind(name).map_err(read)? else {
+        return Err(format!(
+            "{} does not exist",
+            dir.path().join(name).display()
+        ));
+    };
+    match kind {
+        EntryKind::Symlink => {
+            std::os::unix::fs::symlink(dir.read_link(name).map_err(read)?, dst).map_err(write)
+        }
+        EntryKind::Dir => {
+            let sub = dir.open_dir(name).map_err(read)?;
+            std::fs::create_dir_all(dst).map_err(write)?;
+            for entry in sub.entries().map_err(read)? {
+                if entry.name == "node_modules" || entry.name == ".git" {
+                    continue;
+                }
+                copy_input(&sub, Path::new(&entry.name), &dst.join(&entry.name))?;
+            }
+            Ok(())
+        }
+        EntryKind::File => {
+            let mut opened = dir.open_file(name).map_err(read)?;
+            let mut out = std::fs::File::create(dst).map_err(write)?;
+            io::copy(&mut opened.file, &mut out).map_err(write)?;
+            out.set_permissions(std::fs::Permissions::from_mode(opened.mode & 0o777))
+                .map_err(write)
+        }
+        other => Err(read(other.refusal(dir.path().join(name)))),
     }
 }
 
@@ -427,19 +497,21 @@ async fn build(
                 inputs.copy.clone(),
                 staging.clone(),
             );
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let pack = PackDir::open(&pack_dir).map_err(|e| e.to_string())?;
                 for rel in copy {
                     let to = dst.join(&rel);
                     if let Some(parent) = to.parent() {
-                        std::fs::create_dir_all(parent)?;
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
                     }
-                    copy_tree(&pack_dir.join(&rel), &to, true)?;
+                    copy_input(&pack, &rel, &to)?;
                 }
                 Ok(())
             })
             .await
             .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|r| r)
             .map_err(|e| format!("cannot copy the npm inputs: {e}"))?;
 
             let verb = if inputs.has_lockfile { "ci" } else { "install" };
@@ -605,5 +677,59 @@ mod tests {
             let err = local_dependencies(&json).unwrap_err();
             assert!(err.contains("inside the pack"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn npm_inputs_are_read_without_following_links_or_blocking() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "secret\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pack = dir.path();
+        let settings = EnvSettings::default();
+        std::fs::write(
+            pack.join(PACKAGE_JSON),
+            r#"{"dependencies": {"lib": "file:lib"}}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(pack.join("lib")).unwrap();
+        std::fs::write(pack.join("lib/index.js"), "module.exports = 1;\n").unwrap();
+        // A link inside a local dependency is hashed by its text, never followed.
+        std::os::unix::fs::symlink(outside.path().join("secret"), pack.join("lib/link")).unwrap();
+        let first = read_inputs(pack, &settings).unwrap();
+        std::fs::write(outside.path().join("secret"), "changed\n").unwrap();
+        assert_eq!(read_inputs(pack, &settings).unwrap().digest, first.digest);
+
+        // A FIFO in a local dependency is refused at once, naming it.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            pack.join("lib/pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let err = read_inputs(pack, &settings).unwrap_err();
+        assert!(err.contains("pipe") && err.contains("fifo"), "{err}");
+        std::fs::remove_file(pack.join("lib/pipe")).unwrap();
+
+        // A lock file linked out of the pack is refused.
+        std::os::unix::fs::symlink("/dev/zero", pack.join("package-lock.json")).unwrap();
+        let err = read_inputs(pack, &settings).unwrap_err();
+        assert!(
+            err.contains("package-lock.json") && err.contains("symbolic link"),
+            "{err}"
+        );
+        std::fs::remove_file(pack.join("package-lock.json")).unwrap();
+
+        // package.json over the cap is refused, naming the setting.
+        let small = EnvSettings {
+            read_limits: crate::packfs::PackReadLimits {
+                other_bytes: 8,
+                ..Default::default()
+            },
+            ..EnvSettings::default()
+        };
+        let err = read_inputs(pack, &small).unwrap_err();
+        assert!(err.contains("pack_files.max_other_bytes"), "{err}");
     }
 }

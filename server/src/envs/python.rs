@@ -1,13 +1,14 @@
 //! The Python environment of a pack: a virtualenv with `requirements.txt` installed.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use super::discover::{self, Interpreter};
 use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
 use super::{Ctx, EnvSettings, PythonEnv};
 use crate::manifest::parse_lenient_version;
+use crate::packfs::{PackDir, ReadCap};
 use crate::process::CommandSpec;
 use crate::progress::Stage;
 
@@ -26,14 +27,28 @@ pub struct PythonInputs {
 }
 
 /// Hashes `requirements.txt` and every file it includes with `-r`/`-c` (resolved
-/// against the including file's directory), plus the pip settings.
+/// against the including file's directory, and required to stay inside the pack),
+/// plus the pip settings. Files are read through the pack's directory descriptor
+/// (no links, FIFOs or devices; at most `pack_files.max_other_bytes` each).
 pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInputs, String> {
     let mut h = InputsHasher::new("attune-python-files-v1");
-    let path = pack_dir.join(REQUIREMENTS_FILE);
-    let requirements = path.is_file().then_some(path);
-    if let Some(path) = &requirements {
+    let pack = PackDir::open(pack_dir).map_err(|e| e.to_string())?;
+    let present = pack
+        .kind(REQUIREMENTS_FILE)
+        .map_err(|e| format!("{REQUIREMENTS_FILE}: {}", e.reason()))?
+        .is_some();
+    let requirements = present.then(|| pack_dir.join(REQUIREMENTS_FILE));
+    if present {
         let mut seen = HashSet::new();
-        hash_requirements(path, pack_dir, 0, &mut seen, &mut h)?;
+        let cap = settings.read_limits.other();
+        hash_requirements(
+            &pack,
+            PathBuf::from(REQUIREMENTS_FILE),
+            0,
+            &mut seen,
+            &mut h,
+            cap,
+        )?;
     } else {
         h.str("no requirements");
     }
@@ -60,29 +75,28 @@ pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInpu
     })
 }
 
+/// `rel`: relative to the pack root, without `..`.
 fn hash_requirements(
-    path: &Path,
-    pack_dir: &Path,
+    pack: &PackDir,
+    rel: PathBuf,
     depth: usize,
     seen: &mut HashSet<PathBuf>,
     h: &mut InputsHasher,
+    cap: ReadCap,
 ) -> Result<(), String> {
-    let shown = path
-        .strip_prefix(pack_dir)
-        .unwrap_or(path)
-        .display()
-        .to_string();
+    let shown = rel.display().to_string();
     if depth > MAX_INCLUDE_DEPTH {
         return Err(format!("{shown}: requirement files nested too deeply"));
     }
-    let canonical = std::fs::canonicalize(path).map_err(|e| format!("{shown}: {e}"))?;
-    if !seen.insert(canonical) {
+    if !seen.insert(rel.clone()) {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let text = pack
+        .read_text(&rel, cap)
+        .map_err(|e| format!("{shown}: {}", e.reason()))?;
     h.str(&shown);
     h.str(&text);
-    let base = path.parent().unwrap_or(pack_dir);
+    let base = rel.parent().unwrap_or(Path::new("")).to_path_buf();
     for (n, raw) in text.lines().enumerate() {
         let line = strip_comment(raw).trim();
         if let Some(target) = option_value(line, &["-e", "--editable"]) {
@@ -97,11 +111,35 @@ fn hash_requirements(
             continue;
         }
         if let Some(target) = option_value(line, &["-r", "--requirement", "-c", "--constraint"]) {
-            let include = base.join(target);
-            hash_requirements(&include, pack_dir, depth + 1, seen, h)?;
+            let Some(include) = inside_pack(&base, target) else {
+                return Err(format!(
+                    "{shown}:{}: `{line}` names a file outside the pack; requirement files \
+                     must include only files of the pack",
+                    n + 1
+                ));
+            };
+            hash_requirements(pack, include, depth + 1, seen, h, cap)?;
         }
     }
     Ok(())
+}
+
+/// `target` (as written in a requirement file in directory `base`) as a path relative
+/// to the pack root; `None` when it is absolute or climbs out of the pack.
+fn inside_pack(base: &Path, target: &str) -> Option<PathBuf> {
+    let joined = base.join(target);
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in joined.components() {
+        match component {
+            Component::Normal(name) => parts.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
 }
 
 fn strip_comment(line: &str) -> &str {
@@ -496,5 +534,55 @@ mod tests {
         std::fs::write(dir.path().join("requirements.txt"), "-r missing.txt\n").unwrap();
         let err = read_inputs(dir.path(), &settings).unwrap_err();
         assert!(err.contains("missing.txt"), "{err}");
+    }
+
+    #[test]
+    fn requirement_files_are_read_only_inside_the_pack() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.txt"), "secret==1\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EnvSettings::default();
+        let requirements = dir.path().join("requirements.txt");
+
+        for line in [
+            format!("-r {}", outside.path().join("secret.txt").display()),
+            "-r ../secret.txt".to_string(),
+        ] {
+            std::fs::write(&requirements, format!("{line}\n")).unwrap();
+            let err = read_inputs(dir.path(), &settings).unwrap_err();
+            assert!(err.contains("outside the pack"), "{err}");
+        }
+
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.txt"),
+            dir.path().join("inc.txt"),
+        )
+        .unwrap();
+        std::fs::write(&requirements, "-r inc.txt\n").unwrap();
+        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        assert!(
+            err.contains("inc.txt") && err.contains("symbolic link"),
+            "{err}"
+        );
+
+        std::fs::remove_file(&requirements).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &requirements).unwrap();
+        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        assert!(
+            err.contains("requirements.txt") && err.contains("symbolic link"),
+            "{err}"
+        );
+
+        std::fs::remove_file(&requirements).unwrap();
+        std::fs::write(&requirements, "x".repeat(200)).unwrap();
+        let small = EnvSettings {
+            read_limits: crate::packfs::PackReadLimits {
+                other_bytes: 100,
+                ..Default::default()
+            },
+            ..EnvSettings::default()
+        };
+        let err = read_inputs(dir.path(), &small).unwrap_err();
+        assert!(err.contains("pack_files.max_other_bytes"), "{err}");
     }
 }

@@ -61,7 +61,7 @@ impl Fixture {
     }
 
     fn manifest(&self) -> Manifest {
-        Manifest::load(&self.pack).unwrap()
+        Manifest::load(&self.pack, &Default::default()).unwrap()
     }
 
     fn settings(&self) -> EnvSettings {
@@ -273,7 +273,7 @@ async fn python_build_reuse_rebuild_failure_and_move() {
     // ...and the moved pack, with the same inputs, reuses it.
     let envs = build_pack_envs(
         &moved,
-        &Manifest::load(&moved).unwrap(),
+        &Manifest::load(&moved, &Default::default()).unwrap(),
         &fx.settings(),
         &fx.options(),
         &Reporter::noop(),

@@ -370,7 +370,12 @@ impl Installer<'_> {
         }
 
         // Each pack's own pack.yaml must agree with the plan.
-        let errors = verify_fetched(members, request.skip_deps, reporter);
+        let errors = verify_fetched(
+            members,
+            request.skip_deps,
+            self.state.paths.read_limits(),
+            reporter,
+        );
         if !errors.is_empty() {
             return Ok(Err(errors));
         }

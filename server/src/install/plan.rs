@@ -10,6 +10,7 @@ use super::{Action, Failures, Lock, Member, failure};
 use crate::{
     download::DownloadedPack,
     manifest::Manifest,
+    packfs::PackReadLimits,
     progress::{Reporter, Stage},
     store::RegisteredSource,
 };
@@ -175,7 +176,12 @@ pub(super) fn gate_changes(members: &[Member], force: bool) -> Failures {
 
 /// After fetching: identity, locked checksums, and the dependencies each pack's own
 /// `pack.yaml` declares, against the versions of the set (or installed ones).
-pub(super) fn verify_fetched(members: &[Member], skip_deps: bool, reporter: &Reporter) -> Failures {
+pub(super) fn verify_fetched(
+    members: &[Member],
+    skip_deps: bool,
+    limits: &PackReadLimits,
+    reporter: &Reporter,
+) -> Failures {
     let versions: BTreeMap<&str, &Version> = members
         .iter()
         .map(|m| (m.pack_ref.as_str(), &m.version))
@@ -207,7 +213,7 @@ pub(super) fn verify_fetched(members: &[Member], skip_deps: bool, reporter: &Rep
             ));
             continue;
         }
-        let manifest = match Manifest::load(Path::new(&fetched.pack_path)) {
+        let manifest = match Manifest::load(Path::new(&fetched.pack_path), limits) {
             Ok(m) => m,
             Err(e) => {
                 errors.push(failure(&m.pack_ref, "download", e.to_string()));

@@ -61,8 +61,9 @@ impl Installer<'_> {
                 format!("downloading {} requested source(s)", to_fetch.len()),
             );
             for pack in self.download(request, work, to_fetch, reporter).await? {
-                let manifest = Manifest::load(Path::new(&pack.pack_path))
-                    .map_err(|e| vec![failure(&pack.source, "download", e.to_string())])?;
+                let manifest =
+                    Manifest::load(Path::new(&pack.pack_path), self.state.paths.read_limits())
+                        .map_err(|e| vec![failure(&pack.source, "download", e.to_string())])?;
                 if roots.iter().any(|(r, _)| *r == manifest.pack_ref) {
                     return Err(vec![failure(
                         &pack.source,

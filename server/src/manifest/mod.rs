@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use crate::packfs::{PackDir, PackFsError, PackReadLimits};
+
 pub use self::requirement::{PackDependency, RuntimeRequirement, parse_lenient_version};
 pub use self::testing::{ResultFormat, RunnerType, TestDiscovery, TestRunner, Testing};
 
@@ -116,18 +118,31 @@ pub struct Manifest {
 
 impl Manifest {
     /// Reads and validates `<pack_dir>/pack.yaml`; issues name that path as their file.
-    pub fn load(pack_dir: &Path) -> Result<Manifest, ManifestError> {
-        let path = pack_dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                ManifestError::NotFound { path: path.clone() }
-            } else {
-                ManifestError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            }
+    /// The directory is opened and the file read through [`PackDir`] (no links, no
+    /// FIFOs or devices, at most `limits.manifest_bytes`).
+    pub fn load(pack_dir: &Path, limits: &PackReadLimits) -> Result<Manifest, ManifestError> {
+        let dir = PackDir::open(pack_dir).map_err(|source| ManifestError::Unreadable {
+            path: pack_dir.join(MANIFEST_FILE),
+            source,
         })?;
+        Manifest::read(&dir, limits)
+    }
+
+    /// Reads and validates `pack.yaml` of the opened pack directory `dir`.
+    pub fn read(dir: &PackDir, limits: &PackReadLimits) -> Result<Manifest, ManifestError> {
+        let path = dir.path().join(MANIFEST_FILE);
+        let text = dir
+            .read_text(MANIFEST_FILE, limits.manifest())
+            .map_err(|source| {
+                if source.is_not_found() {
+                    ManifestError::NotFound { path: path.clone() }
+                } else {
+                    ManifestError::Unreadable {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
         Manifest::parse(&text, &path)
     }
 
@@ -205,11 +220,13 @@ impl fmt::Display for ManifestIssue {
 pub enum ManifestError {
     #[error("{}: pack manifest not found", path.display())]
     NotFound { path: PathBuf },
-    #[error("{}: cannot read pack manifest: {source}", path.display())]
-    Io {
+    /// Opening or reading the file was refused (a link, a FIFO or device, too large,
+    /// not UTF-8) or failed.
+    #[error("cannot read the pack manifest: {source}")]
+    Unreadable {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: PackFsError,
     },
     /// The file is not valid YAML. `line` is 1-based.
     #[error("{}: invalid YAML: {message}", path.display())]
@@ -247,7 +264,7 @@ impl ManifestError {
     pub fn path(&self) -> &Path {
         match self {
             ManifestError::NotFound { path }
-            | ManifestError::Io { path, .. }
+            | ManifestError::Unreadable { path, .. }
             | ManifestError::Syntax { path, .. }
             | ManifestError::Limit { path, .. }
             | ManifestError::Invalid { path, .. } => path,
@@ -947,7 +964,7 @@ enabled: true
     #[test]
     fn load_reads_pack_yaml_from_the_pack_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = Manifest::load(dir.path()).unwrap_err();
+        let missing = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap_err();
         let expected_path = dir.path().join(MANIFEST_FILE);
         assert!(
             matches!(&missing, ManifestError::NotFound { path } if *path == expected_path),
@@ -957,11 +974,11 @@ enabled: true
         assert!(missing.to_string().contains("pack manifest not found"));
 
         std::fs::write(&expected_path, ATTUNE_PACK).unwrap();
-        let m = Manifest::load(dir.path()).unwrap();
+        let m = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap();
         assert_eq!(m.pack_ref, "slack");
 
         std::fs::write(&expected_path, "ref: pk\n").unwrap();
-        let err = Manifest::load(dir.path()).unwrap_err();
+        let err = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap_err();
         let issue = &err.issues()[0];
         assert_eq!(issue.file, expected_path);
         assert_eq!(issue.key, "version");
@@ -977,8 +994,11 @@ enabled: true
         let nested = dir.path().join("nested");
         std::fs::create_dir_all(nested.join(MANIFEST_FILE)).unwrap();
         assert!(matches!(
-            Manifest::load(&nested),
-            Err(ManifestError::Io { .. })
+            Manifest::load(&nested, &PackReadLimits::default()),
+            Err(ManifestError::Unreadable {
+                source: PackFsError::IsADirectory { .. },
+                ..
+            })
         ));
     }
 }

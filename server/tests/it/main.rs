@@ -14,6 +14,7 @@ mod git;
 mod grpcurl;
 mod hostile_archive;
 mod hostile_doors;
+mod hostile_files;
 mod hostile_yaml;
 mod install;
 mod register;
