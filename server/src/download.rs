@@ -24,6 +24,7 @@ use crate::{
     config::Config,
     fetch::{self, HttpFetcher},
     git::{self, GitCredentials},
+    journal::{self, Journal, WorkKind},
     manifest::Manifest,
     paths::PathPolicy,
     progress::{Reporter, Stage},
@@ -94,6 +95,9 @@ pub struct Downloader {
     paths: PathPolicy,
     /// Destination directories being placed right now, across requests.
     placing: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where destination directories are recorded, so that a start after a crash
+    /// removes their staging leftovers.
+    journal: Option<Arc<Journal>>,
 }
 
 /// What fetching produced, before verification and placement.
@@ -165,7 +169,14 @@ impl Downloader {
             allow_http: d.allow_http,
             paths,
             placing: Mutex::new(HashMap::new()),
+            journal: None,
         })
+    }
+
+    /// Records every destination directory in `journal` (see [`Journal::remember_dir`]).
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn registry(&self) -> &RegistryClient {
@@ -192,6 +203,9 @@ impl Downloader {
                 destination.display()
             ))
         })?;
+        if let Some(journal) = &self.journal {
+            journal.remember_dir(&destination);
+        }
         let request = Arc::new(request);
         let claimed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let total = request.packs.len() as u64;
@@ -804,15 +818,13 @@ fn place(
                     target.display()
                 ));
             } else {
-                let backup = target.with_file_name(format!(
-                    ".{}.replaced-{}",
-                    target
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("pack"),
-                    crate::paths::unique_suffix()
-                ));
+                let backup = journal::work_path(
+                    target.parent().unwrap_or(Path::new("/")),
+                    WorkKind::Replaced,
+                    Some(&provenance.pack_ref),
+                );
                 fs::rename(target, &backup).map_err(describe)?;
+                crate::fault::pause("download: previous moved aside");
                 if let Err(e) = fs::rename(pack_root, target) {
                     // Put the old pack back: a failed replace must leave what was there.
                     let _ = fs::rename(&backup, target);
@@ -850,7 +862,7 @@ impl Drop for StagingDir {
 
 impl Staging {
     fn create(destination: &Path) -> std::io::Result<Staging> {
-        let path = destination.join(format!(".attune-staging-{}", crate::paths::unique_suffix()));
+        let path = journal::work_path(destination, WorkKind::DownloadStaging, None);
         fs::create_dir(&path)?;
         Ok(Staging(Arc::new(StagingDir {
             path,

@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod binaries;
 mod build_envs;
+mod crash;
 mod dependencies;
 mod download;
 mod git;
