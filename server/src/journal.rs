@@ -653,6 +653,13 @@ pub async fn recover(
             "settled registrations a crash interrupted"
         );
     }
+    if !(recovered.restored.is_empty() && recovered.settled_backups.is_empty()) {
+        tracing::warn!(
+            restored = ?recovered.restored,
+            settled = ?recovered.settled_backups,
+            "put back or settled pack directories a crash left aside"
+        );
+    }
     if !recovered.removed.is_empty() {
         tracing::info!(
             count = recovered.removed.len(),

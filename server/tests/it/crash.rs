@@ -401,6 +401,18 @@ async fn kill_nine_at_random_points_never_loses_or_mixes_a_version(backend: Back
     let settled = log
         .matches("settled registrations a crash interrupted")
         .count();
+    let installs = log
+        .lines()
+        .filter(|l| l.contains("settled registrations") && l.contains("beta"))
+        .count();
+    let put_back = log.matches("put back or settled pack directories").count();
+    let swept = log
+        .matches("removed work directories left by stopped processes")
+        .count();
+    eprintln!(
+        "{backend:?}: {KILLS} kills; restarts settled {settled} swaps ({installs} of Install), \
+         put back {put_back} Download backups, removed work directories {swept} times"
+    );
     assert!(
         settled >= 2,
         "only {settled} restarts settled a swap:\n{log}"
