@@ -649,3 +649,118 @@ async fn a_stuck_commit_holds_shutdown_only_until_the_deadline_or_a_second_signa
     }
     server.stop().await;
 }
+
+/// Copies a directory tree (regular files only), for crafting broken states.
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The state the report found after kills of a server that kept no journal — files of
+/// v2, rows of v1, v1's files in `.alpha.previous-<hex>` — is repaired at start.
+async fn a_start_repairs_what_a_server_without_a_journal_left(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let setup = Setup::new(&server, backend, &[]);
+    let process = setup.start();
+    assert!(
+        call(&process, &setup, Work::Register, 1)
+            .await
+            .await
+            .unwrap()
+    );
+    drop(process);
+    let target = setup.base().join("alpha");
+    fs::rename(&target, setup.base().join(".alpha.previous-0123456789ab")).unwrap();
+    copy_dir(&source(&setup.root, "alpha", 2), &target);
+    fs::create_dir_all(setup.base().join(".alpha.staging-0123456789ab")).unwrap();
+
+    let process = setup.start();
+    let registered = BTreeSet::from(["alpha".to_string()]);
+    let versions = assert_consistent(&setup, &registered, false, "repaired").await;
+    assert_eq!(versions["alpha"], "1.0.1");
+    assert!(
+        call(&process, &setup, Work::Register, 2)
+            .await
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        assert_consistent(&setup, &registered, false, "re-registered").await["alpha"],
+        "1.0.2"
+    );
+    drop(process);
+    server.stop().await;
+}
+on_both_backends!(a_start_repairs_what_a_server_without_a_journal_left);
+
+/// Two servers share a PostgreSQL database and a packs directory. One is killed between
+/// its swap and its commit; the other registers the same pack before the first comes
+/// back: it settles the dead server's swap first (the rows say it never committed), so
+/// its own registration ends consistent, and the first server's restart has nothing
+/// left to undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_settles_the_swap_a_killed_one_left_in_a_shared_directory() {
+    if !crate::common::postgres_available() {
+        return;
+    }
+    let server = TestServer::start(Backend::Postgres).await;
+    let first = Setup::new(&server, Backend::Postgres, &[]);
+    let mut second = Setup::new(&server, Backend::Postgres, &[]);
+    second.data = first.root.join("data-second");
+    second.log = first.root.join("second.log");
+    // Both store packs in the first one's packs directory.
+    let shared = path_str(&first.base());
+    for setup in [&first, &second] {
+        fs::create_dir_all(&setup.data).unwrap();
+    }
+    let env = ("ATTUNE_PACKS_PACKS_BASE_DIR".to_string(), shared);
+    second.env.push(env.clone());
+    let registered = BTreeSet::from(["alpha".to_string()]);
+
+    let killed = first.start();
+    // Running before the kill: its own start-up sweep cannot be what settles it.
+    let other = second.start();
+    assert!(
+        call(&killed, &first, Work::Register, 1)
+            .await
+            .await
+            .unwrap()
+    );
+    let lock = lock_row(&first.database_url, "alpha").await;
+    let pending = call(&killed, &first, Work::Register, 2).await;
+    wait_for_version(&first.base().join("alpha"), "1.0.2");
+    killed.kill9();
+    let _ = pending.await;
+    lock.close().await.unwrap();
+
+    assert!(
+        call(&other, &second, Work::Register, 3)
+            .await
+            .await
+            .unwrap()
+    );
+    // The killed server's intent waits for its restart; nothing else is left.
+    let versions = assert_consistent(&second, &registered, false, "second server").await;
+    assert_eq!(versions["alpha"], "1.0.3");
+    let in_shared: Vec<_> = fs::read_dir(first.base())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "alpha")
+        .collect();
+    assert!(in_shared.is_empty(), "{in_shared:?}");
+    drop(other);
+
+    let restarted = first.start();
+    let versions = assert_consistent(&first, &registered, false, "first restarted").await;
+    assert_eq!(versions["alpha"], "1.0.3");
+    drop(restarted);
+    server.stop().await;
+}
