@@ -406,6 +406,10 @@ pub struct Journal {
     dir: PathBuf,
     /// Directories already recorded in `dirs/` by this process.
     recorded: Mutex<HashSet<PathBuf>>,
+    /// Critical sections running now: shutdown waits for them, since abandoning one
+    /// midway leaves work for the next start's recovery.
+    critical: AtomicUsize,
+    critical_done: tokio::sync::Notify,
 }
 
 impl Journal {
@@ -413,6 +417,27 @@ impl Journal {
         Journal {
             dir: data_dir.join(JOURNAL_DIR),
             recorded: Mutex::new(HashSet::new()),
+            critical: AtomicUsize::new(0),
+            critical_done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts a critical section as running until the guard is dropped.
+    pub fn enter_critical(self: &std::sync::Arc<Self>) -> CriticalSection {
+        self.critical.fetch_add(1, Ordering::SeqCst);
+        CriticalSection {
+            journal: std::sync::Arc::clone(self),
+        }
+    }
+
+    /// Resolves once no critical section is running.
+    pub async fn critical_sections_done(&self) {
+        loop {
+            let notified = self.critical_done.notified();
+            if self.critical.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -719,37 +744,16 @@ fn sweep(dir: &Path, recovered: &mut Recovered) -> Vec<(PathBuf, String, PathBuf
     backups
 }
 
-/// Critical sections (swap + commit) running now in this process: shutdown waits for
-/// them, since abandoning one midway would leave work for the next start's recovery.
-static CRITICAL: AtomicUsize = AtomicUsize::new(0);
-static CRITICAL_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Held while a critical section runs.
-pub struct CriticalSection(());
-
-impl CriticalSection {
-    pub fn enter() -> Self {
-        CRITICAL.fetch_add(1, Ordering::SeqCst);
-        CriticalSection(())
-    }
+/// Held while a critical section (swap + commit) runs; see [`Journal::enter_critical`].
+pub struct CriticalSection {
+    journal: std::sync::Arc<Journal>,
 }
 
 impl Drop for CriticalSection {
     fn drop(&mut self) {
-        if CRITICAL.fetch_sub(1, Ordering::SeqCst) == 1 {
-            CRITICAL_DONE.notify_waiters();
+        if self.journal.critical.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.journal.critical_done.notify_waiters();
         }
-    }
-}
-
-/// Resolves once no critical section is running.
-pub async fn critical_sections_done() {
-    loop {
-        let notified = CRITICAL_DONE.notified();
-        if CRITICAL.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        notified.await;
     }
 }
 

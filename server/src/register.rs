@@ -21,7 +21,7 @@ use crate::{
     checksum,
     components::{self, ComponentKind, LoadedPack},
     fetch,
-    journal::{self, CriticalSection, Intent, Journal, SwapEntry, WorkKind},
+    journal::{self, Intent, Journal, SwapEntry, WorkKind},
     manifest::Manifest,
     packtest::{self, PackTestResult, TestRunOptions},
     paths::PathPolicy,
@@ -574,7 +574,7 @@ struct Critical {
 
 impl Critical {
     async fn run(self) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
-        let _running = CriticalSection::enter();
+        let _running = self.journal.enter_critical();
         let Critical {
             db,
             journal,

@@ -109,7 +109,7 @@ pub async fn run(
     let finished = async {
         serve.await?;
         stopping.calls_done().await;
-        crate::journal::critical_sections_done().await;
+        state.journal.critical_sections_done().await;
         Ok::<_, ServeError>(())
     };
     tokio::select! {
