@@ -89,6 +89,9 @@ async fn measure(
             paths: &policy,
             default_base_dir: base.clone(),
             concurrency: 4,
+            journal: std::sync::Arc::new(attune_packs_server::journal::Journal::new(
+                &root.join(format!("data-{name}-{round}")),
+            )),
         };
         let started = Instant::now();
         let report = registrar

@@ -93,7 +93,8 @@ pub struct Config {
     /// Default: `<data_dir>/packs`.
     pub packs_base_dir: Option<PathBuf>,
     pub log_format: LogFormat,
-    /// How long running calls may take to finish after SIGINT/SIGTERM.
+    /// Upper bound from the first SIGINT/SIGTERM to exit: calls in flight are cancelled
+    /// at once; their cleanup and any registration critical section get this long.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
     pub registry: RegistrySection,

@@ -24,6 +24,7 @@ use crate::{
     config::Config,
     fetch::{self, HttpFetcher},
     git::{self, GitCredentials},
+    journal::{self, Journal, WorkKind},
     manifest::Manifest,
     packfs::PackReadLimits,
     paths::PathPolicy,
@@ -97,6 +98,9 @@ pub struct Downloader {
     paths: PathPolicy,
     /// Destination directories being placed right now, across requests.
     placing: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where destination directories are recorded, so that a start after a crash
+    /// removes their staging leftovers.
+    journal: Option<Arc<Journal>>,
 }
 
 /// What fetching produced, before verification and placement.
@@ -177,12 +181,19 @@ impl Downloader {
             allow_http: d.allow_http,
             paths,
             placing: Mutex::new(HashMap::new()),
+            journal: None,
         })
     }
 
     /// The process-wide admission for archive extractions.
     pub fn extract_budget(&self) -> &archive::ExtractBudget {
         &self.extract_budget
+    }
+
+    /// Records every destination directory in `journal` (see [`Journal::remember_dir`]).
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     pub fn registry(&self) -> &RegistryClient {
@@ -209,6 +220,9 @@ impl Downloader {
                 destination.display()
             ))
         })?;
+        if let Some(journal) = &self.journal {
+            journal.remember_dir(&destination);
+        }
         let request = Arc::new(request);
         let claimed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let total = request.packs.len() as u64;
@@ -861,15 +875,13 @@ fn place(
                     target.display()
                 ));
             } else {
-                let backup = target.with_file_name(format!(
-                    ".{}.replaced-{}",
-                    target
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("pack"),
-                    crate::paths::unique_suffix()
-                ));
+                let backup = journal::work_path(
+                    target.parent().unwrap_or(Path::new("/")),
+                    WorkKind::Replaced,
+                    Some(&provenance.pack_ref),
+                );
                 fs::rename(target, &backup).map_err(describe)?;
+                crate::fault::pause("download: previous moved aside");
                 if let Err(e) = fs::rename(pack_root, target) {
                     // Put the old pack back: a failed replace must leave what was there.
                     let _ = fs::rename(&backup, target);
@@ -907,7 +919,7 @@ impl Drop for StagingDir {
 
 impl Staging {
     fn create(destination: &Path) -> std::io::Result<Staging> {
-        let path = destination.join(format!(".attune-staging-{}", crate::paths::unique_suffix()));
+        let path = journal::work_path(destination, WorkKind::DownloadStaging, None);
         fs::create_dir(&path)?;
         Ok(Staging(Arc::new(StagingDir {
             path,

@@ -107,8 +107,17 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            server::run(listener, state, server::shutdown_signal()).await?;
+            let (signalled, first_signal) = tokio::sync::oneshot::channel();
+            server::on_signals(signalled).context("cannot install signal handlers")?;
+            server::run(listener, state, async {
+                let _ = first_signal.await;
+            })
+            .await?;
             tracing::info!("stopped");
+            // Blocking work that outlived its call (stuck in the kernel) must not hold
+            // the exit, nor pack code outlive the server.
+            attune_packs_server::process::kill_all_groups();
+            std::process::exit(0);
         }
         Command::Migrate => {
             let config = load_config(&cli.global, None)?;

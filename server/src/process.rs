@@ -363,10 +363,7 @@ async fn run_in(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .unwrap_or(0);
-    let mut guard = GroupGuard {
-        pgid,
-        armed: pgid > 0,
-    };
+    let mut guard = GroupGuard::new(pgid);
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let mut out = Collector::new(Stream::Stdout);
@@ -562,11 +559,43 @@ struct GroupGuard {
     armed: bool,
 }
 
+/// Process groups [`run`] started and has not finished with, for [`kill_all_groups`].
+static LIVE_GROUPS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Kills every process group [`run`] started that it has not finished with: a server
+/// exiting without unwinding (a forced shutdown) must not leave pack code running.
+pub fn kill_all_groups() {
+    let groups = LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    for pgid in groups.iter() {
+        signal_group(*pgid, libc::SIGKILL);
+    }
+}
+
+impl GroupGuard {
+    fn new(pgid: i32) -> Self {
+        if pgid > 0 {
+            LIVE_GROUPS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pgid);
+        }
+        GroupGuard {
+            pgid,
+            armed: pgid > 0,
+        }
+    }
+}
+
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
             signal_group(self.pgid, libc::SIGKILL);
         }
+        LIVE_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pgid);
     }
 }
 

@@ -21,6 +21,7 @@ use crate::{
     checksum,
     components::{self, ComponentKind, LoadedPack},
     fetch,
+    journal::{self, Intent, Journal, SwapEntry, WorkKind},
     manifest::Manifest,
     packtest::{self, PackTestResult, TestRunOptions},
     paths::PathPolicy,
@@ -169,6 +170,8 @@ pub struct Registrar<'a> {
     pub default_base_dir: PathBuf,
     /// Packs prepared (copied, tested, hashed) at the same time.
     pub concurrency: usize,
+    /// Where swap intents are written (the data dir's journal).
+    pub journal: std::sync::Arc<Journal>,
 }
 
 impl Registrar<'_> {
@@ -345,6 +348,7 @@ impl Registrar<'_> {
                 base.display()
             ))
         })?;
+        self.journal.remember_dir(&base);
         Ok(base)
     }
 
@@ -419,10 +423,7 @@ impl Registrar<'_> {
                 Stage::Copy,
                 format!("copying {} to {}", dir.display(), base.display()),
             );
-            let staging = base.join(format!(
-                ".{pack_ref}.staging-{}",
-                crate::paths::unique_suffix()
-            ));
+            let staging = journal::work_path(base, WorkKind::Staged, Some(&pack_ref));
             let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
             let paths = self.paths.clone();
             // Opened again rather than kept from parsing: a batch of thousands of packs
@@ -539,12 +540,94 @@ impl Registrar<'_> {
     /// The critical section: files and rows of every prepared pack change together,
     /// in the order given. On failure nothing changed and the error names the index
     /// of the pack that failed.
+    ///
+    /// It runs in a task of its own: a caller that leaves (or a server that shuts
+    /// down) must not stop it between the swap and the commit. Should the process die
+    /// inside it anyway, the journal intent written first lets the next start finish
+    /// or undo the swap (see `journal`).
     async fn commit(
         &self,
         prepared: Vec<Prepared>,
         force: bool,
         reporter: &Reporter,
     ) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+        let critical = Critical {
+            db: self.db.clone(),
+            journal: std::sync::Arc::clone(&self.journal),
+            prepared,
+            force,
+            reporter: reporter.clone(),
+        };
+        tokio::spawn(critical.run()).await.unwrap_or_else(|e| {
+            Err((
+                0,
+                ErrorStage::Database,
+                format!("the registration task failed: {e}"),
+            ))
+        })
+    }
+}
+
+/// Everything the critical section of a registration owns.
+struct Critical {
+    db: Db,
+    journal: std::sync::Arc<Journal>,
+    prepared: Vec<Prepared>,
+    force: bool,
+    reporter: Reporter,
+}
+
+impl Critical {
+    async fn run(self) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+        let _running = self.journal.enter_critical();
+        let Critical {
+            db,
+            journal,
+            prepared,
+            force,
+            reporter,
+        } = self;
+        // The intent is written before any lock is taken, so that its fsync does not
+        // serialize registrations; nothing moves until it is on disk.
+        let entries: Vec<Option<SwapEntry>> = prepared
+            .iter()
+            .map(|p| {
+                p.staged.as_ref().map(|staged| {
+                    SwapEntry::new(
+                        &p.pack_ref,
+                        &p.target,
+                        &staged.0,
+                        p.row.checksum.as_deref().unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        let journaled: Vec<SwapEntry> = entries.iter().flatten().cloned().collect();
+        let intent = if journaled.is_empty() {
+            None
+        } else {
+            let journal = std::sync::Arc::clone(&journal);
+            let written = tokio::task::spawn_blocking(move || journal.begin(journaled))
+                .await
+                .expect("journal write panicked");
+            Some(written.map_err(|e| (0, ErrorStage::FileCopy, e.to_string()))?)
+        };
+        // Puts back every previous directory (any state of the swap undoes).
+        let abandon = |intent: Option<Intent>| {
+            if let Some(intent) = intent {
+                let mut undone = true;
+                for entry in intent.entries().iter().rev() {
+                    if let Err(e) = entry.undo() {
+                        undone = false;
+                        tracing::error!(pack = %entry.pack_ref, error = %e, "cannot undo a swap");
+                    }
+                }
+                if undone {
+                    intent.complete();
+                }
+            }
+        };
+
         // In-process locks in path order, so two batches cannot wait on each other.
         let mut locks: Vec<_> = prepared.iter().map(|p| storage_lock(&p.target)).collect();
         let mut order: Vec<usize> = (0..prepared.len()).collect();
@@ -561,29 +644,44 @@ impl Registrar<'_> {
             );
         }
         let refs: Vec<&str> = prepared.iter().map(|p| p.pack_ref.as_str()).collect();
-        let mut write = self
-            .db
-            .begin_packs_write(&refs)
-            .await
-            .map_err(|e| (0, ErrorStage::Database, e.to_string()))?;
-        let mut swaps: Vec<Swap> = Vec::new();
-        let undo = |swaps: Vec<Swap>| {
-            for swap in swaps.into_iter().rev() {
-                swap.undo();
+        let mut write = match db.begin_packs_write(&refs).await {
+            Ok(write) => write,
+            Err(e) => {
+                abandon(intent);
+                return Err((0, ErrorStage::Database, e.to_string()));
             }
         };
         let now = crate::auth::unix_now() as i64 * 1000;
         let mut ids = Vec::with_capacity(prepared.len());
-        for (index, p) in prepared.iter().enumerate() {
+        for (index, (p, entry)) in prepared.iter().zip(&entries).enumerate() {
             p.reporter.info(Stage::Register, "writing to the database");
-            if let Some(staged) = &p.staged {
-                match Swap::perform(&staged.0, &p.target) {
-                    Ok(swap) => swaps.push(swap),
-                    Err(e) => {
+            if let Some(entry) = entry {
+                let stale = journal::stale_backups(&entry.target, &entry.pack_ref);
+                if !stale.is_empty() {
+                    let settled = match write.recorded_checksum(&p.pack_ref).await {
+                        Ok(recorded) => {
+                            journal::settle_stale(&entry.target, &stale, recorded.as_deref())
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = settled {
                         drop(write);
-                        undo(swaps);
-                        return Err((index, ErrorStage::FileCopy, e));
+                        abandon(intent);
+                        return Err((
+                            index,
+                            ErrorStage::FileCopy,
+                            format!(
+                                "cannot settle the swap a stopped server left on '{}': {e}",
+                                entry.target.display()
+                            ),
+                        ));
                     }
+                }
+                if let Err(e) = entry.swap_in() {
+                    drop(write);
+                    abandon(intent);
+                    return Err((index, ErrorStage::FileCopy, e));
                 }
             }
             let written = async {
@@ -603,7 +701,7 @@ impl Registrar<'_> {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     drop(write);
-                    undo(swaps);
+                    abandon(intent);
                     let stage = match e {
                         WriteError::AlreadyRegistered { .. }
                         | WriteError::ComponentConflict { .. } => ErrorStage::Validation,
@@ -613,12 +711,45 @@ impl Registrar<'_> {
                 }
             }
         }
+        crate::fault::pause("commit: rows written");
         if let Err(e) = write.commit().await {
-            undo(swaps);
-            return Err((0, ErrorStage::Database, e.to_string()));
+            // A lost connection during COMMIT leaves its outcome unknown here; the
+            // rows say which way to settle the swap.
+            let committed = match prepared.first() {
+                Some(p) => db
+                    .pack_checksum(&p.pack_ref)
+                    .await
+                    .ok()
+                    .map(|c| c == p.row.checksum),
+                None => Some(false),
+            };
+            match committed {
+                Some(false) => {
+                    abandon(intent);
+                    return Err((0, ErrorStage::Database, e.to_string()));
+                }
+                // Unknown: the intent stays for the next start's recovery.
+                None => {
+                    tracing::error!(error = %e, "commit outcome unknown; the next start settles the swap");
+                    return Err((0, ErrorStage::Database, e.to_string()));
+                }
+                Some(true) => {
+                    tracing::warn!(error = %e, "commit reported an error but the rows were written");
+                }
+            }
         }
-        for swap in swaps {
-            swap.finish();
+        crate::fault::pause("commit: committed");
+        if let Some(intent) = intent {
+            let mut finished = true;
+            for entry in intent.entries() {
+                if let Err(e) = entry.finish() {
+                    finished = false;
+                    tracing::warn!(pack = %entry.pack_ref, error = %e, "cannot delete a previous directory");
+                }
+            }
+            if finished {
+                intent.complete();
+            }
         }
         drop(guards);
         Ok(prepared
@@ -664,65 +795,6 @@ struct StagedDir(PathBuf);
 impl Drop for StagedDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The old directory moved aside and the new one moved in, reversibly.
-struct Swap {
-    target: PathBuf,
-    staged: PathBuf,
-    backup: Option<PathBuf>,
-}
-
-impl Swap {
-    fn perform(staged: &Path, target: &Path) -> Result<Swap, String> {
-        let backup = match fs::symlink_metadata(target) {
-            Ok(_) => {
-                let backup = target.with_file_name(format!(
-                    ".{}.previous-{}",
-                    target
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("pack"),
-                    crate::paths::unique_suffix()
-                ));
-                fs::rename(target, &backup).map_err(|e| {
-                    format!("cannot move the previous '{}' aside: {e}", target.display())
-                })?;
-                Some(backup)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot inspect '{}': {e}", target.display())),
-        };
-        if let Err(e) = fs::rename(staged, target) {
-            if let Some(backup) = &backup {
-                let _ = fs::rename(backup, target);
-            }
-            return Err(format!(
-                "cannot move the pack into '{}': {e}",
-                target.display()
-            ));
-        }
-        Ok(Swap {
-            target: target.to_path_buf(),
-            staged: staged.to_path_buf(),
-            backup,
-        })
-    }
-
-    /// Puts the previous directory back (the new one returns to staging, whose guard
-    /// deletes it).
-    fn undo(self) {
-        let _ = fs::rename(&self.target, &self.staged);
-        if let Some(backup) = &self.backup {
-            let _ = fs::rename(backup, &self.target);
-        }
-    }
-
-    fn finish(self) {
-        if let Some(backup) = &self.backup {
-            let _ = fs::remove_dir_all(backup);
-        }
     }
 }
 

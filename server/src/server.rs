@@ -26,8 +26,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting and gives
-/// running calls `config.shutdown_grace` to finish.
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, cancels the
+/// calls in flight and returns once they and every registration critical section have
+/// ended, or when `config.shutdown_grace` is over, whichever comes first.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -50,6 +51,7 @@ pub async fn run(
         .build_v1alpha()?;
 
     let service = Arc::new(PackServiceImpl::new(state.clone()));
+    let stopping = service.stopping().clone();
     let packs = InterceptedService::new(
         PackServiceServer::from_arc(service.clone()),
         auth_interceptor(state.auth.clone()),
@@ -82,9 +84,14 @@ pub async fn run(
         ));
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_calls = stopping.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: no new connections; waiting for running calls");
+        tracing::info!(
+            running_calls = stop_calls.running_calls(),
+            "shutting down: no new connections; cancelling running calls"
+        );
+        stop_calls.trigger();
         health
             .set_not_serving::<PackServiceServer<PackServiceImpl>>()
             .await;
@@ -99,7 +106,6 @@ pub async fn run(
         .add_routes(Routes::from(app))
         // Small streamed messages must not wait for delayed ACKs (Nagle: ~40 ms each).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
-    tokio::pin!(serve);
     let grace_over = async move {
         if signalled_rx.await.is_ok() {
             tokio::time::sleep(grace).await;
@@ -107,14 +113,52 @@ pub async fn run(
             std::future::pending::<()>().await;
         }
     };
+    // Cancelled calls clean up as they unwind; a registration between its swap and
+    // its commit runs to its end. Both are waited for, within the grace period.
+    let finished = async {
+        serve.await?;
+        stopping.calls_done().await;
+        state.journal.critical_sections_done().await;
+        Ok::<_, ServeError>(())
+    };
     tokio::select! {
-        result = &mut serve => result?,
+        result = finished => result?,
         _ = grace_over => tracing::warn!(
             grace_secs = grace.as_secs(),
-            "grace period over; abandoning calls still running"
+            running_calls = stopping.running_calls(),
+            "grace period over; abandoning work still running (the next start settles it)"
         ),
     }
     state.db.close().await;
+    Ok(())
+}
+
+/// Resolves `first` on the first SIGINT or SIGTERM; on the second, kills the pack code
+/// still running and exits the process at once (what was interrupted is settled by the
+/// next start). Fails only if the signal handlers cannot be installed.
+pub fn on_signals(first: tokio::sync::oneshot::Sender<()>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let mut first = Some(first);
+        loop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            match first.take() {
+                Some(first) => {
+                    let _ = first.send(());
+                }
+                None => {
+                    tracing::warn!("second signal: exiting now");
+                    crate::process::kill_all_groups();
+                    std::process::exit(130);
+                }
+            }
+        }
+    });
     Ok(())
 }
 

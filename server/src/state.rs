@@ -7,6 +7,7 @@ use crate::{
     auth::Authenticator,
     config::Config,
     download::{DownloadError, Downloader},
+    journal::{Journal, JournalError},
     paths::PathPolicy,
     store::Db,
     users::LoginGate,
@@ -22,6 +23,8 @@ pub struct AppState {
     pub downloader: Arc<Downloader>,
     /// Login's throttle and argon2 pool, one per process.
     pub login: Arc<LoginGate>,
+    /// Swap intents and the directories holding work directories (`<data_dir>/journal`).
+    pub journal: Arc<Journal>,
 }
 
 impl AppState {
@@ -29,7 +32,9 @@ impl AppState {
         let paths =
             PathPolicy::new(config.allowed_roots()).with_read_limits(config.pack_files.limits());
         crate::yaml_limits::install(config.yaml.limits());
-        let downloader = Arc::new(Downloader::new(&config, paths.clone())?);
+        let journal = Arc::new(Journal::new(&config.data_dir_absolute()));
+        let downloader =
+            Arc::new(Downloader::new(&config, paths.clone())?.with_journal(Arc::clone(&journal)));
         let login = Arc::new(LoginGate::new(&config.login));
         Ok(Self {
             config: Arc::new(config),
@@ -38,6 +43,7 @@ impl AppState {
             auth,
             downloader,
             login,
+            journal,
         })
     }
 }
@@ -64,10 +70,13 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot recover from an earlier crash: {0}")]
+    Recovery(#[from] JournalError),
 }
 
 /// Prepares everything a server needs: the data dir, the JWT secret, the database
-/// (created and migrated).
+/// (created and migrated), and settles what a crash of an earlier process left: its
+/// interrupted registrations finished or undone, its work directories removed.
 pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let data_dir = config.data_dir_absolute();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartupError::DataDir {
@@ -93,7 +102,10 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let db =
         Db::connect_with_timeout(&config.database_url(), config.database_connect_timeout).await?;
     db.migrate().await?;
-    Ok(AppState::new(config, db, Authenticator::new(&secret))?)
+    let state = AppState::new(config, db, Authenticator::new(&secret))?;
+    let scanned = [state.config.packs_base_dir(), data_dir];
+    crate::journal::recover(&state.journal, &state.db, &scanned).await?;
+    Ok(state)
 }
 
 /// Sets `path`'s permission bits to at most `mode` when the server owns it (a missing

@@ -27,6 +27,7 @@ use crate::{
     buildenvs, deps, download, install,
     progress::{ProgressEvent, Reporter},
     register,
+    shutdown::Stopping,
     state::AppState,
 };
 
@@ -37,11 +38,21 @@ const REQUEST_ID: &str = "x-request-id";
 
 pub struct PackServiceImpl {
     state: AppState,
+    /// Triggered at shutdown: every streaming call is cancelled.
+    stopping: Stopping,
 }
 
 impl PackServiceImpl {
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        Self {
+            state,
+            stopping: Stopping::default(),
+        }
+    }
+
+    /// What shutdown triggers and waits on for this service's calls.
+    pub fn stopping(&self) -> &Stopping {
+        &self.stopping
     }
 }
 
@@ -100,9 +111,12 @@ impl Call {
         }
     }
 
-    /// Runs `stage` in its own task and streams its progress, then its result.
+    /// Runs `stage` in its own task and streams its progress, then its result. At
+    /// shutdown the stage is cancelled (its future dropped) and the caller gets
+    /// UNAVAILABLE.
     fn stream<E, R, F, Fut>(
         self,
+        stopping: &Stopping,
         stage: F,
         progress: fn(pb::Progress) -> E,
         result: fn(R) -> E,
@@ -116,9 +130,12 @@ impl Call {
         let (out, rx) = mpsc::channel::<Result<E, Status>>(64);
         let (reporter, mut events) = Reporter::channel("");
         let started = self.started;
+        let running = stopping.call();
+        let stopping = stopping.clone();
         let task = async move {
-            let work = stage(reporter);
-            tokio::pin!(work);
+            let _running = running;
+            // Boxed so that shutdown can drop it (and so clean up) before answering.
+            let mut work = Box::pin(stage(reporter));
             let forward = |event: ProgressEvent| Ok(progress(convert::progress(event)));
             let outcome = loop {
                 tokio::select! {
@@ -132,6 +149,16 @@ impl Call {
                     outcome = &mut work => break outcome,
                     _ = out.closed() => {
                         tracing::info!("caller went away; call cancelled");
+                        return;
+                    }
+                    _ = stopping.triggered() => {
+                        tracing::info!("server shutting down; call cancelled");
+                        drop(work);
+                        let _ = out
+                            .send(Err(Status::unavailable(
+                                "the server is shutting down: the call was cancelled and its unfinished work undone",
+                            )))
+                            .await;
                         return;
                     }
                 }
@@ -188,6 +215,7 @@ impl PackService for PackServiceImpl {
         let stage_request = convert::install_request(request.into_inner(), subject)?;
         let state = self.state.clone();
         Ok(call.stream(
+            &self.stopping,
             move |reporter| async move {
                 install::Installer { state: &state }
                     .install(stage_request, &reporter)
@@ -215,6 +243,7 @@ impl PackService for PackServiceImpl {
         let stage_request = convert::download_request(request.into_inner())?;
         let downloader = self.state.downloader.clone();
         Ok(call.stream(
+            &self.stopping,
             move |reporter| async move {
                 downloader
                     .download(stage_request, &reporter)
@@ -242,6 +271,7 @@ impl PackService for PackServiceImpl {
         let stage_request = convert::dependencies_request(request.into_inner())?;
         let state = self.state.clone();
         Ok(call.stream(
+            &self.stopping,
             move |reporter| async move {
                 deps::analyze(&state.db, &state.paths, stage_request, &reporter)
                     .await
@@ -268,6 +298,7 @@ impl PackService for PackServiceImpl {
         let stage_request = convert::build_envs_request(request.into_inner())?;
         let state = self.state.clone();
         Ok(call.stream(
+            &self.stopping,
             move |reporter| async move {
                 let settings = state.config.build.env_settings();
                 let builder = buildenvs::EnvBuilder {
@@ -359,12 +390,14 @@ impl PackService for PackServiceImpl {
         let stage_request = convert::register_request(request.into_inner(), subject)?;
         let state = self.state.clone();
         Ok(call.stream(
+            &self.stopping,
             move |reporter| async move {
                 let registrar = register::Registrar {
                     db: &state.db,
                     paths: &state.paths,
                     default_base_dir: state.config.packs_base_dir(),
                     concurrency: state.config.register.concurrency,
+                    journal: state.journal.clone(),
                 };
                 registrar
                     .register(stage_request, &reporter)

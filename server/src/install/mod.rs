@@ -274,6 +274,7 @@ impl Installer<'_> {
                 base.display()
             ))
         })?;
+        self.state.journal.remember_dir(&base);
         let work = WorkDir::create(&base).map_err(|e| {
             InstallError::InvalidRequest(format!(
                 "packs_base_dir: cannot create a work directory in '{}': {e}",
@@ -456,6 +457,7 @@ impl Installer<'_> {
             paths: &self.state.paths,
             default_base_dir: base.to_path_buf(),
             concurrency: self.state.config.register.concurrency,
+            journal: self.state.journal.clone(),
         };
         let registered = registrar
             .register_all(
@@ -643,12 +645,13 @@ fn validate(request: &InstallRequest) -> Result<Option<Lock>, InstallError> {
     Ok(Some(lock.clone()))
 }
 
-/// `<packs_base_dir>/.attune-install-<id>`, removed on drop.
+/// `<packs_base_dir>/.attune-install.<owner>.<id>`, removed on drop (or, after a crash,
+/// at the next start).
 struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn create(base: &Path) -> std::io::Result<Self> {
-        let path = base.join(format!(".attune-install-{}", crate::paths::unique_suffix()));
+        let path = crate::journal::work_path(base, crate::journal::WorkKind::InstallWork, None);
         fs::create_dir(&path)?;
         Ok(Self(path))
     }

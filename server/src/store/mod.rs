@@ -6,6 +6,7 @@
 //! and are embedded into the binary.
 
 pub mod packs;
+mod recovery;
 
 use std::{str::FromStr, time::Duration};
 

@@ -8,6 +8,7 @@ mod auth;
 mod binaries;
 mod build_envs;
 mod confinement;
+mod crash;
 mod dependencies;
 mod download;
 mod git;

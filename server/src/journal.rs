@@ -1,0 +1,944 @@
+//! Crash consistency: a journal of intended directory swaps, their recovery at start,
+//! and the removal of work directories that crashed processes left behind.
+//!
+//! Registration switches a pack's files with two renames (old directory aside, staged
+//! copy in) and its rows with one database transaction. A crash between the two would
+//! leave them disagreeing, so before the first rename an *intent* is written: a small
+//! JSON file in `<data_dir>/journal/`, created and fsync'd before any rename, naming
+//! for every pack of the transaction the target, the staged copy, the place the old
+//! directory moves to, and the checksum the transaction writes into the pack's row.
+//! The row's checksum is the commit token: at start, for every intent whose owner is
+//! gone, a row holding the intent's checksum means the transaction committed and the
+//! swap is finished (the old directory deleted); anything else means it did not, and
+//! the swap is undone (the old directory put back, the new one deleted). Only then is
+//! the intent removed.
+//!
+//! The swap protocol is shaped so that every intermediate state tells its own story,
+//! which makes both directions idempotent (a crash during recovery is recovered by the
+//! next start):
+//!
+//! | state | target | previous | staged |
+//! |---|---|---|---|
+//! | S0, before | old or absent | absent | new |
+//! | S1, old aside | absent | old, or an empty directory if there was none | new |
+//! | S2, swapped | new | old or empty | absent |
+//!
+//! Work directories (download staging, staged copies, install work directories, swap
+//! backups) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
+//! `<boot id>-<pid>-<process start time>`: at start, one whose owner is no longer a
+//! live process is removed (or, for a backup, put back or deleted as its journal says).
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Db, StoreError};
+
+/// The journal directory's name inside the data dir.
+pub const JOURNAL_DIR: &str = "journal";
+/// Inside the journal: one file per directory this server has put work directories in.
+const DIRS_DIR: &str = "dirs";
+const INTENT_PREFIX: &str = "intent.";
+const INTENT_FORMAT: u32 = 1;
+
+/// The kinds of work directory; the part after `.attune-` in their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Download's staging directory, inside the destination directory.
+    DownloadStaging,
+    /// A pack copied beside its final place by registration, not yet swapped in.
+    Staged,
+    /// A registered pack's previous directory during a swap (journal-managed).
+    Previous,
+    /// Install's work directory under the packs base directory.
+    InstallWork,
+    /// The directory a forced Download moved aside while placing its replacement.
+    Replaced,
+}
+
+impl WorkKind {
+    const ALL: [WorkKind; 5] = [
+        WorkKind::DownloadStaging,
+        WorkKind::Staged,
+        WorkKind::Previous,
+        WorkKind::InstallWork,
+        WorkKind::Replaced,
+    ];
+
+    fn tag(self) -> &'static str {
+        match self {
+            WorkKind::DownloadStaging => "staging",
+            WorkKind::Staged => "stage",
+            WorkKind::Previous => "previous",
+            WorkKind::InstallWork => "install",
+            WorkKind::Replaced => "replaced",
+        }
+    }
+}
+
+/// `<dir>/.attune-<kind>.<owner>.<random>[.<ref>]` for this process.
+pub fn work_path(dir: &Path, kind: WorkKind, pack_ref: Option<&str>) -> PathBuf {
+    let mut name = format!(
+        ".attune-{}.{}.{}",
+        kind.tag(),
+        owner_marker(),
+        crate::paths::unique_suffix()
+    );
+    if let Some(pack_ref) = pack_ref {
+        name.push('.');
+        name.push_str(pack_ref);
+    }
+    dir.join(name)
+}
+
+/// A work directory's name taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkName {
+    pub kind: WorkKind,
+    pub owner: String,
+    pub pack_ref: Option<String>,
+}
+
+impl WorkName {
+    /// A work directory's name, or one of the names servers used before owners were
+    /// recorded (`.attune-staging-<hex>`, `.attune-install-<hex>`, `.<ref>.staging-<hex>`,
+    /// `.<ref>.previous-<hex>`, `.<ref>.replaced-<hex>`), whose owner is unknown and
+    /// therefore never alive.
+    pub fn parse_any(name: &str) -> Option<WorkName> {
+        Self::parse(name).or_else(|| Self::parse_legacy(name))
+    }
+
+    fn parse_legacy(name: &str) -> Option<WorkName> {
+        let is_suffix = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let unowned = |kind, pack_ref: Option<&str>| WorkName {
+            kind,
+            owner: String::new(),
+            pack_ref: pack_ref.map(str::to_string),
+        };
+        if let Some(suffix) = name.strip_prefix(".attune-staging-") {
+            return is_suffix(suffix).then(|| unowned(WorkKind::DownloadStaging, None));
+        }
+        if let Some(suffix) = name.strip_prefix(".attune-install-") {
+            return is_suffix(suffix).then(|| unowned(WorkKind::InstallWork, None));
+        }
+        let rest = name.strip_prefix('.')?;
+        let (pack_ref, tail) = rest.split_once('.')?;
+        let (tag, suffix) = tail.split_once('-')?;
+        let kind = match tag {
+            "staging" => WorkKind::Staged,
+            "previous" => WorkKind::Previous,
+            "replaced" => WorkKind::Replaced,
+            _ => return None,
+        };
+        (is_suffix(suffix) && crate::manifest::is_valid_pack_ref(pack_ref))
+            .then(|| unowned(kind, Some(pack_ref)))
+    }
+
+    pub fn parse(name: &str) -> Option<WorkName> {
+        let rest = name.strip_prefix(".attune-")?;
+        let mut parts = rest.split('.');
+        let tag = parts.next()?;
+        let kind = WorkKind::ALL.into_iter().find(|k| k.tag() == tag)?;
+        let owner = parts.next()?.to_string();
+        let random = parts.next()?;
+        if owner.is_empty() || random.is_empty() {
+            return None;
+        }
+        let pack_ref = parts.next().map(str::to_string);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(WorkName {
+            kind,
+            owner,
+            pack_ref,
+        })
+    }
+}
+
+/// This process: `<boot id prefix>-<pid>-<start time in clock ticks since boot>`.
+pub fn owner_marker() -> &'static str {
+    static MARKER: OnceLock<String> = OnceLock::new();
+    MARKER.get_or_init(|| {
+        let pid = std::process::id();
+        format!(
+            "{}-{pid}-{}",
+            boot_id(),
+            process_start(pid).unwrap_or_default()
+        )
+    })
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().replace('-', "").chars().take(8).collect())
+        .unwrap_or_else(|_| "noboot".into())
+}
+
+/// Field 22 of `/proc/<pid>/stat` (after the parenthesised command, which may hold
+/// spaces and parentheses itself).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that named a work directory `owner` is still running. A marker
+/// that does not parse belongs to nobody.
+pub fn owner_alive(owner: &str) -> bool {
+    if owner == owner_marker() {
+        return true;
+    }
+    let mut parts = owner.splitn(3, '-');
+    let (Some(boot), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+        return false;
+    };
+    boot == boot_id() && process_start(pid) == Some(start)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot write the swap journal in {dir}: {source}")]
+    Write {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the swap journal in {dir}: {source}")]
+    Read {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decide interrupted registrations: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One pack of an intended swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapEntry {
+    pub pack_ref: String,
+    /// `<packs_base_dir>/<ref>`.
+    pub target: PathBuf,
+    /// The new files, beside the target.
+    pub staged: PathBuf,
+    /// Where the old files go (an empty directory stands for "there were none").
+    pub previous: PathBuf,
+    /// `sha256:…`, the checksum the transaction writes into the pack's row.
+    pub checksum: String,
+}
+
+impl SwapEntry {
+    /// A swap of `staged` into `target`, with a fresh name for the previous directory.
+    pub fn new(pack_ref: &str, target: &Path, staged: &Path, checksum: &str) -> Self {
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        SwapEntry {
+            pack_ref: pack_ref.to_string(),
+            target: target.to_path_buf(),
+            staged: staged.to_path_buf(),
+            previous: work_path(dir, WorkKind::Previous, Some(pack_ref)),
+            checksum: checksum.to_string(),
+        }
+    }
+
+    /// S0 → S2: the old directory aside (or an empty one to say there was none), then
+    /// the staged one in. On failure the swap is undone before returning.
+    pub fn swap_in(&self) -> Result<(), String> {
+        if !exists(&self.previous) {
+            let moved = if exists(&self.target) {
+                fs::rename(&self.target, &self.previous)
+            } else {
+                fs::create_dir(&self.previous)
+            };
+            moved.map_err(|e| {
+                format!(
+                    "cannot move the previous '{}' aside: {e}",
+                    self.target.display()
+                )
+            })?;
+        }
+        crate::fault::pause("swap: previous moved aside");
+        if let Err(e) = fs::rename(&self.staged, &self.target) {
+            let _ = self.undo();
+            return Err(format!(
+                "cannot move the pack into '{}': {e}",
+                self.target.display()
+            ));
+        }
+        crate::fault::pause("swap: new files in place");
+        Ok(())
+    }
+
+    /// Back to the old files from any state of the protocol; the staged copy is deleted.
+    pub fn undo(&self) -> std::io::Result<()> {
+        if exists(&self.previous) {
+            if exists(&self.target) {
+                if exists(&self.staged) {
+                    // Not a state the protocol produces: something else made the target.
+                    return Err(std::io::Error::other(format!(
+                        "'{}', '{}' and '{}' all exist; leaving them for an operator",
+                        self.target.display(),
+                        self.previous.display(),
+                        self.staged.display()
+                    )));
+                }
+                fs::rename(&self.target, &self.staged)?;
+            }
+            if is_empty_dir(&self.previous) {
+                fs::remove_dir(&self.previous)?;
+            } else {
+                fs::rename(&self.previous, &self.target)?;
+            }
+        }
+        remove_all(&self.staged)
+    }
+
+    /// Forward to the new files from any state of the protocol; the old ones are deleted.
+    pub fn finish(&self) -> std::io::Result<()> {
+        if exists(&self.staged) {
+            if !exists(&self.previous) {
+                if exists(&self.target) {
+                    fs::rename(&self.target, &self.previous)?;
+                } else {
+                    fs::create_dir(&self.previous)?;
+                }
+            }
+            fs::rename(&self.staged, &self.target)?;
+        }
+        remove_all(&self.previous)
+    }
+}
+
+/// Backups of `target` that dead processes left between the renames of a swap: another
+/// server sharing the packs directory that crashed, its own journal out of our reach.
+/// Called under the pack's write lock, so no live swap of `target` is in progress.
+pub fn stale_backups(target: &Path, pack_ref: &str) -> Vec<PathBuf> {
+    let Some(dir) = target.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            WorkName::parse_any(&e.file_name().to_string_lossy()).is_some_and(|w| {
+                w.kind == WorkKind::Previous
+                    && w.pack_ref.as_deref() == Some(pack_ref)
+                    && !owner_alive(&w.owner)
+            })
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Settles the swap a dead process left on `target` (see [`stale_backups`]), under the
+/// pack's write lock: when the target's files have the checksum the row records
+/// (`recorded`), that swap committed and the backup is deleted; otherwise it did not,
+/// and the backup is put back.
+pub fn settle_stale(
+    target: &Path,
+    backups: &[PathBuf],
+    recorded: Option<&str>,
+) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    for backup in backups {
+        let target_checksum = crate::checksum::directory_checksum(target)
+            .ok()
+            .map(|c| crate::checksum::checksum_prefixed(&c));
+        if recorded.is_some() && target_checksum.as_deref() == recorded {
+            remove_all(backup)?;
+            continue;
+        }
+        if exists(target) {
+            let discarded = work_path(dir, WorkKind::Staged, None);
+            fs::rename(target, &discarded)?;
+            remove_all(&discarded)?;
+        }
+        if is_empty_dir(backup) {
+            fs::remove_dir(backup)?;
+        } else {
+            fs::rename(backup, target)?;
+        }
+    }
+    Ok(())
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+fn remove_all(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IntentFile {
+    format: u32,
+    owner: String,
+    entries: Vec<SwapEntry>,
+}
+
+/// The journal of one data dir. Cheap to share; every method is blocking I/O.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    /// Directories already recorded in `dirs/` by this process.
+    recorded: Mutex<HashSet<PathBuf>>,
+    /// Critical sections running now: shutdown waits for them, since abandoning one
+    /// midway leaves work for the next start's recovery.
+    critical: AtomicUsize,
+    critical_done: tokio::sync::Notify,
+}
+
+impl Journal {
+    pub fn new(data_dir: &Path) -> Self {
+        Journal {
+            dir: data_dir.join(JOURNAL_DIR),
+            recorded: Mutex::new(HashSet::new()),
+            critical: AtomicUsize::new(0),
+            critical_done: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts a critical section as running until the guard is dropped.
+    pub fn enter_critical(self: &std::sync::Arc<Self>) -> CriticalSection {
+        self.critical.fetch_add(1, Ordering::SeqCst);
+        CriticalSection {
+            journal: std::sync::Arc::clone(self),
+        }
+    }
+
+    /// Resolves once no critical section is running.
+    pub async fn critical_sections_done(&self) {
+        loop {
+            let notified = self.critical_done.notified();
+            if self.critical.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the intent for `entries` (one file, fsync'd: the only fsync a swap
+    /// costs). It must be durable before the first rename, so that no rename can
+    /// reach the disk without it; a torn intent therefore describes nothing done
+    /// and recovery discards it.
+    pub fn begin(&self, entries: Vec<SwapEntry>) -> Result<Intent, JournalError> {
+        let write_error = |source| JournalError::Write {
+            dir: self.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(write_error)?;
+        let path = self.dir.join(format!(
+            "{INTENT_PREFIX}{}.{}.json",
+            owner_marker(),
+            crate::paths::unique_suffix()
+        ));
+        let body = serde_json::to_vec(&IntentFile {
+            format: INTENT_FORMAT,
+            owner: owner_marker().to_string(),
+            entries: entries.clone(),
+        })
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(write_error(e));
+        }
+        Ok(Intent { path, entries })
+    }
+
+    /// Records that this process puts work directories in `dir`, so that a start
+    /// after a crash looks there for leftovers. Best effort, once per directory.
+    pub fn remember_dir(&self, dir: &Path) {
+        // A work directory (Install's downloads go into one) is swept with its parent.
+        if dir
+            .file_name()
+            .is_some_and(|n| WorkName::parse(&n.to_string_lossy()).is_some())
+        {
+            return;
+        }
+        {
+            let mut recorded = self.recorded.lock().expect("journal dirs lock");
+            if !recorded.insert(dir.to_path_buf()) {
+                return;
+            }
+        }
+        let Some(text) = dir.to_str() else {
+            return;
+        };
+        let records = self.dir.join(DIRS_DIR);
+        let name = {
+            use sha2::Digest as _;
+            hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+        };
+        let record = records.join(name);
+        if record.exists() {
+            return;
+        }
+        let _ = fs::create_dir_all(&records).and_then(|()| fs::write(record, text));
+    }
+
+    fn recorded_dirs(&self) -> Vec<(PathBuf, PathBuf)> {
+        let Ok(entries) = fs::read_dir(self.dir.join(DIRS_DIR)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let text = fs::read_to_string(e.path()).ok()?;
+                Some((e.path(), PathBuf::from(text)))
+            })
+            .collect()
+    }
+}
+
+/// A written intent; [`Intent::complete`] removes it once every entry was finished or
+/// undone. Dropped without that (a crash, an abandoned task), it stays for recovery.
+#[derive(Debug)]
+pub struct Intent {
+    path: PathBuf,
+    entries: Vec<SwapEntry>,
+}
+
+impl Intent {
+    pub fn entries(&self) -> &[SwapEntry] {
+        &self.entries
+    }
+
+    pub fn complete(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// What start-up recovery did, for the log and the tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Packs whose interrupted swap was committed and is now finished.
+    pub finished: Vec<String>,
+    /// Packs whose interrupted swap was not committed and is now undone.
+    pub undone: Vec<String>,
+    /// Work directories of dead processes removed.
+    pub removed: Vec<PathBuf>,
+    /// Download backups put back because their pack's directory was missing.
+    pub restored: Vec<PathBuf>,
+    /// Registration backups without an intent, settled against the rows.
+    pub settled_backups: Vec<PathBuf>,
+    /// What could not be settled (left in place, logged).
+    pub problems: Vec<String>,
+}
+
+/// Finishes or undoes every interrupted swap, then removes leftover work directories
+/// of dead processes in `dirs` (the default packs base dir and the data dir), in every
+/// directory recorded by [`Journal::remember_dir`] and beside every registered pack.
+/// Runs before the server serves.
+pub async fn recover(
+    journal: &Journal,
+    db: &Db,
+    dirs: &[PathBuf],
+) -> Result<Recovered, JournalError> {
+    let mut recovered = Recovered::default();
+    let read_error = |source| JournalError::Read {
+        dir: journal.dir.clone(),
+        source,
+    };
+    let mut intents = Vec::new();
+    match fs::read_dir(&journal.dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(read_error)?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(INTENT_PREFIX) {
+                    intents.push(entry.path());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(read_error(e)),
+    }
+    intents.sort();
+    for path in intents {
+        let Ok(text) = fs::read(&path) else { continue };
+        let Ok(intent) = serde_json::from_slice::<IntentFile>(&text) else {
+            // Torn: written before any rename, so it describes nothing that happened.
+            tracing::warn!(path = %path.display(), "discarding an unreadable swap intent");
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        if owner_alive(&intent.owner) {
+            continue;
+        }
+        // The packs' write locks: another server sharing the database and the packs
+        // directory must not swap them while they are settled.
+        let refs: Vec<&str> = intent.entries.iter().map(|e| e.pack_ref.as_str()).collect();
+        let mut locked = db.begin_packs_write(&refs).await?;
+        let mut settled = true;
+        for entry in &intent.entries {
+            let committed = locked.recorded_checksum(&entry.pack_ref).await?.as_deref()
+                == Some(entry.checksum.as_str());
+            let outcome = if committed {
+                entry.finish()
+            } else {
+                entry.undo()
+            };
+            match outcome {
+                Ok(()) if committed => recovered.finished.push(entry.pack_ref.clone()),
+                Ok(()) => recovered.undone.push(entry.pack_ref.clone()),
+                Err(e) => {
+                    settled = false;
+                    recovered.problems.push(format!(
+                        "cannot {} the interrupted registration of '{}': {e}",
+                        if committed { "finish" } else { "undo" },
+                        entry.pack_ref
+                    ));
+                }
+            }
+        }
+        drop(locked);
+        if settled {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    let mut scan: Vec<PathBuf> = dirs.to_vec();
+    for (record, dir) in journal.recorded_dirs() {
+        if dir.is_dir() {
+            scan.push(dir);
+        } else {
+            let _ = fs::remove_file(record);
+        }
+    }
+    for storage in db.storage_paths().await? {
+        if let Some(parent) = Path::new(&storage).parent() {
+            scan.push(parent.to_path_buf());
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut backups = Vec::new();
+    for dir in scan {
+        if seen.insert(dir.clone()) {
+            backups.extend(sweep(&dir, &mut recovered));
+        }
+    }
+    // Backups without an intent here: left by another server sharing the packs
+    // directory, or by a server that kept no journal. The rows decide, under the lock.
+    for (target, pack_ref, backup) in backups {
+        let mut locked = db.begin_packs_write(&[pack_ref.as_str()]).await?;
+        let recorded = locked.recorded_checksum(&pack_ref).await?;
+        match settle_stale(&target, std::slice::from_ref(&backup), recorded.as_deref()) {
+            Ok(()) => recovered.settled_backups.push(backup),
+            Err(e) => recovered.problems.push(format!(
+                "cannot settle '{}' against '{}': {e}",
+                backup.display(),
+                target.display()
+            )),
+        }
+        drop(locked);
+    }
+    for problem in &recovered.problems {
+        tracing::error!("{problem}");
+    }
+    if !(recovered.finished.is_empty() && recovered.undone.is_empty()) {
+        tracing::warn!(
+            finished = ?recovered.finished,
+            undone = ?recovered.undone,
+            "settled registrations a crash interrupted"
+        );
+    }
+    if !(recovered.restored.is_empty() && recovered.settled_backups.is_empty()) {
+        tracing::warn!(
+            restored = ?recovered.restored,
+            settled = ?recovered.settled_backups,
+            "put back or settled pack directories a crash left aside"
+        );
+    }
+    if !recovered.removed.is_empty() {
+        tracing::info!(
+            count = recovered.removed.len(),
+            "removed work directories left by stopped processes"
+        );
+    }
+    Ok(recovered)
+}
+
+/// Removes the work directories of dead owners in `dir`. A Download backup whose pack
+/// directory is missing is the only copy of that pack and is put back instead.
+/// Registration backups (`previous`) are returned as `(target, ref, backup)`: intents
+/// were settled before, so these have none here and the rows must decide.
+fn sweep(dir: &Path, recovered: &mut Recovered) -> Vec<(PathBuf, String, PathBuf)> {
+    let mut backups = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return backups;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(work) = WorkName::parse_any(&name) else {
+            continue;
+        };
+        if owner_alive(&work.owner) {
+            continue;
+        }
+        let path = entry.path();
+        if work.kind == WorkKind::Previous {
+            if let Some(pack_ref) = work.pack_ref {
+                backups.push((dir.join(&pack_ref), pack_ref, path));
+            }
+            continue;
+        }
+        if work.kind == WorkKind::Replaced
+            && let Some(pack_ref) = &work.pack_ref
+        {
+            let target = dir.join(pack_ref);
+            if !exists(&target) && !is_empty_dir(&path) {
+                match fs::rename(&path, &target) {
+                    Ok(()) => recovered.restored.push(target),
+                    Err(e) => recovered.problems.push(format!(
+                        "cannot put '{}' back to '{}': {e}",
+                        path.display(),
+                        target.display()
+                    )),
+                }
+                continue;
+            }
+        }
+        match remove_all(&path) {
+            Ok(()) => recovered.removed.push(path),
+            Err(e) => recovered
+                .problems
+                .push(format!("cannot remove '{}': {e}", path.display())),
+        }
+    }
+    backups
+}
+
+/// Held while a critical section (swap + commit) runs; see [`Journal::enter_critical`].
+pub struct CriticalSection {
+    journal: std::sync::Arc<Journal>,
+}
+
+impl Drop for CriticalSection {
+    fn drop(&mut self) {
+        if self.journal.critical.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.journal.critical_done.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pack(dir: &Path, version: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("pack.yaml"), format!("version: {version}\n")).unwrap();
+    }
+
+    fn version(dir: &Path) -> Option<String> {
+        fs::read_to_string(dir.join("pack.yaml")).ok()
+    }
+
+    fn entry(base: &Path) -> SwapEntry {
+        let staged = work_path(base, WorkKind::Staged, Some("demo"));
+        SwapEntry::new("demo", &base.join("demo"), &staged, "sha256:x")
+    }
+
+    #[test]
+    fn names_round_trip_and_carry_this_process() {
+        let path = work_path(Path::new("/x"), WorkKind::Staged, Some("my_pack-2"));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let parsed = WorkName::parse(name).unwrap();
+        assert_eq!(parsed.kind, WorkKind::Staged);
+        assert_eq!(parsed.pack_ref.as_deref(), Some("my_pack-2"));
+        assert!(owner_alive(&parsed.owner));
+        assert!(WorkName::parse(".demo.previous-abc").is_none());
+        assert!(WorkName::parse(".attune-unknown.a.b").is_none());
+    }
+
+    #[test]
+    fn dead_and_malformed_owners_are_not_alive() {
+        assert!(!owner_alive("garbage"));
+        let pid = std::process::id();
+        // This pid, but another start time: a reused pid is not the owner.
+        assert!(!owner_alive(&format!("{}-{pid}-1", boot_id())));
+        // Another boot.
+        assert!(!owner_alive(&format!(
+            "zzzzzzzz-{pid}-{}",
+            process_start(pid).unwrap()
+        )));
+    }
+
+    /// Every state the swap can stop in, undone and finished, twice (idempotence).
+    #[test]
+    fn every_intermediate_state_recovers_both_ways() {
+        for had_old in [true, false] {
+            for stop_after in 0..3 {
+                for commit in [true, false] {
+                    let base = tempfile::tempdir().unwrap();
+                    let e = entry(base.path());
+                    if had_old {
+                        pack(&e.target, "1");
+                    }
+                    pack(&e.staged, "2");
+                    if stop_after >= 1 {
+                        if had_old {
+                            fs::rename(&e.target, &e.previous).unwrap();
+                        } else {
+                            fs::create_dir(&e.previous).unwrap();
+                        }
+                    }
+                    if stop_after >= 2 {
+                        fs::rename(&e.staged, &e.target).unwrap();
+                    }
+                    for _ in 0..2 {
+                        if commit {
+                            e.finish().unwrap();
+                        } else {
+                            e.undo().unwrap();
+                        }
+                    }
+                    let expected = match (commit, had_old) {
+                        (true, _) => Some("version: 2\n".to_string()),
+                        (false, true) => Some("version: 1\n".to_string()),
+                        (false, false) => None,
+                    };
+                    assert_eq!(
+                        version(&e.target),
+                        expected,
+                        "old {had_old} stop {stop_after} commit {commit}"
+                    );
+                    let left: Vec<_> = fs::read_dir(base.path())
+                        .unwrap()
+                        .flatten()
+                        .map(|d| d.file_name())
+                        .filter(|n| n != "demo")
+                        .collect();
+                    assert!(left.is_empty(), "{left:?}");
+                }
+            }
+        }
+    }
+
+    /// A backup without an intent: the target's checksum against the row decides.
+    #[test]
+    fn stale_backups_are_settled_by_the_recorded_checksum() {
+        let checksum = |dir: &Path| {
+            crate::checksum::checksum_prefixed(&crate::checksum::directory_checksum(dir).unwrap())
+        };
+        for committed in [true, false] {
+            let base = tempfile::tempdir().unwrap();
+            let target = base.path().join("demo");
+            let dead = format!("{}-999999999-1", boot_id());
+            let backup = base.path().join(format!(".attune-previous.{dead}.aa.demo"));
+            pack(&target, "2");
+            pack(&backup, "1");
+            let recorded = if committed {
+                checksum(&target)
+            } else {
+                checksum(&backup)
+            };
+            let stale = stale_backups(&target, "demo");
+            assert_eq!(stale, vec![backup.clone()]);
+            settle_stale(&target, &stale, Some(&recorded)).unwrap();
+            assert_eq!(checksum(&target), recorded);
+            assert!(!backup.exists());
+            let left = fs::read_dir(base.path()).unwrap().count();
+            assert_eq!(left, 1, "committed {committed}");
+        }
+    }
+
+    #[test]
+    fn a_torn_intent_is_unreadable_and_a_whole_one_round_trips() {
+        let data = tempfile::tempdir().unwrap();
+        let journal = Journal::new(data.path());
+        let e = entry(data.path());
+        let intent = journal.begin(vec![e.clone()]).unwrap();
+        let text = fs::read(&intent.path).unwrap();
+        let whole: IntentFile = serde_json::from_slice(&text).unwrap();
+        assert_eq!(whole.entries, vec![e]);
+        assert!(serde_json::from_slice::<IntentFile>(&text[..text.len() - 1]).is_err());
+        let mut zeroed = text.clone();
+        zeroed.extend([0u8; 16]);
+        assert!(serde_json::from_slice::<IntentFile>(&zeroed).is_err());
+        let path = intent.path.clone();
+        intent.complete();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn sweep_removes_dead_work_dirs_and_puts_orphaned_download_backups_back() {
+        let base = tempfile::tempdir().unwrap();
+        let dead = format!("{}-999999999-1", boot_id());
+        let staging = base.path().join(format!(".attune-staging.{dead}.aa"));
+        let backup = base.path().join(format!(".attune-replaced.{dead}.bb.lost"));
+        let stale_backup = base.path().join(format!(".attune-previous.{dead}.cc.kept"));
+        let mine = work_path(base.path(), WorkKind::Staged, Some("live"));
+        let unrelated = base.path().join(".hidden");
+        for d in [&staging, &mine, &unrelated] {
+            fs::create_dir_all(d).unwrap();
+        }
+        pack(&backup, "1");
+        pack(&stale_backup, "1");
+        pack(&base.path().join("kept"), "2");
+        let legacy_staging = base.path().join(".attune-staging-0123456789ab");
+        let legacy_backup = base.path().join(".kept.previous-0123456789ab");
+        fs::create_dir_all(&legacy_staging).unwrap();
+        pack(&legacy_backup, "0");
+        let mut recovered = Recovered::default();
+        let mut backups = sweep(base.path(), &mut recovered);
+        backups.sort();
+        assert!(!staging.exists() && !legacy_staging.exists());
+        // Registration backups are left for the rows to decide.
+        let kept = base.path().join("kept");
+        assert_eq!(
+            backups,
+            vec![
+                (kept.clone(), "kept".to_string(), stale_backup.clone()),
+                (kept.clone(), "kept".to_string(), legacy_backup.clone()),
+            ]
+        );
+        assert!(stale_backup.exists() && legacy_backup.exists());
+        assert!(mine.exists() && unrelated.exists());
+        assert_eq!(
+            version(&base.path().join("lost")).as_deref(),
+            Some("version: 1\n")
+        );
+        assert_eq!(
+            version(&base.path().join("kept")).as_deref(),
+            Some("version: 2\n")
+        );
+        assert!(recovered.problems.is_empty(), "{:?}", recovered.problems);
+    }
+}
