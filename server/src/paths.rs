@@ -62,6 +62,15 @@ impl PathPolicy {
         &self.roots
     }
 
+    /// The roots as shown in errors: `/a, /b`.
+    fn roots_text(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Resolves `path` (absolute) and checks it lies inside an allowed root.
     /// Returns the resolved path, which is what the caller must use from then on
     /// (checking one path and using another would reopen the symlink hole).
@@ -94,12 +103,7 @@ impl PathPolicy {
             Err(PathError::OutsideRoots {
                 path: path.to_string(),
                 resolved: resolved.display().to_string(),
-                roots: self
-                    .roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                roots: self.roots_text(),
             })
         }
     }
@@ -116,12 +120,7 @@ impl PathPolicy {
                 return Err(PathError::OutsideRoots {
                     path: confined.display().to_string(),
                     resolved: actual.display().to_string(),
-                    roots: self
-                        .roots
-                        .iter()
-                        .map(|r| r.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    roots: self.roots_text(),
                 });
             }
         }
