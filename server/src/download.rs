@@ -26,7 +26,7 @@ use crate::{
     git::{self, GitCredentials},
     journal::{self, Journal, WorkKind},
     manifest::Manifest,
-    packfs::PackReadLimits,
+    packfs::{PackReadLimits, TreeLimit, TreeLimits},
     paths::PathPolicy,
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -798,10 +798,12 @@ impl Downloader {
         let copy_reporter = reporter.clone();
         let src = path.clone();
         let paths = self.paths.clone();
+        let copy_limits = local_copy_limits(&self.limits);
         let pack_root = staging
             .blocking(move || {
                 let src = paths.open_confined(&src).map_err(|e| e.to_string())?;
-                fetch::copy_tree(&src, &tree, &copy_reporter).map_err(|e| e.to_string())?;
+                fetch::copy_tree(&src, &tree, &copy_limits, &copy_reporter)
+                    .map_err(|e| e.to_string())?;
                 archive::find_pack_root(&tree).map_err(|e| e.to_string())
             })
             .await??;
@@ -814,6 +816,27 @@ impl Downloader {
             checksum_hex: None,
             verified: false,
         })
+    }
+}
+
+/// A local directory is downloaded under the same bounds as an archive's extraction
+/// (what lands in the destination is the same thing either way); how deep it may
+/// nest is the pack-wide `pack_files.max_depth`.
+fn local_copy_limits(limits: &archive::Limits) -> TreeLimits {
+    TreeLimits {
+        total_bytes: TreeLimit {
+            value: limits.max_total_bytes,
+            setting: "download.max_extracted_bytes",
+        },
+        entries: TreeLimit {
+            value: limits.max_entries,
+            setting: "download.max_entries",
+        },
+        file_bytes: TreeLimit {
+            value: limits.max_entry_bytes,
+            setting: "download.max_entry_bytes",
+        },
+        depth: crate::packfs::tree_limits().depth,
     }
 }
 

@@ -2,9 +2,11 @@
 //! Git lives in [`crate::git`], extraction in [`crate::archive`].
 
 use std::{
+    ffi::OsString,
     fs,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, Read, Write},
     path::{Path, PathBuf},
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +14,7 @@ use futures::StreamExt;
 
 use crate::{
     checksum::{DigestWriter, Digests},
-    packfs::{EntryKind, PackDir, PackFile, PackFsError},
+    packfs::{EntryKind, PackDir, PackFile, PackFsError, TreeLimits},
     progress::{Reporter, Stage},
     source::redact_url,
 };
@@ -276,7 +278,21 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
 /// descriptor without following links and each file is checked after it is opened,
 /// so a directory swapped for a link while the copy runs is refused, never followed.
 /// Set-user-ID, set-group-ID and sticky bits are not copied.
-pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, FetchError> {
+///
+/// `limits` bound the copy: entries are counted as they are listed, a directory
+/// nested deeper than `limits.depth` is refused before it is opened, and a file is
+/// refused by its `fstat` size before a byte of it is written (a sparse 100 GiB file
+/// costs nothing); bytes are counted while copying too, so a file that grows while
+/// it is copied stops at the cap. Directories still to be copied are remembered by
+/// name under their parent's descriptor, so the descriptors held at once are bounded
+/// by the depth, not by how many directories a listing holds. On error `dst` may
+/// hold a partial copy: the caller deletes it.
+pub fn copy_tree(
+    src: &PackDir,
+    dst: &Path,
+    limits: &TreeLimits,
+    reporter: &Reporter,
+) -> Result<u64, FetchError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FetchError::Io { path, source }
@@ -294,33 +310,81 @@ pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, 
                 kind: "symbolic link",
             },
             PackFsError::Special { kind, .. } => FetchError::SpecialFile { path: shown, kind },
-            other => FetchError::Read(other),
+            other => FetchError::Read(other.relative_to(src.path())),
         }
     };
+    /// A directory still to copy: its name under an opened parent (`None`: the root).
+    struct Pending {
+        parent: Option<Rc<PackDir>>,
+        name: OsString,
+        to: PathBuf,
+        depth: u64,
+    }
     fs::create_dir(dst).map_err(io_err(dst))?;
     let mut files = 0u64;
-    let mut stack: Vec<(Option<PackDir>, PathBuf)> = vec![(None, dst.to_path_buf())];
-    while let Some((from, to)) = stack.pop() {
+    let mut entries = 0u64;
+    let mut bytes = 0u64;
+    let mut root_done = false;
+    let mut stack: Vec<Pending> = Vec::new();
+    loop {
         if reporter.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
-        let from_dir = from.as_ref().unwrap_or(src);
-        let mut entries = from_dir.entries().map_err(refused)?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        for entry in entries {
+        // The root is listed first, through the caller's descriptor.
+        let (opened, to, depth) = if !root_done {
+            root_done = true;
+            (None, dst.to_path_buf(), 0)
+        } else {
+            let Some(next) = stack.pop() else { break };
+            let parent = next.parent.as_deref().unwrap_or(src);
+            let sub = parent.open_dir(&next.name).map_err(refused)?;
+            fs::create_dir(&next.to).map_err(io_err(&next.to))?;
+            (Some(Rc::new(sub)), next.to, next.depth)
+        };
+        let from_dir: &PackDir = opened.as_deref().unwrap_or(src);
+        let mut listed = from_dir.entries_within(limits, entries).map_err(refused)?;
+        entries += listed.len() as u64;
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        // Pushed in reverse so that directories are copied in name order.
+        for entry in listed.into_iter().rev() {
             if entry.name == ".git" {
                 continue;
             }
             let target = to.join(&entry.name);
             match entry.kind {
                 EntryKind::Dir => {
-                    let sub = from_dir.open_dir(&entry.name).map_err(refused)?;
-                    fs::create_dir(&target).map_err(io_err(&target))?;
-                    stack.push((Some(sub), target));
+                    if depth + 1 > limits.depth.value {
+                        return Err(refused(
+                            limits.too_deep(from_dir.path().join(&entry.name)),
+                        ));
+                    }
+                    stack.push(Pending {
+                        parent: opened.clone(),
+                        name: entry.name,
+                        to: target,
+                        depth: depth + 1,
+                    });
                 }
                 EntryKind::File => {
-                    let mut opened = from_dir.open_file(&entry.name).map_err(refused)?;
-                    copy_file(&mut opened, &target).map_err(io_err(&target))?;
+                    let path = from_dir.path().join(&entry.name);
+                    let mut file = from_dir.open_file(&entry.name).map_err(refused)?;
+                    if file.len > limits.file_bytes.value {
+                        return Err(refused(limits.file_too_large(path)));
+                    }
+                    let room = limits.total_bytes.value.saturating_sub(bytes);
+                    if file.len > room {
+                        return Err(refused(limits.too_many_bytes(path)));
+                    }
+                    let cap = room.min(limits.file_bytes.value);
+                    let written = copy_file(&mut file, &target, cap).map_err(io_err(&target))?;
+                    if written > cap {
+                        return Err(refused(if written > limits.file_bytes.value {
+                            limits.file_too_large(path)
+                        } else {
+                            limits.too_many_bytes(path)
+                        }));
+                    }
+                    bytes += written;
                     files += 1;
                 }
                 other => {
@@ -333,10 +397,11 @@ pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, 
     Ok(files)
 }
 
-/// Writes the content of the opened file to the new file `target` with its
-/// permission bits (less set-ID and sticky bits: a copy made by the server must not
-/// become a set-ID program owned by the server's user).
-fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
+/// Writes at most `cap + 1` bytes of the opened file to the new file `target` with
+/// its permission bits (less set-ID and sticky bits: a copy made by the server must
+/// not become a set-ID program owned by the server's user). Returns the bytes
+/// written: more than `cap` means the file grew past it while being copied.
+fn copy_file(opened: &mut PackFile, target: &Path, cap: u64) -> io::Result<u64> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mode = opened.mode & 0o777;
     let mut out = fs::OpenOptions::new()
@@ -344,10 +409,11 @@ fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
         .create_new(true)
         .mode(mode)
         .open(target)?;
-    io::copy(&mut opened.file, &mut out)?;
+    let written = io::copy(&mut (&opened.file).take(cap.saturating_add(1)), &mut out)?;
     // The mode given at creation is reduced by the umask; the copy keeps the
     // pack's own bits (scripts stay executable).
-    out.set_permissions(fs::Permissions::from_mode(mode))
+    out.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -375,7 +441,7 @@ mod tests {
 
         let dst = out.path().join("copy");
         let opened = PackDir::open(src.path()).unwrap();
-        let files = copy_tree(&opened, &dst, &Reporter::noop()).unwrap();
+        let files = copy_tree(&opened, &dst, &TreeLimits::DEFAULT, &Reporter::noop()).unwrap();
         assert_eq!(files, 3);
         assert_eq!(fs::read(dst.join("actions/lib/x.py")).unwrap(), b"pass\n");
         assert_eq!(mode(&dst.join("actions/run.sh")), 0o755);
@@ -409,7 +475,12 @@ mod tests {
             make(&src.path().join(name));
             let out = tempfile::tempdir().unwrap();
             let opened = PackDir::open(src.path()).unwrap();
-            let err = copy_tree(&opened, &out.path().join("copy"), &Reporter::noop()).unwrap_err();
+            let err = copy_tree(
+                &opened,
+                &out.path().join("copy"),
+                &TreeLimits::DEFAULT,
+                &Reporter::noop(),
+            ).unwrap_err();
             assert!(
                 matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
                 "{err}"
