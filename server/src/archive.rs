@@ -272,6 +272,30 @@ pub enum ArchiveError {
          (setting download.max_names_bytes)"
     )]
     NamesTooLong { limit: u64 },
+    #[error(
+        "'{path}' is a {kind}, not a regular file; an archive source must be a regular file \
+         (it was not read)"
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "'{path}' is {size} bytes, more than the {limit}-byte limit for an archive \
+         (setting download.max_archive_bytes); it was not read"
+    )]
+    ArchiveTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "the zip's central directory declares {declared} {what}, more than the {limit} \
+         the limits allow (setting {setting}); it was not read"
+    )]
+    CentralDirectoryTooLarge {
+        declared: u64,
+        what: &'static str,
+        limit: u64,
+        setting: &'static str,
+    },
     #[error("{path}: not a supported archive (zip, tar.gz or tar): {seen}")]
     UnknownFormat { path: PathBuf, seen: String },
     #[error("corrupt or unsupported archive: {detail}")]
@@ -307,12 +331,66 @@ fn corrupt(e: impl std::fmt::Display) -> ArchiveError {
 // Sniffing
 // ---------------------------------------------------------------------------
 
+/// Opens an archive named by path once, for everything that follows (sniffing,
+/// extraction): without following a link at its last component, without blocking (a
+/// FIFO swapped in after a check cannot wedge the thread), then `fstat`ed. Anything
+/// but a regular file (FIFO, device, socket, directory, link) is refused, and so is a
+/// file larger than `max_bytes` (`download.max_archive_bytes`), before a byte is read.
+pub fn open_archive(path: &Path, max_bytes: u64) -> Result<File, ArchiveError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(ArchiveError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: "symbolic link",
+            });
+        }
+        Err(e) => return Err(io_at(path)(io::Error::from(e))),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_at(path)(io::Error::from(e)))?;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("directory"),
+        FileType::Fifo => Some("fifo"),
+        FileType::Socket => Some("socket"),
+        FileType::CharacterDevice => Some("character device"),
+        FileType::BlockDevice => Some("block device"),
+        FileType::Symlink => Some("symbolic link"),
+        FileType::Unknown => Some("special file"),
+    };
+    if let Some(kind) = kind {
+        return Err(ArchiveError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > max_bytes {
+        return Err(ArchiveError::ArchiveTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: max_bytes,
+        });
+    }
+    Ok(File::from(fd))
+}
+
 /// Detects the archive format from the file's first bytes (not its name): zip local
 /// header `PK\x03\x04` or empty-zip end record `PK\x05\x06`; gzip `1f 8b` (taken to be a
 /// gzip-compressed tar); POSIX/GNU tar `ustar` magic at offset 257; or an old (v7) tar
 /// header, accepted only if its header checksum verifies.
 pub fn sniff_format(path: &Path) -> Result<ArchiveFormat, ArchiveError> {
     let mut f = File::open(path).map_err(io_at(path))?;
+    sniff_file(&mut f, path)
+}
+
+/// [`sniff_format`] of an opened file (`path` for messages), read from its start and
+/// left at its start.
+fn sniff_file(f: &mut File, path: &Path) -> Result<ArchiveFormat, ArchiveError> {
+    f.seek(io::SeekFrom::Start(0)).map_err(io_at(path))?;
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
@@ -323,6 +401,7 @@ pub fn sniff_format(path: &Path) -> Result<ArchiveFormat, ArchiveError> {
             Err(e) => return Err(io_at(path)(e)),
         }
     }
+    f.seek(io::SeekFrom::Start(0)).map_err(io_at(path))?;
     sniff_bytes(&head[..n]).ok_or_else(|| ArchiveError::UnknownFormat {
         path: path.to_path_buf(),
         seen: describe_head(&head[..n]),
@@ -483,8 +562,20 @@ pub fn extract(
     limits: &Limits,
     reporter: &Reporter,
 ) -> Result<ExtractSummary, ArchiveError> {
-    let format = sniff_format(archive)?;
     let file = File::open(archive).map_err(io_at(archive))?;
+    extract_file(file, archive, dest, limits, reporter)
+}
+
+/// [`extract`] from an archive already opened (see [`open_archive`]); `archive` names
+/// it in messages and is never opened.
+pub fn extract_file(
+    mut file: File,
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    reporter: &Reporter,
+) -> Result<ExtractSummary, ArchiveError> {
+    let format = sniff_file(&mut file, archive)?;
     let mut sink = Sink::new(dest, limits, reporter, format);
     match format {
         ArchiveFormat::Zip => extract_zip(BufReader::with_capacity(BUF_SIZE, file), &mut sink)?,
@@ -1020,7 +1111,8 @@ const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
 
-fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+fn extract_zip<R: Read + Seek>(mut reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+    check_central_directory(&mut reader, sink.limits)?;
     let mut zip = zip::ZipArchive::new(reader).map_err(corrupt)?;
     let n = zip.len() as u64;
     if n > sink.limits.max_entries {
@@ -1092,6 +1184,98 @@ fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink<'_>) -> Result<(), Arc
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Fixed part of a zip central directory entry (before its name, extra field and
+/// comment).
+const ZIP_CENTRAL_ENTRY_BYTES: u64 = 46;
+/// Room per entry for its extra field and comment in the central directory bound: real
+/// archives carry a few dozen bytes (timestamps, Unix ids, ZIP64 sizes).
+const ZIP_CENTRAL_EXTRA_BYTES: u64 = 256;
+const EOCD_SIG: &[u8; 4] = b"PK\x05\x06";
+const EOCD_LEN: usize = 22;
+const ZIP64_LOCATOR_SIG: &[u8; 4] = b"PK\x06\x07";
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_EOCD_SIG: &[u8; 4] = b"PK\x06\x06";
+
+/// The largest central directory an archive under `limits` needs: a fixed entry per
+/// allowed entry, all names, and some extra bytes each.
+fn central_directory_cap(limits: &Limits) -> u64 {
+    limits
+        .max_entries
+        .saturating_mul(ZIP_CENTRAL_ENTRY_BYTES + ZIP_CENTRAL_EXTRA_BYTES)
+        .saturating_add(limits.max_names_bytes)
+}
+
+/// The zip crate reads the whole central directory into memory before the first entry
+/// can be judged. So the end-of-central-directory record (in the last 64 KiB + 22
+/// bytes; its ZIP64 form when the classic one says so) is read here first, and an
+/// archive whose directory declares more entries than `max_entries` or more bytes than
+/// [`central_directory_cap`] is refused before the directory is read. Records that
+/// cannot be found are left for the zip crate to report.
+fn check_central_directory<R: Read + Seek>(
+    reader: &mut R,
+    limits: &Limits,
+) -> Result<(), ArchiveError> {
+    let io = |e: io::Error| corrupt(format!("cannot read the end of the zip: {e}"));
+    let len = reader.seek(io::SeekFrom::End(0)).map_err(io)?;
+    let tail_len = len.min(65_535 + EOCD_LEN as u64);
+    let tail_start = len - tail_len;
+    let mut tail = vec![0u8; tail_len as usize];
+    reader.seek(io::SeekFrom::Start(tail_start)).map_err(io)?;
+    reader.read_exact(&mut tail).map_err(io)?;
+    reader.seek(io::SeekFrom::Start(0)).map_err(io)?;
+    // The last record whose comment length reaches exactly to the end of the file.
+    let Some(at) = (0..=tail.len().saturating_sub(EOCD_LEN)).rev().find(|&i| {
+        &tail[i..i + 4] == EOCD_SIG
+            && i + EOCD_LEN + u16::from_le_bytes([tail[i + 20], tail[i + 21]]) as usize
+                == tail.len()
+    }) else {
+        return Ok(());
+    };
+    let eocd = &tail[at..at + EOCD_LEN];
+    let mut entries = u64::from(u16::from_le_bytes([eocd[10], eocd[11]]));
+    let mut size = u64::from(u32::from_le_bytes([eocd[12], eocd[13], eocd[14], eocd[15]]));
+    let zip64 = entries == 0xFFFF || size == 0xFFFF_FFFF;
+    let eocd_pos = tail_start + at as u64;
+    if zip64 && eocd_pos >= ZIP64_LOCATOR_LEN {
+        let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
+        reader
+            .seek(io::SeekFrom::Start(eocd_pos - ZIP64_LOCATOR_LEN))
+            .map_err(io)?;
+        reader.read_exact(&mut locator).map_err(io)?;
+        if &locator[..4] == ZIP64_LOCATOR_SIG {
+            let record_at = u64::from_le_bytes(locator[8..16].try_into().expect("8 bytes"));
+            let mut record = [0u8; 56];
+            if record_at.saturating_add(56) <= len {
+                reader.seek(io::SeekFrom::Start(record_at)).map_err(io)?;
+                reader.read_exact(&mut record).map_err(io)?;
+                if &record[..4] == ZIP64_EOCD_SIG {
+                    entries = u64::from_le_bytes(record[32..40].try_into().expect("8 bytes"));
+                    size = u64::from_le_bytes(record[40..48].try_into().expect("8 bytes"));
+                }
+            }
+        }
+        reader.seek(io::SeekFrom::Start(0)).map_err(io)?;
+    }
+    if entries > limits.max_entries {
+        return Err(ArchiveError::CentralDirectoryTooLarge {
+            declared: entries,
+            what: "entries",
+            limit: limits.max_entries,
+            setting: "download.max_entries",
+        });
+    }
+    let cap = central_directory_cap(limits);
+    if size > cap {
+        return Err(ArchiveError::CentralDirectoryTooLarge {
+            declared: size,
+            what: "bytes",
+            limit: cap,
+            setting: "download.max_entries and download.max_names_bytes",
+        });
     }
     Ok(())
 }

@@ -354,9 +354,7 @@ pub fn copy_tree(
             match entry.kind {
                 EntryKind::Dir => {
                     if depth + 1 > limits.depth.value {
-                        return Err(refused(
-                            limits.too_deep(from_dir.path().join(&entry.name)),
-                        ));
+                        return Err(refused(limits.too_deep(from_dir.path().join(&entry.name))));
                     }
                     stack.push(Pending {
                         parent: opened.clone(),
@@ -480,7 +478,8 @@ mod tests {
                 &out.path().join("copy"),
                 &TreeLimits::DEFAULT,
                 &Reporter::noop(),
-            ).unwrap_err();
+            )
+            .unwrap_err();
             assert!(
                 matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
                 "{err}"

@@ -61,9 +61,7 @@ pub enum PackFsError {
     NotUtf8 { path: PathBuf, offset: usize },
     /// A walk over the pack (copy, checksum, listing) crossed one of its
     /// [`TreeLimits`]; `path` is where it was crossed.
-    #[error(
-        "'{path}': the pack has more than {limit} {what} (setting {setting}); it was refused"
-    )]
+    #[error("'{path}': the pack has more than {limit} {what} (setting {setting}); it was refused")]
     OverLimit {
         path: PathBuf,
         limit: u64,
