@@ -287,15 +287,11 @@ pub enum ArchiveError {
         limit: u64,
     },
     #[error(
-        "the zip's central directory declares {declared} {what}, more than the {limit} \
-         the limits allow (setting {setting}); it was not read"
+        "the zip's central directory declares {declared} bytes, more than the {limit} bytes \
+         an archive within the entry limits needs (settings download.max_entries and \
+         download.max_names_bytes); it was not read"
     )]
-    CentralDirectoryTooLarge {
-        declared: u64,
-        what: &'static str,
-        limit: u64,
-        setting: &'static str,
-    },
+    CentralDirectoryTooLarge { declared: u64, limit: u64 },
     #[error("{path}: not a supported archive (zip, tar.gz or tar): {seen}")]
     UnknownFormat { path: PathBuf, seen: String },
     #[error("corrupt or unsupported archive: {detail}")]
@@ -1261,20 +1257,15 @@ fn check_central_directory<R: Read + Seek>(
         reader.seek(io::SeekFrom::Start(0)).map_err(io)?;
     }
     if entries > limits.max_entries {
-        return Err(ArchiveError::CentralDirectoryTooLarge {
-            declared: entries,
-            what: "entries",
+        return Err(ArchiveError::TooManyEntries {
             limit: limits.max_entries,
-            setting: "download.max_entries",
         });
     }
     let cap = central_directory_cap(limits);
     if size > cap {
         return Err(ArchiveError::CentralDirectoryTooLarge {
             declared: size,
-            what: "bytes",
             limit: cap,
-            setting: "download.max_entries and download.max_names_bytes",
         });
     }
     Ok(())
@@ -2230,5 +2221,140 @@ mod tests {
             ExtractBudget::new(0, per).validate(&limits),
             Err(BudgetError::NoSlots)
         );
+    }
+
+    // ---- zip end records and opening archives ----
+
+    /// An end-of-central-directory record declaring `entries` and `size` (0xFFFF /
+    /// 0xFFFF_FFFF send readers to the ZIP64 record).
+    fn eocd(entries: u16, size: u32, offset: u32) -> Vec<u8> {
+        let mut r = b"PK\x05\x06".to_vec();
+        r.extend_from_slice(&[0; 4]);
+        r.extend_from_slice(&entries.to_le_bytes());
+        r.extend_from_slice(&entries.to_le_bytes());
+        r.extend_from_slice(&size.to_le_bytes());
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&0u16.to_le_bytes());
+        r
+    }
+
+    /// A ZIP64 end record and locator declaring `entries` and `size`, then the
+    /// classic record pointing to them.
+    fn zip64_end(entries: u64, size: u64) -> Vec<u8> {
+        let mut z = b"PK\x06\x06".to_vec();
+        z.extend_from_slice(&44u64.to_le_bytes());
+        z.extend_from_slice(&[45, 3, 45, 0]);
+        z.extend_from_slice(&[0; 8]);
+        z.extend_from_slice(&entries.to_le_bytes());
+        z.extend_from_slice(&entries.to_le_bytes());
+        z.extend_from_slice(&size.to_le_bytes());
+        z.extend_from_slice(&0u64.to_le_bytes());
+        z.extend_from_slice(b"PK\x06\x07");
+        z.extend_from_slice(&[0; 4]);
+        z.extend_from_slice(&0u64.to_le_bytes()); // the ZIP64 record is at offset 0
+        z.extend_from_slice(&1u32.to_le_bytes());
+        z.extend(eocd(0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF));
+        z
+    }
+
+    #[test]
+    fn zip_end_records_are_judged_before_the_directory_is_read() {
+        let limits = Limits::default();
+        let cap = central_directory_cap(&limits);
+        let check = |bytes: Vec<u8>| check_central_directory(&mut Cursor::new(bytes), &limits);
+        // Declared, not present: nothing of it is read.
+        assert!(matches!(
+            check(eocd(10, u32::MAX - 1, 0)),
+            Err(ArchiveError::CentralDirectoryTooLarge { declared, limit })
+                if declared == u64::from(u32::MAX - 1) && limit == cap
+        ));
+        assert!(matches!(
+            check(eocd(30_000, 100, 0)),
+            Err(ArchiveError::TooManyEntries { limit: 20_000 })
+        ));
+        assert!(matches!(
+            check(zip64_end(1 << 40, 100)),
+            Err(ArchiveError::TooManyEntries { limit: 20_000 })
+        ));
+        assert!(matches!(
+            check(zip64_end(10, 1 << 40)),
+            Err(ArchiveError::CentralDirectoryTooLarge { declared, .. }) if declared == 1 << 40
+        ));
+        // A comment after the record is allowed for; sizes within the limits pass, and
+        // so does anything without a record (the zip crate reports it).
+        let mut commented = eocd(3, 200, 0);
+        commented[20..22].copy_from_slice(&5u16.to_le_bytes());
+        commented.extend_from_slice(b"hello");
+        assert!(check(commented).is_ok());
+        assert!(check(zip64_end(10, 4096)).is_ok());
+        assert!(check(b"not a zip at all".to_vec()).is_ok());
+        // A real archive passes and is extracted as before.
+        let f = fx();
+        let a = f.write("in.zip", &sample_zip());
+        f.run(&a, &limits).unwrap();
+    }
+
+    fn sample_zip() -> Vec<u8> {
+        zip_bytes(|w| {
+            w.start_file("pack.yaml", zopts(0o644)).unwrap();
+            w.write_all(b"ref: z\n").unwrap();
+        })
+    }
+
+    #[test]
+    fn open_archive_refuses_special_files_links_and_oversized_files_without_blocking() {
+        let f = fx();
+        let fifo = f.root.as_path().join("p.tgz");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            open_archive(&fifo, 1 << 20),
+            Err(ArchiveError::NotRegularFile { kind: "fifo", .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+        let link = f.root.as_path().join("zero.zip");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(matches!(
+            open_archive(&link, 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "symbolic link",
+                ..
+            })
+        ));
+        assert!(matches!(
+            open_archive(Path::new("/dev/zero"), 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "character device",
+                ..
+            })
+        ));
+        assert!(matches!(
+            open_archive(f.root.as_path(), 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "directory",
+                ..
+            })
+        ));
+
+        let zip = f.write("ok.zip", &sample_zip());
+        let size = fs::metadata(&zip).unwrap().len();
+        let err = open_archive(&zip, size - 1).unwrap_err();
+        assert!(
+            err.to_string().contains("download.max_archive_bytes"),
+            "{err}"
+        );
+        // The descriptor is what gets extracted.
+        let opened = open_archive(&zip, size).unwrap();
+        fs::remove_file(&zip).unwrap();
+        let s = extract_file(opened, &zip, &f.dest, &Limits::default(), &Reporter::noop()).unwrap();
+        assert_eq!(s.files, 1);
     }
 }

@@ -1004,4 +1004,25 @@ mod tests {
     fn prefixed() {
         assert_eq!(checksum_prefixed("ab"), "sha256:ab");
     }
+
+    #[test]
+    fn the_walk_is_bounded_by_entries_and_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        for _ in 0..(crate::packfs::DEFAULT_DEPTH + 1) {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let err = directory_checksum(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("levels of nested directories"), "{err}");
+        assert!(err.contains("pack_files.max_depth"), "{err}");
+
+        let wide = tempfile::tempdir().unwrap();
+        for i in 0..=crate::packfs::DEFAULT_PACK_ENTRIES {
+            fs::File::create(wide.path().join(i.to_string())).unwrap();
+        }
+        let err = directory_checksum(wide.path()).unwrap_err().to_string();
+        assert!(err.contains("more than 20000 entries"), "{err}");
+        assert!(err.contains("pack_files.max_entries"), "{err}");
+    }
 }

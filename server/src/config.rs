@@ -898,6 +898,50 @@ mod tests {
     }
 
     #[test]
+    fn pack_walk_limits_come_from_the_pack_files_section() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.pack_files.tree_limits(),
+            crate::packfs::TreeLimits::DEFAULT
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_PACK_FILES__MAX_PACK_BYTES", "1000"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_ENTRIES", "10"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_FILE_BYTES", "100"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_DEPTH", "3"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.pack_files.tree_limits(),
+            crate::packfs::TreeLimits::from_pack_files(1000, 10, 100, 3)
+        );
+        for (key, value, needle) in [
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_ENTRIES",
+                "0",
+                "pack_files.max_entries",
+            ),
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_DEPTH",
+                "0",
+                "pack_files.max_depth",
+            ),
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_DEPTH",
+                "5000",
+                "pack_files.max_depth",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn pack_file_caps_come_from_the_pack_files_section() {
         let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(

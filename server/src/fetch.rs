@@ -345,8 +345,8 @@ pub fn copy_tree(
         let mut listed = from_dir.entries_within(limits, entries).map_err(refused)?;
         entries += listed.len() as u64;
         listed.sort_by(|a, b| a.name.cmp(&b.name));
-        // Pushed in reverse so that directories are copied in name order.
-        for entry in listed.into_iter().rev() {
+        let mut subdirs = Vec::new();
+        for entry in listed {
             if entry.name == ".git" {
                 continue;
             }
@@ -356,7 +356,7 @@ pub fn copy_tree(
                     if depth + 1 > limits.depth.value {
                         return Err(refused(limits.too_deep(from_dir.path().join(&entry.name))));
                     }
-                    stack.push(Pending {
+                    subdirs.push(Pending {
                         parent: opened.clone(),
                         name: entry.name,
                         to: target,
@@ -390,6 +390,8 @@ pub fn copy_tree(
                 }
             }
         }
+        // Reversed so that directories are copied in name order.
+        stack.extend(subdirs.into_iter().rev());
     }
     reporter.count(Stage::Fetch, "files copied", files, Some(files));
     Ok(files)
@@ -485,5 +487,102 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn limits(total: u64, entries: u64, file: u64, depth: u64) -> TreeLimits {
+        TreeLimits::from_pack_files(total, entries, file, depth)
+    }
+
+    fn copy_with(src: &Path, limits: &TreeLimits) -> (Result<u64, FetchError>, tempfile::TempDir) {
+        let out = tempfile::tempdir().unwrap();
+        let opened = PackDir::open(src).unwrap();
+        let result = copy_tree(&opened, &out.path().join("copy"), limits, &Reporter::noop());
+        (result, out)
+    }
+
+    /// Bytes the files below `dir` take on disk.
+    fn disk_usage(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            total += if meta.is_dir() {
+                disk_usage(&entry.path())
+            } else {
+                meta.blocks() * 512
+            };
+        }
+        total
+    }
+
+    #[test]
+    fn a_sparse_file_over_the_file_cap_is_refused_before_a_byte_is_written() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a"), "x").unwrap();
+        fs::File::create(src.path().join("huge"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let (result, out) = copy_with(src.path(), &limits(u64::MAX, 100, 1 << 20, 8));
+        let err = result.unwrap_err().to_string();
+        for needle in ["'huge'", "1048576 bytes", "pack_files.max_file_bytes"] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+        assert!(disk_usage(out.path()) < 64 * 1024);
+    }
+
+    #[test]
+    fn the_total_is_counted_across_files() {
+        let src = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(src.path().join(name), vec![b'x'; 400]).unwrap();
+        }
+        let (result, _out) = copy_with(src.path(), &limits(1000, 100, 1000, 8));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("'c'"), "{err}");
+        assert!(err.contains("more than 1000 bytes in its files"), "{err}");
+        assert!(err.contains("pack_files.max_pack_bytes"), "{err}");
+        let (result, _out) = copy_with(src.path(), &limits(1200, 100, 400, 8));
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[test]
+    fn entries_are_counted_across_directories_and_listings_stop_at_the_limit() {
+        let src = tempfile::tempdir().unwrap();
+        for dir in ["a", "b"] {
+            fs::create_dir(src.path().join(dir)).unwrap();
+            for i in 0..5 {
+                fs::write(src.path().join(dir).join(i.to_string()), "").unwrap();
+            }
+        }
+        // 2 directories + 10 files.
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 11, 1 << 20, 8));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("more than 11 entries"), "{err}");
+        assert!(err.contains("pack_files.max_entries"), "{err}");
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 12, 1 << 20, 8));
+        assert_eq!(result.unwrap(), 10);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let mut deep = src.path().to_path_buf();
+        for _ in 0..5 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        for i in 0..300 {
+            fs::create_dir(src.path().join(format!("w{i:03}"))).unwrap();
+        }
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 1000, 1 << 20, 4));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("'d/d/d/d/d'"), "{err}");
+        assert!(err.contains("more than 4 levels"), "{err}");
+        assert!(err.contains("pack_files.max_depth"), "{err}");
+
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 1000, 1 << 20, 5));
+        assert_eq!(result.unwrap(), 0);
+        assert!(_out.path().join("copy/w299").is_dir());
     }
 }
