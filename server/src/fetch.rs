@@ -585,4 +585,21 @@ mod tests {
         assert_eq!(result.unwrap(), 0);
         assert!(_out.path().join("copy/w299").is_dir());
     }
+
+    /// A file that is larger than `fstat` said when it was judged (it grew since) is
+    /// still cut at the cap: at most the cap + 1 byte is written.
+    #[test]
+    fn a_file_grown_past_its_fstat_size_is_cut_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let grown = dir.path().join("grown");
+        fs::write(&grown, vec![b'x'; 10_000]).unwrap();
+        let mut opened = PackFile {
+            file: fs::File::open(&grown).unwrap(),
+            len: 10,
+            mode: 0o644,
+        };
+        let target = dir.path().join("copy");
+        assert_eq!(copy_file(&mut opened, &target, 100).unwrap(), 101);
+        assert_eq!(fs::metadata(&target).unwrap().len(), 101);
+    }
 }
