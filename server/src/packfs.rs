@@ -109,7 +109,11 @@ impl PackFsError {
             | PackFsError::Io { path, .. } => path,
         };
         if let Ok(rel) = path.strip_prefix(root) {
-            *path = rel.to_path_buf();
+            *path = if rel.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                rel.to_path_buf()
+            };
         }
         self
     }
