@@ -272,6 +272,26 @@ pub enum ArchiveError {
          (setting download.max_names_bytes)"
     )]
     NamesTooLong { limit: u64 },
+    #[error(
+        "'{path}' is a {kind}, not a regular file; an archive source must be a regular file \
+         (it was not read)"
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "'{path}' is {size} bytes, more than the {limit}-byte limit for an archive \
+         (setting download.max_archive_bytes); it was not read"
+    )]
+    ArchiveTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error(
+        "the zip's central directory declares {declared} bytes, more than the {limit} bytes \
+         an archive within the entry limits needs (settings download.max_entries and \
+         download.max_names_bytes); it was not read"
+    )]
+    CentralDirectoryTooLarge { declared: u64, limit: u64 },
     #[error("{path}: not a supported archive (zip, tar.gz or tar): {seen}")]
     UnknownFormat { path: PathBuf, seen: String },
     #[error("corrupt or unsupported archive: {detail}")]
@@ -307,12 +327,66 @@ fn corrupt(e: impl std::fmt::Display) -> ArchiveError {
 // Sniffing
 // ---------------------------------------------------------------------------
 
+/// Opens an archive named by path once, for everything that follows (sniffing,
+/// extraction): without following a link at its last component, without blocking (a
+/// FIFO swapped in after a check cannot wedge the thread), then `fstat`ed. Anything
+/// but a regular file (FIFO, device, socket, directory, link) is refused, and so is a
+/// file larger than `max_bytes` (`download.max_archive_bytes`), before a byte is read.
+pub fn open_archive(path: &Path, max_bytes: u64) -> Result<File, ArchiveError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(ArchiveError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: "symbolic link",
+            });
+        }
+        Err(e) => return Err(io_at(path)(io::Error::from(e))),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| io_at(path)(io::Error::from(e)))?;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("directory"),
+        FileType::Fifo => Some("fifo"),
+        FileType::Socket => Some("socket"),
+        FileType::CharacterDevice => Some("character device"),
+        FileType::BlockDevice => Some("block device"),
+        FileType::Symlink => Some("symbolic link"),
+        FileType::Unknown => Some("special file"),
+    };
+    if let Some(kind) = kind {
+        return Err(ArchiveError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > max_bytes {
+        return Err(ArchiveError::ArchiveTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: max_bytes,
+        });
+    }
+    Ok(File::from(fd))
+}
+
 /// Detects the archive format from the file's first bytes (not its name): zip local
 /// header `PK\x03\x04` or empty-zip end record `PK\x05\x06`; gzip `1f 8b` (taken to be a
 /// gzip-compressed tar); POSIX/GNU tar `ustar` magic at offset 257; or an old (v7) tar
 /// header, accepted only if its header checksum verifies.
 pub fn sniff_format(path: &Path) -> Result<ArchiveFormat, ArchiveError> {
     let mut f = File::open(path).map_err(io_at(path))?;
+    sniff_file(&mut f, path)
+}
+
+/// [`sniff_format`] of an opened file (`path` for messages), read from its start and
+/// left at its start.
+fn sniff_file(f: &mut File, path: &Path) -> Result<ArchiveFormat, ArchiveError> {
+    f.seek(io::SeekFrom::Start(0)).map_err(io_at(path))?;
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
@@ -323,6 +397,7 @@ pub fn sniff_format(path: &Path) -> Result<ArchiveFormat, ArchiveError> {
             Err(e) => return Err(io_at(path)(e)),
         }
     }
+    f.seek(io::SeekFrom::Start(0)).map_err(io_at(path))?;
     sniff_bytes(&head[..n]).ok_or_else(|| ArchiveError::UnknownFormat {
         path: path.to_path_buf(),
         seen: describe_head(&head[..n]),
@@ -483,8 +558,20 @@ pub fn extract(
     limits: &Limits,
     reporter: &Reporter,
 ) -> Result<ExtractSummary, ArchiveError> {
-    let format = sniff_format(archive)?;
     let file = File::open(archive).map_err(io_at(archive))?;
+    extract_file(file, archive, dest, limits, reporter)
+}
+
+/// [`extract`] from an archive already opened (see [`open_archive`]); `archive` names
+/// it in messages and is never opened.
+pub fn extract_file(
+    mut file: File,
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    reporter: &Reporter,
+) -> Result<ExtractSummary, ArchiveError> {
+    let format = sniff_file(&mut file, archive)?;
     let mut sink = Sink::new(dest, limits, reporter, format);
     match format {
         ArchiveFormat::Zip => extract_zip(BufReader::with_capacity(BUF_SIZE, file), &mut sink)?,
@@ -1020,7 +1107,8 @@ const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
 
-fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+fn extract_zip<R: Read + Seek>(mut reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveError> {
+    check_central_directory(&mut reader, sink.limits)?;
     let mut zip = zip::ZipArchive::new(reader).map_err(corrupt)?;
     let n = zip.len() as u64;
     if n > sink.limits.max_entries {
@@ -1092,6 +1180,93 @@ fn extract_zip<R: Read + Seek>(reader: R, sink: &mut Sink<'_>) -> Result<(), Arc
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Fixed part of a zip central directory entry (before its name, extra field and
+/// comment).
+const ZIP_CENTRAL_ENTRY_BYTES: u64 = 46;
+/// Room per entry for its extra field and comment in the central directory bound: real
+/// archives carry a few dozen bytes (timestamps, Unix ids, ZIP64 sizes).
+const ZIP_CENTRAL_EXTRA_BYTES: u64 = 256;
+const EOCD_SIG: &[u8; 4] = b"PK\x05\x06";
+const EOCD_LEN: usize = 22;
+const ZIP64_LOCATOR_SIG: &[u8; 4] = b"PK\x06\x07";
+const ZIP64_LOCATOR_LEN: u64 = 20;
+const ZIP64_EOCD_SIG: &[u8; 4] = b"PK\x06\x06";
+
+/// The largest central directory an archive under `limits` needs: a fixed entry per
+/// allowed entry, all names, and some extra bytes each.
+fn central_directory_cap(limits: &Limits) -> u64 {
+    limits
+        .max_entries
+        .saturating_mul(ZIP_CENTRAL_ENTRY_BYTES + ZIP_CENTRAL_EXTRA_BYTES)
+        .saturating_add(limits.max_names_bytes)
+}
+
+/// The zip crate reads the whole central directory into memory before the first entry
+/// can be judged. So the end-of-central-directory record (in the last 64 KiB + 22
+/// bytes; its ZIP64 form when the classic one says so) is read here first, and an
+/// archive whose directory declares more entries than `max_entries` or more bytes than
+/// [`central_directory_cap`] is refused before the directory is read. Records that
+/// cannot be found are left for the zip crate to report.
+fn check_central_directory<R: Read + Seek>(
+    reader: &mut R,
+    limits: &Limits,
+) -> Result<(), ArchiveError> {
+    let io = |e: io::Error| corrupt(format!("cannot read the end of the zip: {e}"));
+    let len = reader.seek(io::SeekFrom::End(0)).map_err(io)?;
+    let tail_len = len.min(65_535 + EOCD_LEN as u64);
+    let tail_start = len - tail_len;
+    let mut tail = vec![0u8; tail_len as usize];
+    reader.seek(io::SeekFrom::Start(tail_start)).map_err(io)?;
+    reader.read_exact(&mut tail).map_err(io)?;
+    reader.seek(io::SeekFrom::Start(0)).map_err(io)?;
+    // The last record whose comment length reaches exactly to the end of the file.
+    let Some(at) = (0..=tail.len().saturating_sub(EOCD_LEN)).rev().find(|&i| {
+        &tail[i..i + 4] == EOCD_SIG
+            && i + EOCD_LEN + u16::from_le_bytes([tail[i + 20], tail[i + 21]]) as usize
+                == tail.len()
+    }) else {
+        return Ok(());
+    };
+    let eocd = &tail[at..at + EOCD_LEN];
+    let mut entries = u64::from(u16::from_le_bytes([eocd[10], eocd[11]]));
+    let mut size = u64::from(u32::from_le_bytes([eocd[12], eocd[13], eocd[14], eocd[15]]));
+    let zip64 = entries == 0xFFFF || size == 0xFFFF_FFFF;
+    let eocd_pos = tail_start + at as u64;
+    if zip64 && eocd_pos >= ZIP64_LOCATOR_LEN {
+        let mut locator = [0u8; ZIP64_LOCATOR_LEN as usize];
+        reader
+            .seek(io::SeekFrom::Start(eocd_pos - ZIP64_LOCATOR_LEN))
+            .map_err(io)?;
+        reader.read_exact(&mut locator).map_err(io)?;
+        if &locator[..4] == ZIP64_LOCATOR_SIG {
+            let record_at = u64::from_le_bytes(locator[8..16].try_into().expect("8 bytes"));
+            let mut record = [0u8; 56];
+            if record_at.saturating_add(56) <= len {
+                reader.seek(io::SeekFrom::Start(record_at)).map_err(io)?;
+                reader.read_exact(&mut record).map_err(io)?;
+                if &record[..4] == ZIP64_EOCD_SIG {
+                    entries = u64::from_le_bytes(record[32..40].try_into().expect("8 bytes"));
+                    size = u64::from_le_bytes(record[40..48].try_into().expect("8 bytes"));
+                }
+            }
+        }
+        reader.seek(io::SeekFrom::Start(0)).map_err(io)?;
+    }
+    if entries > limits.max_entries {
+        return Err(ArchiveError::TooManyEntries {
+            limit: limits.max_entries,
+        });
+    }
+    let cap = central_directory_cap(limits);
+    if size > cap {
+        return Err(ArchiveError::CentralDirectoryTooLarge {
+            declared: size,
+            limit: cap,
+        });
     }
     Ok(())
 }
@@ -2046,5 +2221,140 @@ mod tests {
             ExtractBudget::new(0, per).validate(&limits),
             Err(BudgetError::NoSlots)
         );
+    }
+
+    // ---- zip end records and opening archives ----
+
+    /// An end-of-central-directory record declaring `entries` and `size` (0xFFFF /
+    /// 0xFFFF_FFFF send readers to the ZIP64 record).
+    fn eocd(entries: u16, size: u32, offset: u32) -> Vec<u8> {
+        let mut r = b"PK\x05\x06".to_vec();
+        r.extend_from_slice(&[0; 4]);
+        r.extend_from_slice(&entries.to_le_bytes());
+        r.extend_from_slice(&entries.to_le_bytes());
+        r.extend_from_slice(&size.to_le_bytes());
+        r.extend_from_slice(&offset.to_le_bytes());
+        r.extend_from_slice(&0u16.to_le_bytes());
+        r
+    }
+
+    /// A ZIP64 end record and locator declaring `entries` and `size`, then the
+    /// classic record pointing to them.
+    fn zip64_end(entries: u64, size: u64) -> Vec<u8> {
+        let mut z = b"PK\x06\x06".to_vec();
+        z.extend_from_slice(&44u64.to_le_bytes());
+        z.extend_from_slice(&[45, 3, 45, 0]);
+        z.extend_from_slice(&[0; 8]);
+        z.extend_from_slice(&entries.to_le_bytes());
+        z.extend_from_slice(&entries.to_le_bytes());
+        z.extend_from_slice(&size.to_le_bytes());
+        z.extend_from_slice(&0u64.to_le_bytes());
+        z.extend_from_slice(b"PK\x06\x07");
+        z.extend_from_slice(&[0; 4]);
+        z.extend_from_slice(&0u64.to_le_bytes()); // the ZIP64 record is at offset 0
+        z.extend_from_slice(&1u32.to_le_bytes());
+        z.extend(eocd(0xFFFF, 0xFFFF_FFFF, 0xFFFF_FFFF));
+        z
+    }
+
+    #[test]
+    fn zip_end_records_are_judged_before_the_directory_is_read() {
+        let limits = Limits::default();
+        let cap = central_directory_cap(&limits);
+        let check = |bytes: Vec<u8>| check_central_directory(&mut Cursor::new(bytes), &limits);
+        // Declared, not present: nothing of it is read.
+        assert!(matches!(
+            check(eocd(10, u32::MAX - 1, 0)),
+            Err(ArchiveError::CentralDirectoryTooLarge { declared, limit })
+                if declared == u64::from(u32::MAX - 1) && limit == cap
+        ));
+        assert!(matches!(
+            check(eocd(30_000, 100, 0)),
+            Err(ArchiveError::TooManyEntries { limit: 20_000 })
+        ));
+        assert!(matches!(
+            check(zip64_end(1 << 40, 100)),
+            Err(ArchiveError::TooManyEntries { limit: 20_000 })
+        ));
+        assert!(matches!(
+            check(zip64_end(10, 1 << 40)),
+            Err(ArchiveError::CentralDirectoryTooLarge { declared, .. }) if declared == 1 << 40
+        ));
+        // A comment after the record is allowed for; sizes within the limits pass, and
+        // so does anything without a record (the zip crate reports it).
+        let mut commented = eocd(3, 200, 0);
+        commented[20..22].copy_from_slice(&5u16.to_le_bytes());
+        commented.extend_from_slice(b"hello");
+        assert!(check(commented).is_ok());
+        assert!(check(zip64_end(10, 4096)).is_ok());
+        assert!(check(b"not a zip at all".to_vec()).is_ok());
+        // A real archive passes and is extracted as before.
+        let f = fx();
+        let a = f.write("in.zip", &sample_zip());
+        f.run(&a, &limits).unwrap();
+    }
+
+    fn sample_zip() -> Vec<u8> {
+        zip_bytes(|w| {
+            w.start_file("pack.yaml", zopts(0o644)).unwrap();
+            w.write_all(b"ref: z\n").unwrap();
+        })
+    }
+
+    #[test]
+    fn open_archive_refuses_special_files_links_and_oversized_files_without_blocking() {
+        let f = fx();
+        let fifo = f.root.as_path().join("p.tgz");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            open_archive(&fifo, 1 << 20),
+            Err(ArchiveError::NotRegularFile { kind: "fifo", .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+        let link = f.root.as_path().join("zero.zip");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(matches!(
+            open_archive(&link, 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "symbolic link",
+                ..
+            })
+        ));
+        assert!(matches!(
+            open_archive(Path::new("/dev/zero"), 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "character device",
+                ..
+            })
+        ));
+        assert!(matches!(
+            open_archive(f.root.as_path(), 1 << 20),
+            Err(ArchiveError::NotRegularFile {
+                kind: "directory",
+                ..
+            })
+        ));
+
+        let zip = f.write("ok.zip", &sample_zip());
+        let size = fs::metadata(&zip).unwrap().len();
+        let err = open_archive(&zip, size - 1).unwrap_err();
+        assert!(
+            err.to_string().contains("download.max_archive_bytes"),
+            "{err}"
+        );
+        // The descriptor is what gets extracted.
+        let opened = open_archive(&zip, size).unwrap();
+        fs::remove_file(&zip).unwrap();
+        let s = extract_file(opened, &zip, &f.dest, &Limits::default(), &Reporter::noop()).unwrap();
+        assert_eq!(s.files, 1);
     }
 }

@@ -127,7 +127,11 @@ pub fn directory_checksum(dir: &Path) -> Result<String, ChecksumError> {
     let root = PackDir::open(dir).map_err(refused)?;
     let mut files = Vec::new();
     let mut rel = String::new();
-    walk(&root, &mut rel, &mut files)?;
+    let mut walk_state = Walk {
+        limits: crate::packfs::tree_limits(),
+        entries: 0,
+    };
+    walk_state.walk(&root, 0, &mut rel, &mut files)?;
     files.sort_unstable_by(|a, b| compare_paths(a, b));
     if files.len() <= SMALL_TREE_FILES {
         hash_files_sequentially(&root, &files)
@@ -272,30 +276,57 @@ fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, Check
     Ok(hex_digest(sha))
 }
 
-/// Collects the regular files below `dir`, each directory opened relative to its
-/// parent's descriptor (a directory swapped for a link is refused, not followed).
-fn walk(dir: &PackDir, rel: &mut String, out: &mut Vec<String>) -> Result<(), ChecksumError> {
-    for entry in dir.entries().map_err(refused)? {
-        if entry.name == ".git" {
-            continue;
+/// The bounds of one checksum walk (`pack_files.max_entries`, `max_depth`), so that a
+/// pack of a million empty files or ten thousand nested directories is refused
+/// before it costs memory, descriptors or stack.
+struct Walk {
+    limits: crate::packfs::TreeLimits,
+    entries: u64,
+}
+
+impl Walk {
+    /// Collects the regular files below `dir` (at `depth` below the root), each
+    /// directory opened relative to its parent's descriptor (a directory swapped for
+    /// a link is refused, not followed).
+    fn walk(
+        &mut self,
+        dir: &PackDir,
+        depth: u64,
+        rel: &mut String,
+        out: &mut Vec<String>,
+    ) -> Result<(), ChecksumError> {
+        let listed = dir
+            .entries_within(&self.limits, self.entries)
+            .map_err(refused)?;
+        self.entries += listed.len() as u64;
+        for entry in listed {
+            if entry.name == ".git" {
+                continue;
+            }
+            let path = dir.path().join(&entry.name);
+            let Some(name) = entry.name.to_str() else {
+                return Err(ChecksumError::NonUtf8Path { path });
+            };
+            let base = rel.len();
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(name);
+            match entry.kind {
+                EntryKind::File => out.push(rel.clone()),
+                EntryKind::Dir => {
+                    if depth + 1 > self.limits.depth.value {
+                        return Err(refused(self.limits.too_deep(path)));
+                    }
+                    let sub = dir.open_dir(name).map_err(refused)?;
+                    self.walk(&sub, depth + 1, rel, out)?;
+                }
+                other => return Err(refused(other.refusal(path))),
+            }
+            rel.truncate(base);
         }
-        let path = dir.path().join(&entry.name);
-        let Some(name) = entry.name.to_str() else {
-            return Err(ChecksumError::NonUtf8Path { path });
-        };
-        let base = rel.len();
-        if !rel.is_empty() {
-            rel.push('/');
-        }
-        rel.push_str(name);
-        match entry.kind {
-            EntryKind::File => out.push(rel.clone()),
-            EntryKind::Dir => walk(&dir.open_dir(name).map_err(refused)?, rel, out)?,
-            other => return Err(refused(other.refusal(path))),
-        }
-        rel.truncate(base);
+        Ok(())
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -972,5 +1003,26 @@ mod tests {
     #[test]
     fn prefixed() {
         assert_eq!(checksum_prefixed("ab"), "sha256:ab");
+    }
+
+    #[test]
+    fn the_walk_is_bounded_by_entries_and_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        for _ in 0..(crate::packfs::DEFAULT_DEPTH + 1) {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let err = directory_checksum(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("levels of nested directories"), "{err}");
+        assert!(err.contains("pack_files.max_depth"), "{err}");
+
+        let wide = tempfile::tempdir().unwrap();
+        for i in 0..=crate::packfs::DEFAULT_PACK_ENTRIES {
+            fs::File::create(wide.path().join(i.to_string())).unwrap();
+        }
+        let err = directory_checksum(wide.path()).unwrap_err().to_string();
+        assert!(err.contains("more than 20000 entries"), "{err}");
+        assert!(err.contains("pack_files.max_entries"), "{err}");
     }
 }

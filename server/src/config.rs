@@ -111,6 +111,10 @@ pub struct Config {
     pub pack_files: PackFilesSection,
 }
 
+/// Upper bound of `pack_files.max_depth`: walks recurse (or hold a descriptor) per
+/// level.
+const MAX_PACK_DEPTH: u64 = 1024;
+
 /// `pack_files:` — how much of a pack file may be read into memory. Pack files are
 /// opened through the pack's directory descriptor (see `packfs`); these caps stop a
 /// huge (or endless) file from growing the server.
@@ -124,6 +128,15 @@ pub struct PackFilesSection {
     /// Largest other pack file read whole (requirements.txt, package.json, lock
     /// files, test result files), in bytes.
     pub max_other_bytes: u64,
+    /// Sum of the file sizes of a pack copied by RegisterBatch or Install into its
+    /// staging directory, in bytes.
+    pub max_pack_bytes: u64,
+    /// Files and directories of one pack walked (copy, checksum, one listing).
+    pub max_entries: u64,
+    /// Largest single file of a pack copied by RegisterBatch or Install, in bytes.
+    pub max_file_bytes: u64,
+    /// Directories nested below a pack root (every walk of a pack).
+    pub max_depth: u64,
 }
 
 impl Default for PackFilesSection {
@@ -133,11 +146,25 @@ impl Default for PackFilesSection {
             max_manifest_bytes: limits.manifest_bytes,
             max_component_bytes: limits.component_bytes,
             max_other_bytes: limits.other_bytes,
+            max_pack_bytes: crate::packfs::DEFAULT_PACK_BYTES,
+            max_entries: crate::packfs::DEFAULT_PACK_ENTRIES,
+            max_file_bytes: crate::packfs::DEFAULT_FILE_BYTES,
+            max_depth: crate::packfs::DEFAULT_DEPTH,
         }
     }
 }
 
 impl PackFilesSection {
+    /// Bounds of every walk over a pack directory (installed process-wide at start).
+    pub fn tree_limits(&self) -> crate::packfs::TreeLimits {
+        crate::packfs::TreeLimits::from_pack_files(
+            self.max_pack_bytes,
+            self.max_entries,
+            self.max_file_bytes,
+            self.max_depth,
+        )
+    }
+
     pub fn limits(&self) -> crate::packfs::PackReadLimits {
         crate::packfs::PackReadLimits {
             manifest_bytes: self.max_manifest_bytes,
@@ -566,6 +593,23 @@ impl Config {
                 )));
             }
         }
+        for (key, value) in [
+            ("max_pack_bytes", self.pack_files.max_pack_bytes),
+            ("max_entries", self.pack_files.max_entries),
+            ("max_file_bytes", self.pack_files.max_file_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "pack_files.{key} must be at least 1"
+                )));
+            }
+        }
+        // The checksum walk recurses once per level.
+        if !(1..=MAX_PACK_DEPTH).contains(&self.pack_files.max_depth) {
+            return Err(ConfigError::Invalid(format!(
+                "pack_files.max_depth must be between 1 and {MAX_PACK_DEPTH}"
+            )));
+        }
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
                 return Err(ConfigError::Invalid(
@@ -851,6 +895,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("hash_concurency"), "{err}");
+    }
+
+    #[test]
+    fn pack_walk_limits_come_from_the_pack_files_section() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.pack_files.tree_limits(),
+            crate::packfs::TreeLimits::DEFAULT
+        );
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_PACK_FILES__MAX_PACK_BYTES", "1000"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_ENTRIES", "10"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_FILE_BYTES", "100"),
+                ("ATTUNE_PACKS_PACK_FILES__MAX_DEPTH", "3"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.pack_files.tree_limits(),
+            crate::packfs::TreeLimits::from_pack_files(1000, 10, 100, 3)
+        );
+        for (key, value, needle) in [
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_ENTRIES",
+                "0",
+                "pack_files.max_entries",
+            ),
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_DEPTH",
+                "0",
+                "pack_files.max_depth",
+            ),
+            (
+                "ATTUNE_PACKS_PACK_FILES__MAX_DEPTH",
+                "5000",
+                "pack_files.max_depth",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     git::{self, GitCredentials},
     journal::{self, Journal, WorkKind},
     manifest::Manifest,
-    packfs::PackReadLimits,
+    packfs::{PackReadLimits, TreeLimit, TreeLimits},
     paths::PathPolicy,
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -89,6 +89,8 @@ pub struct Downloader {
     http: HttpFetcher,
     credentials: GitCredentials,
     limits: Limits,
+    /// `download.max_archive_bytes`: also bounds a local archive, checked by `fstat`.
+    max_archive_bytes: u64,
     /// Shared by every extraction of the process (Download and Install).
     extract_budget: archive::ExtractBudget,
     github_host: String,
@@ -174,6 +176,7 @@ impl Downloader {
                 use_ssh_agent: d.git.use_ssh_agent,
             },
             limits,
+            max_archive_bytes: d.max_archive_bytes,
             extract_budget,
             github_host: d.github_host.clone(),
             concurrency: d.concurrency,
@@ -690,7 +693,9 @@ impl Downloader {
             }
             None => false,
         };
-        let mut fetched = self.extract(&file, staging, reporter).await?;
+        let opened =
+            archive::open_archive(&file, self.max_archive_bytes).map_err(|e| e.to_string())?;
+        let mut fetched = self.extract(opened, &file, staging, reporter).await?;
         fetched.source_type = "archive";
         fetched.url = Some(url.to_string());
         fetched.verified = verified;
@@ -700,6 +705,7 @@ impl Downloader {
 
     async fn extract(
         &self,
+        opened: fs::File,
         archive_file: &Path,
         staging: &Staging,
         reporter: &Reporter,
@@ -734,8 +740,9 @@ impl Downloader {
             .blocking(move || {
                 // Released when the extraction stops, even after its caller left.
                 let _permit = permit;
-                let summary = archive::extract(&file, &tree, &limits, &extract_reporter)
-                    .map_err(|e| e.to_string())?;
+                let summary =
+                    archive::extract_file(opened, &file, &tree, &limits, &extract_reporter)
+                        .map_err(|e| e.to_string())?;
                 extract_reporter.count(
                     Stage::Extract,
                     "files extracted",
@@ -781,27 +788,38 @@ impl Downloader {
                         .map_err(|e| e.to_string())
                 })?
         };
-        let meta =
-            fs::metadata(&path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
-        if meta.is_file() {
-            let mut fetched = self.extract(&path, staging, reporter).await?;
-            fetched.url = Some(path.display().to_string());
-            return Ok(fetched);
-        }
-        if !meta.is_dir() {
-            return Err(format!(
-                "'{}' is neither a directory nor an archive",
-                path.display()
-            ));
+        // Opened once, without following a link or blocking on a FIFO swapped in
+        // since `confine`; the extraction reads this descriptor, not the path.
+        match archive::open_archive(&path, self.max_archive_bytes) {
+            Ok(file) => {
+                self.paths
+                    .check_opened(&file, &path)
+                    .map_err(|e| e.to_string())?;
+                let mut fetched = self.extract(file, &path, staging, reporter).await?;
+                fetched.url = Some(path.display().to_string());
+                return Ok(fetched);
+            }
+            Err(archive::ArchiveError::NotRegularFile {
+                kind: "directory", ..
+            }) => {}
+            Err(archive::ArchiveError::NotRegularFile { path, kind }) => {
+                return Err(format!(
+                    "'{}' is a {kind}, neither a directory nor an archive; it was not read",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
         }
         let tree = staging.path().join("tree");
         let copy_reporter = reporter.clone();
         let src = path.clone();
         let paths = self.paths.clone();
+        let copy_limits = local_copy_limits(&self.limits);
         let pack_root = staging
             .blocking(move || {
                 let src = paths.open_confined(&src).map_err(|e| e.to_string())?;
-                fetch::copy_tree(&src, &tree, &copy_reporter).map_err(|e| e.to_string())?;
+                fetch::copy_tree(&src, &tree, &copy_limits, &copy_reporter)
+                    .map_err(|e| e.to_string())?;
                 archive::find_pack_root(&tree).map_err(|e| e.to_string())
             })
             .await??;
@@ -814,6 +832,27 @@ impl Downloader {
             checksum_hex: None,
             verified: false,
         })
+    }
+}
+
+/// A local directory is downloaded under the same bounds as an archive's extraction
+/// (what lands in the destination is the same thing either way); how deep it may
+/// nest is the pack-wide `pack_files.max_depth`.
+fn local_copy_limits(limits: &archive::Limits) -> TreeLimits {
+    TreeLimits {
+        total_bytes: TreeLimit {
+            value: limits.max_total_bytes,
+            setting: "download.max_extracted_bytes",
+        },
+        entries: TreeLimit {
+            value: limits.max_entries,
+            setting: "download.max_entries",
+        },
+        file_bytes: TreeLimit {
+            value: limits.max_entry_bytes,
+            setting: "download.max_entry_bytes",
+        },
+        depth: crate::packfs::tree_limits().depth,
     }
 }
 

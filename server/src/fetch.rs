@@ -2,9 +2,11 @@
 //! Git lives in [`crate::git`], extraction in [`crate::archive`].
 
 use std::{
+    ffi::OsString,
     fs,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, Read, Write},
     path::{Path, PathBuf},
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -12,7 +14,7 @@ use futures::StreamExt;
 
 use crate::{
     checksum::{DigestWriter, Digests},
-    packfs::{EntryKind, PackDir, PackFile, PackFsError},
+    packfs::{EntryKind, PackDir, PackFile, PackFsError, TreeLimits},
     progress::{Reporter, Stage},
     source::redact_url,
 };
@@ -276,7 +278,21 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
 /// descriptor without following links and each file is checked after it is opened,
 /// so a directory swapped for a link while the copy runs is refused, never followed.
 /// Set-user-ID, set-group-ID and sticky bits are not copied.
-pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, FetchError> {
+///
+/// `limits` bound the copy: entries are counted as they are listed, a directory
+/// nested deeper than `limits.depth` is refused before it is opened, and a file is
+/// refused by its `fstat` size before a byte of it is written (a sparse 100 GiB file
+/// costs nothing); bytes are counted while copying too, so a file that grows while
+/// it is copied stops at the cap. Directories still to be copied are remembered by
+/// name under their parent's descriptor, so the descriptors held at once are bounded
+/// by the depth, not by how many directories a listing holds. On error `dst` may
+/// hold a partial copy: the caller deletes it.
+pub fn copy_tree(
+    src: &PackDir,
+    dst: &Path,
+    limits: &TreeLimits,
+    reporter: &Reporter,
+) -> Result<u64, FetchError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FetchError::Io { path, source }
@@ -294,33 +310,79 @@ pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, 
                 kind: "symbolic link",
             },
             PackFsError::Special { kind, .. } => FetchError::SpecialFile { path: shown, kind },
-            other => FetchError::Read(other),
+            other => FetchError::Read(other.relative_to(src.path())),
         }
     };
+    /// A directory still to copy: its name under an opened parent (`None`: the root).
+    struct Pending {
+        parent: Option<Rc<PackDir>>,
+        name: OsString,
+        to: PathBuf,
+        depth: u64,
+    }
     fs::create_dir(dst).map_err(io_err(dst))?;
     let mut files = 0u64;
-    let mut stack: Vec<(Option<PackDir>, PathBuf)> = vec![(None, dst.to_path_buf())];
-    while let Some((from, to)) = stack.pop() {
+    let mut entries = 0u64;
+    let mut bytes = 0u64;
+    let mut root_done = false;
+    let mut stack: Vec<Pending> = Vec::new();
+    loop {
         if reporter.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
-        let from_dir = from.as_ref().unwrap_or(src);
-        let mut entries = from_dir.entries().map_err(refused)?;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        for entry in entries {
+        // The root is listed first, through the caller's descriptor.
+        let (opened, to, depth) = if !root_done {
+            root_done = true;
+            (None, dst.to_path_buf(), 0)
+        } else {
+            let Some(next) = stack.pop() else { break };
+            let parent = next.parent.as_deref().unwrap_or(src);
+            let sub = parent.open_dir(&next.name).map_err(refused)?;
+            fs::create_dir(&next.to).map_err(io_err(&next.to))?;
+            (Some(Rc::new(sub)), next.to, next.depth)
+        };
+        let from_dir: &PackDir = opened.as_deref().unwrap_or(src);
+        let mut listed = from_dir.entries_within(limits, entries).map_err(refused)?;
+        entries += listed.len() as u64;
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut subdirs = Vec::new();
+        for entry in listed {
             if entry.name == ".git" {
                 continue;
             }
             let target = to.join(&entry.name);
             match entry.kind {
                 EntryKind::Dir => {
-                    let sub = from_dir.open_dir(&entry.name).map_err(refused)?;
-                    fs::create_dir(&target).map_err(io_err(&target))?;
-                    stack.push((Some(sub), target));
+                    if depth + 1 > limits.depth.value {
+                        return Err(refused(limits.too_deep(from_dir.path().join(&entry.name))));
+                    }
+                    subdirs.push(Pending {
+                        parent: opened.clone(),
+                        name: entry.name,
+                        to: target,
+                        depth: depth + 1,
+                    });
                 }
                 EntryKind::File => {
-                    let mut opened = from_dir.open_file(&entry.name).map_err(refused)?;
-                    copy_file(&mut opened, &target).map_err(io_err(&target))?;
+                    let path = from_dir.path().join(&entry.name);
+                    let mut file = from_dir.open_file(&entry.name).map_err(refused)?;
+                    if file.len > limits.file_bytes.value {
+                        return Err(refused(limits.file_too_large(path)));
+                    }
+                    let room = limits.total_bytes.value.saturating_sub(bytes);
+                    if file.len > room {
+                        return Err(refused(limits.too_many_bytes(path)));
+                    }
+                    let cap = room.min(limits.file_bytes.value);
+                    let written = copy_file(&mut file, &target, cap).map_err(io_err(&target))?;
+                    if written > cap {
+                        return Err(refused(if written > limits.file_bytes.value {
+                            limits.file_too_large(path)
+                        } else {
+                            limits.too_many_bytes(path)
+                        }));
+                    }
+                    bytes += written;
                     files += 1;
                 }
                 other => {
@@ -328,15 +390,18 @@ pub fn copy_tree(src: &PackDir, dst: &Path, reporter: &Reporter) -> Result<u64, 
                 }
             }
         }
+        // Reversed so that directories are copied in name order.
+        stack.extend(subdirs.into_iter().rev());
     }
     reporter.count(Stage::Fetch, "files copied", files, Some(files));
     Ok(files)
 }
 
-/// Writes the content of the opened file to the new file `target` with its
-/// permission bits (less set-ID and sticky bits: a copy made by the server must not
-/// become a set-ID program owned by the server's user).
-fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
+/// Writes at most `cap + 1` bytes of the opened file to the new file `target` with
+/// its permission bits (less set-ID and sticky bits: a copy made by the server must
+/// not become a set-ID program owned by the server's user). Returns the bytes
+/// written: more than `cap` means the file grew past it while being copied.
+fn copy_file(opened: &mut PackFile, target: &Path, cap: u64) -> io::Result<u64> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mode = opened.mode & 0o777;
     let mut out = fs::OpenOptions::new()
@@ -344,10 +409,11 @@ fn copy_file(opened: &mut PackFile, target: &Path) -> io::Result<()> {
         .create_new(true)
         .mode(mode)
         .open(target)?;
-    io::copy(&mut opened.file, &mut out)?;
+    let written = io::copy(&mut (&opened.file).take(cap.saturating_add(1)), &mut out)?;
     // The mode given at creation is reduced by the umask; the copy keeps the
     // pack's own bits (scripts stay executable).
-    out.set_permissions(fs::Permissions::from_mode(mode))
+    out.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -375,7 +441,7 @@ mod tests {
 
         let dst = out.path().join("copy");
         let opened = PackDir::open(src.path()).unwrap();
-        let files = copy_tree(&opened, &dst, &Reporter::noop()).unwrap();
+        let files = copy_tree(&opened, &dst, &TreeLimits::DEFAULT, &Reporter::noop()).unwrap();
         assert_eq!(files, 3);
         assert_eq!(fs::read(dst.join("actions/lib/x.py")).unwrap(), b"pass\n");
         assert_eq!(mode(&dst.join("actions/run.sh")), 0o755);
@@ -409,11 +475,131 @@ mod tests {
             make(&src.path().join(name));
             let out = tempfile::tempdir().unwrap();
             let opened = PackDir::open(src.path()).unwrap();
-            let err = copy_tree(&opened, &out.path().join("copy"), &Reporter::noop()).unwrap_err();
+            let err = copy_tree(
+                &opened,
+                &out.path().join("copy"),
+                &TreeLimits::DEFAULT,
+                &Reporter::noop(),
+            )
+            .unwrap_err();
             assert!(
                 matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
                 "{err}"
             );
         }
+    }
+
+    fn limits(total: u64, entries: u64, file: u64, depth: u64) -> TreeLimits {
+        TreeLimits::from_pack_files(total, entries, file, depth)
+    }
+
+    fn copy_with(src: &Path, limits: &TreeLimits) -> (Result<u64, FetchError>, tempfile::TempDir) {
+        let out = tempfile::tempdir().unwrap();
+        let opened = PackDir::open(src).unwrap();
+        let result = copy_tree(&opened, &out.path().join("copy"), limits, &Reporter::noop());
+        (result, out)
+    }
+
+    /// Bytes the files below `dir` take on disk.
+    fn disk_usage(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut total = 0;
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            total += if meta.is_dir() {
+                disk_usage(&entry.path())
+            } else {
+                meta.blocks() * 512
+            };
+        }
+        total
+    }
+
+    #[test]
+    fn a_sparse_file_over_the_file_cap_is_refused_before_a_byte_is_written() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a"), "x").unwrap();
+        fs::File::create(src.path().join("huge"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let (result, out) = copy_with(src.path(), &limits(u64::MAX, 100, 1 << 20, 8));
+        let err = result.unwrap_err().to_string();
+        for needle in ["'huge'", "1048576 bytes", "pack_files.max_file_bytes"] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+        assert!(disk_usage(out.path()) < 64 * 1024);
+    }
+
+    #[test]
+    fn the_total_is_counted_across_files() {
+        let src = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "c"] {
+            fs::write(src.path().join(name), vec![b'x'; 400]).unwrap();
+        }
+        let (result, _out) = copy_with(src.path(), &limits(1000, 100, 1000, 8));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("'c'"), "{err}");
+        assert!(err.contains("more than 1000 bytes in its files"), "{err}");
+        assert!(err.contains("pack_files.max_pack_bytes"), "{err}");
+        let (result, _out) = copy_with(src.path(), &limits(1200, 100, 400, 8));
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[test]
+    fn entries_are_counted_across_directories_and_listings_stop_at_the_limit() {
+        let src = tempfile::tempdir().unwrap();
+        for dir in ["a", "b"] {
+            fs::create_dir(src.path().join(dir)).unwrap();
+            for i in 0..5 {
+                fs::write(src.path().join(dir).join(i.to_string()), "").unwrap();
+            }
+        }
+        // 2 directories + 10 files.
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 11, 1 << 20, 8));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("more than 11 entries"), "{err}");
+        assert!(err.contains("pack_files.max_entries"), "{err}");
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 12, 1 << 20, 8));
+        assert_eq!(result.unwrap(), 10);
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let mut deep = src.path().to_path_buf();
+        for _ in 0..5 {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        for i in 0..300 {
+            fs::create_dir(src.path().join(format!("w{i:03}"))).unwrap();
+        }
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 1000, 1 << 20, 4));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("'d/d/d/d/d'"), "{err}");
+        assert!(err.contains("more than 4 levels"), "{err}");
+        assert!(err.contains("pack_files.max_depth"), "{err}");
+
+        let (result, _out) = copy_with(src.path(), &limits(1 << 20, 1000, 1 << 20, 5));
+        assert_eq!(result.unwrap(), 0);
+        assert!(_out.path().join("copy/w299").is_dir());
+    }
+
+    /// A file that is larger than `fstat` said when it was judged (it grew since) is
+    /// still cut at the cap: at most the cap + 1 byte is written.
+    #[test]
+    fn a_file_grown_past_its_fstat_size_is_cut_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let grown = dir.path().join("grown");
+        fs::write(&grown, vec![b'x'; 10_000]).unwrap();
+        let mut opened = PackFile {
+            file: fs::File::open(&grown).unwrap(),
+            len: 10,
+            mode: 0o644,
+        };
+        let target = dir.path().join("copy");
+        assert_eq!(copy_file(&mut opened, &target, 100).unwrap(), 101);
+        assert_eq!(fs::metadata(&target).unwrap().len(), 101);
     }
 }

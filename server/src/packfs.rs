@@ -24,6 +24,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
@@ -58,6 +59,15 @@ pub enum PackFsError {
     },
     #[error("'{path}' is not valid UTF-8 (invalid byte at offset {offset})")]
     NotUtf8 { path: PathBuf, offset: usize },
+    /// A walk over the pack (copy, checksum, listing) crossed one of its
+    /// [`TreeLimits`]; `path` is where it was crossed.
+    #[error("'{path}': the pack has more than {limit} {what} (setting {setting}); it was refused")]
+    OverLimit {
+        path: PathBuf,
+        limit: u64,
+        what: &'static str,
+        setting: &'static str,
+    },
     #[error("cannot read '{path}': {source}")]
     Io {
         path: PathBuf,
@@ -78,6 +88,7 @@ impl PackFsError {
             | PackFsError::NotInside { path }
             | PackFsError::TooLarge { path, .. }
             | PackFsError::NotUtf8 { path, .. }
+            | PackFsError::OverLimit { path, .. }
             | PackFsError::Io { path, .. } => path,
         }
     }
@@ -94,10 +105,15 @@ impl PackFsError {
             | PackFsError::NotInside { path }
             | PackFsError::TooLarge { path, .. }
             | PackFsError::NotUtf8 { path, .. }
+            | PackFsError::OverLimit { path, .. }
             | PackFsError::Io { path, .. } => path,
         };
         if let Ok(rel) = path.strip_prefix(root) {
-            *path = rel.to_path_buf();
+            *path = if rel.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                rel.to_path_buf()
+            };
         }
         self
     }
@@ -132,6 +148,14 @@ impl PackFsError {
             PackFsError::NotUtf8 { offset, .. } => {
                 format!("is not valid UTF-8 (invalid byte at offset {offset})")
             }
+            PackFsError::OverLimit {
+                limit,
+                what,
+                setting,
+                ..
+            } => format!(
+                "the pack has more than {limit} {what} here (setting {setting}); it was refused"
+            ),
             PackFsError::Io { source, .. } => format!("cannot be read: {source}"),
         }
     }
@@ -200,6 +224,127 @@ impl PackReadLimits {
             setting: "pack_files.max_other_bytes",
         }
     }
+}
+
+/// One bound of a walk over a pack tree and the setting that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeLimit {
+    pub value: u64,
+    pub setting: &'static str,
+}
+
+/// Bounds on walking a pack directory: copies (Download of a local directory,
+/// RegisterBatch's and Install's staged copy), the directory checksum and listings.
+/// A walk that crosses one stops there, so a pack of a million empty files or ten
+/// thousand nested directories costs at most these bounds in memory, descriptors
+/// and time, and a sparse file is refused by its `fstat` size before a byte is
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeLimits {
+    /// Sum of the sizes of the files copied.
+    pub total_bytes: TreeLimit,
+    /// Files and directories of one walk (and of one directory listing).
+    pub entries: TreeLimit,
+    /// Size of one file copied.
+    pub file_bytes: TreeLimit,
+    /// Directories nested below the pack root.
+    pub depth: TreeLimit,
+}
+
+pub const DEFAULT_PACK_BYTES: u64 = 512 * 1024 * 1024;
+pub const DEFAULT_PACK_ENTRIES: u64 = 20_000;
+pub const DEFAULT_FILE_BYTES: u64 = 100 * 1024 * 1024;
+pub const DEFAULT_DEPTH: u64 = 64;
+
+impl TreeLimits {
+    /// The `pack_files` defaults.
+    pub const DEFAULT: TreeLimits = TreeLimits::from_pack_files(
+        DEFAULT_PACK_BYTES,
+        DEFAULT_PACK_ENTRIES,
+        DEFAULT_FILE_BYTES,
+        DEFAULT_DEPTH,
+    );
+
+    /// The limits the `pack_files` settings give (registration copies, checksums,
+    /// listings).
+    pub const fn from_pack_files(
+        total_bytes: u64,
+        entries: u64,
+        file_bytes: u64,
+        depth: u64,
+    ) -> TreeLimits {
+        TreeLimits {
+            total_bytes: TreeLimit {
+                value: total_bytes,
+                setting: "pack_files.max_pack_bytes",
+            },
+            entries: TreeLimit {
+                value: entries,
+                setting: "pack_files.max_entries",
+            },
+            file_bytes: TreeLimit {
+                value: file_bytes,
+                setting: "pack_files.max_file_bytes",
+            },
+            depth: TreeLimit {
+                value: depth,
+                setting: "pack_files.max_depth",
+            },
+        }
+    }
+
+    /// The entry limit as a [`PackFsError::OverLimit`] at `path`.
+    pub fn too_many_entries(&self, path: PathBuf) -> PackFsError {
+        PackFsError::OverLimit {
+            path,
+            limit: self.entries.value,
+            what: "entries (files and directories)",
+            setting: self.entries.setting,
+        }
+    }
+
+    /// The depth limit as a [`PackFsError::OverLimit`] at `path`.
+    pub fn too_deep(&self, path: PathBuf) -> PackFsError {
+        PackFsError::OverLimit {
+            path,
+            limit: self.depth.value,
+            what: "levels of nested directories",
+            setting: self.depth.setting,
+        }
+    }
+
+    /// The total-size limit as a [`PackFsError::OverLimit`] at `path`.
+    pub fn too_many_bytes(&self, path: PathBuf) -> PackFsError {
+        PackFsError::OverLimit {
+            path,
+            limit: self.total_bytes.value,
+            what: "bytes in its files",
+            setting: self.total_bytes.setting,
+        }
+    }
+
+    /// The one-file limit as a [`PackFsError::TooLarge`] for `path`.
+    pub fn file_too_large(&self, path: PathBuf) -> PackFsError {
+        PackFsError::TooLarge {
+            path,
+            limit: self.file_bytes.value,
+            what: "one file of a pack",
+            setting: self.file_bytes.setting,
+        }
+    }
+}
+
+static TREE_LIMITS: RwLock<TreeLimits> = RwLock::new(TreeLimits::DEFAULT);
+
+/// Sets the limits of pack walks for the whole process (called once at startup with
+/// the configured `pack_files` values).
+pub fn install_tree_limits(limits: TreeLimits) {
+    *TREE_LIMITS.write().unwrap_or_else(|e| e.into_inner()) = limits;
+}
+
+/// The `pack_files` walk limits in force in this process.
+pub fn tree_limits() -> TreeLimits {
+    *TREE_LIMITS.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What an entry is, judged without following links.
@@ -477,8 +622,22 @@ impl PackDir {
 
     /// The entries of this directory (without `.` and `..`), in the order the file
     /// system gives them, each judged by `fstatat(AT_SYMLINK_NOFOLLOW)` on this
-    /// directory's descriptor. An entry removed while listing is left out.
+    /// directory's descriptor. An entry removed while listing is left out. A directory
+    /// with more entries than the process's `pack_files.max_entries` is refused after
+    /// reading one more than that.
     pub fn entries(&self) -> Result<Vec<DirEntry>, PackFsError> {
+        let limits = tree_limits();
+        self.entries_within(&limits, 0)
+    }
+
+    /// [`entries`](Self::entries) for a walk that has already counted `counted`
+    /// entries: refused as soon as `counted` plus this listing would exceed
+    /// `limits.entries`, before the surplus entries are looked at.
+    pub fn entries_within(
+        &self,
+        limits: &TreeLimits,
+        counted: u64,
+    ) -> Result<Vec<DirEntry>, PackFsError> {
         let listing_error = |e: Errno| io_error(self.path.clone(), e);
         let dir = rustix::fs::Dir::read_from(&self.fd).map_err(listing_error)?;
         let mut out = Vec::new();
@@ -487,6 +646,9 @@ impl PackDir {
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
                 continue;
+            }
+            if counted.saturating_add(out.len() as u64) >= limits.entries.value {
+                return Err(limits.too_many_entries(self.path.clone()));
             }
             let name = OsString::from_vec(name.to_vec());
             match rustix::fs::statat(&self.fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {

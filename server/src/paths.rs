@@ -5,6 +5,7 @@
 //! would read or write anywhere its user can. Paths that do not exist yet (a
 //! destination to create) are resolved through their nearest existing ancestor.
 
+use std::os::fd::AsRawFd;
 use std::{
     io,
     path::{Component, Path, PathBuf},
@@ -125,6 +126,30 @@ impl PathPolicy {
             }
         }
         Ok(dir)
+    }
+
+    /// Checks where an opened file (named `confined` by the caller) really is, as the
+    /// kernel names it, against the roots: a parent directory swapped for a link
+    /// between `confine` and the open is refused. Without `/proc` there is nothing to
+    /// check.
+    pub fn check_opened(&self, opened: &impl AsRawFd, confined: &Path) -> Result<(), PathError> {
+        let Ok(actual) = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())) else {
+            return Ok(());
+        };
+        let roots = self.resolved_roots();
+        if roots.iter().any(|root| actual.starts_with(root)) {
+            return Ok(());
+        }
+        Err(PathError::OutsideRoots {
+            path: confined.display().to_string(),
+            resolved: actual.display().to_string(),
+            roots: self
+                .roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
 
     /// Roots are resolved at check time: a root created (or re-pointed) after start-up

@@ -430,7 +430,8 @@ impl Registrar<'_> {
             // must not hold a descriptor per pack.
             let copied = tokio::task::spawn_blocking(move || {
                 let opened = paths.open_confined(&src).map_err(|e| e.to_string())?;
-                fetch::copy_tree(&opened, &dst, &copy_reporter).map_err(|e| e.to_string())
+                let limits = crate::packfs::tree_limits();
+                fetch::copy_tree(&opened, &dst, &limits, &copy_reporter).map_err(|e| e.to_string())
             })
             .await
             .expect("copy panicked");

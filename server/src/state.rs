@@ -32,6 +32,7 @@ impl AppState {
         let paths =
             PathPolicy::new(config.allowed_roots()).with_read_limits(config.pack_files.limits());
         crate::yaml_limits::install(config.yaml.limits());
+        crate::packfs::install_tree_limits(config.pack_files.tree_limits());
         let journal = Arc::new(Journal::new(&config.data_dir_absolute()));
         let downloader =
             Arc::new(Downloader::new(&config, paths.clone())?.with_journal(Arc::clone(&journal)));

@@ -175,6 +175,12 @@ fn hash_tree(
         }
         EntryKind::Dir => {
             h.str("dir");
+            // `rel` has one component per level below the input: bounded like every
+            // walk of a pack, so nesting cannot exhaust the stack or descriptors.
+            let limits = crate::packfs::tree_limits();
+            if rel.components().count() as u64 > limits.depth.value {
+                return Err(limits.too_deep(dir.path().join(name)));
+            }
             let sub = dir.open_dir(name)?;
             let mut entries = sub.entries()?;
             entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -221,7 +227,15 @@ fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
 /// `dst`, reading through the pack's descriptor: links are copied as links (never
 /// followed), FIFOs and devices are refused, `node_modules` and `.git` are left out.
 fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), String> {
+    copy_input_at(dir, name, dst, 0)
+}
+
+/// [`copy_input`] of an entry `depth` levels below the input, under the pack walk
+/// limits (`pack_files.max_depth`, `pack_files.max_file_bytes` by `fstat` and while
+/// copying).
+fn copy_input_at(dir: &PackDir, name: &Path, dst: &Path, depth: u64) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
+    let limits = crate::packfs::tree_limits();
     let read = |e: PackFsError| e.to_string();
     let write = |e: io::Error| format!("cannot write {}: {e}", dst.display());
     let Some((kind, _)) = dir.kind(name).map_err(read)? else {
@@ -235,20 +249,35 @@ fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), String> {
             std::os::unix::fs::symlink(dir.read_link(name).map_err(read)?, dst).map_err(write)
         }
         EntryKind::Dir => {
+            if depth + 1 > limits.depth.value {
+                return Err(read(limits.too_deep(dir.path().join(name))));
+            }
             let sub = dir.open_dir(name).map_err(read)?;
             std::fs::create_dir_all(dst).map_err(write)?;
             for entry in sub.entries().map_err(read)? {
                 if entry.name == "node_modules" || entry.name == ".git" {
                     continue;
                 }
-                copy_input(&sub, Path::new(&entry.name), &dst.join(&entry.name))?;
+                copy_input_at(
+                    &sub,
+                    Path::new(&entry.name),
+                    &dst.join(&entry.name),
+                    depth + 1,
+                )?;
             }
             Ok(())
         }
         EntryKind::File => {
-            let mut opened = dir.open_file(name).map_err(read)?;
+            let opened = dir.open_file(name).map_err(read)?;
+            let too_large = || read(limits.file_too_large(dir.path().join(name)));
+            if opened.len > limits.file_bytes.value {
+                return Err(too_large());
+            }
             let mut out = std::fs::File::create(dst).map_err(write)?;
-            io::copy(&mut opened.file, &mut out).map_err(write)?;
+            let cap = limits.file_bytes.value.saturating_add(1);
+            if io::copy(&mut io::Read::take(&opened.file, cap), &mut out).map_err(write)? >= cap {
+                return Err(too_large());
+            }
             out.set_permissions(std::fs::Permissions::from_mode(opened.mode & 0o777))
                 .map_err(write)
         }

@@ -771,14 +771,21 @@ impl RegistryClient {
             .map_err(|()| unavailable("not a local file path".into()))?;
         let limit = inner.max_index_bytes;
         let read = async {
-            let meta = tokio::fs::metadata(&path).await?;
+            // Opened without blocking (a FIFO would otherwise hold a blocking thread
+            // for good, timeout or not) and judged by `fstat` of what was opened, so
+            // nothing can be swapped in between the check and the read.
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc_flags::NONBLOCK | libc_flags::NOCTTY)
+                .open(&path)
+                .await?;
+            let meta = file.metadata().await?;
             if !meta.is_file() {
                 return Err(std::io::Error::other("not a regular file"));
             }
             if meta.len() > limit {
                 return Ok(None);
             }
-            let file = tokio::fs::File::open(&path).await?;
             let mut bytes = Vec::with_capacity(meta.len() as usize);
             // Bounded even if the file grows after the metadata check.
             file.take(limit + 1).read_to_end(&mut bytes).await?;
@@ -798,6 +805,12 @@ impl RegistryClient {
             }),
         }
     }
+}
+
+/// Open flags for local index files, as `OpenOptions::custom_flags` takes them.
+mod libc_flags {
+    pub const NONBLOCK: i32 = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    pub const NOCTTY: i32 = rustix::fs::OFlags::NOCTTY.bits() as i32;
 }
 
 impl fmt::Debug for RegistryClient {

@@ -16,6 +16,7 @@ mod grpcurl;
 mod hostile_archive;
 mod hostile_doors;
 mod hostile_files;
+mod hostile_limits;
 mod hostile_yaml;
 mod install;
 mod register;
