@@ -964,3 +964,22 @@ fn test_row(result: &PackTestResult) -> TestRow {
         result: result.to_json().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_on_cpus_keeps_the_order_of_its_items() {
+        let items: Vec<u64> = (0..1000).collect();
+        let threads = Mutex::new(HashSet::new());
+        let squares = map_on_cpus(&items, |n| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+            n * n
+        });
+        assert_eq!(squares, items.iter().map(|n| n * n).collect::<Vec<_>>());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(threads.into_inner().unwrap().len() <= cpus);
+        assert!(map_on_cpus(&[] as &[u64], |n| *n).is_empty());
+    }
+}

@@ -343,3 +343,45 @@ impl PackWrite {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner check runs once per registered pack: it must probe the `(kind, ref)`
+    /// index, never scan the components table (whose size grows with every pack).
+    #[tokio::test]
+    async fn owner_check_probes_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite URL")
+        };
+        for rows in [1, 3, OWNERS_PER_QUERY] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", owners_sql(rows));
+            let mut query = sqlx::query(&sql).bind(1_i64);
+            for i in 0..rows {
+                query = query.bind("action").bind(format!("p.a{i}"));
+            }
+            let plan: Vec<String> = query
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(3))
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.contains("USING INDEX")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")),
+                "{plan:?}"
+            );
+        }
+        db.close().await;
+    }
+}

@@ -13,4 +13,5 @@ mod git;
 mod grpcurl;
 mod install;
 mod register;
+mod register_throughput;
 mod rest;
