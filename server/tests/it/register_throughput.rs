@@ -95,7 +95,9 @@ async fn component_of_another_pack_is_a_conflict_naming_its_owner(backend: Backe
         kind: "rule",
         ..action("my_pack.run")
     };
-    let id = write(&server, "my_pack", &[rule.clone()]).await.unwrap();
+    let id = write(&server, "my_pack", std::slice::from_ref(&rule))
+        .await
+        .unwrap();
     let mut again = server
         .state
         .db
