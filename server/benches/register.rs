@@ -15,7 +15,8 @@
 //! admin URL) set, the disk is also measured with a fresh PostgreSQL database per round.
 //!
 //! Knobs (environment): `REGISTER_BENCH_ROUNDS` (default 5), `REGISTER_BENCH_PACKS`
-//! (default 200), `REGISTER_BENCH_ONLY` (`disk`, `tmpfs` or `postgres`: one placement).
+//! (default 200), `REGISTER_BENCH_ONLY` (`disk`, `tmpfs` or `postgres`: one placement),
+//! `REGISTER_BENCH_CONCURRENCY` (the server's `register.concurrency`; default: its default).
 //! Under a profiler, `REGISTER_BENCH_ROUNDS=1 REGISTER_BENCH_ONLY=tmpfs` measures one
 //! registration with little else.
 
@@ -121,6 +122,9 @@ async fn register_over_rpc(
     config.jwt_secret = Some(Secret::new("bench-secret-bench-secret-bench-secret"));
     config.allowed_roots = Some(vec![root.to_path_buf()]);
     config.database_url = database_url.map(Secret::new);
+    if let Ok(Ok(concurrency)) = std::env::var("REGISTER_BENCH_CONCURRENCY").map(|v| v.parse()) {
+        config.register.concurrency = concurrency;
+    }
     let state = state::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -265,7 +269,13 @@ async fn main() {
     let wanted = |name: &str| only.is_empty() || only == name;
     println!(
         "RegisterBatch over gRPC (loopback), {packs} packs x 50 components (52 files each), \
-         skip_tests; median of {rounds} rounds, each beside a `cp -r` of the same packs"
+         skip_tests, register.concurrency {}; median of {rounds} rounds, each beside a `cp -r` \
+         of the same packs",
+        std::env::var("REGISTER_BENCH_CONCURRENCY").unwrap_or_else(|_| {
+            attune_packs_server::config::RegisterSection::default()
+                .concurrency
+                .to_string()
+        })
     );
 
     if wanted("disk") {
