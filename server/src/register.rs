@@ -687,9 +687,7 @@ impl Critical {
             }
             let written = async {
                 let pack_id = write.upsert_pack(&p.row, force, now).await?;
-                write
-                    .replace_components(pack_id, &p.pack_ref, &p.components)
-                    .await?;
+                write.replace_components(pack_id, &p.components).await?;
                 if let Some(result) = &p.test_result {
                     write
                         .insert_test_result(pack_id, &test_row(result), now)
@@ -820,35 +818,33 @@ fn parse_batch(
             error_stage: ErrorStage::Validation,
         });
     };
+    // Reading and parsing is most of the CPU cost of a batch and each pack's is
+    // independent of the others: it runs on every CPU. Duplicates are judged afterwards,
+    // in the order given. Each pack is opened by descriptor for its reads and closed
+    // again: a batch may hold thousands of packs.
+    let read: Vec<Result<(PathBuf, Manifest, LoadedPack), String>> =
+        map_on_cpus(pack_paths, |given| {
+            let dir = match paths.confine(given) {
+                Ok(dir) if dir.is_dir() => dir,
+                Ok(_) => return Err(format!("pack directory '{given}' does not exist")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let opened = paths.open_confined(&dir).map_err(|e| e.to_string())?;
+            let manifest =
+                Manifest::read(&opened, paths.read_limits()).map_err(|e| e.to_string())?;
+            reporter
+                .with_subject(&manifest.pack_ref)
+                .info(Stage::Validate, "reading components");
+            let loaded =
+                components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
+            Ok((dir, manifest, loaded))
+        });
     let mut seen: HashMap<String, String> = HashMap::new();
-    for given in pack_paths {
-        let dir = match paths.confine(given) {
-            Ok(dir) if dir.is_dir() => dir,
-            Ok(_) => {
-                fail(
-                    &mut failed,
-                    "unknown",
-                    given,
-                    format!("pack directory '{given}' does not exist"),
-                );
-                continue;
-            }
-            Err(e) => {
-                fail(&mut failed, "unknown", given, e.to_string());
-                continue;
-            }
-        };
-        let opened = match paths.open_confined(&dir) {
-            Ok(opened) => opened,
-            Err(e) => {
-                fail(&mut failed, "unknown", given, e.to_string());
-                continue;
-            }
-        };
-        let manifest = match Manifest::read(&opened, paths.read_limits()) {
-            Ok(m) => m,
-            Err(e) => {
-                fail(&mut failed, "unknown", given, e.to_string());
+    for (given, read) in pack_paths.iter().zip(read) {
+        let (dir, manifest, loaded) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                fail(&mut failed, "unknown", given, error);
                 continue;
             }
         };
@@ -861,10 +857,6 @@ fn parse_batch(
             continue;
         }
         seen.insert(manifest.pack_ref.clone(), given.clone());
-        reporter
-            .with_subject(&manifest.pack_ref)
-            .info(Stage::Validate, "reading components");
-        let loaded = components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
         candidates.push(Candidate {
             given_path: given.clone(),
             dir,
@@ -887,21 +879,24 @@ fn parse_batch(
                 .map(|x| (x.kind.as_str().to_string(), x.r#ref.clone()))
         })
         .collect();
-    let mut kept = Vec::new();
-    for mut candidate in candidates {
-        if !skip_validation {
-            let pack_exists = |r: &str| batch_refs.contains(r) || installed.contains(r);
-            let component_exists = |kind: ComponentKind, r: &str| {
-                let key = (kind.as_str().to_string(), r.to_string());
-                batch_components.contains(&key) || registered_components.contains(&key)
-            };
+    // A pack that cannot be opened again for validation fails with that error.
+    let mut unopened: Vec<Option<String>> = vec![None; candidates.len()];
+    if !skip_validation {
+        let pack_exists = |r: &str| batch_refs.contains(r) || installed.contains(r);
+        let component_exists = |kind: ComponentKind, r: &str| {
+            let key = (kind.as_str().to_string(), r.to_string());
+            batch_components.contains(&key) || registered_components.contains(&key)
+        };
+        let checked = std::mem::take(&mut candidates)
+            .into_iter()
+            .map(std::sync::Mutex::new)
+            .collect::<Vec<_>>();
+        unopened = map_on_cpus(&checked, |candidate| {
+            let mut candidate = candidate.lock().expect("one thread per candidate");
+            let candidate = &mut *candidate;
             let opened = match paths.open_confined(&candidate.dir) {
                 Ok(opened) => opened,
-                Err(e) => {
-                    let pack_ref = candidate.manifest.pack_ref.clone();
-                    fail(&mut failed, &pack_ref, &candidate.given_path, e.to_string());
-                    continue;
-                }
+                Err(e) => return Some(e.to_string()),
             };
             components::validate(
                 &mut candidate.loaded,
@@ -910,6 +905,23 @@ fn parse_batch(
                 &pack_exists,
                 &component_exists,
             );
+            None
+        });
+        candidates = checked
+            .into_iter()
+            .map(|c| c.into_inner().expect("one thread per candidate"))
+            .collect();
+    }
+    let mut kept = Vec::new();
+    for (candidate, unopened) in candidates.into_iter().zip(unopened) {
+        if let Some(error) = unopened {
+            fail(
+                &mut failed,
+                &candidate.manifest.pack_ref,
+                &candidate.given_path,
+                error,
+            );
+            continue;
         }
         let progress = reporter.with_subject(&candidate.manifest.pack_ref);
         for w in &candidate.loaded.warnings {
@@ -938,6 +950,40 @@ fn parse_batch(
         kept.push(candidate);
     }
     (kept, failed)
+}
+
+/// `work` applied to every item, on up to one thread per CPU (each thread takes the
+/// next item not yet taken), the results in the order of `items`.
+fn map_on_cpus<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(work).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return done;
+                        };
+                        done.push((i, work(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The pack's virtualenv interpreter when BuildEnvs made one, else python3.
@@ -1018,5 +1064,24 @@ fn test_row(result: &PackTestResult) -> TestRow {
         pass_rate: result.pass_rate.clamp(0.0, 1.0),
         duration_ms: result.duration_ms as i64,
         result: result.to_json().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_on_cpus_keeps_the_order_of_its_items() {
+        let items: Vec<u64> = (0..1000).collect();
+        let threads = Mutex::new(HashSet::new());
+        let squares = map_on_cpus(&items, |n| {
+            threads.lock().unwrap().insert(std::thread::current().id());
+            n * n
+        });
+        assert_eq!(squares, items.iter().map(|n| n * n).collect::<Vec<_>>());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(threads.into_inner().unwrap().len() <= cpus);
+        assert!(map_on_cpus(&[] as &[u64], |n| *n).is_empty());
     }
 }

@@ -110,8 +110,27 @@ const UPDATE_PACK: &str = "UPDATE packs SET label = $2, description = $3, versio
     registry_url = $16, git_commit = $17, checksum = $18, checksum_verified = $19, \
     installed_by = $20, installed_at = $21, updated_at = $21 WHERE ref = $1 RETURNING id";
 const DELETE_COMPONENTS: &str = "DELETE FROM components WHERE pack_id = $1";
-const OWNERS: &str = "SELECT c.kind, c.ref, p.ref FROM components c JOIN packs p ON p.id = c.pack_id \
-    WHERE c.pack_id <> $1 AND c.ref LIKE $2";
+/// `(kind, ref, owning pack)` of the components of other packs than `$1` that have one
+/// of `rows` given `(kind, ref)` pairs (`$2, $3`, `$4, $5`, …). Exact pairs, so each is
+/// one probe of the `(kind, ref)` unique index on both backends (a `LIKE` on the ref
+/// prefix scanned the whole table for every registered pack).
+fn owners_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "SELECT c.kind, c.ref, p.ref FROM components c JOIN packs p ON p.id = c.pack_id \
+         WHERE c.pack_id <> $1 AND (",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(" OR ");
+        }
+        let first = row * 2 + 2;
+        sql.push_str(&format!("(c.kind = ${first} AND c.ref = ${})", first + 1));
+    }
+    sql.push(')');
+    sql
+}
+/// Pairs looked up per statement by [`owners_sql`].
+const OWNERS_PER_QUERY: usize = 50;
 /// `INSERT INTO components … VALUES ($1..$7), ($8..$14), …` for `rows` rows.
 fn insert_components_sql(rows: usize) -> String {
     let mut sql = String::from(
@@ -236,15 +255,26 @@ impl PackWrite {
     pub async fn replace_components(
         &mut self,
         pack_id: i64,
-        pack_ref: &str,
         rows: &[ComponentRow],
     ) -> Result<(), WriteError> {
-        let pattern = format!("{}.%", pack_ref.replace('%', "\\%").replace('_', "\\_"));
-        let others: Vec<(String, String, String)> = on_tx!(self, tx => sqlx::query_as(OWNERS)
-            .bind(pack_id)
-            .bind(&pattern)
-            .fetch_all(&mut **tx)
-            .await?);
+        let mut others: Vec<(String, String, String)> = Vec::new();
+        for chunk in rows.chunks(OWNERS_PER_QUERY) {
+            let sql = owners_sql(chunk.len());
+            macro_rules! bound {
+                ($q:expr) => {{
+                    let mut q = $q.bind(pack_id);
+                    for c in chunk {
+                        q = q.bind(c.kind).bind(&c.r#ref);
+                    }
+                    q
+                }};
+            }
+            others.extend(
+                on_tx!(self, tx => bound!(sqlx::query_as::<_, (String, String, String)>(&sql))
+                .fetch_all(&mut **tx)
+                .await?),
+            );
+        }
         let taken: std::collections::HashMap<(&str, &str), &str> = others
             .iter()
             .map(|(k, r, owner)| ((k.as_str(), r.as_str()), owner.as_str()))
@@ -311,5 +341,47 @@ impl PackWrite {
     pub async fn commit(self) -> Result<(), StoreError> {
         on_tx!(self, tx => tx.commit().await?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner check runs once per registered pack: it must probe the `(kind, ref)`
+    /// index, never scan the components table (whose size grows with every pack).
+    #[tokio::test]
+    async fn owner_check_probes_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite URL")
+        };
+        for rows in [1, 3, OWNERS_PER_QUERY] {
+            let sql = format!("EXPLAIN QUERY PLAN {}", owners_sql(rows));
+            let mut query = sqlx::query(&sql).bind(1_i64);
+            for i in 0..rows {
+                query = query.bind("action").bind(format!("p.a{i}"));
+            }
+            let plan: Vec<String> = query
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(3))
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.contains("USING INDEX")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")),
+                "{plan:?}"
+            );
+        }
+        db.close().await;
     }
 }

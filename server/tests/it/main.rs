@@ -20,4 +20,5 @@ mod hostile_limits;
 mod hostile_yaml;
 mod install;
 mod register;
+mod register_throughput;
 mod rest;
