@@ -48,6 +48,8 @@ pub const JOURNAL_DIR: &str = "journal";
 /// Inside the journal: one file per directory this server has put work directories in.
 const DIRS_DIR: &str = "dirs";
 const INTENT_PREFIX: &str = "intent.";
+/// Intents of environment switches (Install's), beside the swap intents.
+const ENV_INTENT_PREFIX: &str = "envs.";
 const INTENT_FORMAT: u32 = 1;
 
 /// The kinds of work directory; the part after `.attune-` in their names.
@@ -224,6 +226,8 @@ pub enum JournalError {
     },
     #[error("cannot decide interrupted registrations: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot settle the environments of '{pack_ref}': {reason}")]
+    Environments { pack_ref: String, reason: String },
 }
 
 /// One pack of an intended swap.
@@ -445,6 +449,50 @@ impl Journal {
         &self.dir
     }
 
+    /// Writes the intent of Install's environment switches, before the first build
+    /// (one small fsync per Install; RegisterBatch does not switch environments).
+    pub fn begin_envs(
+        self: &std::sync::Arc<Self>,
+        db: &Db,
+        entries: Vec<EnvSwitchEntry>,
+    ) -> Result<EnvIntent, JournalError> {
+        let write_error = |source| JournalError::Write {
+            dir: self.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(write_error)?;
+        let path = self.dir.join(format!(
+            "{ENV_INTENT_PREFIX}{}.{}.json",
+            owner_marker(),
+            crate::paths::unique_suffix()
+        ));
+        let body = serde_json::to_vec(&EnvIntentFile {
+            format: INTENT_FORMAT,
+            owner: owner_marker().to_string(),
+            entries: entries.clone(),
+        })
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(write_error(e));
+        }
+        Ok(EnvIntent {
+            path,
+            entries,
+            journal: std::sync::Arc::clone(self),
+            db: db.clone(),
+            armed: true,
+        })
+    }
+
     /// Writes the intent for `entries` (one file, fsync'd: the only fsync a swap
     /// costs). It must be durable before the first rename, so that no rename can
     /// reach the disk without it; a torn intent therefore describes nothing done
@@ -544,6 +592,187 @@ impl Intent {
     }
 }
 
+/// One pack of an Install whose environment links may be switched before its
+/// registration commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvSwitchEntry {
+    pub pack_ref: String,
+    /// `<packs_base_dir>/.envs`.
+    pub envs_root: PathBuf,
+    /// `sha256:…`, the checksum the registration writes into the pack's row: the
+    /// commit token, as for directory swaps.
+    pub checksum: String,
+    /// Where the links pointed before the builds.
+    pub previous: crate::envs::EnvLinks,
+    /// Where the builds pointed them; `None` until they are done (a crash during the
+    /// builds leaves it unknown, and then every build but `previous` is abandoned).
+    #[serde(default)]
+    pub switched_to: Option<crate::envs::EnvLinks>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EnvIntentFile {
+    format: u32,
+    owner: String,
+    entries: Vec<EnvSwitchEntry>,
+}
+
+/// How the environment switches of an [`EnvIntent`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvSettled {
+    /// The registration committed: the new builds stay.
+    Kept,
+    /// It did not: the links point at the previous builds again.
+    Restored,
+}
+
+/// A written intent of environment switches. [`EnvIntent::committed`] ends it after
+/// the registration committed, [`EnvIntent::settle`] after anything else. Dropped
+/// without either (its caller left mid-Install), it settles itself in a task once no
+/// registration's critical section is running, since one started by the dropped call
+/// may still commit; a crash leaves it for the next start.
+#[derive(Debug)]
+pub struct EnvIntent {
+    path: PathBuf,
+    entries: Vec<EnvSwitchEntry>,
+    journal: std::sync::Arc<Journal>,
+    db: Db,
+    armed: bool,
+}
+
+impl EnvIntent {
+    pub fn entries(&self) -> &[EnvSwitchEntry] {
+        &self.entries
+    }
+
+    /// Records where the builds pointed the links (the intent is replaced atomically:
+    /// a crash leaves the old file or the new one, both whole).
+    pub fn record_switched(&mut self) -> Result<(), JournalError> {
+        for entry in &mut self.entries {
+            entry.switched_to = Some(
+                crate::envs::EnvSnapshot::take(&entry.envs_root, &entry.pack_ref).links(),
+            );
+        }
+        let write_error = |source| JournalError::Write {
+            dir: self.journal.dir.clone(),
+            source,
+        };
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let body = serde_json::to_vec(&EnvIntentFile {
+            format: INTENT_FORMAT,
+            owner: owner_marker().to_string(),
+            entries: self.entries.clone(),
+        })
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        written.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(e)
+        })
+    }
+
+    /// The registration committed: the replaced builds are deleted, the intent too.
+    pub fn committed(mut self) {
+        self.armed = false;
+        for entry in &self.entries {
+            crate::envs::EnvSnapshot::from_links(&entry.envs_root, &entry.pack_ref, &entry.previous)
+                .commit();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+
+    /// Anything but a known commit: the rows decide, pack by pack (see
+    /// [`settle_env_entries`]). When they cannot (the database is unreachable), the
+    /// intent is left for the next start.
+    pub async fn settle(mut self) -> Result<Vec<(String, EnvSettled)>, JournalError> {
+        self.armed = false;
+        let settled = settle_env_entries(&self.db, &self.entries).await;
+        if settled.is_ok() {
+            let _ = fs::remove_file(&self.path);
+        }
+        settled
+    }
+}
+
+impl Drop for EnvIntent {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let intent = EnvIntent {
+            path: std::mem::take(&mut self.path),
+            entries: std::mem::take(&mut self.entries),
+            journal: std::sync::Arc::clone(&self.journal),
+            db: self.db.clone(),
+            armed: false,
+        };
+        runtime.spawn(async move {
+            // A shutdown that does not wait for this leaves the intent to the next start.
+            intent.journal.critical_sections_done().await;
+            if let Err(e) = intent.settle().await {
+                tracing::error!("cannot settle the environments of an abandoned install: {e}");
+            }
+        });
+    }
+}
+
+/// Settles the environment switches of `entries` against the rows: under the pack's
+/// write lock, a row holding the entry's checksum means the registration committed
+/// (the new builds stay), anything else that it did not (the previous builds come
+/// back). Every entry is tried; the first error is returned after all were.
+async fn settle_env_entries(
+    db: &Db,
+    entries: &[EnvSwitchEntry],
+) -> Result<Vec<(String, EnvSettled)>, JournalError> {
+    let mut settled = Vec::with_capacity(entries.len());
+    let mut first_error = None;
+    for entry in entries {
+        let mut locked = db.begin_packs_write(&[entry.pack_ref.as_str()]).await?;
+        let committed = locked.recorded_checksum(&entry.pack_ref).await?.as_deref()
+            == Some(entry.checksum.as_str());
+        let outcome = crate::envs::settle_switch(
+            &entry.envs_root,
+            &entry.pack_ref,
+            &entry.previous,
+            entry.switched_to.as_ref(),
+            committed,
+        )
+        .await;
+        drop(locked);
+        match outcome {
+            Ok(()) => settled.push((
+                entry.pack_ref.clone(),
+                if committed {
+                    EnvSettled::Kept
+                } else {
+                    EnvSettled::Restored
+                },
+            )),
+            Err(e) => {
+                first_error.get_or_insert(JournalError::Environments {
+                    pack_ref: entry.pack_ref.clone(),
+                    reason: e,
+                });
+            }
+        }
+    }
+    first_error.map_or(Ok(settled), Err)
+}
+
 /// What start-up recovery did, for the log and the tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -557,6 +786,10 @@ pub struct Recovered {
     pub restored: Vec<PathBuf>,
     /// Registration backups without an intent, settled against the rows.
     pub settled_backups: Vec<PathBuf>,
+    /// Packs whose interrupted environment switch was kept (the registration committed).
+    pub envs_kept: Vec<String>,
+    /// Packs whose interrupted environment switch was undone.
+    pub envs_restored: Vec<String>,
     /// What could not be settled (left in place, logged).
     pub problems: Vec<String>,
 }
@@ -576,6 +809,7 @@ pub async fn recover(
         source,
     };
     let mut intents = Vec::new();
+    let mut env_intents = Vec::new();
     match fs::read_dir(&journal.dir) {
         Ok(entries) => {
             for entry in entries {
@@ -583,6 +817,8 @@ pub async fn recover(
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(INTENT_PREFIX) {
                     intents.push(entry.path());
+                } else if name.starts_with(ENV_INTENT_PREFIX) {
+                    env_intents.push(entry.path());
                 }
             }
         }
@@ -633,6 +869,11 @@ pub async fn recover(
         }
     }
 
+    env_intents.sort();
+    for path in env_intents {
+        settle_env_intent(db, &path, &mut recovered).await?;
+    }
+
     let mut scan: Vec<PathBuf> = dirs.to_vec();
     for (record, dir) in journal.recorded_dirs() {
         if dir.is_dir() {
@@ -678,6 +919,13 @@ pub async fn recover(
             "settled registrations a crash interrupted"
         );
     }
+    if !(recovered.envs_kept.is_empty() && recovered.envs_restored.is_empty()) {
+        tracing::warn!(
+            kept = ?recovered.envs_kept,
+            restored = ?recovered.envs_restored,
+            "settled environment switches a crash interrupted"
+        );
+    }
     if !(recovered.restored.is_empty() && recovered.settled_backups.is_empty()) {
         tracing::warn!(
             restored = ?recovered.restored,
@@ -692,6 +940,50 @@ pub async fn recover(
         );
     }
     Ok(recovered)
+}
+
+/// One environment intent at start: a rewrite a crash interrupted (`.tmp`) is
+/// dropped, since the intent it was replacing is still whole; an unreadable intent
+/// was torn while first written, before any build, so it describes nothing done.
+async fn settle_env_intent(
+    db: &Db,
+    path: &Path,
+    recovered: &mut Recovered,
+) -> Result<(), JournalError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let owner = name.split('.').nth(1).unwrap_or_default();
+    if owner_alive(owner) {
+        return Ok(());
+    }
+    if name.ends_with(".tmp") {
+        let _ = fs::remove_file(path);
+        return Ok(());
+    }
+    let Ok(text) = fs::read(path) else {
+        return Ok(());
+    };
+    let Ok(intent) = serde_json::from_slice::<EnvIntentFile>(&text) else {
+        tracing::warn!(path = %path.display(), "discarding an unreadable environment intent");
+        let _ = fs::remove_file(path);
+        return Ok(());
+    };
+    match settle_env_entries(db, &intent.entries).await {
+        Ok(settled) => {
+            for (pack_ref, how) in settled {
+                match how {
+                    EnvSettled::Kept => recovered.envs_kept.push(pack_ref),
+                    EnvSettled::Restored => recovered.envs_restored.push(pack_ref),
+                }
+            }
+            let _ = fs::remove_file(path);
+        }
+        Err(JournalError::Store(e)) => return Err(JournalError::Store(e)),
+        Err(e) => recovered.problems.push(e.to_string()),
+    }
+    Ok(())
 }
 
 /// Removes the work directories of dead owners in `dir`. A Download backup whose pack
