@@ -47,6 +47,9 @@ use crate::store::{Db, StoreError};
 pub const JOURNAL_DIR: &str = "journal";
 /// Inside the journal: one file per directory this server has put work directories in.
 const DIRS_DIR: &str = "dirs";
+/// Inside the journal: one empty file per process group running now (see
+/// [`crate::process::record_groups_in`]).
+const GROUPS_DIR: &str = "groups";
 const INTENT_PREFIX: &str = "intent.";
 /// Intents of environment switches (Install's), beside the swap intents.
 const ENV_INTENT_PREFIX: &str = "envs.";
@@ -188,7 +191,7 @@ fn boot_id() -> String {
 
 /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command, which may hold
 /// spaces and parentheses itself).
-fn process_start(pid: u32) -> Option<u64> {
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
@@ -447,6 +450,11 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where running process groups are recorded ([`crate::process::record_groups_in`]).
+    pub fn groups_dir(&self) -> PathBuf {
+        self.dir.join(GROUPS_DIR)
     }
 
     /// Writes the intent of Install's environment switches, before the first build
@@ -786,12 +794,51 @@ pub struct Recovered {
     pub restored: Vec<PathBuf>,
     /// Registration backups without an intent, settled against the rows.
     pub settled_backups: Vec<PathBuf>,
+    /// Process groups a dead server left running, killed.
+    pub killed_groups: usize,
     /// Packs whose interrupted environment switch was kept (the registration committed).
     pub envs_kept: Vec<String>,
     /// Packs whose interrupted environment switch was undone.
     pub envs_restored: Vec<String>,
     /// What could not be settled (left in place, logged).
     pub problems: Vec<String>,
+}
+
+/// Kills the process groups that dead servers recorded in `dir` and left running
+/// (a build or a pack test outliving its `kill -9`'d server), then forgets them. A
+/// group is killed only while its leader is the very process recorded (same pid,
+/// same start time): a pid reused since is someone else's. Returns how many were
+/// killed.
+pub fn kill_orphaned_groups(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('.');
+        let (Some(owner), Some(pgid), Some(start), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        };
+        if owner_alive(owner) {
+            continue;
+        }
+        if let (Ok(pgid), Ok(start)) = (pgid.parse::<u32>(), start.parse::<u64>())
+            && pgid > 1
+            && process_start(pgid) == Some(start)
+            && let Ok(pgid) = i32::try_from(pgid)
+        {
+            // SAFETY: `killpg` takes plain integers and has no memory-safety preconditions.
+            if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        let _ = fs::remove_file(entry.path());
+    }
+    killed
 }
 
 /// Finishes or undoes every interrupted swap, then removes leftover work directories
@@ -804,6 +851,14 @@ pub async fn recover(
     dirs: &[PathBuf],
 ) -> Result<Recovered, JournalError> {
     let mut recovered = Recovered::default();
+    // First: nothing a dead server started may go on writing into what is settled.
+    recovered.killed_groups = kill_orphaned_groups(&journal.groups_dir());
+    if recovered.killed_groups > 0 {
+        tracing::warn!(
+            count = recovered.killed_groups,
+            "killed process groups left running by stopped servers"
+        );
+    }
     let read_error = |source| JournalError::Read {
         dir: journal.dir.clone(),
         source,
