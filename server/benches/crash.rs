@@ -149,8 +149,7 @@ fn leave_leftovers(setup: &Setup) {
                 node: None,
             }),
         };
-        let intent =
-            serde_json::json!({"format": 1, "owner": DEAD_OWNER, "entries": [env_entry]});
+        let intent = serde_json::json!({"format": 1, "owner": DEAD_OWNER, "entries": [env_entry]});
         fs::write(
             journal.join(format!("envs.{DEAD_OWNER}.{i:012x}.json")),
             intent.to_string(),

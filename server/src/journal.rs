@@ -657,9 +657,8 @@ impl EnvIntent {
     /// a crash leaves the old file or the new one, both whole).
     pub fn record_switched(&mut self) -> Result<(), JournalError> {
         for entry in &mut self.entries {
-            entry.switched_to = Some(
-                crate::envs::EnvSnapshot::take(&entry.envs_root, &entry.pack_ref).links(),
-            );
+            entry.switched_to =
+                Some(crate::envs::EnvSnapshot::take(&entry.envs_root, &entry.pack_ref).links());
         }
         let write_error = |source| JournalError::Write {
             dir: self.journal.dir.clone(),
@@ -694,8 +693,12 @@ impl EnvIntent {
     pub fn committed(mut self) {
         self.armed = false;
         for entry in &self.entries {
-            crate::envs::EnvSnapshot::from_links(&entry.envs_root, &entry.pack_ref, &entry.previous)
-                .commit();
+            crate::envs::EnvSnapshot::from_links(
+                &entry.envs_root,
+                &entry.pack_ref,
+                &entry.previous,
+            )
+            .commit();
         }
         let _ = fs::remove_file(&self.path);
     }
@@ -1224,6 +1227,57 @@ mod tests {
             let left = fs::read_dir(base.path()).unwrap().count();
             assert_eq!(left, 1, "committed {committed}");
         }
+    }
+
+    /// A group recorded by a dead owner is killed while its leader is the recorded
+    /// process; a record whose start time does not match (a reused pid) kills nothing.
+    #[test]
+    fn orphaned_groups_of_dead_servers_are_killed_and_reused_pids_spared() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dead = format!("{}-999999999-1", boot_id());
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("100")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let (mut orphan, mut other) = (spawn(), spawn());
+        let start = process_start(orphan.id()).unwrap();
+        fs::write(
+            dir.path().join(format!("{dead}.{}.{start}", orphan.id())),
+            "",
+        )
+        .unwrap();
+        let wrong = process_start(other.id()).unwrap() + 1;
+        fs::write(
+            dir.path().join(format!("{dead}.{}.{wrong}", other.id())),
+            "",
+        )
+        .unwrap();
+        // A live owner's group is not touched either.
+        let live = format!("{}.{}.{}", owner_marker(), other.id(), wrong - 1);
+        fs::write(dir.path().join(&live), "").unwrap();
+
+        assert_eq!(kill_orphaned_groups(dir.path()), 1);
+        let status = orphan.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unrelated group was killed"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec![live]);
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

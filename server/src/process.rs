@@ -576,10 +576,7 @@ pub fn record_groups_in(dir: std::path::PathBuf) {
 fn record_group(pgid: i32) -> Option<std::path::PathBuf> {
     let dir = GROUP_RECORDS.get()?;
     let start = crate::journal::process_start(u32::try_from(pgid).ok()?)?;
-    let path = dir.join(format!(
-        "{}.{pgid}.{start}",
-        crate::journal::owner_marker()
-    ));
+    let path = dir.join(format!("{}.{pgid}.{start}", crate::journal::owner_marker()));
     std::fs::File::create(&path).ok().map(|_| path)
 }
 

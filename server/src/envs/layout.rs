@@ -249,7 +249,10 @@ impl EnvSnapshot {
     pub fn from_links(envs_root: &Path, pack_ref: &str, links: &EnvLinks) -> Self {
         Self {
             ref_dir: RefDir::new(envs_root, pack_ref),
-            links: vec![("python", links.python.clone()), ("node", links.node.clone())],
+            links: vec![
+                ("python", links.python.clone()),
+                ("node", links.node.clone()),
+            ],
         }
     }
 

@@ -361,7 +361,9 @@ pub fn check_envs_match(
         .map(|e| e.file_name())
         .filter(|name| {
             let text = name.to_string_lossy();
-            (text.starts_with("python-") || text.starts_with("node-") || text.contains(".tmp-link-"))
+            (text.starts_with("python-")
+                || text.starts_with("node-")
+                || text.contains(".tmp-link-"))
                 && !keep.contains(&name.as_os_str())
         })
         .map(|name| name.to_string_lossy().into_owned())

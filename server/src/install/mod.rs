@@ -426,7 +426,10 @@ impl Installer<'_> {
                 switched_to: None,
             })
             .collect();
-        let (journal, db) = (std::sync::Arc::clone(&self.state.journal), self.state.db.clone());
+        let (journal, db) = (
+            std::sync::Arc::clone(&self.state.journal),
+            self.state.db.clone(),
+        );
         let env_intent = match tokio::task::spawn_blocking(move || journal.begin_envs(&db, entries))
             .await
             .expect("journal write panicked")

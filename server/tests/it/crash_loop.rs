@@ -106,9 +106,8 @@ impl Setup {
     pub fn at(root: PathBuf, database_url: Option<String>, env: &[(&str, &str)]) -> Setup {
         let data = root.join("data");
         fs::create_dir_all(&data).unwrap();
-        let database_url = database_url.unwrap_or_else(|| {
-            format!("sqlite://{}", data.join("attune-packs.db").display())
-        });
+        let database_url = database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data.join("attune-packs.db").display()));
         Setup {
             log: root.join("server.log"),
             root,
@@ -280,12 +279,9 @@ pub async fn assert_consistent(
         // The environments belong to these files: built from their inputs, nothing
         // abandoned beside them.
         let settings = Config::default().build.env_settings();
-        if let Err(e) = envs::check_envs_match(
-            &setup.base().join(".envs"),
-            &pack_ref,
-            &storage,
-            &settings,
-        ) {
+        if let Err(e) =
+            envs::check_envs_match(&setup.base().join(".envs"), &pack_ref, &storage, &settings)
+        {
             panic!("{context}: {e}");
         }
         versions.insert(pack_ref, version);
@@ -378,7 +374,6 @@ pub fn random_below(bound: u64) -> u64 {
     u64::from_le_bytes(bytes) % bound
 }
 
-
 /// What a kill loop saw.
 #[derive(Debug, Default)]
 pub struct LoopStats {
@@ -462,15 +457,17 @@ pub async fn kill_loop(setup: &Setup, kills: usize) -> (Process, LoopStats) {
         stats.in_swap += usize::from(swap);
         stats.env_settled += usize::from(env);
         stats.settled += usize::from(swap || env);
-        stats.swept += usize::from(
-            restart_log.contains("removed work directories left by stopped processes"),
-        );
+        stats.swept +=
+            usize::from(restart_log.contains("removed work directories left by stopped processes"));
         assert_consistent(setup, &registered, true, &context).await;
     }
     let process = process.unwrap_or_else(|| setup.start());
     for work in [Work::Register, Work::Install, Work::Download] {
         assert!(
-            call(&process, setup, work, kills + 100).await.await.unwrap(),
+            call(&process, setup, work, kills + 100)
+                .await
+                .await
+                .unwrap(),
             "after the kills: {work:?}: {}",
             setup.log_text()
         );
