@@ -20,7 +20,7 @@ mod crash_loop;
 use std::{
     fs,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use attune_packs_server::{
@@ -88,6 +88,12 @@ async fn report(backend: &str, setup: &Setup, kills: usize) {
         stats.env_settled,
         stats.settled,
     );
+    if p99 > Duration::from_secs(2) {
+        println!(
+            "{backend}: the slowest restart took {:.0?}; {}",
+            stats.slowest.0, stats.slowest.1
+        );
+    }
 }
 
 /// A pack directory with `files` files naming `version`.

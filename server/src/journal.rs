@@ -854,6 +854,7 @@ pub async fn recover(
     dirs: &[PathBuf],
 ) -> Result<Recovered, JournalError> {
     let mut recovered = Recovered::default();
+    let started = std::time::Instant::now();
     // First: nothing a dead server started may go on writing into what is settled.
     recovered.killed_groups = kill_orphaned_groups(&journal.groups_dir());
     if recovered.killed_groups > 0 {
@@ -927,11 +928,13 @@ pub async fn recover(
         }
     }
 
+    let swaps_settled = started.elapsed();
     env_intents.sort();
     for path in env_intents {
         settle_env_intent(db, &path, &mut recovered).await?;
     }
 
+    let envs_settled = started.elapsed();
     let mut scan: Vec<PathBuf> = dirs.to_vec();
     for (record, dir) in journal.recorded_dirs() {
         if dir.is_dir() {
@@ -969,6 +972,14 @@ pub async fn recover(
     }
     for problem in &recovered.problems {
         tracing::error!("{problem}");
+    }
+    if recovered != Recovered::default() {
+        tracing::info!(
+            swaps_ms = swaps_settled.as_millis() as u64,
+            envs_ms = (envs_settled - swaps_settled).as_millis() as u64,
+            sweep_ms = (started.elapsed() - envs_settled).as_millis() as u64,
+            "recovery took"
+        );
     }
     if !(recovered.finished.is_empty() && recovered.undone.is_empty()) {
         tracing::warn!(

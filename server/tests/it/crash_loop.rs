@@ -388,6 +388,8 @@ pub struct LoopStats {
     pub swept: usize,
     /// Start to listening after each kill (the recovery is in it).
     pub restart_times: Vec<Duration>,
+    /// The slowest restart: its time and what it logged.
+    pub slowest: (Duration, String),
 }
 
 impl LoopStats {
@@ -449,9 +451,16 @@ pub async fn kill_loop(setup: &Setup, kills: usize) -> (Process, LoopStats) {
         // The restart settles what the kill interrupted before it listens.
         let started = Instant::now();
         process = Some(setup.start());
-        stats.restart_times.push(started.elapsed());
+        let restart_time = started.elapsed();
+        stats.restart_times.push(restart_time);
         let log = setup.log_text();
         let restart_log = log.get(log_before..).unwrap_or_default();
+        if restart_time > stats.slowest.0 {
+            stats.slowest = (
+                restart_time,
+                format!("kill {kill} ({work:?}):\n{restart_log}"),
+            );
+        }
         let swap = restart_log.contains("settled registrations a crash interrupted");
         let env = restart_log.contains("settled environment switches a crash interrupted");
         stats.in_swap += usize::from(swap);
