@@ -703,6 +703,28 @@ impl EnvIntent {
         let _ = fs::remove_file(&self.path);
     }
 
+    /// Nothing was registered (the builds failed): every link goes back to its
+    /// previous build and the new builds are deleted, then the intent. A link that
+    /// cannot be put back keeps the intent for the next start.
+    pub fn restore(mut self) {
+        self.armed = false;
+        let mut restored = true;
+        for entry in &self.entries {
+            let snapshot = crate::envs::EnvSnapshot::from_links(
+                &entry.envs_root,
+                &entry.pack_ref,
+                &entry.previous,
+            );
+            if let Err(e) = snapshot.try_restore() {
+                restored = false;
+                tracing::error!(pack = %entry.pack_ref, "cannot switch environments back: {e}");
+            }
+        }
+        if restored {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+
     /// Anything but a known commit: the rows decide, pack by pack (see
     /// [`settle_env_entries`]). When they cannot (the database is unreachable), the
     /// intent is left for the next start.

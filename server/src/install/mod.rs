@@ -12,7 +12,9 @@
 //!    (keeping the previous builds), and **register** everything in one transaction
 //!    in dependency order ([`Registrar::register_all`]).
 //! 4. On any failure the environments are switched back and nothing is registered;
-//!    on success the replaced environments are deleted.
+//!    on success the replaced environments are deleted. The switches are journaled
+//!    (`journal::EnvIntent`) before the first build, so a crash between them and the
+//!    commit is settled against the rows by the next start.
 //!
 //! The work directory lives under the packs base directory (same filesystem as the
 //! final places) and is removed when the call ends, whatever happens.
@@ -464,7 +466,7 @@ impl Installer<'_> {
         let built = match built {
             Ok(built) if built.failed.is_empty() => built,
             Ok(built) => {
-                settle_envs(env_intent).await;
+                env_intent.restore();
                 return Ok(Err(built
                     .failed
                     .into_iter()
@@ -472,7 +474,7 @@ impl Installer<'_> {
                     .collect()));
             }
             Err(e) => {
-                settle_envs(env_intent).await;
+                env_intent.restore();
                 return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
             }
         };
@@ -484,7 +486,7 @@ impl Installer<'_> {
         .await
         .expect("journal write panicked");
         if let Err(e) = recorded {
-            settle_envs(env_intent).await;
+            env_intent.restore();
             return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
         }
         crate::fault::pause("install: environments switched");
@@ -642,8 +644,8 @@ impl Installer<'_> {
     }
 }
 
-/// After a failed build or registration: the environments go back to the previous
-/// builds unless the rows say the registration committed after all (a connection lost
+/// After a failed registration: the environments go back to the previous builds
+/// unless the rows say the registration committed after all (a connection lost
 /// during COMMIT). If the rows cannot be read, the intent stays for the next start.
 async fn settle_envs(intent: crate::journal::EnvIntent) {
     if let Err(e) = intent.settle().await {
