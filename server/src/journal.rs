@@ -23,6 +23,13 @@
 //! | S1, old aside | absent | old, or an empty directory if there was none | new |
 //! | S2, swapped | new | old or empty | absent |
 //!
+//! Install switches environment links before its registration commits; those switches
+//! have intents of their own (`envs.*.json`, [`EnvIntent`]), written before the first
+//! build and settled by the same token: the new builds stay if the row holds the
+//! checksum, otherwise the previous ones come back and every other build is deleted.
+//! Process groups a dead server left running are killed first
+//! ([`kill_orphaned_groups`]), so that nothing writes into what is being settled.
+//!
 //! Work directories (download staging, staged copies, install work directories, swap
 //! backups) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
 //! `<boot id>-<pid>-<process start time>`: at start, one whose owner is no longer a
