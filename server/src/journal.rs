@@ -23,6 +23,13 @@
 //! | S1, old aside | absent | old, or an empty directory if there was none | new |
 //! | S2, swapped | new | old or empty | absent |
 //!
+//! Install switches environment links before its registration commits; those switches
+//! have intents of their own (`envs.*.json`, [`EnvIntent`]), written before the first
+//! build and settled by the same token: the new builds stay if the row holds the
+//! checksum, otherwise the previous ones come back and every other build is deleted.
+//! Process groups a dead server left running are killed first
+//! ([`kill_orphaned_groups`]), so that nothing writes into what is being settled.
+//!
 //! Work directories (download staging, staged copies, install work directories, swap
 //! backups) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
 //! `<boot id>-<pid>-<process start time>`: at start, one whose owner is no longer a
@@ -47,7 +54,12 @@ use crate::store::{Db, StoreError};
 pub const JOURNAL_DIR: &str = "journal";
 /// Inside the journal: one file per directory this server has put work directories in.
 const DIRS_DIR: &str = "dirs";
+/// Inside the journal: one empty file per process group running now (see
+/// [`crate::process::record_groups_in`]).
+const GROUPS_DIR: &str = "groups";
 const INTENT_PREFIX: &str = "intent.";
+/// Intents of environment switches (Install's), beside the swap intents.
+const ENV_INTENT_PREFIX: &str = "envs.";
 const INTENT_FORMAT: u32 = 1;
 
 /// The kinds of work directory; the part after `.attune-` in their names.
@@ -186,7 +198,7 @@ fn boot_id() -> String {
 
 /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command, which may hold
 /// spaces and parentheses itself).
-fn process_start(pid: u32) -> Option<u64> {
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(19)?.parse().ok()
@@ -224,6 +236,8 @@ pub enum JournalError {
     },
     #[error("cannot decide interrupted registrations: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot settle the environments of '{pack_ref}': {reason}")]
+    Environments { pack_ref: String, reason: String },
 }
 
 /// One pack of an intended swap.
@@ -445,6 +459,55 @@ impl Journal {
         &self.dir
     }
 
+    /// Where running process groups are recorded ([`crate::process::record_groups_in`]).
+    pub fn groups_dir(&self) -> PathBuf {
+        self.dir.join(GROUPS_DIR)
+    }
+
+    /// Writes the intent of Install's environment switches, before the first build
+    /// (one small fsync per Install; RegisterBatch does not switch environments).
+    pub fn begin_envs(
+        self: &std::sync::Arc<Self>,
+        db: &Db,
+        entries: Vec<EnvSwitchEntry>,
+    ) -> Result<EnvIntent, JournalError> {
+        let write_error = |source| JournalError::Write {
+            dir: self.dir.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.dir).map_err(write_error)?;
+        let path = self.dir.join(format!(
+            "{ENV_INTENT_PREFIX}{}.{}.json",
+            owner_marker(),
+            crate::paths::unique_suffix()
+        ));
+        let body = serde_json::to_vec(&EnvIntentFile {
+            format: INTENT_FORMAT,
+            owner: owner_marker().to_string(),
+            entries: entries.clone(),
+        })
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(write_error(e));
+        }
+        Ok(EnvIntent {
+            path,
+            entries,
+            journal: std::sync::Arc::clone(self),
+            db: db.clone(),
+            armed: true,
+        })
+    }
+
     /// Writes the intent for `entries` (one file, fsync'd: the only fsync a swap
     /// costs). It must be durable before the first rename, so that no rename can
     /// reach the disk without it; a torn intent therefore describes nothing done
@@ -544,6 +607,212 @@ impl Intent {
     }
 }
 
+/// One pack of an Install whose environment links may be switched before its
+/// registration commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvSwitchEntry {
+    pub pack_ref: String,
+    /// `<packs_base_dir>/.envs`.
+    pub envs_root: PathBuf,
+    /// `sha256:…`, the checksum the registration writes into the pack's row: the
+    /// commit token, as for directory swaps.
+    pub checksum: String,
+    /// Where the links pointed before the builds.
+    pub previous: crate::envs::EnvLinks,
+    /// Where the builds pointed them; `None` until they are done (a crash during the
+    /// builds leaves it unknown, and then every build but `previous` is abandoned).
+    #[serde(default)]
+    pub switched_to: Option<crate::envs::EnvLinks>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct EnvIntentFile {
+    format: u32,
+    owner: String,
+    entries: Vec<EnvSwitchEntry>,
+}
+
+/// How the environment switches of an [`EnvIntent`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvSettled {
+    /// The registration committed: the new builds stay.
+    Kept,
+    /// It did not: the links point at the previous builds again.
+    Restored,
+}
+
+/// A written intent of environment switches. [`EnvIntent::committed`] ends it after
+/// the registration committed, [`EnvIntent::settle`] after anything else. Dropped
+/// without either (its caller left mid-Install), it settles itself in a task once no
+/// registration's critical section is running, since one started by the dropped call
+/// may still commit; a crash leaves it for the next start.
+#[derive(Debug)]
+pub struct EnvIntent {
+    path: PathBuf,
+    entries: Vec<EnvSwitchEntry>,
+    journal: std::sync::Arc<Journal>,
+    db: Db,
+    armed: bool,
+}
+
+impl EnvIntent {
+    pub fn entries(&self) -> &[EnvSwitchEntry] {
+        &self.entries
+    }
+
+    /// Records where the builds pointed the links (the intent is replaced atomically:
+    /// a crash leaves the old file or the new one, both whole).
+    pub fn record_switched(&mut self) -> Result<(), JournalError> {
+        for entry in &mut self.entries {
+            entry.switched_to =
+                Some(crate::envs::EnvSnapshot::take(&entry.envs_root, &entry.pack_ref).links());
+        }
+        let write_error = |source| JournalError::Write {
+            dir: self.journal.dir.clone(),
+            source,
+        };
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let body = serde_json::to_vec(&EnvIntentFile {
+            format: INTENT_FORMAT,
+            owner: owner_marker().to_string(),
+            entries: self.entries.clone(),
+        })
+        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        written.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            write_error(e)
+        })
+    }
+
+    /// The registration committed: the replaced builds are deleted, the intent too.
+    pub fn committed(mut self) {
+        self.armed = false;
+        for entry in &self.entries {
+            crate::envs::EnvSnapshot::from_links(
+                &entry.envs_root,
+                &entry.pack_ref,
+                &entry.previous,
+            )
+            .commit();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+
+    /// Nothing was registered (the builds failed): every link goes back to its
+    /// previous build and the new builds are deleted, then the intent. A link that
+    /// cannot be put back keeps the intent for the next start.
+    pub fn restore(mut self) {
+        self.armed = false;
+        let mut restored = true;
+        for entry in &self.entries {
+            let snapshot = crate::envs::EnvSnapshot::from_links(
+                &entry.envs_root,
+                &entry.pack_ref,
+                &entry.previous,
+            );
+            if let Err(e) = snapshot.try_restore() {
+                restored = false;
+                tracing::error!(pack = %entry.pack_ref, "cannot switch environments back: {e}");
+            }
+        }
+        if restored {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+
+    /// Anything but a known commit: the rows decide, pack by pack (see
+    /// [`settle_env_entries`]). When they cannot (the database is unreachable), the
+    /// intent is left for the next start.
+    pub async fn settle(mut self) -> Result<Vec<(String, EnvSettled)>, JournalError> {
+        self.armed = false;
+        let settled = settle_env_entries(&self.db, &self.entries).await;
+        if settled.is_ok() {
+            let _ = fs::remove_file(&self.path);
+        }
+        settled
+    }
+}
+
+impl Drop for EnvIntent {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let intent = EnvIntent {
+            path: std::mem::take(&mut self.path),
+            entries: std::mem::take(&mut self.entries),
+            journal: std::sync::Arc::clone(&self.journal),
+            db: self.db.clone(),
+            armed: false,
+        };
+        runtime.spawn(async move {
+            // A shutdown that does not wait for this leaves the intent to the next start.
+            intent.journal.critical_sections_done().await;
+            if let Err(e) = intent.settle().await {
+                tracing::error!("cannot settle the environments of an abandoned install: {e}");
+            }
+        });
+    }
+}
+
+/// Settles the environment switches of `entries` against the rows: under the pack's
+/// write lock, a row holding the entry's checksum means the registration committed
+/// (the new builds stay), anything else that it did not (the previous builds come
+/// back). Every entry is tried; the first error is returned after all were.
+async fn settle_env_entries(
+    db: &Db,
+    entries: &[EnvSwitchEntry],
+) -> Result<Vec<(String, EnvSettled)>, JournalError> {
+    let mut settled = Vec::with_capacity(entries.len());
+    let mut first_error = None;
+    for entry in entries {
+        let mut locked = db.begin_packs_write(&[entry.pack_ref.as_str()]).await?;
+        let committed = locked.recorded_checksum(&entry.pack_ref).await?.as_deref()
+            == Some(entry.checksum.as_str());
+        let outcome = crate::envs::settle_switch(
+            &entry.envs_root,
+            &entry.pack_ref,
+            &entry.previous,
+            entry.switched_to.as_ref(),
+            committed,
+        )
+        .await;
+        drop(locked);
+        match outcome {
+            Ok(()) => settled.push((
+                entry.pack_ref.clone(),
+                if committed {
+                    EnvSettled::Kept
+                } else {
+                    EnvSettled::Restored
+                },
+            )),
+            Err(e) => {
+                first_error.get_or_insert(JournalError::Environments {
+                    pack_ref: entry.pack_ref.clone(),
+                    reason: e,
+                });
+            }
+        }
+    }
+    first_error.map_or(Ok(settled), Err)
+}
+
 /// What start-up recovery did, for the log and the tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -557,8 +826,51 @@ pub struct Recovered {
     pub restored: Vec<PathBuf>,
     /// Registration backups without an intent, settled against the rows.
     pub settled_backups: Vec<PathBuf>,
+    /// Process groups a dead server left running, killed.
+    pub killed_groups: usize,
+    /// Packs whose interrupted environment switch was kept (the registration committed).
+    pub envs_kept: Vec<String>,
+    /// Packs whose interrupted environment switch was undone.
+    pub envs_restored: Vec<String>,
     /// What could not be settled (left in place, logged).
     pub problems: Vec<String>,
+}
+
+/// Kills the process groups that dead servers recorded in `dir` and left running
+/// (a build or a pack test outliving its `kill -9`'d server), then forgets them. A
+/// group is killed only while its leader is the very process recorded (same pid,
+/// same start time): a pid reused since is someone else's. Returns how many were
+/// killed.
+pub fn kill_orphaned_groups(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('.');
+        let (Some(owner), Some(pgid), Some(start), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            let _ = fs::remove_file(entry.path());
+            continue;
+        };
+        if owner_alive(owner) {
+            continue;
+        }
+        if let (Ok(pgid), Ok(start)) = (pgid.parse::<u32>(), start.parse::<u64>())
+            && pgid > 1
+            && process_start(pgid) == Some(start)
+            && let Ok(pgid) = i32::try_from(pgid)
+        {
+            // SAFETY: `killpg` takes plain integers and has no memory-safety preconditions.
+            if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+        let _ = fs::remove_file(entry.path());
+    }
+    killed
 }
 
 /// Finishes or undoes every interrupted swap, then removes leftover work directories
@@ -571,11 +883,21 @@ pub async fn recover(
     dirs: &[PathBuf],
 ) -> Result<Recovered, JournalError> {
     let mut recovered = Recovered::default();
+    let started = std::time::Instant::now();
+    // First: nothing a dead server started may go on writing into what is settled.
+    recovered.killed_groups = kill_orphaned_groups(&journal.groups_dir());
+    if recovered.killed_groups > 0 {
+        tracing::warn!(
+            count = recovered.killed_groups,
+            "killed process groups left running by stopped servers"
+        );
+    }
     let read_error = |source| JournalError::Read {
         dir: journal.dir.clone(),
         source,
     };
     let mut intents = Vec::new();
+    let mut env_intents = Vec::new();
     match fs::read_dir(&journal.dir) {
         Ok(entries) => {
             for entry in entries {
@@ -583,6 +905,8 @@ pub async fn recover(
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(INTENT_PREFIX) {
                     intents.push(entry.path());
+                } else if name.starts_with(ENV_INTENT_PREFIX) {
+                    env_intents.push(entry.path());
                 }
             }
         }
@@ -633,6 +957,13 @@ pub async fn recover(
         }
     }
 
+    let swaps_settled = started.elapsed();
+    env_intents.sort();
+    for path in env_intents {
+        settle_env_intent(db, &path, &mut recovered).await?;
+    }
+
+    let envs_settled = started.elapsed();
     let mut scan: Vec<PathBuf> = dirs.to_vec();
     for (record, dir) in journal.recorded_dirs() {
         if dir.is_dir() {
@@ -671,11 +1002,26 @@ pub async fn recover(
     for problem in &recovered.problems {
         tracing::error!("{problem}");
     }
+    if recovered != Recovered::default() {
+        tracing::info!(
+            swaps_ms = swaps_settled.as_millis() as u64,
+            envs_ms = (envs_settled - swaps_settled).as_millis() as u64,
+            sweep_ms = (started.elapsed() - envs_settled).as_millis() as u64,
+            "recovery took"
+        );
+    }
     if !(recovered.finished.is_empty() && recovered.undone.is_empty()) {
         tracing::warn!(
             finished = ?recovered.finished,
             undone = ?recovered.undone,
             "settled registrations a crash interrupted"
+        );
+    }
+    if !(recovered.envs_kept.is_empty() && recovered.envs_restored.is_empty()) {
+        tracing::warn!(
+            kept = ?recovered.envs_kept,
+            restored = ?recovered.envs_restored,
+            "settled environment switches a crash interrupted"
         );
     }
     if !(recovered.restored.is_empty() && recovered.settled_backups.is_empty()) {
@@ -692,6 +1038,50 @@ pub async fn recover(
         );
     }
     Ok(recovered)
+}
+
+/// One environment intent at start: a rewrite a crash interrupted (`.tmp`) is
+/// dropped, since the intent it was replacing is still whole; an unreadable intent
+/// was torn while first written, before any build, so it describes nothing done.
+async fn settle_env_intent(
+    db: &Db,
+    path: &Path,
+    recovered: &mut Recovered,
+) -> Result<(), JournalError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let owner = name.split('.').nth(1).unwrap_or_default();
+    if owner_alive(owner) {
+        return Ok(());
+    }
+    if name.ends_with(".tmp") {
+        let _ = fs::remove_file(path);
+        return Ok(());
+    }
+    let Ok(text) = fs::read(path) else {
+        return Ok(());
+    };
+    let Ok(intent) = serde_json::from_slice::<EnvIntentFile>(&text) else {
+        tracing::warn!(path = %path.display(), "discarding an unreadable environment intent");
+        let _ = fs::remove_file(path);
+        return Ok(());
+    };
+    match settle_env_entries(db, &intent.entries).await {
+        Ok(settled) => {
+            for (pack_ref, how) in settled {
+                match how {
+                    EnvSettled::Kept => recovered.envs_kept.push(pack_ref),
+                    EnvSettled::Restored => recovered.envs_restored.push(pack_ref),
+                }
+            }
+            let _ = fs::remove_file(path);
+        }
+        Err(JournalError::Store(e)) => return Err(JournalError::Store(e)),
+        Err(e) => recovered.problems.push(e.to_string()),
+    }
+    Ok(())
 }
 
 /// Removes the work directories of dead owners in `dir`. A Download backup whose pack
@@ -877,6 +1267,57 @@ mod tests {
             let left = fs::read_dir(base.path()).unwrap().count();
             assert_eq!(left, 1, "committed {committed}");
         }
+    }
+
+    /// A group recorded by a dead owner is killed while its leader is the recorded
+    /// process; a record whose start time does not match (a reused pid) kills nothing.
+    #[test]
+    fn orphaned_groups_of_dead_servers_are_killed_and_reused_pids_spared() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dead = format!("{}-999999999-1", boot_id());
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("100")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let (mut orphan, mut other) = (spawn(), spawn());
+        let start = process_start(orphan.id()).unwrap();
+        fs::write(
+            dir.path().join(format!("{dead}.{}.{start}", orphan.id())),
+            "",
+        )
+        .unwrap();
+        let wrong = process_start(other.id()).unwrap() + 1;
+        fs::write(
+            dir.path().join(format!("{dead}.{}.{wrong}", other.id())),
+            "",
+        )
+        .unwrap();
+        // A live owner's group is not touched either.
+        let live = format!("{}.{}.{}", owner_marker(), other.id(), wrong - 1);
+        fs::write(dir.path().join(&live), "").unwrap();
+
+        assert_eq!(kill_orphaned_groups(dir.path()), 1);
+        let status = orphan.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unrelated group was killed"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec![live]);
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

@@ -557,6 +557,27 @@ fn signal_group(pgid: i32, sig: libc::c_int) -> bool {
 struct GroupGuard {
     pgid: i32,
     armed: bool,
+    /// The group's record (see [`record_groups_in`]), removed with the guard.
+    record: Option<std::path::PathBuf>,
+}
+
+static GROUP_RECORDS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// From now on, every process group [`run`] starts is recorded while it runs as an
+/// empty file `<dir>/<owner>.<pgid>.<leader start time>`: a server killed with
+/// `kill -9` cannot kill its groups, which would go on writing into work directories
+/// the next start removes; that start kills them first
+/// ([`crate::journal::kill_orphaned_groups`]). No fsync: a power cut kills them anyway.
+pub fn record_groups_in(dir: std::path::PathBuf) {
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = GROUP_RECORDS.set(dir);
+}
+
+fn record_group(pgid: i32) -> Option<std::path::PathBuf> {
+    let dir = GROUP_RECORDS.get()?;
+    let start = crate::journal::process_start(u32::try_from(pgid).ok()?)?;
+    let path = dir.join(format!("{}.{pgid}.{start}", crate::journal::owner_marker()));
+    std::fs::File::create(&path).ok().map(|_| path)
 }
 
 /// Process groups [`run`] started and has not finished with, for [`kill_all_groups`].
@@ -583,6 +604,7 @@ impl GroupGuard {
         GroupGuard {
             pgid,
             armed: pgid > 0,
+            record: (pgid > 0).then(|| record_group(pgid)).flatten(),
         }
     }
 }
@@ -596,6 +618,9 @@ impl Drop for GroupGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.pgid);
+        if let Some(record) = &self.record {
+            let _ = std::fs::remove_file(record);
+        }
     }
 }
 

@@ -552,7 +552,12 @@ impl Registrar<'_> {
         force: bool,
         reporter: &Reporter,
     ) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+        // Counted before the task is spawned: a caller dropped right after the spawn
+        // must find it running (an abandoned Install waits for it before settling
+        // its environments by the rows).
+        let running = self.journal.enter_critical();
         let critical = Critical {
+            running,
             db: self.db.clone(),
             journal: std::sync::Arc::clone(&self.journal),
             prepared,
@@ -571,6 +576,7 @@ impl Registrar<'_> {
 
 /// Everything the critical section of a registration owns.
 struct Critical {
+    running: journal::CriticalSection,
     db: Db,
     journal: std::sync::Arc<Journal>,
     prepared: Vec<Prepared>,
@@ -580,8 +586,8 @@ struct Critical {
 
 impl Critical {
     async fn run(self) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
-        let _running = self.journal.enter_critical();
         let Critical {
+            running: _running,
             db,
             journal,
             prepared,

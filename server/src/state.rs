@@ -106,6 +106,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     let state = AppState::new(config, db, Authenticator::new(&secret))?;
     let scanned = [state.config.packs_base_dir(), data_dir];
     crate::journal::recover(&state.journal, &state.db, &scanned).await?;
+    crate::process::record_groups_in(state.journal.groups_dir());
     Ok(state)
 }
 

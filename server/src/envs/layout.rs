@@ -211,6 +211,29 @@ pub struct EnvSnapshot {
 
 const KINDS: [&str; 2] = ["python", "node"];
 
+/// The targets of a pack's environment links (build directory names relative to
+/// `<envs_root>/<ref>`); `None`: no link.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvLinks {
+    pub python: Option<PathBuf>,
+    pub node: Option<PathBuf>,
+}
+
+impl EnvLinks {
+    fn of(links: &[(&'static str, Option<PathBuf>)]) -> Self {
+        let find = |kind: &str| {
+            links
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, t)| t.clone())
+        };
+        Self {
+            python: find("python"),
+            node: find("node"),
+        }
+    }
+}
+
 impl EnvSnapshot {
     pub fn take(envs_root: &Path, pack_ref: &str) -> Self {
         let ref_dir = RefDir::new(envs_root, pack_ref);
@@ -221,25 +244,71 @@ impl EnvSnapshot {
         Self { ref_dir, links }
     }
 
+    /// A snapshot of links recorded earlier (see [`links`](Self::links)), as the swap
+    /// journal keeps them across a crash.
+    pub fn from_links(envs_root: &Path, pack_ref: &str, links: &EnvLinks) -> Self {
+        Self {
+            ref_dir: RefDir::new(envs_root, pack_ref),
+            links: vec![
+                ("python", links.python.clone()),
+                ("node", links.node.clone()),
+            ],
+        }
+    }
+
+    /// The link targets the snapshot holds.
+    pub fn links(&self) -> EnvLinks {
+        EnvLinks::of(&self.links)
+    }
+
+    /// Where the links point now.
+    pub fn current(&self) -> EnvLinks {
+        EnvLinks {
+            python: self.ref_dir.current_target("python"),
+            node: self.ref_dir.current_target("node"),
+        }
+    }
+
     /// Points every link back where it pointed when the snapshot was taken (or
     /// removes links that did not exist), then deletes the builds made since.
     pub fn restore(&self) {
+        if let Err(e) = self.try_restore() {
+            tracing::warn!(dir = %self.ref_dir.dir.display(), "cannot switch environments back: {e}");
+        }
+    }
+
+    /// [`restore`](Self::restore), saying what failed. A link whose recorded build is
+    /// gone is not pointed at nothing: that is an error and the link stays.
+    pub fn try_restore(&self) -> io::Result<()> {
+        let mut first_error = None;
         for (kind, target) in &self.links {
             let link = self.ref_dir.link(kind);
             if self.ref_dir.current_target(kind) != *target {
-                match target {
+                let switched = match target {
                     Some(target) => {
-                        let _ = self
-                            .ref_dir
-                            .switch_to(kind, &self.ref_dir.dir.join(target), true);
+                        let build = self.ref_dir.dir.join(target);
+                        if build.is_dir() {
+                            self.ref_dir.switch_to(kind, &build, true)
+                        } else {
+                            Err(io::Error::other(format!(
+                                "the previous {kind} environment '{}' is gone",
+                                build.display()
+                            )))
+                        }
                     }
-                    None => {
-                        let _ = std::fs::remove_file(&link);
-                    }
+                    None => match std::fs::remove_file(&link) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    },
+                };
+                if let Err(e) = switched {
+                    first_error.get_or_insert(e);
+                    continue;
                 }
             }
             self.collect(kind);
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Keeps the current builds and deletes the ones they replaced.

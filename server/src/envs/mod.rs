@@ -96,7 +96,7 @@ use tokio::time::Instant;
 use crate::manifest::{Manifest, is_valid_pack_ref};
 use crate::progress::{Reporter, Stage};
 
-pub use layout::{EnvSnapshot, MARKER_FILE};
+pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};
 
 /// Default for [`BuildOptions::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -243,6 +243,137 @@ pub fn python_interpreter(envs_root: &Path, pack_ref: &str) -> Option<PathBuf> {
         .join("bin")
         .join("python");
     python.exists().then_some(python)
+}
+
+/// How long settling an interrupted switch waits for the ref's build lock (another
+/// server sharing the directory may be building it).
+const SETTLE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Settles environment switches that a transaction made and did not see through
+/// (the process died, or its caller left): `committed`, the registration they were
+/// made for committed and the current builds stay (the ones they replaced are
+/// deleted); otherwise the links go back to `previous` and every build made since is
+/// deleted. `switched_to` (when known) is where the transaction pointed them: links
+/// found pointing anywhere else have been switched again since, by someone else, and
+/// are left alone. Idempotent.
+pub async fn settle_switch(
+    envs_root: &Path,
+    pack_ref: &str,
+    previous: &EnvLinks,
+    switched_to: Option<&EnvLinks>,
+    committed: bool,
+) -> Result<(), String> {
+    if !is_valid_pack_ref(pack_ref) {
+        return Err(format!("invalid pack ref `{pack_ref}`"));
+    }
+    let ref_dir = layout::RefDir::new(envs_root, pack_ref);
+    if !ref_dir.dir.is_dir() {
+        return Ok(());
+    }
+    let _lock = layout::lock_ref(&ref_dir, Instant::now() + SETTLE_LOCK_WAIT).await?;
+    let snapshot = EnvSnapshot::from_links(envs_root, pack_ref, previous);
+    let (previous, switched_to) = (previous.clone(), switched_to.cloned());
+    let pack_ref = pack_ref.to_string();
+    tokio::task::spawn_blocking(move || {
+        if committed {
+            snapshot.commit();
+            return Ok(());
+        }
+        let current = snapshot.current();
+        if let Some(switched_to) = switched_to
+            && current != switched_to
+            && current != previous
+        {
+            tracing::warn!(
+                pack = %pack_ref,
+                ?current,
+                "environment links were switched again after an interrupted install; leaving them"
+            );
+            return Ok(());
+        }
+        snapshot.try_restore().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Checks that the pack's environments belong to its files: every link's build has
+/// a marker whose inputs hash is the one the files at `pack_dir` give now, a pack
+/// with `requirements.txt` has a Python environment, and no other build of a kind
+/// lies beside the current one (nothing abandoned). The crash tests call this after
+/// every restart; the error says what does not match.
+pub fn check_envs_match(
+    envs_root: &Path,
+    pack_ref: &str,
+    pack_dir: &Path,
+    settings: &EnvSettings,
+) -> Result<(), String> {
+    let ref_dir = layout::RefDir::new(envs_root, pack_ref);
+    let linked = |kind: &str| std::fs::symlink_metadata(ref_dir.link(kind)).is_ok();
+    if linked(python::KIND) {
+        let marker = ref_dir
+            .current_marker(python::KIND)
+            .ok_or_else(|| format!("'{pack_ref}': the python link has no complete build"))?;
+        let inputs = python::read_inputs(pack_dir, settings)?;
+        let hash = python::inputs_hash(&inputs, &marker.tool_path, &marker.tool_version);
+        if hash.as_deref() != Some(marker.inputs_hash.as_str()) {
+            return Err(format!(
+                "'{pack_ref}': the python environment was built from other inputs than the \
+                 pack's files ({} != {hash:?})",
+                marker.inputs_hash
+            ));
+        }
+    } else if pack_dir.join(python::REQUIREMENTS_FILE).is_file() {
+        return Err(format!(
+            "'{pack_ref}': has {} and no python environment",
+            python::REQUIREMENTS_FILE
+        ));
+    }
+    if linked(node::KIND) {
+        let marker = ref_dir
+            .current_marker(node::KIND)
+            .ok_or_else(|| format!("'{pack_ref}': the node link has no complete build"))?;
+        let inputs = node::read_inputs(pack_dir, settings)?;
+        let npm = util::find_on_path("npm").map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        let hash = node::inputs_hash(
+            &inputs,
+            &marker.tool_path,
+            &marker.tool_version,
+            npm.as_deref(),
+        );
+        if hash.as_deref() != Some(marker.inputs_hash.as_str()) {
+            return Err(format!(
+                "'{pack_ref}': the node environment was built from other inputs than the \
+                 pack's files"
+            ));
+        }
+    }
+    let current = EnvSnapshot::take(envs_root, pack_ref).links();
+    let keep: Vec<&std::ffi::OsStr> = [&current.python, &current.node]
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.file_name())
+        .collect();
+    let stray: Vec<String> = std::fs::read_dir(&ref_dir.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| {
+            let text = name.to_string_lossy();
+            (text.starts_with("python-")
+                || text.starts_with("node-")
+                || text.contains(".tmp-link-"))
+                && !keep.contains(&name.as_os_str())
+        })
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    if !stray.is_empty() {
+        return Err(format!(
+            "'{pack_ref}': builds left beside the current ones: {stray:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the pack needs a Python environment (ignoring `skip_python`).

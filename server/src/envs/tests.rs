@@ -574,3 +574,106 @@ async fn python_requirement_alone_gets_an_empty_virtualenv() {
     // The prefix is the stable link, not the versioned directory.
     assert!(prefix.ends_with("/barepack/python"), "{prefix}");
 }
+
+/// `<root>/<ref>` with builds `python-…-old` and `python-…-new`, the link on `current`.
+fn two_builds(root: &Path, current: &str) -> (PathBuf, PathBuf) {
+    let dir = root.join("demo");
+    let (old, new) = (
+        dir.join("python-00000000000000aa-old"),
+        dir.join("python-00000000000000bb-new"),
+    );
+    for build in [&old, &new] {
+        std::fs::create_dir_all(build).unwrap();
+    }
+    std::os::unix::fs::symlink(current, dir.join("python")).unwrap();
+    (old, new)
+}
+
+fn links(python: Option<&str>) -> EnvLinks {
+    EnvLinks {
+        python: python.map(PathBuf::from),
+        node: None,
+    }
+}
+
+/// An interrupted switch settled both ways, twice each (a crash during the
+/// settlement is settled again by the next start).
+#[tokio::test]
+async fn an_interrupted_switch_is_restored_or_kept_idempotently() {
+    for committed in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let (old, new) = two_builds(root.path(), "python-00000000000000bb-new");
+        let previous = links(Some("python-00000000000000aa-old"));
+        let switched = links(Some("python-00000000000000bb-new"));
+        for _ in 0..2 {
+            settle_switch(root.path(), "demo", &previous, Some(&switched), committed)
+                .await
+                .unwrap();
+        }
+        let now = std::fs::read_link(root.path().join("demo/python")).unwrap();
+        let (kept, gone) = if committed {
+            (&new, &old)
+        } else {
+            (&old, &new)
+        };
+        assert_eq!(now, kept.file_name().unwrap(), "committed {committed}");
+        assert!(kept.is_dir() && !gone.exists(), "committed {committed}");
+    }
+}
+
+/// A pack that had no environment before: undone, the link is removed with the build.
+#[tokio::test]
+async fn an_interrupted_first_switch_is_undone_to_no_environment() {
+    let root = tempfile::tempdir().unwrap();
+    let (old, new) = two_builds(root.path(), "python-00000000000000bb-new");
+    std::fs::remove_dir_all(&old).unwrap();
+    settle_switch(root.path(), "demo", &links(None), None, false)
+        .await
+        .unwrap();
+    assert!(std::fs::symlink_metadata(root.path().join("demo/python")).is_err());
+    assert!(!new.exists());
+}
+
+/// Links someone switched again after the interrupted install are not taken back.
+#[tokio::test]
+async fn links_switched_again_since_are_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let (old, new) = two_builds(root.path(), "python-00000000000000bb-new");
+    let third = root.path().join("demo/python-00000000000000cc-third");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::remove_file(root.path().join("demo/python")).unwrap();
+    std::os::unix::fs::symlink(third.file_name().unwrap(), root.path().join("demo/python"))
+        .unwrap();
+    settle_switch(
+        root.path(),
+        "demo",
+        &links(Some("python-00000000000000aa-old")),
+        Some(&links(Some("python-00000000000000bb-new"))),
+        false,
+    )
+    .await
+    .unwrap();
+    let now = std::fs::read_link(root.path().join("demo/python")).unwrap();
+    assert_eq!(now, third.file_name().unwrap());
+    assert!(old.exists() && new.exists() && third.exists());
+}
+
+/// A recorded previous build that is gone is an error, not a dangling link.
+#[tokio::test]
+async fn a_vanished_previous_build_is_reported_and_the_link_kept() {
+    let root = tempfile::tempdir().unwrap();
+    let (old, _new) = two_builds(root.path(), "python-00000000000000bb-new");
+    std::fs::remove_dir_all(&old).unwrap();
+    let error = settle_switch(
+        root.path(),
+        "demo",
+        &links(Some("python-00000000000000aa-old")),
+        None,
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(error.contains("is gone"), "{error}");
+    let now = std::fs::read_link(root.path().join("demo/python")).unwrap();
+    assert_eq!(now, Path::new("python-00000000000000bb-new"));
+}

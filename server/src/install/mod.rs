@@ -12,7 +12,9 @@
 //!    (keeping the previous builds), and **register** everything in one transaction
 //!    in dependency order ([`Registrar::register_all`]).
 //! 4. On any failure the environments are switched back and nothing is registered;
-//!    on success the replaced environments are deleted.
+//!    on success the replaced environments are deleted. The switches are journaled
+//!    (`journal::EnvIntent`) before the first build, so a crash between them and the
+//!    commit is settled against the rows by the next start.
 //!
 //! The work directory lives under the packs base directory (same filesystem as the
 //! final places) and is removed when the call ends, whatever happens.
@@ -38,6 +40,7 @@ use crate::{
     buildenvs::{self, BuildEnvsRequest, EnvBuilder},
     download::{DownloadRequest, DownloadedPack},
     envs::{EnvSnapshot, NodeEnv, PythonEnv},
+    journal::EnvSwitchEntry,
     packtest::PackTestResult,
     progress::{Reporter, Stage},
     register::{ComponentCounts, RegisterRequest, Registrar},
@@ -407,10 +410,34 @@ impl Installer<'_> {
             .iter()
             .map(|i| EnvSnapshot::take(&envs_root, &members[*i].pack_ref))
             .collect();
-        let restore = |snapshots: &[EnvSnapshot]| {
-            for s in snapshots {
-                s.restore();
-            }
+        // Journaled before the first build: a crash between a switch and the
+        // registration's commit is settled by the next start against the rows.
+        let entries: Vec<EnvSwitchEntry> = to_register
+            .iter()
+            .zip(&snapshots)
+            .map(|(i, snapshot)| EnvSwitchEntry {
+                pack_ref: members[*i].pack_ref.clone(),
+                envs_root: envs_root.clone(),
+                checksum: members[*i]
+                    .fetched
+                    .as_ref()
+                    .expect("fetched above")
+                    .checksum
+                    .clone(),
+                previous: snapshot.links(),
+                switched_to: None,
+            })
+            .collect();
+        let (journal, db) = (
+            std::sync::Arc::clone(&self.state.journal),
+            self.state.db.clone(),
+        );
+        let env_intent = match tokio::task::spawn_blocking(move || journal.begin_envs(&db, entries))
+            .await
+            .expect("journal write panicked")
+        {
+            Ok(intent) => intent,
+            Err(e) => return Ok(Err(vec![failure(REQUEST, "build", e.to_string())])),
         };
         let settings = self.state.config.build.env_settings();
         let builder = EnvBuilder {
@@ -439,7 +466,7 @@ impl Installer<'_> {
         let built = match built {
             Ok(built) if built.failed.is_empty() => built,
             Ok(built) => {
-                restore(&snapshots);
+                env_intent.restore();
                 return Ok(Err(built
                     .failed
                     .into_iter()
@@ -447,10 +474,22 @@ impl Installer<'_> {
                     .collect()));
             }
             Err(e) => {
-                restore(&snapshots);
+                env_intent.restore();
                 return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
             }
         };
+        let mut env_intent = env_intent;
+        let (env_intent, recorded) = tokio::task::spawn_blocking(move || {
+            let recorded = env_intent.record_switched();
+            (env_intent, recorded)
+        })
+        .await
+        .expect("journal write panicked");
+        if let Err(e) = recorded {
+            env_intent.restore();
+            return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
+        }
+        crate::fault::pause("install: environments switched");
 
         let registrar = Registrar {
             db: &self.state.db,
@@ -475,14 +514,14 @@ impl Installer<'_> {
         let registered = match registered {
             Ok(Ok(registered)) => registered,
             Ok(Err(failed)) => {
-                restore(&snapshots);
+                settle_envs(env_intent).await;
                 return Ok(Err(failed
                     .into_iter()
                     .map(|f| failure(&f.pack_ref, f.error_stage.as_str(), f.error))
                     .collect()));
             }
             Err(e) => {
-                restore(&snapshots);
+                settle_envs(env_intent).await;
                 return Err(match e {
                     crate::register::RegisterError::InvalidRequest(m) => {
                         InstallError::InvalidRequest(m)
@@ -491,9 +530,7 @@ impl Installer<'_> {
                 });
             }
         };
-        for s in &snapshots {
-            s.commit();
-        }
+        env_intent.committed();
 
         let mut envs: HashMap<String, buildenvs::BuiltEnvironment> = built
             .built
@@ -604,6 +641,15 @@ impl Installer<'_> {
                 .collect());
         }
         Ok(report.downloaded)
+    }
+}
+
+/// After a failed registration: the environments go back to the previous builds
+/// unless the rows say the registration committed after all (a connection lost
+/// during COMMIT). If the rows cannot be read, the intent stays for the next start.
+async fn settle_envs(intent: crate::journal::EnvIntent) {
+    if let Err(e) = intent.settle().await {
+        tracing::error!("cannot settle the environments of a failed install: {e}");
     }
 }
 

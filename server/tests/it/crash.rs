@@ -5,417 +5,60 @@
 //! stopping within its bound and cleaning up.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use attune_packs_client::{Client, pb};
-use attune_packs_server::{
-    auth::Authenticator,
-    checksum,
-    config::Secret,
-    fault::PAUSE_ENV,
-    journal::{JOURNAL_DIR, WorkName},
-    store::Db,
-};
+use attune_packs_client::pb;
+use attune_packs_server::fault::PAUSE_ENV;
 use sqlx::Connection;
 
 use crate::{
-    common::{Backend, SECRET, TestServer, on_both_backends, path_str},
+    common::{Backend, TestServer, on_both_backends},
+    crash_loop::*,
     support::packs::write_tree,
 };
-
-const SERVER: &str = env!("CARGO_BIN_EXE_attune-packs-server");
-
-/// Where one test's server keeps everything, and how it is started.
-struct Setup {
-    root: PathBuf,
-    data: PathBuf,
-    database_url: String,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-}
-
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn client(&self) -> Client {
-        let token =
-            Authenticator::new(&Secret::new(SECRET)).issue("crash", Duration::from_secs(3600));
-        Client::connect(&self.url(), &token).await.unwrap()
-    }
-
-    /// Waits for the process to exit, at most `bound`; its exit status and how long it took.
-    fn wait_exit(&mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < bound,
-                "the server did not exit within {bound:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 impl Setup {
     /// `server` only provides (and later drops) a fresh PostgreSQL database.
     fn new(server: &TestServer, backend: Backend, env: &[(&str, &str)]) -> Setup {
         let root = server.root.path().canonicalize().unwrap().join("crash");
-        let data = root.join("data");
-        fs::create_dir_all(&data).unwrap();
         let database_url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", data.join("attune-packs.db").display()),
-            Backend::Postgres => server
-                .state
-                .config
-                .database_url
-                .as_ref()
-                .expect("a PostgreSQL test server has a URL")
-                .expose()
-                .to_string(),
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(
+                server
+                    .state
+                    .config
+                    .database_url
+                    .as_ref()
+                    .expect("a PostgreSQL test server has a URL")
+                    .expose()
+                    .to_string(),
+            ),
         };
-        Setup {
-            log: root.join("server.log"),
-            root,
-            data,
-            database_url,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn base(&self) -> PathBuf {
-        self.data.join("packs")
-    }
-
-    fn downloads(&self) -> PathBuf {
-        self.root.join("downloads")
-    }
-
-    fn start(&self) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(SERVER)
-            .args(["serve", "--listen", &addr, "--data-dir"])
-            .arg(&self.data)
-            .env(
-                "ATTUNE_PACKS_ALLOWED_ROOTS",
-                format!("[{}]", self.root.display()),
-            )
-            .env("ATTUNE_PACKS_JWT_SECRET", SECRET)
-            .env("ATTUNE_PACKS_DATABASE_URL", &self.database_url)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut process = Process { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&process.addr).is_err() {
-            if let Some(status) = process.child.try_wait().unwrap() {
-                panic!("the server exited ({status}): {}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "the server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        process
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn db(&self) -> Db {
-        Db::connect(&self.database_url).await.unwrap()
+        Setup::at(root, database_url, env)
     }
 }
 
-/// `(ref, version, checksum, storage_path)` of every registered pack.
-async fn rows(db: &Db) -> Vec<(String, String, Option<String>, String)> {
-    const SQL: &str = "SELECT ref, version, checksum, storage_path FROM packs ORDER BY ref";
-    match db {
-        Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await.unwrap(),
-        Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await.unwrap(),
-    }
-}
-
-fn dir_checksum(dir: &Path) -> Option<String> {
-    checksum::directory_checksum(dir)
-        .ok()
-        .map(|c| checksum::checksum_prefixed(&c))
-}
-
-/// Source directories of `pack_ref` in versions `1.0.<n>`: `<root>/src/<ref>-<n>/<ref>`.
-fn source(root: &Path, pack_ref: &str, n: usize) -> PathBuf {
-    let dir = root
-        .join("src")
-        .join(format!("{pack_ref}-{n}"))
-        .join(pack_ref);
-    if !dir.exists() {
-        let mut files = vec![(
-            "pack.yaml".to_string(),
-            format!("ref: {pack_ref}\nlabel: {pack_ref}\nversion: \"1.0.{n}\"\n"),
-        )];
-        for a in 0..4 {
-            files.push((
-                format!("actions/a{a}.yaml"),
-                format!("ref: {pack_ref}.a{a}\nrunner_type: shell\nentry_point: a{a}.sh\n"),
-            ));
-            files.push((format!("actions/a{a}.sh"), format!("echo {n} {a}\n")));
-        }
-        // Content that differs per version beyond pack.yaml, so mixed trees show.
-        files.push(("data.txt".into(), format!("{n}\n").repeat(2000)));
-        write_tree(&dir, &files);
-    }
-    dir
-}
-
-/// Names of work directories (ours and older servers') and intents left anywhere.
-fn leftovers(setup: &Setup) -> Vec<String> {
-    let mut found = Vec::new();
-    for dir in [setup.base(), setup.downloads(), setup.data.clone()] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if WorkName::parse_any(&name).is_some() || name.starts_with(".attune") {
-                found.push(e.path().display().to_string());
-            }
-        }
-    }
-    if let Ok(entries) = fs::read_dir(setup.data.join(JOURNAL_DIR)) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("intent.") {
-                found.push(e.path().display().to_string());
-            }
-        }
-    }
-    found
-}
-
-/// Rows, files and checksums agree; every ref in `registered` still has a row; the
-/// download destination holds a whole version; nothing is left behind. Returns the
-/// registered version of each ref.
-async fn assert_consistent(
-    setup: &Setup,
-    registered: &BTreeSet<String>,
-    downloaded: bool,
-    context: &str,
-) -> BTreeMap<String, String> {
-    let db = setup.db().await;
-    let rows = rows(&db).await;
-    db.close().await;
-    let mut versions = BTreeMap::new();
-    for (pack_ref, version, recorded, storage) in rows {
-        let storage = PathBuf::from(storage);
-        let on_disk = dir_checksum(&storage);
-        assert_eq!(
-            on_disk,
-            recorded,
-            "{context}: files of '{pack_ref}' at {} do not match its row (version {version})",
-            storage.display()
-        );
-        let manifest = fs::read_to_string(storage.join("pack.yaml")).unwrap();
-        assert!(
-            manifest.contains(&format!("\"{version}\"")),
-            "{context}: row {version}, pack.yaml {manifest}"
-        );
-        versions.insert(pack_ref, version);
-    }
-    for pack_ref in registered {
-        assert!(
-            versions.contains_key(pack_ref),
-            "{context}: '{pack_ref}' was registered and is gone"
-        );
-    }
-    if downloaded {
-        let placed = setup.downloads().join("alpha");
-        let version = fs::read_to_string(placed.join("pack.yaml")).unwrap_or_else(|e| {
-            panic!("{context}: the downloaded pack is gone: {e}");
-        });
-        let n: usize = version
-            .split("1.0.")
-            .nth(1)
-            .and_then(|v| v.trim().trim_end_matches('"').parse().ok())
-            .unwrap();
-        assert_eq!(
-            dir_checksum(&placed),
-            dir_checksum(&source(&setup.root, "alpha", n)),
-            "{context}: the downloaded pack is not a whole version"
-        );
-    }
-    let left = leftovers(setup);
-    assert!(left.is_empty(), "{context}: left behind: {left:#?}");
-    versions
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Work {
-    Register,
-    Install,
-    Download,
-}
-
-/// Starts `work` of version `n` against `process`, forced, tests skipped.
-async fn call(
-    process: &Process,
-    setup: &Setup,
-    work: Work,
-    n: usize,
-) -> tokio::task::JoinHandle<bool> {
-    let mut client = process.client().await;
-    let root = setup.root.clone();
-    let downloads = path_str(&setup.downloads());
-    tokio::spawn(async move {
-        match work {
-            Work::Register => client
-                .register_batch(pb::RegisterBatchRequest {
-                    pack_paths: vec![path_str(&source(&root, "alpha", n))],
-                    force: Some(true),
-                    skip_tests: Some(true),
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.failed_packs.is_empty()),
-            Work::Install => client
-                .install(pb::InstallRequest {
-                    packs: vec![
-                        path_str(&source(&root, "beta", n)),
-                        path_str(&source(&root, "gamma", n)),
-                    ],
-                    force: Some(true),
-                    skip_tests: Some(true),
-                    timeout: Some(60),
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.success),
-            Work::Download => client
-                .download(pb::DownloadRequest {
-                    packs: vec![path_str(&source(&root, "alpha", n))],
-                    destination_dir: downloads,
-                    force: Some(true),
-                    timeout: Some(60),
-                    ..Default::default()
-                })
-                .await
-                .is_ok_and(|r| r.failed_packs.is_empty()),
-        }
-    })
-}
-
-fn random_below(bound: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    u64::from_le_bytes(bytes) % bound
-}
-
-/// 36 `kill -9`s per backend, spread over RegisterBatch, Install and Download, each
-/// 0–300 ms into the call; a pause between the steps of every swap (test builds only)
-/// makes many of them land between a rename and the commit.
+/// 36 `kill -9`s per backend, spread over RegisterBatch, Install and Download (see
+/// [`kill_loop`]); after every restart rows, files, checksums and environments agree.
 async fn kill_nine_at_random_points_never_loses_or_mixes_a_version(backend: Backend) {
     const KILLS: usize = 36;
     let server = TestServer::start(backend).await;
     let setup = Setup::new(&server, backend, &[(PAUSE_ENV, "30")]);
-    fs::create_dir_all(setup.downloads()).unwrap();
-    let process = setup.start();
-    for work in [Work::Register, Work::Install, Work::Download] {
-        assert!(
-            call(&process, &setup, work, 1).await.await.unwrap(),
-            "seed {work:?}"
-        );
-    }
-    let registered: BTreeSet<String> = ["alpha", "beta", "gamma"].map(String::from).into();
-    let downloaded = true;
-    let mut process = Some(process);
-
-    for kill in 0..KILLS {
-        let work = [Work::Register, Work::Install, Work::Download][kill % 3];
-        let running = process.take().unwrap_or_else(|| setup.start());
-        let context = format!("kill {kill} ({work:?})");
-        let pending = call(&running, &setup, work, kill + 2).await;
-        tokio::time::sleep(Duration::from_millis(random_below(300))).await;
-        running.kill9();
-        let _ = pending.await;
-        // The restart settles what the kill interrupted before it listens.
-        process = Some(setup.start());
-        assert_consistent(&setup, &registered, downloaded, &context).await;
-    }
-
-    // Registering, installing and downloading again all work.
-    let process = process.unwrap();
-    for work in [Work::Register, Work::Install, Work::Download] {
-        assert!(
-            call(&process, &setup, work, 100).await.await.unwrap(),
-            "after the kills: {work:?}"
-        );
-    }
-    let versions = assert_consistent(&setup, &registered, true, "after the kills").await;
-    for pack_ref in ["alpha", "beta", "gamma"] {
-        assert_eq!(versions[pack_ref], "1.0.100");
-    }
-    // The kills did land inside swaps: the restarts had registrations to settle.
-    let log = setup.log_text();
-    let settled = log
-        .matches("settled registrations a crash interrupted")
-        .count();
-    let installs = log
-        .lines()
-        .filter(|l| l.contains("settled registrations") && l.contains("beta"))
-        .count();
-    let put_back = log.matches("put back or settled pack directories").count();
-    let swept = log
-        .matches("removed work directories left by stopped processes")
-        .count();
+    let (process, stats) = kill_loop(&setup, KILLS).await;
     eprintln!(
-        "{backend:?}: {KILLS} kills; restarts settled {settled} swaps ({installs} of Install), \
-         put back {put_back} Download backups, removed work directories {swept} times"
+        "{backend:?}: {KILLS} kills; {} landed inside a directory swap, {} inside an \
+         environment switch; restarts removed work directories {} times",
+        stats.in_swap, stats.env_settled, stats.swept
     );
+    // The kills did land inside swaps and switches: the restarts had work to settle.
     assert!(
-        settled >= 2,
-        "only {settled} restarts settled a swap:\n{log}"
+        stats.in_swap >= 2 && stats.env_settled >= 1,
+        "too few restarts settled anything ({stats:?}):\n{}",
+        setup.log_text()
     );
     drop(process);
     server.stop().await;

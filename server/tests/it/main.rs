@@ -9,6 +9,7 @@ mod binaries;
 mod build_envs;
 mod confinement;
 mod crash;
+mod crash_loop;
 mod dependencies;
 mod download;
 mod git;
