@@ -792,7 +792,7 @@ async fn settle_env_entries(
             committed,
         )
         .await;
-        drop(locked);
+        locked.rollback().await;
         match outcome {
             Ok(()) => settled.push((
                 entry.pack_ref.clone(),
@@ -951,7 +951,7 @@ pub async fn recover(
                 }
             }
         }
-        drop(locked);
+        locked.rollback().await;
         if settled {
             let _ = fs::remove_file(&path);
         }
@@ -997,7 +997,7 @@ pub async fn recover(
                 target.display()
             )),
         }
-        drop(locked);
+        locked.rollback().await;
     }
     for problem in &recovered.problems {
         tracing::error!("{problem}");

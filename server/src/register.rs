@@ -673,7 +673,7 @@ impl Critical {
                         Err(e) => Err(e.to_string()),
                     };
                     if let Err(e) = settled {
-                        drop(write);
+                        write.rollback().await;
                         abandon(intent);
                         return Err((
                             index,
@@ -686,7 +686,7 @@ impl Critical {
                     }
                 }
                 if let Err(e) = entry.swap_in() {
-                    drop(write);
+                    write.rollback().await;
                     abandon(intent);
                     return Err((index, ErrorStage::FileCopy, e));
                 }
@@ -705,7 +705,7 @@ impl Critical {
             match written {
                 Ok(id) => ids.push(id),
                 Err(e) => {
-                    drop(write);
+                    write.rollback().await;
                     abandon(intent);
                     let stage = match e {
                         WriteError::AlreadyRegistered { .. }

@@ -342,6 +342,14 @@ impl PackWrite {
         on_tx!(self, tx => tx.commit().await?);
         Ok(())
     }
+
+    /// Ends the transaction without writing, now. Dropping it would only queue the
+    /// rollback, leaving the write lock (SQLite) or the advisory locks (PostgreSQL)
+    /// held by an idle pooled connection until its next use. A rollback that fails
+    /// means the connection is gone, and the transaction with it.
+    pub async fn rollback(self) {
+        let _ = on_tx!(self, tx => tx.rollback().await);
+    }
 }
 
 #[cfg(test)]
