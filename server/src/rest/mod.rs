@@ -109,6 +109,15 @@ pub async fn json_errors(response: Response) -> Response {
             json.headers_mut().insert(name.clone(), value.clone());
         }
     }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read, so an HTTP/1.1 connection cannot carry
+        // another request: say so, or a client sends its next one into a closed socket
+        // (hyper drops the header on HTTP/2, where it does not apply).
+        json.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     json
 }
 

@@ -503,6 +503,9 @@ async fn rest_errors_axum_answers_itself_use_the_json_envelope() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 413);
+    // The unread rest of the body makes the connection unusable: the client must not
+    // send the next request on it.
+    assert_eq!(response.headers()["connection"], "close");
     assert!(
         response.headers()["content-type"]
             .to_str()
