@@ -464,29 +464,24 @@ impl Journal {
         self.dir.join(GROUPS_DIR)
     }
 
-    /// Writes the intent of Install's environment switches, before the first build
-    /// (one small fsync per Install; RegisterBatch does not switch environments).
-    pub fn begin_envs(
-        self: &std::sync::Arc<Self>,
-        db: &Db,
-        entries: Vec<EnvSwitchEntry>,
-    ) -> Result<EnvIntent, JournalError> {
+    /// Creates `<prefix><owner>.<random>.json` holding `intent`, fsync'd; a file that
+    /// could not be written whole is removed again.
+    fn write_new_intent(
+        &self,
+        prefix: &str,
+        intent: &impl Serialize,
+    ) -> Result<PathBuf, JournalError> {
         let write_error = |source| JournalError::Write {
             dir: self.dir.clone(),
             source,
         };
         fs::create_dir_all(&self.dir).map_err(write_error)?;
         let path = self.dir.join(format!(
-            "{ENV_INTENT_PREFIX}{}.{}.json",
+            "{prefix}{}.{}.json",
             owner_marker(),
             crate::paths::unique_suffix()
         ));
-        let body = serde_json::to_vec(&EnvIntentFile {
-            format: INTENT_FORMAT,
-            owner: owner_marker().to_string(),
-            entries: entries.clone(),
-        })
-        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        let body = serde_json::to_vec(intent).map_err(|e| write_error(std::io::Error::other(e)))?;
         let written = (|| {
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -499,6 +494,24 @@ impl Journal {
             let _ = fs::remove_file(&path);
             return Err(write_error(e));
         }
+        Ok(path)
+    }
+
+    /// Writes the intent of Install's environment switches, before the first build
+    /// (one small fsync per Install; RegisterBatch does not switch environments).
+    pub fn begin_envs(
+        self: &std::sync::Arc<Self>,
+        db: &Db,
+        entries: Vec<EnvSwitchEntry>,
+    ) -> Result<EnvIntent, JournalError> {
+        let path = self.write_new_intent(
+            ENV_INTENT_PREFIX,
+            &EnvIntentFile {
+                format: INTENT_FORMAT,
+                owner: owner_marker().to_string(),
+                entries: entries.clone(),
+            },
+        )?;
         Ok(EnvIntent {
             path,
             entries,
@@ -513,34 +526,14 @@ impl Journal {
     /// reach the disk without it; a torn intent therefore describes nothing done
     /// and recovery discards it.
     pub fn begin(&self, entries: Vec<SwapEntry>) -> Result<Intent, JournalError> {
-        let write_error = |source| JournalError::Write {
-            dir: self.dir.clone(),
-            source,
-        };
-        fs::create_dir_all(&self.dir).map_err(write_error)?;
-        let path = self.dir.join(format!(
-            "{INTENT_PREFIX}{}.{}.json",
-            owner_marker(),
-            crate::paths::unique_suffix()
-        ));
-        let body = serde_json::to_vec(&IntentFile {
-            format: INTENT_FORMAT,
-            owner: owner_marker().to_string(),
-            entries: entries.clone(),
-        })
-        .map_err(|e| write_error(std::io::Error::other(e)))?;
-        let written = (|| {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            file.write_all(&body)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&path);
-            return Err(write_error(e));
-        }
+        let path = self.write_new_intent(
+            INTENT_PREFIX,
+            &IntentFile {
+                format: INTENT_FORMAT,
+                owner: owner_marker().to_string(),
+                entries: entries.clone(),
+            },
+        )?;
         Ok(Intent { path, entries })
     }
 
