@@ -4,6 +4,7 @@
 //! Environments live outside the packs, under `<packs_base_dir>/.envs/<ref>/`, so they
 //! keep working when RegisterBatch stores a pack under the base directory.
 
+use crate::failure::{Failure, FailureKind};
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -66,6 +67,14 @@ pub struct BuildEnvsReport {
 pub enum BuildEnvsError {
     #[error("{0}")]
     InvalidRequest(String),
+}
+
+impl Failure for BuildEnvsError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            BuildEnvsError::InvalidRequest(_) => FailureKind::InvalidRequest,
+        }
+    }
 }
 
 pub struct EnvBuilder<'a> {

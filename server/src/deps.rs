@@ -6,6 +6,7 @@
 //! one pack that no single version can satisfy. A pack that fails to parse is an entry
 //! in `errors` and does not stop the others.
 
+use crate::failure::{Failure, FailureKind};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
@@ -93,6 +94,15 @@ pub enum DepsError {
     Store(#[from] StoreError),
     #[error("analysis was cancelled")]
     Cancelled,
+}
+
+impl Failure for DepsError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            DepsError::Store(_) => FailureKind::Internal,
+            DepsError::Cancelled => FailureKind::Cancelled,
+        }
+    }
 }
 
 /// A pack of the request that parsed.

@@ -8,6 +8,7 @@
 //! Nothing partial is left behind: staging directories are removed when the last
 //! piece of work holding them (including a blocking extraction) lets go.
 
+use crate::failure::{Failure, FailureKind};
 use std::{
     collections::HashMap,
     fs,
@@ -81,6 +82,15 @@ pub enum DownloadError {
     InvalidRequest(String),
     #[error("cannot set up downloads: {0}")]
     Setup(String),
+}
+
+impl Failure for DownloadError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            DownloadError::InvalidRequest(_) => FailureKind::InvalidRequest,
+            DownloadError::Setup(_) => FailureKind::Internal,
+        }
+    }
 }
 
 /// Shared by all requests: registry cache, HTTP clients, credentials, limits.

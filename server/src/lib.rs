@@ -16,6 +16,7 @@ pub mod components;
 pub mod config;
 pub mod deps;
 pub mod download;
+pub mod failure;
 pub mod envs;
 pub mod fault;
 pub mod fetch;

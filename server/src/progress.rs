@@ -7,7 +7,9 @@
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The one vocabulary for where work is: progress events name it, and a pack that
+/// fails inside a batch is reported with the stage it failed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Resolve,
     Fetch,
@@ -20,6 +22,25 @@ pub enum Stage {
     Copy,
     Test,
     Register,
+    /// Checking a set against its lock (Install); progress reports it as resolving.
+    Lock,
+}
+
+impl Stage {
+    /// The name a failed pack's stage has on the wire (`error_stage`, `stage`):
+    /// coarser than progress, one name per step a user can act on.
+    pub fn failure_name(self) -> &'static str {
+        match self {
+            Stage::Fetch | Stage::Extract | Stage::Verify | Stage::Place => "download",
+            Stage::Resolve | Stage::Analyze => "resolve",
+            Stage::Lock => "lock",
+            Stage::Build => "build",
+            Stage::Validate => "validation",
+            Stage::Test => "testing",
+            Stage::Copy => "file_copy",
+            Stage::Register => "database",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! is the old directory deleted. Any failure puts the old directory back, so a failed
 //! re-registration leaves the previous version's files and rows as they were.
 
+use crate::failure::{Failure, FailureKind};
 use std::{
     collections::{HashMap, HashSet},
     fs,
@@ -136,6 +137,15 @@ pub enum RegisterError {
     InvalidRequest(String),
     #[error("cannot read registered packs: {0}")]
     Store(#[from] crate::store::StoreError),
+}
+
+impl Failure for RegisterError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            RegisterError::InvalidRequest(_) => FailureKind::InvalidRequest,
+            RegisterError::Store(_) => FailureKind::Internal,
+        }
+    }
 }
 
 /// Registrations in flight in this process, by storage path: the database lock covers

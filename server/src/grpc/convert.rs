@@ -19,7 +19,7 @@ pub const MAX_PACKS_PER_REQUEST: usize = 10_000;
 pub fn progress(event: ProgressEvent) -> pb::Progress {
     use pb::progress::{Level as L, Stage as S};
     let stage = match event.stage {
-        Stage::Resolve => S::Resolve,
+        Stage::Resolve | Stage::Lock => S::Resolve,
         Stage::Fetch => S::Fetch,
         Stage::Extract => S::Extract,
         Stage::Verify => S::Verify,

@@ -8,6 +8,7 @@
 
 mod convert;
 mod decode_status;
+pub mod status;
 
 pub use decode_status::malformed_requests_are_invalid_arguments;
 
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 use tracing::{Instrument, Span};
 
+use self::status::status;
 use crate::{
     auth::{Authenticator, Principal},
     buildenvs, deps, download, install,
@@ -221,10 +223,7 @@ impl PackService for PackServiceImpl {
                     .install(stage_request, &reporter)
                     .await
                     .map(convert::install_result)
-                    .map_err(|e| match e {
-                        install::InstallError::InvalidRequest(m) => Status::invalid_argument(m),
-                        install::InstallError::Store(_) => Status::internal(e.to_string()),
-                    })
+                    .map_err(|e| status(&e))
             },
             |p| InstallEvent {
                 event: Some(pb::install_event::Event::Progress(p)),
@@ -249,10 +248,7 @@ impl PackService for PackServiceImpl {
                     .download(stage_request, &reporter)
                     .await
                     .map(convert::download_result)
-                    .map_err(|e| match e {
-                        download::DownloadError::InvalidRequest(m) => Status::invalid_argument(m),
-                        download::DownloadError::Setup(m) => Status::internal(m),
-                    })
+                    .map_err(|e| status(&e))
             },
             |p| DownloadEvent {
                 event: Some(pb::download_event::Event::Progress(p)),
@@ -276,10 +272,7 @@ impl PackService for PackServiceImpl {
                 deps::analyze(&state.db, &state.paths, stage_request, &reporter)
                     .await
                     .map(convert::dependencies_result)
-                    .map_err(|e| match e {
-                        deps::DepsError::Cancelled => Status::cancelled(e.to_string()),
-                        deps::DepsError::Store(_) => Status::internal(e.to_string()),
-                    })
+                    .map_err(|e| status(&e))
             },
             |p| DependenciesEvent {
                 event: Some(pb::dependencies_event::Event::Progress(p)),
@@ -311,9 +304,7 @@ impl PackService for PackServiceImpl {
                     .build(stage_request, &reporter)
                     .await
                     .map(convert::build_envs_result)
-                    .map_err(|e| match e {
-                        buildenvs::BuildEnvsError::InvalidRequest(m) => Status::invalid_argument(m),
-                    })
+                    .map_err(|e| status(&e))
             },
             |p| BuildEnvsEvent {
                 event: Some(pb::build_envs_event::Event::Progress(p)),
@@ -403,10 +394,7 @@ impl PackService for PackServiceImpl {
                     .register(stage_request, &reporter)
                     .await
                     .map(convert::register_result)
-                    .map_err(|e| match e {
-                        register::RegisterError::InvalidRequest(m) => Status::invalid_argument(m),
-                        register::RegisterError::Store(_) => Status::internal(e.to_string()),
-                    })
+                    .map_err(|e| status(&e))
             },
             |p| RegisterBatchEvent {
                 event: Some(pb::register_batch_event::Event::Progress(p)),

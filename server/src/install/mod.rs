@@ -27,6 +27,7 @@ mod lock;
 mod plan;
 mod resolve;
 
+use crate::failure::{Failure, FailureKind};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs,
@@ -197,6 +198,15 @@ pub enum InstallError {
     InvalidRequest(String),
     #[error("cannot read registered packs: {0}")]
     Store(#[from] StoreError),
+}
+
+impl Failure for InstallError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            InstallError::InvalidRequest(_) => FailureKind::InvalidRequest,
+            InstallError::Store(_) => FailureKind::Internal,
+        }
+    }
 }
 
 /// One pack of the set being installed.
