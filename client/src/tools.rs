@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use attune_packs_server::{
+use attune_packs_core::{
     archive::{self, Limits},
     checksum::{self, DigestWriter},
     components::{self, ComponentKind},

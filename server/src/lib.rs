@@ -8,15 +8,14 @@
 //! - doors: [`grpc`] and [`rest`] (the only modules that know protobuf and the API's JSON);
 //! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
-pub mod archive;
 pub mod auth;
+pub use attune_packs_core::{
+    archive, checksum, components, failure, manifest, packfs, paths, progress, source, yaml_limits,
+};
 pub mod buildenvs;
-pub mod checksum;
-pub mod components;
 pub mod config;
 pub mod deps;
 pub mod download;
-pub mod failure;
 pub mod envs;
 pub mod fault;
 pub mod fetch;
@@ -24,12 +23,8 @@ pub mod git;
 pub mod grpc;
 pub mod install;
 pub mod journal;
-pub mod manifest;
-pub mod packfs;
 pub mod packtest;
-pub mod paths;
 pub mod process;
-pub mod progress;
 pub mod provenance;
 pub mod register;
 pub mod registry;
@@ -39,9 +34,7 @@ pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod solver;
-pub mod source;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod users;
-pub mod yaml_limits;

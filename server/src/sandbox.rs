@@ -27,7 +27,6 @@
 //! Secret values known to the process are registered with [`register_secret`] and
 //! replaced by `[REDACTED]` in progress events, log lines and results ([`scrub`]).
 
-use std::borrow::Cow;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -59,10 +58,7 @@ pub const SYSTEM_READ_PATHS: &[&str] = &[
 /// Written to by nearly every tool.
 const SYSTEM_WRITE_FILES: &[&str] = &["/dev/null"];
 
-/// Replaces a registered secret in texts.
-pub const REDACTED: &str = "[REDACTED]";
-/// Shorter values are not scrubbed: they would match ordinary text.
-const MIN_SECRET_LEN: usize = 8;
+pub use attune_packs_core::secrets::{REDACTED, register_secret, scrub, scrub_string};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -126,7 +122,6 @@ pub struct Access {
 static CURRENT: RwLock<Option<Arc<Sandbox>>> = RwLock::new(None);
 /// Serialises user creation: parallel starts (tests) would race `useradd`.
 static USER_CREATION: Mutex<()> = Mutex::new(());
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// The sandbox children are confined by, once [`install`] ran.
 pub fn current() -> Option<Arc<Sandbox>> {
@@ -331,38 +326,6 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Adds `value` to the texts [`scrub`] removes (values shorter than 8 bytes are
-/// ignored).
-pub fn register_secret(value: &str) {
-    let value = value.trim();
-    if value.len() < MIN_SECRET_LEN {
-        return;
-    }
-    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
-    if !secrets.iter().any(|s| s == value) {
-        secrets.push(value.to_string());
-    }
-}
-
-/// `text` with every registered secret replaced by [`REDACTED`].
-pub fn scrub(text: &str) -> Cow<'_, str> {
-    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
-    let mut out = Cow::Borrowed(text);
-    for secret in secrets.iter() {
-        if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
-        }
-    }
-    out
-}
-
-/// [`scrub`] in place.
-pub fn scrub_string(text: &mut String) {
-    if let Cow::Owned(clean) = scrub(text) {
-        *text = clean;
-    }
 }
 
 fn resolve_user(name: &str, create: bool) -> Result<RunAs, SandboxError> {
@@ -581,22 +544,6 @@ fn add_path_rule(ruleset: &OwnedFd, path: &Path, access: u64) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_replaces_registered_secrets_only() {
-        register_secret("short");
-        register_secret("  scrub-test-secret-0123456789  ");
-        assert_eq!(scrub("nothing here"), "nothing here");
-        assert!(matches!(scrub("nothing here"), Cow::Borrowed(_)));
-        assert_eq!(
-            scrub("a scrub-test-secret-0123456789 b scrub-test-secret-0123456789"),
-            "a [REDACTED] b [REDACTED]"
-        );
-        assert_eq!(scrub("short stays"), "short stays", "too short to scrub");
-        let mut s = String::from("x=scrub-test-secret-0123456789");
-        scrub_string(&mut s);
-        assert_eq!(s, "x=[REDACTED]");
-    }
 
     #[test]
     fn progress_events_are_scrubbed() {

@@ -1,18 +1,12 @@
-//! Pack registry: the index model ([`index`]), version selection ([`version`])
-//! and the shared, caching, fail-closed [`RegistryClient`] ([`client`]).
+//! Pack registry: the index model and version selection (from `attune-packs-core`) and
+//! the shared, caching, fail-closed [`RegistryClient`] ([`client`]).
 //!
 //! Index format and the multi-version extension: `docs/registry-index.md`.
 
 pub mod client;
-pub mod index;
-pub mod version;
 
+pub use attune_packs_core::registry::*;
 pub use client::{
     IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError, Resolved,
     SearchHit,
 };
-pub use index::{
-    ComponentSummary, IndexError, IndexWarning, InstallSource, PackContents, PackDependencies,
-    PackEntry, PackIndex, Release,
-};
-pub use version::{PackRequirement, SelectorError, VersionSelector};

@@ -202,8 +202,8 @@ fn parse_runners(value: &Value, cx: &mut Ctx<'_>) -> BTreeMap<String, TestRunner
     for (name, runner) in map {
         let name = match key_text(name) {
             Ok(name) => name,
-            Err(message) => {
-                cx.error("testing.runners", message);
+            Err(problem) => {
+                cx.error("testing.runners", problem.to_string());
                 continue;
             }
         };
@@ -319,8 +319,8 @@ fn parse_pass_rate(value: &Value, cx: &mut Ctx<'_>) -> Option<f64> {
 fn relative_or_report(path: &str, key: &str, cx: &mut Ctx<'_>) -> bool {
     match check_relative_path(path) {
         Ok(()) => true,
-        Err(message) => {
-            cx.error(key, message);
+        Err(problem) => {
+            cx.error(key, problem.to_string());
             false
         }
     }

@@ -99,8 +99,8 @@ impl<'a> Ctx<'a> {
         }
         match yaml_to_json(value) {
             Ok(json) => Some(json),
-            Err(message) => {
-                self.error(key, message);
+            Err(problem) => {
+                self.error(key, problem.to_string());
                 None
             }
         }
@@ -156,7 +156,7 @@ fn untag(value: &Value) -> &Value {
 
 /// Converts YAML to JSON. Scalar mapping keys become strings (`1: x` → `"1": x`) and
 /// YAML tags are dropped (the tagged value is kept), since JSON has neither.
-pub(super) fn yaml_to_json(value: &Value) -> Result<serde_json::Value, String> {
+pub(super) fn yaml_to_json(value: &Value) -> Result<serde_json::Value, ValueProblem> {
     use serde_json::Value as J;
     Ok(match value {
         Value::Null => J::Null,
@@ -170,7 +170,7 @@ pub(super) fn yaml_to_json(value: &Value) -> Result<serde_json::Value, String> {
                 let f = n.as_f64().unwrap_or(f64::NAN);
                 serde_json::Number::from_f64(f)
                     .map(J::Number)
-                    .ok_or_else(|| format!("number {n} cannot be represented in JSON"))?
+                    .ok_or_else(|| ValueProblem::NumberNotJson(n.to_string()))?
             }
         }
         Value::String(s) => J::String(s.clone()),
@@ -189,41 +189,51 @@ pub(super) fn yaml_to_json(value: &Value) -> Result<serde_json::Value, String> {
 }
 
 /// The text of a scalar mapping key.
-pub(super) fn key_text(key: &Value) -> Result<String, String> {
+pub(super) fn key_text(key: &Value) -> Result<String, ValueProblem> {
     match untag(key) {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Null => Ok("null".to_string()),
-        other => Err(format!(
-            "mapping keys must be scalars, found {}",
-            type_name(other)
-        )),
+        other => Err(ValueProblem::NonScalarKey(type_name(other))),
     }
 }
 
 /// Checks a path inside the pack: relative, without `..`, not empty.
-pub(super) fn check_relative_path(path: &str) -> Result<(), String> {
+pub(super) fn check_relative_path(path: &str) -> Result<(), ValueProblem> {
     if path.trim().is_empty() {
-        return Err("must not be empty".to_string());
+        return Err(ValueProblem::EmptyPath);
     }
     // `Path::is_absolute` alone misses `\x` and `C:\x` on Unix; packs are portable.
     let looks_absolute = path.starts_with(['/', '\\'])
         || path.as_bytes().get(1) == Some(&b':')
         || Path::new(path).is_absolute();
     if looks_absolute {
-        return Err(format!(
-            "`{path}` must be a path relative to the pack directory"
-        ));
+        return Err(ValueProblem::AbsolutePath(path.to_string()));
     }
     let escapes = path.split(['/', '\\']).any(|part| part == "..")
         || Path::new(path)
             .components()
             .any(|c| matches!(c, Component::ParentDir));
     if escapes {
-        return Err(format!("`{path}` must not contain `..`"));
+        return Err(ValueProblem::PathEscapes(path.to_string()));
     }
     Ok(())
+}
+
+/// Why a YAML value cannot be used as written; the display is the message for the author.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ValueProblem {
+    #[error("number {0} cannot be represented in JSON")]
+    NumberNotJson(String),
+    #[error("mapping keys must be scalars, found {0}")]
+    NonScalarKey(&'static str),
+    #[error("must not be empty")]
+    EmptyPath,
+    #[error("`{0}` must be a path relative to the pack directory")]
+    AbsolutePath(String),
+    #[error("`{0}` must not contain `..`")]
+    PathEscapes(String),
 }
 
 /// One step of a path into the YAML document.

@@ -40,29 +40,85 @@ pub struct PackDependency {
     pub raw: String,
 }
 
+/// Why a dependency entry or a runtime requirement does not parse; the display is the
+/// message a pack author sees.
+#[derive(Debug, thiserror::Error)]
+pub enum RequirementError {
+    #[error("empty dependency entry")]
+    EmptyDependency,
+    #[error(
+        "invalid pack ref `{name}` in dependency `{entry}` \
+         (expected lowercase letters, digits, `_` or `-`, starting with a letter, 2-64 chars)"
+    )]
+    InvalidRef { name: String, entry: String },
+    #[error("empty version requirement after `@` in `{entry}`")]
+    EmptyAfterAt { entry: String },
+    #[error("invalid version requirement in dependency `{entry}`: {source}")]
+    InvalidDependencyRequirement {
+        entry: String,
+        #[source]
+        source: Box<RequirementError>,
+    },
+    #[error(
+        "cannot parse dependency `{entry}`: expected `<pack>`, `<pack>@<requirement>` \
+         or `<pack><operator><version>` (e.g. `core@>=1.0`)"
+    )]
+    UnparsableDependency { entry: String },
+    #[error("empty comparator in `{spec}`")]
+    EmptyComparator { spec: String },
+    #[error("operator `{operator}` without a version in `{spec}`")]
+    OperatorWithoutVersion { operator: String, spec: String },
+    #[error("`{spec}`: {source}")]
+    Semver {
+        spec: String,
+        #[source]
+        source: semver::Error,
+    },
+    #[error("empty version requirement")]
+    EmptyRequirement,
+    #[error("empty alternative in `{requirement}`")]
+    EmptyAlternative { requirement: String },
+    #[error("empty list of versions")]
+    EmptyVersionList,
+    #[error("invalid version `{entry}`: {source}")]
+    InvalidFamilyVersion {
+        entry: String,
+        #[source]
+        source: Box<RequirementError>,
+    },
+}
+
 /// Characters that can start a comparison operator.
 const OPERATOR_CHARS: &[char] = &['>', '<', '=', '^', '~'];
 
 impl PackDependency {
-    /// Parses one dependency entry; the error is a message for the user.
-    pub fn parse(entry: &str) -> Result<PackDependency, String> {
+    /// Parses one dependency entry; the error's display is a message for the user.
+    pub fn parse(entry: &str) -> Result<PackDependency, RequirementError> {
         let raw = entry.trim();
         if raw.is_empty() {
-            return Err("empty dependency entry".to_string());
+            return Err(RequirementError::EmptyDependency);
         }
         let (name, spec) = split_dependency(raw)?;
         if !is_valid_pack_ref(name) {
-            return Err(format!(
-                "invalid pack ref `{name}` in dependency `{raw}` \
-                 (expected lowercase letters, digits, `_` or `-`, starting with a letter, 2-64 chars)"
-            ));
+            return Err(RequirementError::InvalidRef {
+                name: name.to_string(),
+                entry: raw.to_string(),
+            });
         }
         let req = match spec {
             None => VersionReq::STAR,
-            Some("") => return Err(format!("empty version requirement after `@` in `{raw}`")),
+            Some("") => {
+                return Err(RequirementError::EmptyAfterAt {
+                    entry: raw.to_string(),
+                });
+            }
             Some("*") => VersionReq::STAR,
-            Some(spec) => parse_req(spec, BareVersion::Caret)
-                .map_err(|e| format!("invalid version requirement in dependency `{raw}`: {e}"))?,
+            Some(spec) => parse_req(spec, BareVersion::Caret).map_err(|source| {
+                RequirementError::InvalidDependencyRequirement {
+                    entry: raw.to_string(),
+                    source: Box::new(source),
+                }
+            })?,
         };
         Ok(PackDependency {
             pack_ref: name.to_string(),
@@ -89,7 +145,7 @@ impl fmt::Display for PackDependency {
 }
 
 /// Splits `core@spec`, `core>=1.0` or `core` into the ref and the optional spec.
-fn split_dependency(raw: &str) -> Result<(&str, Option<&str>), String> {
+fn split_dependency(raw: &str) -> Result<(&str, Option<&str>), RequirementError> {
     if let Some((name, spec)) = raw.split_once('@') {
         return Ok((name.trim(), Some(spec.trim())));
     }
@@ -101,10 +157,9 @@ fn split_dependency(raw: &str) -> Result<(&str, Option<&str>), String> {
         return Ok((name, None));
     }
     if !rest.starts_with(OPERATOR_CHARS) {
-        return Err(format!(
-            "cannot parse dependency `{raw}`: expected `<pack>`, `<pack>@<requirement>` \
-             or `<pack><operator><version>` (e.g. `core@>=1.0`)"
-        ));
+        return Err(RequirementError::UnparsableDependency {
+            entry: raw.to_string(),
+        });
     }
     Ok((name, Some(rest)))
 }
@@ -120,17 +175,22 @@ enum BareVersion {
 
 /// Parses a comma-separated (AND) requirement after normalising the spellings `semver`
 /// does not accept: `==` becomes `=`, whitespace between operator and version goes.
-fn parse_req(spec: &str, bare: BareVersion) -> Result<VersionReq, String> {
+fn parse_req(spec: &str, bare: BareVersion) -> Result<VersionReq, RequirementError> {
     let mut parts = Vec::new();
     for part in spec.split(',') {
         let part = part.trim();
         if part.is_empty() {
-            return Err(format!("empty comparator in `{spec}`"));
+            return Err(RequirementError::EmptyComparator {
+                spec: spec.to_string(),
+            });
         }
         let op_len = part.len() - part.trim_start_matches(OPERATOR_CHARS).len();
         let (op, version) = (&part[..op_len], part[op_len..].trim());
         if version.is_empty() {
-            return Err(format!("operator `{op}` without a version in `{spec}`"));
+            return Err(RequirementError::OperatorWithoutVersion {
+                operator: op.to_string(),
+                spec: spec.to_string(),
+            });
         }
         let op = match op {
             "==" => "=",
@@ -139,7 +199,10 @@ fn parse_req(spec: &str, bare: BareVersion) -> Result<VersionReq, String> {
         };
         parts.push(format!("{op}{version}"));
     }
-    VersionReq::parse(&parts.join(", ")).map_err(|e| format!("`{spec}`: {e}"))
+    VersionReq::parse(&parts.join(", ")).map_err(|source| RequirementError::Semver {
+        spec: spec.to_string(),
+        source,
+    })
 }
 
 /// `*`, `3.x`, `3.*`, `3.9.X`: wildcards keep their meaning even where a bare version
@@ -173,18 +236,20 @@ pub struct RuntimeRequirement {
 }
 
 impl RuntimeRequirement {
-    /// Parses a requirement string; the error is a message for the user.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    /// Parses a requirement string; the error's display is a message for the user.
+    pub fn parse(raw: &str) -> Result<Self, RequirementError> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err("empty version requirement".to_string());
+            return Err(RequirementError::EmptyRequirement);
         }
         let any_of = raw
             .split("||")
             .map(|alt| {
                 let alt = alt.trim();
                 if alt.is_empty() {
-                    Err(format!("empty alternative in `{raw}`"))
+                    Err(RequirementError::EmptyAlternative {
+                        requirement: raw.to_string(),
+                    })
                 } else {
                     parse_req(alt, BareVersion::AtLeast)
                 }
@@ -200,9 +265,9 @@ impl RuntimeRequirement {
     /// bare version names a family (`"3"` ⇒ `3.*`, `"3.9"` ⇒ `3.9.*`, `"3.9.1"` ⇒
     /// `=3.9.1`); an entry with an operator is parsed as in [`RuntimeRequirement::parse`].
     /// Entries are OR-ed.
-    pub fn from_version_families<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+    pub fn from_version_families<S: AsRef<str>>(entries: &[S]) -> Result<Self, RequirementError> {
         if entries.is_empty() {
-            return Err("empty list of versions".to_string());
+            return Err(RequirementError::EmptyVersionList);
         }
         let mut alternatives = Vec::new();
         let mut any_of = Vec::new();
@@ -216,8 +281,12 @@ impl RuntimeRequirement {
             } else {
                 entry.to_string()
             };
-            let parsed = RuntimeRequirement::parse(&text)
-                .map_err(|e| format!("invalid version `{entry}`: {e}"))?;
+            let parsed = RuntimeRequirement::parse(&text).map_err(|source| {
+                RequirementError::InvalidFamilyVersion {
+                    entry: entry.to_string(),
+                    source: Box::new(source),
+                }
+            })?;
             any_of.extend(parsed.any_of);
             alternatives.push(text);
         }
@@ -412,15 +481,17 @@ mod tests {
 
     #[test]
     fn dependency_errors_name_the_problem() {
-        let err = PackDependency::parse("core@>=banana").unwrap_err();
+        let err = PackDependency::parse("core@>=banana")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("core@>=banana"), "{err}");
-        let err = PackDependency::parse("Core@1.0").unwrap_err();
+        let err = PackDependency::parse("Core@1.0").unwrap_err().to_string();
         assert!(err.contains("invalid pack ref `Core`"), "{err}");
-        let err = PackDependency::parse("core@").unwrap_err();
+        let err = PackDependency::parse("core@").unwrap_err().to_string();
         assert!(err.contains("empty version requirement"), "{err}");
-        let err = PackDependency::parse("core 1.0").unwrap_err();
+        let err = PackDependency::parse("core 1.0").unwrap_err().to_string();
         assert!(err.contains("cannot parse dependency"), "{err}");
-        let err = PackDependency::parse("core.utils").unwrap_err();
+        let err = PackDependency::parse("core.utils").unwrap_err().to_string();
         assert!(err.contains("invalid pack ref"), "{err}");
         assert!(PackDependency::parse("core@>=1.0,").is_err());
         assert!(PackDependency::parse("core@>=").is_err());

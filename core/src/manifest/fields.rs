@@ -277,15 +277,15 @@ fn read_version(map: &Mapping, cx: &mut Ctx<'_>) -> Option<Version> {
             }
             Some(version)
         }
-        Err(message) => {
-            cx.error("version", message);
+        Err(problem) => {
+            cx.error("version", problem.to_string());
             None
         }
     }
 }
 
 /// Strict SemVer, except that `1` and `1.0` are padded (the `bool` says so).
-fn parse_pack_version(text: &str) -> Result<(Version, bool), String> {
+fn parse_pack_version(text: &str) -> Result<(Version, bool), NotSemanticVersion> {
     if let Ok(version) = Version::parse(text) {
         return Ok((version, false));
     }
@@ -300,9 +300,17 @@ fn parse_pack_version(text: &str) -> Result<(Version, bool), String> {
             return Ok((version, true));
         }
     }
-    Err(format!(
-        "\"{text}\" is not a semantic version (expected MAJOR.MINOR.PATCH[-prerelease][+build], e.g. 1.0.0)"
-    ))
+    Err(NotSemanticVersion {
+        text: text.to_string(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "\"{text}\" is not a semantic version (expected MAJOR.MINOR.PATCH[-prerelease][+build], e.g. 1.0.0)"
+)]
+struct NotSemanticVersion {
+    text: String,
 }
 
 /// What `dependencies` contributes.
@@ -383,8 +391,8 @@ fn read_pack_list(
         };
         let dep = match PackDependency::parse(&entry) {
             Ok(dep) => dep,
-            Err(message) => {
-                cx.error(&item_key, message);
+            Err(problem) => {
+                cx.error(&item_key, problem.to_string());
                 continue;
             }
         };
@@ -425,7 +433,7 @@ fn read_runtime(
 ) -> Option<RuntimeRequirement> {
     let (text, _) = cx.version_text(value, key, path)?;
     RuntimeRequirement::parse(&text)
-        .map_err(|message| cx.error(key, message))
+        .map_err(|problem| cx.error(key, problem.to_string()))
         .ok()
 }
 
@@ -452,7 +460,7 @@ fn read_python_versions(map: &Mapping, cx: &mut Ctx<'_>) -> Option<RuntimeRequir
         return None;
     }
     RuntimeRequirement::from_version_families(&entries)
-        .map_err(|message| cx.error("python_versions", message))
+        .map_err(|problem| cx.error("python_versions", problem.to_string()))
         .ok()
 }
 

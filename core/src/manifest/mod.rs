@@ -36,7 +36,9 @@ use serde_yaml::Value;
 
 use crate::packfs::{PackDir, PackFsError, PackReadLimits};
 
-pub use self::requirement::{PackDependency, RuntimeRequirement, parse_lenient_version};
+pub use self::requirement::{
+    PackDependency, RequirementError, RuntimeRequirement, parse_lenient_version,
+};
 pub use self::testing::{ResultFormat, RunnerType, TestDiscovery, TestRunner, Testing};
 
 /// File name of the manifest inside a pack directory.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::packfs::{self, PackDir, PackFsError, ReadCap};
+use crate::packfs::{self, PackDir, PackFsError};
 
 /// What a directory entry is, judged without following symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +108,6 @@ pub(super) fn list_yaml(pack: &PackDir, dir_rel: &str) -> Listing {
 
 fn is_yaml_name(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
-}
-
-/// Reads the regular file `rel` of the pack (at most `cap`) as UTF-8 text. The error
-/// is a message for an issue on that file; a link is [`SYMLINK_REFUSED`].
-pub(super) fn read_text(pack: &PackDir, rel: &str, cap: ReadCap) -> Result<String, String> {
-    pack.read_text(rel, cap).map_err(|e| match e {
-        PackFsError::Symlink { .. } => SYMLINK_REFUSED.to_string(),
-        other => other.reason(),
-    })
 }
 
 /// Why a path given in a component (`entry_point`, `workflow_file`) is unusable.

@@ -101,7 +101,7 @@ impl Reporter {
         if let Some(tx) = &self.tx {
             // A closed receiver means the caller left; `is_cancelled` tells producers.
             let mut message = message.into();
-            crate::sandbox::scrub_string(&mut message);
+            crate::secrets::scrub_string(&mut message);
             let _ = tx.send(ProgressEvent {
                 stage,
                 subject: self.subject.clone(),

@@ -81,20 +81,43 @@ pub struct PackRequirement {
 
 impl PackRequirement {
     /// Parses `"core"`, `"core@latest"`, `"core@1.2.0"`, `"core@>=1.0, <2"`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, RequirementError> {
         let (r, spec) = match s.split_once('@') {
             Some((r, spec)) => (r.trim(), Some(spec)),
             None => (s.trim(), None),
         };
         if !is_valid_pack_ref(r) {
-            return Err(format!("'{s}': '{r}' is not a valid pack ref"));
+            return Err(RequirementError::InvalidRef {
+                requirement: s.to_string(),
+                pack_ref: r.to_string(),
+            });
         }
-        let selector = VersionSelector::parse(spec).map_err(|e| format!("'{s}': {e}"))?;
+        let selector =
+            VersionSelector::parse(spec).map_err(|source| RequirementError::InvalidSelector {
+                requirement: s.to_string(),
+                source,
+            })?;
         Ok(Self {
             pack_ref: r.to_string(),
             selector,
         })
     }
+}
+
+/// Why a `dependencies.packs` entry of an index is not a requirement.
+#[derive(Debug, thiserror::Error)]
+pub enum RequirementError {
+    #[error("'{requirement}': '{pack_ref}' is not a valid pack ref")]
+    InvalidRef {
+        requirement: String,
+        pack_ref: String,
+    },
+    #[error("'{requirement}': {source}")]
+    InvalidSelector {
+        requirement: String,
+        #[source]
+        source: SelectorError,
+    },
 }
 
 impl fmt::Display for PackRequirement {

@@ -1,13 +1,13 @@
-//! Compiles `proto/` into Rust with protox (pure Rust, so no system `protoc` is needed)
+//! Compiles `attune/**/*.proto` into Rust with protox (pure Rust, so no system `protoc` is needed)
 //! and writes the encoded descriptor set that gRPC server reflection serves.
 
 use std::{env, fs, path::PathBuf};
 
-const PROTO_ROOT: &str = "proto";
-const PROTO_FILES: &[&str] = &["proto/attune/packs/v1/packs.proto"];
+const PROTO_ROOT: &str = ".";
+const PROTO_FILES: &[&str] = &["attune/packs/v1/packs.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    println!("cargo:rerun-if-changed=attune");
     let descriptors = protox::compile(PROTO_FILES, [PROTO_ROOT])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(

@@ -46,19 +46,29 @@ pub fn generate_label(name: &str) -> String {
 }
 
 /// Qualifies a reference written in a component: a bare name means `pack`; otherwise
-/// the first dot separates the pack from the name. The error is a message.
-pub(super) fn qualify_reference(pack: &str, raw: &str) -> Result<String, String> {
+/// the first dot separates the pack from the name.
+pub(super) fn qualify_reference(pack: &str, raw: &str) -> Result<String, ReferenceProblem> {
     let r = raw.trim();
     if r.is_empty() {
-        return Err("is empty".to_string());
+        return Err(ReferenceProblem::Empty);
     }
     match r.split_once('.') {
         None if is_valid_name(r) => Ok(format!("{pack}.{r}")),
         Some((p, n)) if is_valid_pack_part(p) && is_valid_name(n) => Ok(r.to_string()),
-        _ => Err(format!(
-            "'{raw}' is not a valid reference (expected '<pack>.<name>' or a bare name of this pack)"
-        )),
+        _ => Err(ReferenceProblem::Invalid(raw.to_string())),
     }
+}
+
+/// Why a reference written in a component is unusable; the display completes
+/// "<key>: <kind> reference …".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum ReferenceProblem {
+    #[error("is empty")]
+    Empty,
+    #[error(
+        "'{0}' is not a valid reference (expected '<pack>.<name>' or a bare name of this pack)"
+    )]
+    Invalid(String),
 }
 
 /// Whether a reference is a template (Jinja/YAQL) that cannot be resolved statically.

@@ -5,13 +5,32 @@ use serde_yaml::Value as Yaml;
 
 /// Parses one YAML document into JSON. Merge keys (`<<`) are applied and tags dropped.
 /// The error message carries the line and column for syntax errors.
-pub(super) fn parse(text: &str) -> Result<Json, String> {
-    crate::yaml_limits::check_current(text).map_err(|e| e.to_string())?;
-    let mut value: Yaml = serde_yaml::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
-    value
-        .apply_merge()
-        .map_err(|e| format!("invalid YAML merge key (<<): {e}"))?;
+pub(super) fn parse(text: &str) -> Result<Json, YamlProblem> {
+    crate::yaml_limits::check_current(text)?;
+    let mut value: Yaml = serde_yaml::from_str(text).map_err(YamlProblem::Syntax)?;
+    value.apply_merge().map_err(YamlProblem::MergeKey)?;
     to_json(&value, "")
+}
+
+/// Why a component file is not a usable YAML document; the display is the message of
+/// the issue on that file.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum YamlProblem {
+    #[error(transparent)]
+    Limits(#[from] crate::yaml_limits::YamlLimitError),
+    #[error("invalid YAML: {0}")]
+    Syntax(#[source] serde_yaml::Error),
+    #[error("invalid YAML merge key (<<): {0}")]
+    MergeKey(#[source] serde_yaml::Error),
+    /// `at` is the path of the value in the document, or `document`.
+    #[error("{at}: the number {number} (NaN or infinite) cannot be represented in JSON")]
+    NumberNotJson { at: String, number: String },
+    #[error("{at}: mapping keys must be scalars (found a list, mapping or tagged key)")]
+    NonScalarKey { at: String },
+}
+
+fn at(path: &str) -> String {
+    if path.is_empty() { "document" } else { path }.to_string()
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -22,7 +41,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn to_json(value: &Yaml, path: &str) -> Result<Json, String> {
+fn to_json(value: &Yaml, path: &str) -> Result<Json, YamlProblem> {
     Ok(match value {
         Yaml::Null => Json::Null,
         Yaml::Bool(b) => Json::Bool(*b),
@@ -36,10 +55,10 @@ fn to_json(value: &Yaml, path: &str) -> Result<Json, String> {
                 match Number::from_f64(f) {
                     Some(n) => Json::Number(n),
                     None => {
-                        let at = if path.is_empty() { "document" } else { path };
-                        return Err(format!(
-                            "{at}: the number {n} (NaN or infinite) cannot be represented in JSON"
-                        ));
+                        return Err(YamlProblem::NumberNotJson {
+                            at: at(path),
+                            number: n.to_string(),
+                        });
                     }
                 }
             }
@@ -61,10 +80,7 @@ fn to_json(value: &Yaml, path: &str) -> Result<Json, String> {
                     Yaml::Bool(b) => b.to_string(),
                     Yaml::Null => "null".to_string(),
                     _ => {
-                        let at = if path.is_empty() { "document" } else { path };
-                        return Err(format!(
-                            "{at}: mapping keys must be scalars (found a list, mapping or tagged key)"
-                        ));
+                        return Err(YamlProblem::NonScalarKey { at: at(path) });
                     }
                 };
                 let converted = to_json(v, &join(path, &key))?;
@@ -91,7 +107,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_the_line() {
-        let e = parse("a: 1\nb: [unclosed\nc: 3\n").unwrap_err();
+        let e = parse("a: 1\nb: [unclosed\nc: 3\n").unwrap_err().to_string();
         assert!(e.starts_with("invalid YAML: "), "{e}");
         assert!(e.contains("line "), "{e}");
     }
@@ -99,9 +115,9 @@ mod tests {
     #[test]
     fn duplicate_keys_and_complex_keys_are_errors() {
         assert!(parse("a: 1\na: 2\n").is_err());
-        let e = parse("x:\n  ? [1, 2]\n  : v\n").unwrap_err();
+        let e = parse("x:\n  ? [1, 2]\n  : v\n").unwrap_err().to_string();
         assert!(e.contains("x: mapping keys must be scalars"), "{e}");
-        let e = parse("x: .nan\n").unwrap_err();
+        let e = parse("x: .nan\n").unwrap_err().to_string();
         assert!(e.contains("cannot be represented in JSON"), "{e}");
     }
 }

@@ -17,8 +17,8 @@ use semver::Version;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::version::{PackRequirement, VersionSelector};
-use crate::checksum::Digest;
+use super::version::{PackRequirement, RequirementError, VersionSelector};
+use crate::checksum::{ChecksumError, Digest};
 use crate::manifest::is_valid_pack_ref;
 
 /// The index format major version this client understands.
@@ -378,11 +378,11 @@ impl PackIndex {
                     }
                     packs.push(entry);
                 }
-                Err(reason) => warnings.push(IndexWarning {
+                Err(problem) => warnings.push(IndexWarning {
                     entry: Some(i),
                     pack_ref,
                     entry_skipped: true,
-                    reason,
+                    reason: problem.to_string(),
                 }),
             }
         }
@@ -424,16 +424,14 @@ impl FromStr for PackIndex {
 }
 
 /// Parses one entry. Returns the entry plus warnings about skipped releases.
-fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), String> {
+fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), EntryProblem> {
     if !raw.is_object() {
-        return Err("entry is not a JSON object".into());
+        return Err(EntryProblem::EntryNotObject);
     }
-    let e: RawEntry = serde_json::from_value(raw).map_err(|e| format!("malformed entry: {e}"))?;
-    let pack_ref = e.pack_ref.ok_or("missing `ref`")?;
+    let e: RawEntry = serde_json::from_value(raw).map_err(EntryProblem::MalformedEntry)?;
+    let pack_ref = e.pack_ref.ok_or(EntryProblem::Missing("ref"))?;
     if !is_valid_pack_ref(&pack_ref) {
-        return Err(format!(
-            "ref '{pack_ref}' is invalid (expected ^[a-z][a-z0-9_-]+$, 2 to 64 characters)"
-        ));
+        return Err(EntryProblem::InvalidRef(pack_ref));
     }
     let version = parse_version(e.version.as_deref())?;
     let install_sources = parse_sources(e.install_sources)?;
@@ -511,11 +509,11 @@ fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), String> {
     ))
 }
 
-fn parse_release(raw: Value) -> Result<Release, String> {
+fn parse_release(raw: Value) -> Result<Release, EntryProblem> {
     if !raw.is_object() {
-        return Err("not a JSON object".into());
+        return Err(EntryProblem::NotObject);
     }
-    let r: RawRelease = serde_json::from_value(raw).map_err(|e| format!("malformed: {e}"))?;
+    let r: RawRelease = serde_json::from_value(raw).map_err(EntryProblem::Malformed)?;
     let version = parse_version(r.version.as_deref())?;
     let install_sources = parse_sources(r.install_sources)?;
     check_dependencies(r.dependencies.as_ref())?;
@@ -527,44 +525,52 @@ fn parse_release(raw: Value) -> Result<Release, String> {
     })
 }
 
-fn parse_version(v: Option<&str>) -> Result<Version, String> {
-    let v = v.ok_or("missing `version`")?;
-    Version::parse(v).map_err(|e| format!("version '{v}' is not a semantic version: {e}"))
+fn parse_version(v: Option<&str>) -> Result<Version, EntryProblem> {
+    let v = v.ok_or(EntryProblem::Missing("version"))?;
+    Version::parse(v).map_err(|source| EntryProblem::InvalidVersion {
+        version: v.to_string(),
+        source,
+    })
 }
 
-fn check_dependencies(d: Option<&PackDependencies>) -> Result<(), String> {
+fn check_dependencies(d: Option<&PackDependencies>) -> Result<(), EntryProblem> {
     for p in d.map(|d| d.packs.as_slice()).unwrap_or_default() {
-        PackRequirement::parse(p).map_err(|e| format!("dependencies.packs: {e}"))?;
+        PackRequirement::parse(p).map_err(EntryProblem::Dependency)?;
     }
     Ok(())
 }
 
-fn parse_sources(raw: Option<Vec<Value>>) -> Result<Vec<InstallSource>, String> {
+fn parse_sources(raw: Option<Vec<Value>>) -> Result<Vec<InstallSource>, EntryProblem> {
     let raw = raw.unwrap_or_default();
     if raw.is_empty() {
-        return Err("no `install_sources`".into());
+        return Err(EntryProblem::NoInstallSources);
     }
     raw.into_iter()
         .enumerate()
-        .map(|(i, s)| parse_source(s).map_err(|e| format!("install_sources[{i}]: {e}")))
+        .map(|(index, s)| {
+            parse_source(s).map_err(|problem| EntryProblem::InstallSource {
+                index,
+                problem: Box::new(problem),
+            })
+        })
         .collect()
 }
 
-fn parse_source(raw: Value) -> Result<InstallSource, String> {
+fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
     let kind = raw
         .get("type")
         .and_then(Value::as_str)
-        .ok_or("missing `type`")?
+        .ok_or(EntryProblem::Missing("type"))?
         .to_string();
     match kind.as_str() {
         "git" => {
-            let g: RawGit = serde_json::from_value(raw).map_err(|e| format!("malformed: {e}"))?;
-            let git_ref = g.git_ref.ok_or("git source without `ref`")?;
+            let g: RawGit = serde_json::from_value(raw).map_err(EntryProblem::Malformed)?;
+            let git_ref = g.git_ref.ok_or(EntryProblem::GitWithoutRef)?;
             if git_ref.is_empty()
                 || git_ref.starts_with('-')
                 || git_ref.chars().any(char::is_control)
             {
-                return Err(format!("git ref '{git_ref}' is not acceptable"));
+                return Err(EntryProblem::UnacceptableGitRef(git_ref));
             }
             Ok(InstallSource::Git {
                 url: check_source_url(g.url)?,
@@ -573,36 +579,84 @@ fn parse_source(raw: Value) -> Result<InstallSource, String> {
             })
         }
         "archive" => {
-            let a: RawArchive =
-                serde_json::from_value(raw).map_err(|e| format!("malformed: {e}"))?;
+            let a: RawArchive = serde_json::from_value(raw).map_err(EntryProblem::Malformed)?;
             Ok(InstallSource::Archive {
                 url: check_source_url(a.url)?,
                 checksum: parse_checksum(a.checksum)?,
             })
         }
-        other => Err(format!("unknown source type '{other}'")),
+        other => Err(EntryProblem::UnknownSourceType(other.to_string())),
     }
 }
 
-fn parse_checksum(c: Option<String>) -> Result<Digest, String> {
-    Digest::parse(&c.ok_or("missing `checksum`")?).map_err(|e| e.to_string())
+fn parse_checksum(c: Option<String>) -> Result<Digest, EntryProblem> {
+    Digest::parse(&c.ok_or(EntryProblem::Missing("checksum"))?).map_err(EntryProblem::Checksum)
 }
 
 /// Structural checks only: the downloader applies the full outbound policy
 /// (https-only for git, host approval, …) when it fetches.
-fn check_source_url(u: Option<String>) -> Result<String, String> {
-    let u = u.ok_or("missing `url`")?;
-    let parsed = url::Url::parse(&u).map_err(|e| format!("url is invalid: {e}"))?;
+fn check_source_url(u: Option<String>) -> Result<String, EntryProblem> {
+    let u = u.ok_or(EntryProblem::Missing("url"))?;
+    let parsed = url::Url::parse(&u).map_err(EntryProblem::InvalidUrl)?;
     if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(format!("url scheme '{}' is not allowed", parsed.scheme()));
+        return Err(EntryProblem::UrlScheme(parsed.scheme().to_string()));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("url must not contain credentials".into());
+        return Err(EntryProblem::UrlCredentials);
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("url has no host".into());
+        return Err(EntryProblem::UrlWithoutHost);
     }
     Ok(u)
+}
+
+/// Why an index entry, one of its releases or one of its install sources is skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("entry is not a JSON object")]
+    EntryNotObject,
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("malformed entry: {0}")]
+    MalformedEntry(#[source] serde_json::Error),
+    #[error("malformed: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("ref '{0}' is invalid (expected ^[a-z][a-z0-9_-]+$, 2 to 64 characters)")]
+    InvalidRef(String),
+    #[error("version '{version}' is not a semantic version: {source}")]
+    InvalidVersion {
+        version: String,
+        #[source]
+        source: semver::Error,
+    },
+    #[error("dependencies.packs: {0}")]
+    Dependency(#[source] RequirementError),
+    #[error("no `install_sources`")]
+    NoInstallSources,
+    #[error("install_sources[{index}]: {problem}")]
+    InstallSource {
+        index: usize,
+        #[source]
+        problem: Box<EntryProblem>,
+    },
+    #[error("git source without `ref`")]
+    GitWithoutRef,
+    #[error("git ref '{0}' is not acceptable")]
+    UnacceptableGitRef(String),
+    #[error("unknown source type '{0}'")]
+    UnknownSourceType(String),
+    #[error("{0}")]
+    Checksum(#[source] ChecksumError),
+    #[error("url is invalid: {0}")]
+    InvalidUrl(#[source] url::ParseError),
+    #[error("url scheme '{0}' is not allowed")]
+    UrlScheme(String),
+    #[error("url must not contain credentials")]
+    UrlCredentials,
+    #[error("url has no host")]
+    UrlWithoutHost,
 }
 
 #[cfg(test)]
@@ -613,7 +667,7 @@ mod tests {
 
     const FIXTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/testdata/attune-standard-index.json"
+        "/../server/testdata/attune-standard-index.json"
     );
 
     fn sha(c: char) -> String {

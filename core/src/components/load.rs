@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use crate::packfs::{PackDir, ReadCap};
+use crate::packfs::{PackDir, PackFsError, ReadCap};
 
 use super::fsutil::{self, EntryKind, PathProblem, SYMLINK_REFUSED, YamlEntry};
 use super::names::{attune_compatible, is_template, is_valid_name, qualify_reference};
@@ -143,14 +143,14 @@ impl Loader<'_> {
     }
 
     fn read_doc(&mut self, rel: &str) -> Option<Doc> {
-        let text = match fsutil::read_text(self.pack_dir, rel, self.cap) {
+        let text = match self.pack_dir.read_text(rel, self.cap) {
             Ok(t) => t,
-            Err(m) if m == SYMLINK_REFUSED => {
+            Err(PackFsError::Symlink { .. }) => {
                 self.refuse(rel);
                 return None;
             }
-            Err(m) => {
-                self.out.error(rel, m);
+            Err(e) => {
+                self.out.error(rel, e.reason());
                 return None;
             }
         };
@@ -171,8 +171,8 @@ impl Loader<'_> {
                 );
                 None
             }
-            Err(m) => {
-                self.out.error(rel, m);
+            Err(problem) => {
+                self.out.error(rel, problem.to_string());
                 None
             }
         }
@@ -966,9 +966,9 @@ impl Loader<'_> {
                 });
                 Some(r)
             }
-            Err(m) => {
+            Err(problem) => {
                 self.out
-                    .error(file, format!("{key}: {} reference {m}", kind.noun()));
+                    .error(file, format!("{key}: {} reference {problem}", kind.noun()));
                 None
             }
         }
