@@ -240,7 +240,7 @@ pub enum JournalError {
     Environments {
         pack_ref: String,
         #[source]
-        source: crate::envs::EnvError,
+        source: Box<crate::envs::EnvError>,
     },
 }
 
@@ -802,7 +802,7 @@ async fn settle_env_entries(
             Err(e) => {
                 first_error.get_or_insert(JournalError::Environments {
                     pack_ref: entry.pack_ref.clone(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
         }
