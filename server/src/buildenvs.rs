@@ -15,7 +15,7 @@ use futures::StreamExt;
 use crate::{
     envs::{self, BuildOptions, EnvSettings, NodeEnv, PythonEnv},
     manifest::Manifest,
-    paths::PathPolicy,
+    paths::{PathError, PathPolicy},
     progress::{Level, Reporter, Stage},
 };
 
@@ -65,14 +65,14 @@ pub struct BuildEnvsReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildEnvsError {
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error("packs_base_dir: {0}")]
+    PacksBaseDir(#[source] PathError),
 }
 
 impl Failure for BuildEnvsError {
     fn kind(&self) -> FailureKind {
         match self {
-            BuildEnvsError::InvalidRequest(_) => FailureKind::InvalidRequest,
+            BuildEnvsError::PacksBaseDir(_) => FailureKind::InvalidRequest,
         }
     }
 }
@@ -100,7 +100,7 @@ impl EnvBuilder<'_> {
             Some(dir) => self
                 .paths
                 .confine(dir)
-                .map_err(|e| BuildEnvsError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+                .map_err(BuildEnvsError::PacksBaseDir)?,
             None => self.default_base_dir.clone(),
         };
         let options = BuildOptions {
@@ -164,31 +164,29 @@ impl EnvBuilder<'_> {
         options: &BuildOptions,
         reporter: &Reporter,
     ) -> (Option<BuiltEnvironment>, Vec<FailedEnvironment>) {
-        let unknown = |error: String| {
+        // The pack cannot be read: reported under no ref and no runtime.
+        let unknown = |error: &dyn std::fmt::Display| {
             (
                 None,
                 vec![FailedEnvironment {
                     pack_ref: "unknown".into(),
                     pack_path: given.to_string(),
                     runtime: "unknown".into(),
-                    error,
+                    error: error.to_string(),
                 }],
             )
         };
         let dir = match self.paths.confine(given) {
             Ok(dir) if dir.is_dir() => dir,
-            Ok(_) => return unknown(format!("pack directory '{given}' does not exist")),
-            Err(e) => return unknown(e.to_string()),
+            Ok(_) => return unknown(&format_args!("pack directory '{given}' does not exist")),
+            Err(e) => return unknown(&e),
         };
-        let manifest = match self
-            .paths
-            .open_confined(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|opened| {
-                Manifest::read(&opened, self.paths.read_limits()).map_err(|e| e.to_string())
-            }) {
-            Ok(m) => m,
-            Err(e) => return unknown(e),
+        let manifest = match self.paths.open_confined(&dir) {
+            Ok(opened) => match Manifest::read(&opened, self.paths.read_limits()) {
+                Ok(manifest) => manifest,
+                Err(e) => return unknown(&e),
+            },
+            Err(e) => return unknown(&e),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);
         let settings = EnvSettings {
@@ -203,7 +201,7 @@ impl EnvBuilder<'_> {
                 pack_ref: manifest.pack_ref.clone(),
                 pack_path: given.to_string(),
                 runtime: f.runtime.to_string(),
-                error: f.error.clone(),
+                error: f.error.to_string(),
             })
             .collect();
         let built = BuiltEnvironment {

@@ -236,8 +236,12 @@ pub enum JournalError {
     },
     #[error("cannot decide interrupted registrations: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot settle the environments of '{pack_ref}': {reason}")]
-    Environments { pack_ref: String, reason: String },
+    #[error("cannot settle the environments of '{pack_ref}': {source}")]
+    Environments {
+        pack_ref: String,
+        #[source]
+        source: Box<crate::envs::EnvError>,
+    },
 }
 
 /// One pack of an intended swap.
@@ -798,7 +802,7 @@ async fn settle_env_entries(
             Err(e) => {
                 first_error.get_or_insert(JournalError::Environments {
                     pack_ref: entry.pack_ref.clone(),
-                    reason: e,
+                    source: Box::new(e),
                 });
             }
         }

@@ -238,6 +238,7 @@ impl PackTestResult {
 
 /// Runs every runner of `testing`, in name order, and never fails as a whole: problems
 /// become suite errors.
+#[tracing::instrument(skip_all, fields(pack = %pack_ref, version = %pack_version))]
 pub async fn run_pack_tests(
     pack_dir: &Path,
     pack_ref: &str,
@@ -259,7 +260,7 @@ pub async fn run_pack_tests(
         reporter.warn(Stage::Test, "no test runners are defined: no tests ran");
     } else {
         let count = testing.runners.len() as u64;
-        let root = pack_dir.canonicalize();
+        let root = pack_dir.canonicalize().map_err(std::sync::Arc::new);
         for (i, (name, runner)) in testing.runners.iter().enumerate() {
             if reporter.is_cancelled() {
                 cancelled = true;
@@ -283,7 +284,10 @@ pub async fn run_pack_tests(
                 Err(e) => SuiteResult::errored(
                     name,
                     runner,
-                    format!("pack directory {}: {e}", pack_dir.display()),
+                    SuiteError::PackDir {
+                        path: pack_dir.to_path_buf(),
+                        source: e.clone(),
+                    },
                     Duration::ZERO,
                 ),
             };
@@ -338,6 +342,72 @@ pub async fn run_pack_tests(
 }
 
 const CANCELLED: &str = "cancelled";
+
+/// Why a suite could not run or its result could not be read; such a suite counts as
+/// one failed test, and its text is the suite's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("pack directory {}: {source}", .path.display())]
+    /// Shared by every suite of the pack, each of which fails with it.
+    PackDir {
+        path: PathBuf,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    #[error("entry point `{entry}`: {problem}")]
+    EntryPoint {
+        entry: String,
+        #[source]
+        problem: EntryProblem,
+    },
+    #[error("entry point `{entry}` is not a file")]
+    NotAFile { entry: String },
+    #[error("{CANCELLED}")]
+    Cancelled,
+    #[error(transparent)]
+    Run(ProcessError),
+    #[error("json result: {0}")]
+    JsonResult(#[source] JsonResultError),
+    #[error("json result: no line of stdout is a JSON object with `passed` and `failed`")]
+    NoJsonResult,
+    #[error("timed out after {}s; the suite's processes were killed", .timeout.as_secs_f64())]
+    TimedOut { timeout: Duration },
+}
+
+/// What is wrong with a runner's `entry_point`.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("must be a path relative to the pack directory")]
+    Absolute,
+    #[error("must not contain `..`")]
+    ParentDir,
+    #[error("does not exist in the pack")]
+    Missing(#[source] std::io::Error),
+    #[error("resolves (through a symlink) to a path outside the pack")]
+    OutsidePack,
+}
+
+/// A `json` result line that does not have the documented shape.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonResultError {
+    #[error("`{key}` is missing")]
+    Missing { key: &'static str },
+    #[error("`{key}` must be a non-negative integer, found {value}")]
+    NotACount {
+        key: &'static str,
+        value: serde_json::Value,
+    },
+    #[error("`total` is {total} but passed + failed + errors + skipped is {sum}")]
+    TotalMismatch { total: u32, sum: u32 },
+    #[error("`tests[{index}]` is not an object")]
+    CaseNotObject { index: usize },
+    #[error("`tests[{index}].status` must be one of passed, failed, skipped, error")]
+    CaseStatus { index: usize },
+    #[error("`tests` must be an array")]
+    TestsNotArray,
+}
 
 fn report_suite(reporter: &Reporter, suite: &SuiteResult, done: u64, total: u64) {
     let mut message = format!(
@@ -442,15 +512,16 @@ impl SuiteResult {
         }
     }
 
-    fn errored(name: &str, runner: &TestRunner, error: String, elapsed: Duration) -> Self {
+    fn errored(name: &str, runner: &TestRunner, error: SuiteError, elapsed: Duration) -> Self {
         let mut suite = Self::new(name, runner);
         suite.set_error(error);
         suite.duration_ms = millis(elapsed);
         suite
     }
 
-    /// A suite error: counts as one failed test.
-    fn set_error(&mut self, error: String) {
+    /// A suite error: counts as one failed test. Its text is what the result carries.
+    fn set_error(&mut self, error: SuiteError) {
+        let error = error.to_string();
         self.total = 1;
         self.passed = 0;
         self.failed = 1;
@@ -471,6 +542,7 @@ impl SuiteResult {
     }
 }
 
+#[tracing::instrument(skip_all, fields(suite = %name, runner = %runner.runner_type))]
 async fn run_suite(
     root: &Path,
     name: &str,
@@ -481,11 +553,14 @@ async fn run_suite(
     let started = Instant::now();
     let entry = match resolve_entry(root, &runner.entry_point, runner.runner_type) {
         Ok(entry) => entry,
-        Err(e) => {
+        Err(problem) => {
             return SuiteResult::errored(
                 name,
                 runner,
-                format!("entry point `{}`: {e}", runner.entry_point),
+                SuiteError::EntryPoint {
+                    entry: runner.entry_point.clone(),
+                    problem,
+                },
                 started.elapsed(),
             );
         }
@@ -569,8 +644,8 @@ async fn run_suite(
     }
     match outcome {
         Ok(finished) => assess(&mut suite, runner, &finished, scan, timeout),
-        Err(ProcessError::Cancelled { .. }) => suite.set_error(CANCELLED.to_string()),
-        Err(e) => suite.set_error(e.to_string()),
+        Err(ProcessError::Cancelled { .. }) => suite.set_error(SuiteError::Cancelled),
+        Err(e) => suite.set_error(SuiteError::Run(e)),
     }
     suite.duration_ms = millis(started.elapsed());
     suite
@@ -602,7 +677,7 @@ fn assess(
                 }
                 Err(e) => {
                     if !finished.timed_out {
-                        suite.set_error(format!("json result: {e}"));
+                        suite.set_error(SuiteError::JsonResult(e));
                         return;
                     }
                     None
@@ -610,10 +685,7 @@ fn assess(
             },
             None => {
                 if !finished.timed_out {
-                    suite.set_error(
-                        "json result: no line of stdout is a JSON object with `passed` and `failed`"
-                            .to_string(),
-                    );
+                    suite.set_error(SuiteError::NoJsonResult);
                     return;
                 }
                 None
@@ -630,13 +702,10 @@ fn assess(
     };
 
     if finished.timed_out {
-        let secs = format!("{}s", timeout.as_secs_f64());
         for case in scan.cases {
             suite.push_case(case);
         }
-        suite.set_error(format!(
-            "timed out after {secs}; the suite's processes were killed"
-        ));
+        suite.set_error(SuiteError::TimedOut { timeout });
         return;
     }
 
@@ -969,15 +1038,18 @@ fn parse_case_line(line: &str) -> Option<TestCase> {
 /// Reads the json result object (shape in the module documentation).
 fn json_counts(
     map: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(Counts, Vec<TestCase>), String> {
-    let count = |key: &str, required: bool| -> Result<u32, String> {
+) -> Result<(Counts, Vec<TestCase>), JsonResultError> {
+    let count = |key: &'static str, required: bool| -> Result<u32, JsonResultError> {
         match map.get(key) {
             None | Some(serde_json::Value::Null) if !required => Ok(0),
-            None => Err(format!("`{key}` is missing")),
+            None => Err(JsonResultError::Missing { key }),
             Some(v) => v
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| format!("`{key}` must be a non-negative integer, found {v}")),
+                .ok_or_else(|| JsonResultError::NotACount {
+                    key,
+                    value: v.clone(),
+                }),
         }
     };
     let passed = count("passed", true)?;
@@ -989,9 +1061,7 @@ fn json_counts(
         Some(_) => count("total", true)?,
     };
     if total != sum {
-        return Err(format!(
-            "`total` is {total} but passed + failed + errors + skipped is {sum}"
-        ));
+        return Err(JsonResultError::TotalMismatch { total, sum });
     }
     let mut cases = Vec::new();
     match map.get("tests") {
@@ -999,7 +1069,7 @@ fn json_counts(
         Some(serde_json::Value::Array(tests)) => {
             for (i, t) in tests.iter().enumerate() {
                 let serde_json::Value::Object(t) = t else {
-                    return Err(format!("`tests[{i}]` is not an object"));
+                    return Err(JsonResultError::CaseNotObject { index: i });
                 };
                 let name = t
                     .get("name")
@@ -1009,9 +1079,7 @@ fn json_counts(
                     .get("status")
                     .and_then(|v| v.as_str())
                     .and_then(CaseStatus::from_name)
-                    .ok_or_else(|| {
-                        format!("`tests[{i}].status` must be one of passed, failed, skipped, error")
-                    })?;
+                    .ok_or(JsonResultError::CaseStatus { index: i })?;
                 cases.push(TestCase {
                     name,
                     status,
@@ -1026,7 +1094,7 @@ fn json_counts(
                 }
             }
         }
-        Some(_) => return Err("`tests` must be an array".to_string()),
+        Some(_) => return Err(JsonResultError::TestsNotArray),
     }
     Ok((
         Counts {
@@ -1048,23 +1116,23 @@ struct Entry {
     path: PathBuf,
 }
 
-fn resolve_entry(root: &Path, entry: &str, runner_type: RunnerType) -> Result<Entry, String> {
+fn resolve_entry(root: &Path, entry: &str, runner_type: RunnerType) -> Result<Entry, EntryProblem> {
     let trimmed = entry.trim();
     if trimmed.is_empty() {
-        return Err("is empty".to_string());
+        return Err(EntryProblem::Empty);
     }
     let looks_absolute = trimmed.starts_with(['/', '\\'])
         || trimmed.as_bytes().get(1) == Some(&b':')
         || Path::new(trimmed).is_absolute();
     if looks_absolute {
-        return Err("must be a path relative to the pack directory".to_string());
+        return Err(EntryProblem::Absolute);
     }
     if trimmed.split(['/', '\\']).any(|p| p == "..")
         || Path::new(trimmed)
             .components()
             .any(|c| matches!(c, Component::ParentDir))
     {
-        return Err("must not contain `..`".to_string());
+        return Err(EntryProblem::ParentDir);
     }
     // pytest node ids: check the file part.
     let file_part = match runner_type {
@@ -1082,11 +1150,9 @@ fn resolve_entry(root: &Path, entry: &str, runner_type: RunnerType) -> Result<En
             root.join(as_path)
         };
     }
-    let resolved = candidate
-        .canonicalize()
-        .map_err(|_| "does not exist in the pack".to_string())?;
+    let resolved = candidate.canonicalize().map_err(EntryProblem::Missing)?;
     if !resolved.starts_with(root) {
-        return Err("resolves (through a symlink) to a path outside the pack".to_string());
+        return Err(EntryProblem::OutsidePack);
     }
     let arg = if trimmed.starts_with('-') {
         format!("./{trimmed}")
@@ -1103,12 +1169,14 @@ fn build_command(
     runner: &TestRunner,
     entry: &Entry,
     opts: &TestRunOptions,
-) -> Result<(OsString, Vec<OsString>), String> {
+) -> Result<(OsString, Vec<OsString>), SuiteError> {
     let python = || opts.python.clone().into_os_string();
     Ok(match runner.runner_type {
         RunnerType::Script => {
             if !entry.path.is_file() {
-                return Err(format!("entry point `{}` is not a file", entry.arg));
+                return Err(SuiteError::NotAFile {
+                    entry: entry.arg.clone(),
+                });
             }
             match read_shebang(&entry.path) {
                 Some((interpreter, arg)) => {

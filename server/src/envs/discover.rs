@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use semver::Version;
 
+use super::error::EnvError;
 use super::util::{is_executable_file, path_dirs};
 use crate::manifest::{RuntimeRequirement, parse_lenient_version};
 use crate::process::{self, CommandSpec};
@@ -159,7 +160,7 @@ pub fn select_python<'a>(
     request: Option<&[u64]>,
     request_text: Option<&str>,
     requirement: Option<&RuntimeRequirement>,
-) -> Result<&'a Interpreter, String> {
+) -> Result<&'a Interpreter, EnvError> {
     let fits = |i: &Interpreter| {
         request.is_none_or(|r| super::util::request_matches(r, &i.version))
             && requirement.is_none_or(|r| r.matches(&i.version))
@@ -186,15 +187,12 @@ pub fn select_python<'a>(
         wanted.join(" and ")
     };
     if found.is_empty() {
-        return Err(format!(
-            "no Python interpreter for {wanted}: no working python3 or python3.N found on PATH"
-        ));
+        return Err(EnvError::NoPython { wanted });
     }
-    let list: Vec<String> = found.iter().map(Interpreter::describe).collect();
-    Err(format!(
-        "no Python interpreter with venv support matches {wanted}; found: {}",
-        list.join(", ")
-    ))
+    Err(EnvError::NoMatchingPython {
+        wanted,
+        found: found.iter().map(Interpreter::describe).collect(),
+    })
 }
 
 /// `node` on `PATH`.
@@ -291,11 +289,15 @@ mod tests {
                 .version_text,
             "3.11.7"
         );
-        let err = select_python(&found, Some(&[3, 13]), Some("3.13"), None).unwrap_err();
+        let err = select_python(&found, Some(&[3, 13]), Some("3.13"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("python_version `3.13`"), "{err}");
         assert!(err.contains("without the venv"), "{err}");
         assert!(err.contains("3.11.7") && err.contains("3.12.1"), "{err}");
-        let err = select_python(&[], None, None, None).unwrap_err();
+        let err = select_python(&[], None, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no working python3"), "{err}");
     }
 }

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
+use super::error::EnvError;
+
 /// File name of the marker inside a versioned environment directory.
 pub const MARKER_FILE: &str = ".attune-env.json";
 /// Bumped when the layout or the meaning of the marker changes: old environments
@@ -165,12 +167,10 @@ pub async fn switch(
 /// reads or writes anything in it: afterwards pack code (even a process that escaped
 /// the run's process group) can no longer change it, and the environment workers use
 /// is not writable by pack code.
-pub async fn reclaim(build_dir: &Path) -> Result<(), String> {
+pub async fn reclaim(build_dir: &Path) -> Result<(), EnvError> {
     let dir = build_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || crate::sandbox::reclaim(&dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || crate::sandbox::reclaim(&dir)).await??;
+    Ok(())
 }
 
 /// Ends a build: on success the ref's `kind` link is switched to `build_dir`; on
@@ -180,14 +180,14 @@ pub async fn finish_build<M>(
     ref_dir: &RefDir,
     kind: &'static str,
     build_dir: PathBuf,
-    outcome: Result<M, String>,
+    outcome: Result<M, EnvError>,
     keep_previous: bool,
-) -> Result<M, String> {
+) -> Result<M, EnvError> {
     let switched = match outcome {
         Ok(marker) => switch(ref_dir, kind, &build_dir, keep_previous)
             .await
             .map(|()| marker)
-            .map_err(|e| format!("cannot switch to the new {kind} environment: {e}")),
+            .map_err(|source| EnvError::Switch { kind, source }),
         Err(e) => Err(e),
     };
     if switched.is_err() {

@@ -80,6 +80,8 @@
 //! Node.js environments of one pack are built concurrently.
 
 mod discover;
+mod error;
+mod kind;
 mod layout;
 mod node;
 mod python;
@@ -89,13 +91,18 @@ mod util;
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::manifest::{Manifest, is_valid_pack_ref};
 use crate::progress::{Reporter, Stage};
+use kind::EnvKind;
+use node::NodeModules;
+use python::Virtualenv;
 
+pub use error::{CopyError, EnvError, EnvMismatch, InputsError, ToolError};
 pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};
 
 /// Default for [`BuildOptions::timeout`].
@@ -198,11 +205,12 @@ pub struct NodeEnv {
     pub reused: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EnvFailure {
     /// `"python"` or `"nodejs"`.
     pub runtime: &'static str,
-    pub error: String,
+    /// Shared: a failure of the whole pack is the failure of each runtime it wanted.
+    pub error: Arc<EnvError>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -262,15 +270,19 @@ pub async fn settle_switch(
     previous: &EnvLinks,
     switched_to: Option<&EnvLinks>,
     committed: bool,
-) -> Result<(), String> {
+) -> Result<(), EnvError> {
     if !is_valid_pack_ref(pack_ref) {
-        return Err(format!("invalid pack ref `{pack_ref}`"));
+        return Err(EnvError::InvalidPackRef {
+            pack_ref: pack_ref.to_string(),
+        });
     }
     let ref_dir = layout::RefDir::new(envs_root, pack_ref);
     if !ref_dir.dir.is_dir() {
         return Ok(());
     }
-    let _lock = layout::lock_ref(&ref_dir, Instant::now() + SETTLE_LOCK_WAIT).await?;
+    let _lock = layout::lock_ref(&ref_dir, Instant::now() + SETTLE_LOCK_WAIT)
+        .await
+        .map_err(EnvError::Lock)?;
     let snapshot = EnvSnapshot::from_links(envs_root, pack_ref, previous);
     let (previous, switched_to) = (previous.clone(), switched_to.cloned());
     let pack_ref = pack_ref.to_string();
@@ -291,10 +303,9 @@ pub async fn settle_switch(
             );
             return Ok(());
         }
-        snapshot.try_restore().map_err(|e| e.to_string())
+        snapshot.try_restore().map_err(EnvError::Restore)
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// Checks that the pack's environments belong to its files: every link's build has
@@ -307,45 +318,42 @@ pub fn check_envs_match(
     pack_ref: &str,
     pack_dir: &Path,
     settings: &EnvSettings,
-) -> Result<(), String> {
+) -> Result<(), EnvMismatch> {
     let ref_dir = layout::RefDir::new(envs_root, pack_ref);
     let linked = |kind: &str| std::fs::symlink_metadata(ref_dir.link(kind)).is_ok();
+    let complete_build = |kind: &'static str| {
+        ref_dir
+            .current_marker(kind)
+            .ok_or_else(|| EnvMismatch::NoCompleteBuild {
+                pack_ref: pack_ref.to_string(),
+                kind,
+            })
+    };
     if linked(python::KIND) {
-        let marker = ref_dir
-            .current_marker(python::KIND)
-            .ok_or_else(|| format!("'{pack_ref}': the python link has no complete build"))?;
+        let marker = complete_build(python::KIND)?;
         let inputs = python::read_inputs(pack_dir, settings)?;
-        let hash = python::inputs_hash(&inputs, &marker.tool_path, &marker.tool_version);
+        let hash = Virtualenv::marker_hash(&inputs, &marker);
         if hash.as_deref() != Some(marker.inputs_hash.as_str()) {
-            return Err(format!(
-                "'{pack_ref}': the python environment was built from other inputs than the \
-                 pack's files ({} != {hash:?})",
-                marker.inputs_hash
-            ));
+            return Err(EnvMismatch::PythonInputs {
+                pack_ref: pack_ref.to_string(),
+                built: marker.inputs_hash,
+                now: hash,
+            });
         }
     } else if pack_dir.join(python::REQUIREMENTS_FILE).is_file() {
-        return Err(format!(
-            "'{pack_ref}': has {} and no python environment",
-            python::REQUIREMENTS_FILE
-        ));
+        return Err(EnvMismatch::NoPythonEnv {
+            pack_ref: pack_ref.to_string(),
+            file: python::REQUIREMENTS_FILE,
+        });
     }
     if linked(node::KIND) {
-        let marker = ref_dir
-            .current_marker(node::KIND)
-            .ok_or_else(|| format!("'{pack_ref}': the node link has no complete build"))?;
+        let marker = complete_build(node::KIND)?;
         let inputs = node::read_inputs(pack_dir, settings)?;
-        let npm = util::find_on_path("npm").map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-        let hash = node::inputs_hash(
-            &inputs,
-            &marker.tool_path,
-            &marker.tool_version,
-            npm.as_deref(),
-        );
+        let hash = NodeModules::marker_hash(&inputs, &marker);
         if hash.as_deref() != Some(marker.inputs_hash.as_str()) {
-            return Err(format!(
-                "'{pack_ref}': the node environment was built from other inputs than the \
-                 pack's files"
-            ));
+            return Err(EnvMismatch::NodeInputs {
+                pack_ref: pack_ref.to_string(),
+            });
         }
     }
     let current = EnvSnapshot::take(envs_root, pack_ref).links();
@@ -369,9 +377,10 @@ pub fn check_envs_match(
         .map(|name| name.to_string_lossy().into_owned())
         .collect();
     if !stray.is_empty() {
-        return Err(format!(
-            "'{pack_ref}': builds left beside the current ones: {stray:?}"
-        ));
+        return Err(EnvMismatch::StrayBuilds {
+            pack_ref: pack_ref.to_string(),
+            stray,
+        });
     }
     Ok(())
 }
@@ -388,6 +397,7 @@ pub fn needs_nodejs(pack_dir: &Path, manifest: &Manifest) -> bool {
 
 /// Builds (or reuses, or with `detect_only` inspects) the pack's environments. Never
 /// fails as a whole: each runtime's problem is an [`EnvFailure`].
+#[tracing::instrument(skip_all, fields(pack = %manifest.pack_ref))]
 pub async fn build_pack_envs(
     pack_dir: &Path,
     manifest: &Manifest,
@@ -404,8 +414,12 @@ pub async fn build_pack_envs(
         out.duration = started.elapsed();
         return out;
     }
-    let fail_all = |out: &mut PackEnvs, error: String| {
-        for (wanted, runtime) in [(want_python, "python"), (want_node, "nodejs")] {
+    let fail_all = |out: &mut PackEnvs, error: EnvError| {
+        let error = Arc::new(error);
+        for (wanted, runtime) in [
+            (want_python, Virtualenv::RUNTIME),
+            (want_node, NodeModules::RUNTIME),
+        ] {
             if wanted {
                 out.failures.push(EnvFailure {
                     runtime,
@@ -417,7 +431,9 @@ pub async fn build_pack_envs(
     if !is_valid_pack_ref(&manifest.pack_ref) {
         fail_all(
             &mut out,
-            format!("invalid pack ref `{}`", manifest.pack_ref),
+            EnvError::InvalidPackRef {
+                pack_ref: manifest.pack_ref.clone(),
+            },
         );
         out.duration = started.elapsed();
         return out;
@@ -429,7 +445,7 @@ pub async fn build_pack_envs(
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            fail_all(&mut out, format!("cannot resolve paths: {e}"));
+            fail_all(&mut out, EnvError::ResolvePaths(e));
             out.duration = started.elapsed();
             return out;
         }
@@ -446,20 +462,8 @@ pub async fn build_pack_envs(
 
     if options.detect_only {
         let (py, js) = tokio::join!(
-            async {
-                if want_python {
-                    Some(detect_python(&ctx).await)
-                } else {
-                    None
-                }
-            },
-            async {
-                if want_node {
-                    Some(detect_node(&ctx).await)
-                } else {
-                    None
-                }
-            }
+            when(want_python, kind::detect::<Virtualenv>(&ctx)),
+            when(want_node, kind::detect::<NodeModules>(&ctx)),
         );
         collect(&mut out, py, js);
         out.duration = started.elapsed();
@@ -469,7 +473,7 @@ pub async fn build_pack_envs(
     let _lock = match layout::lock_ref(&ctx.ref_dir, deadline).await {
         Ok(lock) => lock,
         Err(e) => {
-            fail_all(&mut out, e);
+            fail_all(&mut out, EnvError::Lock(e));
             out.duration = started.elapsed();
             return out;
         }
@@ -477,9 +481,8 @@ pub async fn build_pack_envs(
     // HOME and the caches are written by pip/npm, which run as the sandbox user.
     let cache = ctx.ref_dir.root.join(".cache");
     for dir in [ctx.home_dir(), cache.join("pip"), cache.join("npm")] {
-        let ready = std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))
-            .and_then(|()| crate::sandbox::hand_over_once(&dir).map_err(|e| e.to_string()));
+        let ready =
+            util::create_dir_all(&dir).and_then(|()| Ok(crate::sandbox::hand_over_once(&dir)?));
         if let Err(e) = ready {
             fail_all(&mut out, e);
             out.duration = started.elapsed();
@@ -487,20 +490,8 @@ pub async fn build_pack_envs(
         }
     }
     let (py, js) = tokio::join!(
-        async {
-            if want_python {
-                Some(python::ensure(&ctx).await)
-            } else {
-                None
-            }
-        },
-        async {
-            if want_node {
-                Some(node::ensure(&ctx).await)
-            } else {
-                None
-            }
-        }
+        when(want_python, kind::ensure::<Virtualenv>(&ctx)),
+        when(want_node, kind::ensure::<NodeModules>(&ctx)),
     );
     collect(&mut out, py, js);
     for failure in &out.failures {
@@ -513,85 +504,30 @@ pub async fn build_pack_envs(
     out
 }
 
+/// `step`'s outcome when the runtime is wanted; otherwise `step` is not started.
+async fn when<T>(wanted: bool, step: impl Future<Output = T>) -> Option<T> {
+    if wanted { Some(step.await) } else { None }
+}
+
 fn collect(
     out: &mut PackEnvs,
-    py: Option<Result<PythonEnv, String>>,
-    js: Option<Result<NodeEnv, String>>,
+    py: Option<Result<PythonEnv, EnvError>>,
+    js: Option<Result<NodeEnv, EnvError>>,
 ) {
     match py {
         Some(Ok(env)) => out.python = Some(env),
         Some(Err(error)) => out.failures.push(EnvFailure {
-            runtime: "python",
-            error,
+            runtime: Virtualenv::RUNTIME,
+            error: Arc::new(error),
         }),
         None => {}
     }
     match js {
         Some(Ok(env)) => out.nodejs = Some(env),
         Some(Err(error)) => out.failures.push(EnvFailure {
-            runtime: "nodejs",
-            error,
+            runtime: NodeModules::RUNTIME,
+            error: Arc::new(error),
         }),
         None => {}
     }
-}
-
-/// Detect-only Python: an interpreter must be available for the request; the
-/// environment reported is the existing one (`reused` = up to date) or, when there
-/// is none, where it would be, with the interpreter's version.
-async fn detect_python(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
-    let request = ctx
-        .options
-        .python_version
-        .as_deref()
-        .map(util::parse_version_request)
-        .transpose()?;
-    let inputs = python::read_inputs(ctx.pack_dir, ctx.settings)?;
-    if let Some(marker) = python::reusable(ctx, &inputs, request.as_deref()) {
-        return Ok(python::env_from_marker(ctx, &marker, true));
-    }
-    let found = discover::python_interpreters().await;
-    let interp = discover::select_python(
-        &found,
-        request.as_deref(),
-        ctx.options.python_version.as_deref(),
-        ctx.manifest.python.as_ref(),
-    )?;
-    Ok(match ctx.ref_dir.current_marker(python::KIND) {
-        Some(marker) => python::env_from_marker(ctx, &marker, false),
-        None => PythonEnv {
-            virtualenv_path: ctx.ref_dir.link(python::KIND),
-            requirements_installed: false,
-            package_count: 0,
-            python_version: format!("Python {}", interp.version_text),
-            reused: false,
-        },
-    })
-}
-
-async fn detect_node(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
-    let request = ctx
-        .options
-        .nodejs_version
-        .as_deref()
-        .map(util::parse_version_request)
-        .transpose()?;
-    let inputs = node::read_inputs(ctx.pack_dir, ctx.settings)?;
-    if let Some(marker) = node::reusable(ctx, &inputs, request.as_deref()) {
-        return Ok(node::env_from_marker(ctx, &marker, true));
-    }
-    let runtime = node::select_node(ctx, request.as_deref()).await?;
-    if inputs.has_package_json && util::find_on_path("npm").is_none() {
-        return Err("npm not available: no `npm` found on PATH".to_string());
-    }
-    Ok(match ctx.ref_dir.current_marker(node::KIND) {
-        Some(marker) => node::env_from_marker(ctx, &marker, false),
-        None => NodeEnv {
-            node_modules_path: ctx.ref_dir.link(node::KIND).join("node_modules"),
-            dependencies_installed: false,
-            package_count: 0,
-            nodejs_version: runtime.version_text,
-            reused: false,
-        },
-    })
 }

@@ -17,10 +17,12 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::discover::{self, NodeRuntime};
+use super::error::{CopyError, EnvError, InputsError};
+use super::kind::{EnvKind, Installed};
 use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
-use super::{Ctx, EnvSettings, NodeEnv};
-use crate::manifest::parse_lenient_version;
+use super::{BuildOptions, Ctx, EnvSettings, NodeEnv};
+use crate::manifest::{Manifest, RuntimeRequirement};
 use crate::packfs::{EntryKind, PackDir, PackFsError, ReadCap};
 use crate::process::CommandSpec;
 use crate::progress::Stage;
@@ -45,32 +47,34 @@ pub struct NodeInputs {
 
 /// Reads the npm inputs through the pack's directory descriptor (no links out, no
 /// FIFOs or devices; at most `pack_files.max_other_bytes` per file).
-pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs, String> {
+pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs, InputsError> {
     let mut h = InputsHasher::new("attune-node-files-v1");
     let mut copy = Vec::new();
-    let pack = PackDir::open(pack_dir).map_err(|e| e.to_string())?;
+    let pack = PackDir::open(pack_dir).map_err(InputsError::OpenPack)?;
     let cap = settings.read_limits.other();
+    let unreadable = |name: &str| {
+        let file = name.to_string();
+        move |source| InputsError::Read { file, source }
+    };
     let present = |name: &str| {
         pack.kind(name)
             .map(|kind| kind.is_some())
-            .map_err(|e| format!("{name}: {}", e.reason()))
+            .map_err(unreadable(name))
     };
     let has_package_json = present(PACKAGE_JSON)?;
     let mut has_lockfile = false;
     if has_package_json {
         let text = pack
             .read_text(PACKAGE_JSON, cap)
-            .map_err(|e| format!("{PACKAGE_JSON}: {}", e.reason()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{PACKAGE_JSON} is not valid JSON: {e}"))?;
+            .map_err(unreadable(PACKAGE_JSON))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(InputsError::PackageJson)?;
         h.str(PACKAGE_JSON);
         h.str(&text);
         copy.push(PathBuf::from(PACKAGE_JSON));
         for &name in LOCKFILES.iter().chain([&NPMRC]) {
             if present(name)? {
-                let bytes = pack
-                    .read(name, cap)
-                    .map_err(|e| format!("{name}: {}", e.reason()))?;
+                let bytes = pack.read(name, cap).map_err(unreadable(name))?;
                 h.str(name);
                 h.field(&bytes);
                 copy.push(PathBuf::from(name));
@@ -83,21 +87,20 @@ pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs
         for rel in local {
             let kind = pack
                 .kind(&rel)
-                .map_err(|e| format!("cannot read {}: {}", rel.display(), e.reason()))?;
+                .map_err(|source| InputsError::ReadLocalDependency {
+                    path: rel.clone(),
+                    source,
+                })?;
             let Some((kind, _)) = kind else {
-                return Err(format!(
-                    "{PACKAGE_JSON}: local dependency `file:{}` does not exist",
-                    rel.display()
-                ));
+                return Err(InputsError::LocalDependencyMissing { path: rel });
             };
             h.str("local dependency");
             h.field(rel.as_os_str().as_encoded_bytes());
             hash_tree(&pack, &rel, kind, Path::new(""), cap, &mut h).map_err(|e| {
-                format!(
-                    "{PACKAGE_JSON}: local dependency `file:{}`: {}",
-                    rel.display(),
-                    e.relative_to(pack.path())
-                )
+                InputsError::LocalDependency {
+                    path: rel.clone(),
+                    source: e.relative_to(pack.path()),
+                }
             })?;
             copy.push(rel);
         }
@@ -123,7 +126,7 @@ pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs
 }
 
 /// Relative paths of `file:` dependencies; they must stay inside the pack.
-fn local_dependencies(json: &serde_json::Value) -> Result<Vec<PathBuf>, String> {
+fn local_dependencies(json: &serde_json::Value) -> Result<Vec<PathBuf>, InputsError> {
     let mut out = Vec::new();
     for section in DEP_SECTIONS {
         let Some(deps) = json.get(section).and_then(|d| d.as_object()) else {
@@ -140,10 +143,11 @@ fn local_dependencies(json: &serde_json::Value) -> Result<Vec<PathBuf>, String> 
                     .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
                 && path.components().any(|c| matches!(c, Component::Normal(_)));
             if !inside {
-                return Err(format!(
-                    "{PACKAGE_JSON}: {section}.{name} is `file:{target}`, which is not a \
-                     path inside the pack; local dependencies must live in the pack"
-                ));
+                return Err(InputsError::LocalDependencyOutside {
+                    section: section.to_string(),
+                    name: name.clone(),
+                    target: target.to_string(),
+                });
             }
             out.push(
                 path.components()
@@ -226,35 +230,34 @@ fn copy_tree(src: &Path, dst: &Path, skip_deps: bool) -> io::Result<()> {
 /// Copies the npm input `name` of `dir` (a file, a link or a directory tree) to
 /// `dst`, reading through the pack's descriptor: links are copied as links (never
 /// followed), FIFOs and devices are refused, `node_modules` and `.git` are left out.
-fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), String> {
+fn copy_input(dir: &PackDir, name: &Path, dst: &Path) -> Result<(), CopyError> {
     copy_input_at(dir, name, dst, 0)
 }
 
 /// [`copy_input`] of an entry `depth` levels below the input, under the pack walk
 /// limits (`pack_files.max_depth`, `pack_files.max_file_bytes` by `fstat` and while
 /// copying).
-fn copy_input_at(dir: &PackDir, name: &Path, dst: &Path, depth: u64) -> Result<(), String> {
+fn copy_input_at(dir: &PackDir, name: &Path, dst: &Path, depth: u64) -> Result<(), CopyError> {
     use std::os::unix::fs::PermissionsExt;
     let limits = crate::packfs::tree_limits();
-    let read = |e: PackFsError| e.to_string();
-    let write = |e: io::Error| format!("cannot write {}: {e}", dst.display());
-    let Some((kind, _)) = dir.kind(name).map_err(read)? else {
-        return Err(format!(
-            "{} does not exist",
-            dir.path().join(name).display()
-        ));
+    let write = |source: io::Error| CopyError::Write {
+        path: dst.to_path_buf(),
+        source,
+    };
+    let Some((kind, _)) = dir.kind(name)? else {
+        return Err(CopyError::Missing {
+            path: dir.path().join(name),
+        });
     };
     match kind {
-        EntryKind::Symlink => {
-            std::os::unix::fs::symlink(dir.read_link(name).map_err(read)?, dst).map_err(write)
-        }
+        EntryKind::Symlink => std::os::unix::fs::symlink(dir.read_link(name)?, dst).map_err(write),
         EntryKind::Dir => {
             if depth + 1 > limits.depth.value {
-                return Err(read(limits.too_deep(dir.path().join(name))));
+                return Err(limits.too_deep(dir.path().join(name)).into());
             }
-            let sub = dir.open_dir(name).map_err(read)?;
+            let sub = dir.open_dir(name)?;
             std::fs::create_dir_all(dst).map_err(write)?;
-            for entry in sub.entries().map_err(read)? {
+            for entry in sub.entries()? {
                 if entry.name == "node_modules" || entry.name == ".git" {
                     continue;
                 }
@@ -268,8 +271,8 @@ fn copy_input_at(dir: &PackDir, name: &Path, dst: &Path, depth: u64) -> Result<(
             Ok(())
         }
         EntryKind::File => {
-            let opened = dir.open_file(name).map_err(read)?;
-            let too_large = || read(limits.file_too_large(dir.path().join(name)));
+            let opened = dir.open_file(name)?;
+            let too_large = || CopyError::from(limits.file_too_large(dir.path().join(name)));
             if opened.len > limits.file_bytes.value {
                 return Err(too_large());
             }
@@ -281,7 +284,7 @@ fn copy_input_at(dir: &PackDir, name: &Path, dst: &Path, depth: u64) -> Result<(
             out.set_permissions(std::fs::Permissions::from_mode(opened.mode & 0o777))
                 .map_err(write)
         }
-        other => Err(read(other.refusal(dir.path().join(name)))),
+        other => Err(other.refusal(dir.path().join(name)).into()),
     }
 }
 
@@ -389,136 +392,155 @@ fn npm_on_path() -> Option<PathBuf> {
     Some(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
-/// The current environment when its inputs are unchanged and the `node` on `PATH`
-/// is the one it was built with and still fits. Reads files only.
-pub fn reusable(ctx: &Ctx<'_>, inputs: &NodeInputs, request: Option<&[u64]>) -> Option<Marker> {
-    let marker = ctx.ref_dir.current_marker(KIND)?;
-    if marker.runtime != "nodejs" || Some(&marker.tool_path) != discover::node_on_path().as_ref() {
-        return None;
-    }
-    let version = parse_lenient_version(&marker.tool_version)?;
-    if !request.is_none_or(|r| util::request_matches(r, &version))
-        || !ctx
-            .manifest
-            .nodejs
-            .as_ref()
-            .is_none_or(|r| r.matches(&version))
-    {
-        return None;
-    }
-    let npm = npm_on_path();
-    let hash = inputs_hash(
-        inputs,
-        &marker.tool_path,
-        &marker.tool_version,
-        npm.as_deref(),
-    )?;
-    let node_modules = ctx.ref_dir.link(KIND).join("node_modules");
-    (hash == marker.inputs_hash && node_modules.is_dir()).then_some(marker)
-}
-
-pub fn env_from_marker(ctx: &Ctx<'_>, marker: &Marker, reused: bool) -> NodeEnv {
-    NodeEnv {
-        node_modules_path: ctx.ref_dir.link(KIND).join("node_modules"),
-        dependencies_installed: marker.deps_installed,
-        package_count: marker.package_count,
-        nodejs_version: marker.version_text.clone(),
-        reused,
-    }
-}
-
 /// `node` for this request: on `PATH`, answering `--version`, matching the request
 /// (`nodejs_version` `20` ⇒ major 20) and the pack's requirement.
-pub async fn select_node(ctx: &Ctx<'_>, request: Option<&[u64]>) -> Result<NodeRuntime, String> {
-    let node = discover::node_runtime()
-        .await
-        .ok_or("Node.js not available: no working `node` found on PATH")?;
+async fn select_node(ctx: &Ctx<'_>, request: Option<&[u64]>) -> Result<NodeRuntime, EnvError> {
+    let node = discover::node_runtime().await.ok_or(EnvError::NoNode)?;
     if let Some(r) = request
         && !util::request_matches(r, &node.version)
     {
-        return Err(format!(
-            "Node.js {} is not available: found node {} ({})",
-            ctx.options.nodejs_version.as_deref().unwrap_or_default(),
-            node.version_text,
-            node.executable.display()
-        ));
+        return Err(EnvError::NodeVersionUnavailable {
+            requested: ctx.options.nodejs_version.clone().unwrap_or_default(),
+            found: node.version_text,
+            executable: node.executable,
+        });
     }
     if let Some(req) = &ctx.manifest.nodejs
         && !req.matches(&node.version)
     {
-        return Err(format!(
-            "the pack requires Node.js `{req}`; found node {} ({})",
-            node.version_text,
-            node.executable.display()
-        ));
+        return Err(EnvError::NodeRequirementUnmet {
+            requirement: req.to_string(),
+            found: node.version_text,
+            executable: node.executable,
+        });
     }
     Ok(node)
 }
 
-pub async fn ensure(ctx: &Ctx<'_>) -> Result<NodeEnv, String> {
-    let request = ctx
-        .options
-        .nodejs_version
-        .as_deref()
-        .map(util::parse_version_request)
-        .transpose()?;
-    let inputs = read_inputs(ctx.pack_dir, ctx.settings)?;
-    if !ctx.options.force_rebuild
-        && let Some(marker) = reusable(ctx, &inputs, request.as_deref())
-    {
-        ctx.reporter.info(
-            Stage::Build,
-            format!(
-                "nodejs: environment is up to date (node {}), reused",
-                marker.version_text
-            ),
-        );
-        return Ok(env_from_marker(ctx, &marker, true));
+/// The programs a Node.js build runs: `node`, and `npm` when it is on `PATH`.
+pub(crate) struct NodeTools {
+    node: NodeRuntime,
+    npm: Option<PathBuf>,
+}
+
+/// `node_modules` installed by npm.
+pub(crate) struct NodeModules;
+
+impl EnvKind for NodeModules {
+    const KIND: &'static str = KIND;
+    const RUNTIME: &'static str = "nodejs";
+    type Inputs = NodeInputs;
+    type Tools = NodeTools;
+    type Env = NodeEnv;
+
+    fn version_request(options: &BuildOptions) -> Option<&str> {
+        options.nodejs_version.as_deref()
     }
-    let node = select_node(ctx, request.as_deref()).await?;
-    let npm = npm_on_path();
-    if inputs.has_package_json && npm.is_none() {
-        return Err("npm not available: no `npm` found on PATH".to_string());
+
+    fn requirement(manifest: &Manifest) -> Option<&RuntimeRequirement> {
+        manifest.nodejs.as_ref()
     }
-    let hash = inputs_hash(
-        &inputs,
-        &node.executable,
-        &node.version_text,
-        npm.as_deref(),
-    )
-    .ok_or("node or npm disappeared during the build")?;
-    let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
-    let outcome = build(ctx, &node, npm.as_deref(), &inputs, &hash, &build_dir).await;
-    let marker = layout::finish_build(
-        &ctx.ref_dir,
-        KIND,
-        build_dir,
-        outcome,
-        ctx.options.keep_previous,
-    )
-    .await?;
-    ctx.reporter.info(
-        Stage::Build,
+
+    fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<NodeInputs, EnvError> {
+        Ok(read_inputs(pack_dir, settings)?)
+    }
+
+    fn marker_hash(inputs: &NodeInputs, marker: &Marker) -> Option<String> {
+        let npm = npm_on_path();
+        inputs_hash(
+            inputs,
+            &marker.tool_path,
+            &marker.tool_version,
+            npm.as_deref(),
+        )
+    }
+
+    /// Only the first `node` on `PATH` is ever used.
+    fn tool_current(marker: &Marker) -> bool {
+        Some(&marker.tool_path) == discover::node_on_path().as_ref()
+    }
+
+    fn env_present(ctx: &Ctx<'_>) -> bool {
+        ctx.ref_dir.link(KIND).join("node_modules").is_dir()
+    }
+
+    async fn select_tools(
+        ctx: &Ctx<'_>,
+        inputs: &NodeInputs,
+        request: Option<&[u64]>,
+    ) -> Result<NodeTools, EnvError> {
+        let node = select_node(ctx, request).await?;
+        let npm = npm_on_path();
+        if inputs.has_package_json && npm.is_none() {
+            return Err(EnvError::NoNpm);
+        }
+        Ok(NodeTools { node, npm })
+    }
+
+    fn tool(tools: &NodeTools) -> (&Path, &str) {
+        (&tools.node.executable, &tools.node.version_text)
+    }
+
+    fn build_hash(inputs: &NodeInputs, tools: &NodeTools) -> Result<String, EnvError> {
+        inputs_hash(
+            inputs,
+            &tools.node.executable,
+            &tools.node.version_text,
+            tools.npm.as_deref(),
+        )
+        .ok_or(EnvError::NodeOrNpmGone)
+    }
+
+    fn version_text(tools: &NodeTools) -> String {
+        tools.node.version_text.clone()
+    }
+
+    async fn install(
+        ctx: &Ctx<'_>,
+        tools: &NodeTools,
+        inputs: &NodeInputs,
+        build_dir: &Path,
+    ) -> Result<Installed, EnvError> {
+        install(ctx, tools, inputs, build_dir).await
+    }
+
+    fn reused_message(marker: &Marker) -> String {
+        format!(
+            "nodejs: environment is up to date (node {}), reused",
+            marker.version_text
+        )
+    }
+
+    fn ready_message(marker: &Marker) -> String {
         format!(
             "nodejs: node_modules ready, {} package(s) installed",
             marker.package_count
-        ),
-    );
-    Ok(env_from_marker(ctx, &marker, false))
+        )
+    }
+
+    fn env(ctx: &Ctx<'_>, installed: Installed, reused: bool) -> NodeEnv {
+        NodeEnv {
+            node_modules_path: ctx.ref_dir.link(KIND).join("node_modules"),
+            dependencies_installed: installed.deps_installed,
+            package_count: installed.package_count,
+            nodejs_version: installed.version_text,
+            reused,
+        }
+    }
 }
 
-async fn build(
+/// `npm ci` (with a lockfile) or `npm install` in a staging copy of the npm inputs,
+/// then `node_modules` made self-contained and moved into the build; without
+/// `package.json`, an empty `node_modules`.
+async fn install(
     ctx: &Ctx<'_>,
-    node: &NodeRuntime,
-    npm: Option<&Path>,
+    tools: &NodeTools,
     inputs: &NodeInputs,
-    hash: &str,
     build_dir: &Path,
-) -> Result<Marker, String> {
+) -> Result<Installed, EnvError> {
     let node_modules = build_dir.join("node_modules");
-    std::fs::create_dir_all(build_dir)
-        .map_err(|e| format!("cannot create {}: {e}", build_dir.display()))?;
-    let installed = match npm {
+    util::create_dir_all(build_dir)?;
+    let installed = match tools.npm.as_deref() {
         Some(npm) if inputs.has_package_json => {
             let staging = build_dir.join(STAGING);
             let (pack_dir, copy, dst) = (
@@ -526,22 +548,24 @@ async fn build(
                 inputs.copy.clone(),
                 staging.clone(),
             );
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
-                let pack = PackDir::open(&pack_dir).map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+                let pack = PackDir::open(&pack_dir)?;
                 for rel in copy {
                     let to = dst.join(&rel);
                     if let Some(parent) = to.parent() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                        std::fs::create_dir_all(parent).map_err(|source| CopyError::CreateDir {
+                            path: parent.to_path_buf(),
+                            source,
+                        })?;
                     }
                     copy_input(&pack, &rel, &to)?;
                 }
                 Ok(())
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(CopyError::from)
             .and_then(|r| r)
-            .map_err(|e| format!("cannot copy the npm inputs: {e}"))?;
+            .map_err(EnvError::CopyInputs)?;
 
             let verb = if inputs.has_lockfile { "ci" } else { "install" };
             let what = format!("npm {verb}");
@@ -550,7 +574,7 @@ async fn build(
             // build directory is theirs until `finish_build` takes it back.
             util::prepare_build_dir(build_dir)?;
             let mut spec = npm_command(ctx, npm, verb, &staging, timeout).write_path(build_dir);
-            for tool in [Some(npm), Some(node.executable.as_path())]
+            for tool in [Some(npm), Some(tools.node.executable.as_path())]
                 .into_iter()
                 .flatten()
             {
@@ -565,8 +589,11 @@ async fn build(
             ran?;
 
             let (from, to) = (staging.join("node_modules"), node_modules.clone());
-            let inside = std::fs::canonicalize(build_dir)
-                .map_err(|e| format!("cannot resolve {}: {e}", build_dir.display()))?;
+            let inside =
+                std::fs::canonicalize(build_dir).map_err(|source| EnvError::Canonicalize {
+                    path: build_dir.to_path_buf(),
+                    source,
+                })?;
             tokio::task::spawn_blocking(move || -> io::Result<()> {
                 if from.is_dir() {
                     materialize_links(&from, &inside)?;
@@ -577,31 +604,21 @@ async fn build(
                 std::fs::remove_dir_all(&staging)
             })
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|e| format!("cannot finish node_modules: {e}"))?;
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(EnvError::FinishNodeModules)?;
             true
         }
         _ => {
-            std::fs::create_dir_all(&node_modules)
-                .map_err(|e| format!("cannot create {}: {e}", node_modules.display()))?;
+            util::create_dir_all(&node_modules)?;
             false
         }
     };
-    let marker = Marker {
-        schema: MARKER_SCHEMA,
-        runtime: "nodejs".to_string(),
-        inputs_hash: hash.to_string(),
-        tool_path: node.executable.clone(),
-        tool_version: node.version_text.clone(),
-        version_text: node.version_text.clone(),
+    Ok(Installed {
         deps_installed: installed,
         package_count: count_packages(&node_modules),
-        built_at_unix: layout::unix_now(),
-    };
-    layout::write_marker(build_dir, &marker)
-        .map_err(|e| format!("cannot write the environment marker: {e}"))?;
-    Ok(marker)
+        version_text: tools.node.version_text.clone(),
+    })
 }
 
 /// `npm ci|install`, configured only by `settings`: no user configuration (HOME is
@@ -703,7 +720,7 @@ mod tests {
         );
         for bad in ["file:../x", "file:/abs", "file:", "file:."] {
             let json = serde_json::json!({"dependencies": {"x": bad}});
-            let err = local_dependencies(&json).unwrap_err();
+            let err = local_dependencies(&json).unwrap_err().to_string();
             assert!(err.contains("inside the pack"), "{bad}: {err}");
         }
     }
@@ -737,13 +754,13 @@ mod tests {
             0,
         )
         .unwrap();
-        let err = read_inputs(pack, &settings).unwrap_err();
+        let err = read_inputs(pack, &settings).unwrap_err().to_string();
         assert!(err.contains("pipe") && err.contains("fifo"), "{err}");
         std::fs::remove_file(pack.join("lib/pipe")).unwrap();
 
         // A lock file linked out of the pack is refused.
         std::os::unix::fs::symlink("/dev/zero", pack.join("package-lock.json")).unwrap();
-        let err = read_inputs(pack, &settings).unwrap_err();
+        let err = read_inputs(pack, &settings).unwrap_err().to_string();
         assert!(
             err.contains("package-lock.json") && err.contains("symbolic link"),
             "{err}"
@@ -758,7 +775,7 @@ mod tests {
             },
             ..EnvSettings::default()
         };
-        let err = read_inputs(pack, &small).unwrap_err();
+        let err = read_inputs(pack, &small).unwrap_err().to_string();
         assert!(err.contains("pack_files.max_other_bytes"), "{err}");
     }
 }

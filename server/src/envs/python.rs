@@ -4,10 +4,12 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use super::discover::{self, Interpreter};
+use super::error::{EnvError, InputsError};
+use super::kind::{EnvKind, Installed};
 use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
-use super::{Ctx, EnvSettings, PythonEnv};
-use crate::manifest::parse_lenient_version;
+use super::{BuildOptions, Ctx, EnvSettings, PythonEnv};
+use crate::manifest::{Manifest, RuntimeRequirement};
 use crate::packfs::{PackDir, ReadCap};
 use crate::process::CommandSpec;
 use crate::progress::Stage;
@@ -30,12 +32,15 @@ pub struct PythonInputs {
 /// against the including file's directory, and required to stay inside the pack),
 /// plus the pip settings. Files are read through the pack's directory descriptor
 /// (no links, FIFOs or devices; at most `pack_files.max_other_bytes` each).
-pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInputs, String> {
+pub fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInputs, InputsError> {
     let mut h = InputsHasher::new("attune-python-files-v1");
-    let pack = PackDir::open(pack_dir).map_err(|e| e.to_string())?;
+    let pack = PackDir::open(pack_dir).map_err(InputsError::OpenPack)?;
     let present = pack
         .kind(REQUIREMENTS_FILE)
-        .map_err(|e| format!("{REQUIREMENTS_FILE}: {}", e.reason()))?
+        .map_err(|source| InputsError::Read {
+            file: REQUIREMENTS_FILE.to_string(),
+            source,
+        })?
         .is_some();
     let requirements = present.then(|| pack_dir.join(REQUIREMENTS_FILE));
     if present {
@@ -83,17 +88,20 @@ fn hash_requirements(
     seen: &mut HashSet<PathBuf>,
     h: &mut InputsHasher,
     cap: ReadCap,
-) -> Result<(), String> {
+) -> Result<(), InputsError> {
     let shown = rel.display().to_string();
     if depth > MAX_INCLUDE_DEPTH {
-        return Err(format!("{shown}: requirement files nested too deeply"));
+        return Err(InputsError::RequirementsTooDeep { file: shown });
     }
     if !seen.insert(rel.clone()) {
         return Ok(());
     }
     let text = pack
         .read_text(&rel, cap)
-        .map_err(|e| format!("{shown}: {}", e.reason()))?;
+        .map_err(|source| InputsError::Read {
+            file: shown.clone(),
+            source,
+        })?;
     h.str(&shown);
     h.str(&text);
     let base = rel.parent().unwrap_or(Path::new("")).to_path_buf();
@@ -101,22 +109,21 @@ fn hash_requirements(
         let line = strip_comment(raw).trim();
         if let Some(target) = option_value(line, &["-e", "--editable"]) {
             if is_local_path(target) {
-                return Err(format!(
-                    "{shown}:{}: editable install of a local path (`{line}`) would point into \
-                     the pack directory, which moves when the pack is registered; use a \
-                     regular requirement instead",
-                    n + 1
-                ));
+                return Err(InputsError::LocalEditable {
+                    file: shown,
+                    line: n + 1,
+                    text: line.to_string(),
+                });
             }
             continue;
         }
         if let Some(target) = option_value(line, &["-r", "--requirement", "-c", "--constraint"]) {
             let Some(include) = inside_pack(&base, target) else {
-                return Err(format!(
-                    "{shown}:{}: `{line}` names a file outside the pack; requirement files \
-                     must include only files of the pack",
-                    n + 1
-                ));
+                return Err(InputsError::IncludeOutsidePack {
+                    file: shown,
+                    line: n + 1,
+                    text: line.to_string(),
+                });
             };
             hash_requirements(pack, include, depth + 1, seen, h, cap)?;
         }
@@ -198,109 +205,117 @@ pub fn inputs_hash(inputs: &PythonInputs, executable: &Path, version: &str) -> O
     Some(h.finish())
 }
 
-/// The current environment, when it was built from the same inputs with an
-/// interpreter that still exists unchanged and still fits the request. Reads files
-/// only; starts no process.
-pub fn reusable(ctx: &Ctx<'_>, inputs: &PythonInputs, request: Option<&[u64]>) -> Option<Marker> {
-    let marker = ctx.ref_dir.current_marker(KIND)?;
-    if marker.runtime != KIND {
-        return None;
-    }
-    let version = parse_lenient_version(&marker.tool_version)?;
-    if !request.is_none_or(|r| util::request_matches(r, &version)) {
-        return None;
-    }
-    if !ctx
-        .manifest
-        .python
-        .as_ref()
-        .is_none_or(|r| r.matches(&version))
-    {
-        return None;
-    }
-    let hash = inputs_hash(inputs, &marker.tool_path, &marker.tool_version)?;
-    let venv_python = ctx.ref_dir.link(KIND).join("bin").join("python");
-    (hash == marker.inputs_hash && venv_python.exists()).then_some(marker)
-}
+/// A virtualenv with `requirements.txt` installed.
+pub(crate) struct Virtualenv;
 
-pub fn env_from_marker(ctx: &Ctx<'_>, marker: &Marker, reused: bool) -> PythonEnv {
-    PythonEnv {
-        virtualenv_path: ctx.ref_dir.link(KIND),
-        requirements_installed: marker.deps_installed,
-        package_count: marker.package_count,
-        python_version: marker.version_text.clone(),
-        reused,
-    }
-}
+impl EnvKind for Virtualenv {
+    const KIND: &'static str = KIND;
+    const RUNTIME: &'static str = "python";
+    type Inputs = PythonInputs;
+    type Tools = Interpreter;
+    type Env = PythonEnv;
 
-/// Builds (or reuses) the pack's virtualenv. The caller holds the ref lock.
-pub async fn ensure(ctx: &Ctx<'_>) -> Result<PythonEnv, String> {
-    let request = ctx
-        .options
-        .python_version
-        .as_deref()
-        .map(util::parse_version_request)
-        .transpose()?;
-    let inputs = read_inputs(ctx.pack_dir, ctx.settings)?;
-    if !ctx.options.force_rebuild
-        && let Some(marker) = reusable(ctx, &inputs, request.as_deref())
-    {
-        ctx.reporter.info(
-            Stage::Build,
-            format!(
-                "python: environment is up to date ({}), reused",
-                marker.version_text
-            ),
-        );
-        return Ok(env_from_marker(ctx, &marker, true));
+    fn version_request(options: &BuildOptions) -> Option<&str> {
+        options.python_version.as_deref()
     }
 
-    let found = discover::python_interpreters().await;
-    let interp = discover::select_python(
-        &found,
-        request.as_deref(),
-        ctx.options.python_version.as_deref(),
-        ctx.manifest.python.as_ref(),
-    )?
-    .clone();
-    let hash = inputs_hash(&inputs, &interp.executable, &interp.version_text)
-        .ok_or_else(|| format!("interpreter {} disappeared", interp.executable.display()))?;
-    let build_dir = ctx.ref_dir.new_build_dir(KIND, &hash);
-    ctx.reporter.info(
-        Stage::Build,
-        format!(
+    fn requirement(manifest: &Manifest) -> Option<&RuntimeRequirement> {
+        manifest.python.as_ref()
+    }
+
+    fn read_inputs(pack_dir: &Path, settings: &EnvSettings) -> Result<PythonInputs, EnvError> {
+        Ok(read_inputs(pack_dir, settings)?)
+    }
+
+    fn marker_hash(inputs: &PythonInputs, marker: &Marker) -> Option<String> {
+        inputs_hash(inputs, &marker.tool_path, &marker.tool_version)
+    }
+
+    fn env_present(ctx: &Ctx<'_>) -> bool {
+        ctx.ref_dir.link(KIND).join("bin").join("python").exists()
+    }
+
+    async fn select_tools(
+        ctx: &Ctx<'_>,
+        _inputs: &PythonInputs,
+        request: Option<&[u64]>,
+    ) -> Result<Interpreter, EnvError> {
+        let found = discover::python_interpreters().await;
+        let interp = discover::select_python(
+            &found,
+            request,
+            ctx.options.python_version.as_deref(),
+            ctx.manifest.python.as_ref(),
+        )?;
+        Ok(interp.clone())
+    }
+
+    fn tool(interp: &Interpreter) -> (&Path, &str) {
+        (&interp.executable, &interp.version_text)
+    }
+
+    fn build_hash(inputs: &PythonInputs, interp: &Interpreter) -> Result<String, EnvError> {
+        inputs_hash(inputs, &interp.executable, &interp.version_text).ok_or_else(|| {
+            EnvError::InterpreterGone {
+                executable: interp.executable.clone(),
+            }
+        })
+    }
+
+    fn version_text(interp: &Interpreter) -> String {
+        format!("Python {}", interp.version_text)
+    }
+
+    fn starting_message(interp: &Interpreter) -> Option<String> {
+        Some(format!(
             "python: creating virtualenv with {} {} ({})",
             interp.command,
             interp.version_text,
             interp.executable.display()
-        ),
-    );
-    let outcome = build(ctx, &interp, &inputs, &hash, &build_dir).await;
-    let marker = layout::finish_build(
-        &ctx.ref_dir,
-        KIND,
-        build_dir,
-        outcome,
-        ctx.options.keep_previous,
-    )
-    .await?;
-    ctx.reporter.info(
-        Stage::Build,
+        ))
+    }
+
+    async fn install(
+        ctx: &Ctx<'_>,
+        interp: &Interpreter,
+        inputs: &PythonInputs,
+        build_dir: &Path,
+    ) -> Result<Installed, EnvError> {
+        install(ctx, interp, inputs, build_dir).await
+    }
+
+    fn reused_message(marker: &Marker) -> String {
+        format!(
+            "python: environment is up to date ({}), reused",
+            marker.version_text
+        )
+    }
+
+    fn ready_message(marker: &Marker) -> String {
         format!(
             "python: virtualenv ready, {} package(s) installed",
             marker.package_count
-        ),
-    );
-    Ok(env_from_marker(ctx, &marker, false))
+        )
+    }
+
+    fn env(ctx: &Ctx<'_>, installed: Installed, reused: bool) -> PythonEnv {
+        PythonEnv {
+            virtualenv_path: ctx.ref_dir.link(KIND),
+            requirements_installed: installed.deps_installed,
+            package_count: installed.package_count,
+            python_version: installed.version_text,
+            reused,
+        }
+    }
 }
 
-async fn build(
+/// `python -m venv`, then `pip install -r requirements.txt` when the pack has one.
+async fn install(
     ctx: &Ctx<'_>,
     interp: &Interpreter,
     inputs: &PythonInputs,
-    hash: &str,
     build_dir: &Path,
-) -> Result<Marker, String> {
+) -> Result<Installed, EnvError> {
     let timeout = ctx.options.timeout;
     let venv_timeout = util::remaining(ctx.deadline, "python -m venv", timeout)?;
     // Pack code (setup.py, build hooks) runs as the sandbox user: it gets this one
@@ -338,25 +353,14 @@ async fn build(
     };
 
     layout::reclaim(build_dir).await?;
-    let package_count = count_distributions(build_dir);
-    let version_text = format!(
-        "Python {}",
-        venv_version(build_dir).unwrap_or_else(|| interp.version_text.clone())
-    );
-    let marker = Marker {
-        schema: MARKER_SCHEMA,
-        runtime: KIND.to_string(),
-        inputs_hash: hash.to_string(),
-        tool_path: interp.executable.clone(),
-        tool_version: interp.version_text.clone(),
-        version_text,
+    Ok(Installed {
         deps_installed: installed,
-        package_count,
-        built_at_unix: layout::unix_now(),
-    };
-    layout::write_marker(build_dir, &marker)
-        .map_err(|e| format!("cannot write the environment marker: {e}"))?;
-    Ok(marker)
+        package_count: count_distributions(build_dir),
+        version_text: format!(
+            "Python {}",
+            venv_version(build_dir).unwrap_or_else(|| interp.version_text.clone())
+        ),
+    })
 }
 
 /// `pip install -r requirements.txt` in the virtualenv, configured only by
@@ -529,10 +533,10 @@ mod tests {
         assert_ne!(b, read_inputs(dir.path(), &offline).unwrap().digest);
 
         std::fs::write(dir.path().join("requirements.txt"), "-e ./src\n").unwrap();
-        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        let err = read_inputs(dir.path(), &settings).unwrap_err().to_string();
         assert!(err.contains("editable"), "{err}");
         std::fs::write(dir.path().join("requirements.txt"), "-r missing.txt\n").unwrap();
-        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        let err = read_inputs(dir.path(), &settings).unwrap_err().to_string();
         assert!(err.contains("missing.txt"), "{err}");
     }
 
@@ -549,7 +553,7 @@ mod tests {
             "-r ../secret.txt".to_string(),
         ] {
             std::fs::write(&requirements, format!("{line}\n")).unwrap();
-            let err = read_inputs(dir.path(), &settings).unwrap_err();
+            let err = read_inputs(dir.path(), &settings).unwrap_err().to_string();
             assert!(err.contains("outside the pack"), "{err}");
         }
 
@@ -559,7 +563,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&requirements, "-r inc.txt\n").unwrap();
-        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        let err = read_inputs(dir.path(), &settings).unwrap_err().to_string();
         assert!(
             err.contains("inc.txt") && err.contains("symbolic link"),
             "{err}"
@@ -567,7 +571,7 @@ mod tests {
 
         std::fs::remove_file(&requirements).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &requirements).unwrap();
-        let err = read_inputs(dir.path(), &settings).unwrap_err();
+        let err = read_inputs(dir.path(), &settings).unwrap_err().to_string();
         assert!(
             err.contains("requirements.txt") && err.contains("symbolic link"),
             "{err}"
@@ -582,7 +586,7 @@ mod tests {
             },
             ..EnvSettings::default()
         };
-        let err = read_inputs(dir.path(), &small).unwrap_err();
+        let err = read_inputs(dir.path(), &small).unwrap_err().to_string();
         assert!(err.contains("pack_files.max_other_bytes"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ use semver::Version;
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
+use super::error::{EnvError, ToolError};
 use crate::process::{self, CommandSpec, Finished, ProcessError};
 use crate::progress::{Reporter, Stage};
 
@@ -75,7 +76,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// A requested runtime version such as `3.11`, `3`, `3.11.7`, `python3.11`, `v20`:
 /// its numeric components, which must equal the leading components of the version.
-pub fn parse_version_request(request: &str) -> Result<Vec<u64>, String> {
+pub fn parse_version_request(request: &str) -> Result<Vec<u64>, EnvError> {
     let mut s = request.trim();
     for prefix in ["python", "Python", "node", "v", "V"] {
         s = s.strip_prefix(prefix).unwrap_or(s).trim_start();
@@ -84,9 +85,9 @@ pub fn parse_version_request(request: &str) -> Result<Vec<u64>, String> {
     let parts: Result<Vec<u64>, _> = s.split('.').map(str::parse).collect();
     match parts {
         Ok(parts) if !parts.is_empty() && parts.len() <= 3 => Ok(parts),
-        _ => Err(format!(
-            "invalid version request `{request}` (expected a version such as `3.11`)"
-        )),
+        _ => Err(EnvError::InvalidVersionRequest {
+            request: request.to_string(),
+        }),
     }
 }
 
@@ -96,20 +97,20 @@ pub fn request_matches(parts: &[u64], version: &Version) -> bool {
 }
 
 /// Time left until `deadline`, or an error naming what could not start.
-pub fn remaining(deadline: Instant, what: &str, timeout: Duration) -> Result<Duration, String> {
+pub fn remaining(deadline: Instant, what: &str, timeout: Duration) -> Result<Duration, EnvError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        Err(format!(
-            "{what} not started: the build timeout of {}s was used up",
-            timeout.as_secs()
-        ))
+        Err(EnvError::TimeUsedUp {
+            what: what.to_string(),
+            timeout_secs: timeout.as_secs(),
+        })
     } else {
         Ok(left)
     }
 }
 
 /// Runs one tool invocation: output lines stream to `reporter` as `Stage::Build`
-/// info prefixed with `label`; anything but a clean exit becomes an error message
+/// info prefixed with `label`; anything but a clean exit is an error
 /// `<what> failed (exit code 1): <headline>` followed by the last lines of output.
 pub async fn run_tool(
     spec: &CommandSpec,
@@ -117,7 +118,7 @@ pub async fn run_tool(
     label: &str,
     reporter: &Reporter,
     total_timeout: Duration,
-) -> Result<Finished, String> {
+) -> Result<Finished, ToolError> {
     let result = process::run(
         spec,
         |_, line| {
@@ -128,32 +129,32 @@ pub async fn run_tool(
         process::poll_cancelled(|| reporter.is_cancelled()),
     )
     .await;
+    let what = what.to_string();
     let finished = match result {
         Ok(finished) => finished,
-        Err(ProcessError::Cancelled { .. }) => return Err(format!("{what} cancelled")),
-        Err(e) => return Err(format!("{what} could not run: {e}")),
+        Err(ProcessError::Cancelled { .. }) => return Err(ToolError::Cancelled { what }),
+        Err(source) => return Err(ToolError::NotRun { what, source }),
     };
     if finished.success() {
         return Ok(finished);
     }
-    let tail = output_tail(&finished);
+    let output_tail = output_tail(&finished);
     if finished.timed_out {
-        let mut msg = format!(
-            "{what} timed out (build timeout {}s); its process tree was killed",
-            total_timeout.as_secs()
-        );
-        if !tail.is_empty() {
-            msg.push('\n');
-            msg.push_str(&tail);
-        }
-        return Err(msg);
+        return Err(ToolError::TimedOut {
+            what,
+            timeout_secs: total_timeout.as_secs(),
+            output_tail,
+        });
     }
-    let headline = headline(&tail).unwrap_or("no error output");
-    let mut msg = format!("{what} failed ({}): {headline}", finished.describe_status());
-    if !tail.is_empty() {
-        msg.push_str(&format!("\n--- last lines of {label} output ---\n{tail}"));
-    }
-    Err(msg)
+    Err(ToolError::Failed {
+        what,
+        status: finished.describe_status(),
+        headline: headline(&output_tail)
+            .unwrap_or("no error output")
+            .to_string(),
+        label: label.to_string(),
+        output_tail,
+    })
 }
 
 /// The last [`ERROR_TAIL_LINES`] non-empty lines of stderr (stdout when stderr is
@@ -220,10 +221,17 @@ pub fn passthrough_env() -> Vec<(OsString, OsString)> {
 
 /// Creates `build_dir` (when missing) and hands it to the sandbox user, who builds
 /// there.
-pub fn prepare_build_dir(build_dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(build_dir)
-        .map_err(|e| format!("cannot create {}: {e}", build_dir.display()))?;
-    crate::sandbox::hand_over(build_dir).map_err(|e| e.to_string())
+pub fn prepare_build_dir(build_dir: &Path) -> Result<(), EnvError> {
+    create_dir_all(build_dir)?;
+    Ok(crate::sandbox::hand_over(build_dir)?)
+}
+
+/// `create_dir_all`, its error naming the directory.
+pub fn create_dir_all(dir: &Path) -> Result<(), EnvError> {
+    std::fs::create_dir_all(dir).map_err(|source| EnvError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// The installation prefix of a tool given by path (`/opt/node` for
