@@ -9,7 +9,7 @@ pub mod version;
 
 pub use client::{
     IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError, Resolved,
-    SearchHit,
+    SearchHit, Unreachable,
 };
 pub use index::{
     ComponentSummary, IndexError, IndexWarning, InstallSource, PackContents, PackDependencies,
