@@ -26,7 +26,7 @@ use tracing::{Instrument, Span};
 use self::status::status;
 use crate::{
     auth::{Authenticator, Principal},
-    buildenvs, deps, download, install,
+    buildenvs, deps, install,
     progress::{ProgressEvent, Reporter},
     register,
     shutdown::Stopping,
