@@ -18,21 +18,22 @@ use std::{
 };
 
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::{
-    archive::{self, Limits},
-    checksum::{self, Digest},
+    archive::{self, ArchiveError, BudgetError, Limits},
+    checksum::{self, ChecksumError, Digest},
     config::Config,
-    fetch::{self, HttpFetcher},
-    git::{self, GitCredentials},
+    fetch::{self, FetchError, HttpFetcher},
+    git::{self, GitCredentials, GitError},
     journal::{self, Journal, WorkKind},
-    manifest::Manifest,
+    manifest::{Manifest, ManifestError},
     packfs::{PackReadLimits, TreeLimit, TreeLimits},
-    paths::PathPolicy,
+    paths::{PathError, PathPolicy},
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
-    registry::{IndexConfig, InstallSource, RegistryClient, RegistryConfig},
-    source::{PackSource, redact_url},
+    registry::{IndexConfig, InstallSource, RegistryClient, RegistryConfig, RegistryError},
+    source::{PackSource, SourceError, redact_url},
 };
 
 /// After a pack's timeout, how long its work may take to notice and clean up.
@@ -63,34 +64,166 @@ pub struct DownloadedPack {
     pub checksum: String,
 }
 
+/// A pack of the request that was not downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedPack {
+pub struct FailedDownload {
     pub source: String,
+    /// The [`PackDownloadError`], as the caller is told it.
     pub error: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DownloadReport {
     pub downloaded: Vec<DownloadedPack>,
-    pub failed: Vec<FailedPack>,
+    pub failed: Vec<FailedDownload>,
 }
 
+/// Why a whole Download call fails (a failed pack is not one: see [`PackDownloadError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// The request as a whole cannot be served (INVALID_ARGUMENT).
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error("verify_ssl=false is not allowed by this server")]
+    InsecureTlsRefused,
+    #[error("destination_dir: {0}")]
+    Destination(#[source] PathError),
+    #[error("destination_dir: cannot create '{}': {source}", path.display())]
+    CreateDestination {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up downloads: registry configuration: {0}")]
+    RegistrySetup(#[source] RegistryError),
     #[error("cannot set up downloads: {0}")]
-    Setup(String),
+    HttpSetup(#[source] FetchError),
+    #[error("cannot set up downloads: {0}")]
+    ExtractBudgetSetup(#[source] BudgetError),
 }
 
 impl Failure for DownloadError {
     fn kind(&self) -> FailureKind {
         match self {
-            DownloadError::InvalidRequest(_) => FailureKind::InvalidRequest,
-            DownloadError::Setup(_) => FailureKind::Internal,
+            DownloadError::InsecureTlsRefused
+            | DownloadError::Destination(_)
+            | DownloadError::CreateDestination { .. } => FailureKind::InvalidRequest,
+            DownloadError::RegistrySetup(_)
+            | DownloadError::HttpSetup(_)
+            | DownloadError::ExtractBudgetSetup(_) => FailureKind::Internal,
         }
     }
+}
+
+/// Why one pack of a request was not downloaded. Its text is the pack's `error` in
+/// the report.
+#[derive(Debug, thiserror::Error)]
+pub enum PackDownloadError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot create a staging directory in '{}': {source}", destination.display())]
+    Staging {
+        destination: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("the index entry has no install sources")]
+    NoInstallSources,
+    #[error("every install source failed: {}", joined(.failures))]
+    EveryInstallSourceFailed { failures: Vec<InstallSourceFailure> },
+    #[error(
+        "refusing {url}: only https:// git URLs are allowed (the server's download.allow_http is off)"
+    )]
+    PlainHttpGit { url: String },
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(
+        "checksum mismatch for {url}: the index says {expected}, the download is {}",
+        actual.as_ref().map_or_else(|| "unknown".to_string(), |d| d.to_string())
+    )]
+    ArchiveChecksumMismatch {
+        url: String,
+        expected: Box<Digest>,
+        actual: Option<Box<Digest>>,
+    },
+    #[error(
+        "checksum mismatch for {url} at {git_ref}: the index says {expected}, the checkout is sha256:{actual}"
+    )]
+    CheckoutChecksumMismatch {
+        url: String,
+        git_ref: String,
+        expected: Box<Digest>,
+        /// Bare hex of the attune-pack-file-v1 checksum.
+        actual: String,
+    },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    ExtractBudget(#[from] BudgetError),
+    /// The directory an archive is extracted into could not be created.
+    #[error("{0}")]
+    CreateTree(#[source] std::io::Error),
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("'{raw}' does not exist under any allowed root")]
+    LocalNotFound { raw: String },
+    #[error(
+        "'{}' is a {kind}, neither a directory nor an archive; it was not read",
+        path.display()
+    )]
+    LocalNotAPack { path: PathBuf, kind: &'static str },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("the downloaded pack is {downloaded} but the index entry is {indexed}; refusing it")]
+    NotTheIndexedPack {
+        downloaded: Box<PackIdentity>,
+        indexed: Box<PackIdentity>,
+    },
+    #[error("pack '{pack_ref}' is also provided by '{other}' in this request")]
+    ProvidedTwice { pack_ref: String, other: String },
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    #[error("timed out after {secs} s")]
+    TimedOut { secs: u64 },
+    /// Blocking work panicked or was cancelled by the runtime.
+    #[error("internal error: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
+}
+
+/// A pack's ref and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackIdentity {
+    pub pack_ref: String,
+    pub version: semver::Version,
+}
+
+impl std::fmt::Display for PackIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.pack_ref, self.version)
+    }
+}
+
+/// One install source of an index entry, and why it failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {url}: {error}")]
+pub struct InstallSourceFailure {
+    /// `git` or `archive`.
+    pub kind: &'static str,
+    /// Redacted.
+    pub url: String,
+    #[source]
+    pub error: PackDownloadError,
+}
+
+fn joined(failures: &[InstallSourceFailure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Shared by all requests: registry cache, HTTP clients, credentials, limits.
@@ -115,10 +248,30 @@ pub struct Downloader {
     journal: Option<Arc<Journal>>,
 }
 
-/// What fetching produced, before verification and placement.
-struct Fetched {
+/// What a pack source turned out to be once fetched, as `source_type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FetchedKind {
+    Git,
+    Archive,
+    LocalArchive,
+    LocalDirectory,
+}
+
+impl FetchedKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FetchedKind::Git => "git",
+            FetchedKind::Archive => "archive",
+            FetchedKind::LocalArchive => "local_archive",
+            FetchedKind::LocalDirectory => "local_directory",
+        }
+    }
+}
+
+/// A pack tree in staging, before verification and placement.
+struct FetchedPack {
     pack_root: PathBuf,
-    source_type: &'static str,
+    kind: FetchedKind,
     url: Option<String>,
     reference: Option<String>,
     git_commit: Option<String>,
@@ -128,7 +281,7 @@ struct Fetched {
     verified: bool,
 }
 
-type PackResult = Result<DownloadedPack, String>;
+type PackResult = Result<DownloadedPack, PackDownloadError>;
 
 impl Downloader {
     pub fn new(config: &Config, paths: PathPolicy) -> Result<Self, DownloadError> {
@@ -155,10 +308,10 @@ impl Downloader {
             max_index_bytes: config.registry.max_index_bytes,
             allow_file_extra_index: config.registry.allow_file_registry_url,
         })
-        .map_err(|e| DownloadError::Setup(format!("registry configuration: {e}")))?;
+        .map_err(DownloadError::RegistrySetup)?;
         let d = &config.download;
         let http = HttpFetcher::new(d.allow_http, d.max_archive_bytes)
-            .map_err(|e| DownloadError::Setup(e.to_string()))?;
+            .map_err(DownloadError::HttpSetup)?;
         let extract_budget =
             archive::ExtractBudget::new(d.extract_concurrency, d.extract_memory_bytes);
         let limits = Limits {
@@ -170,7 +323,7 @@ impl Downloader {
         };
         extract_budget
             .validate(&limits)
-            .map_err(|e| DownloadError::Setup(e.to_string()))?;
+            .map_err(DownloadError::ExtractBudgetSetup)?;
         Ok(Self {
             registry,
             http,
@@ -219,19 +372,15 @@ impl Downloader {
         reporter: &Reporter,
     ) -> Result<DownloadReport, DownloadError> {
         if !request.verify_ssl && !self.allow_insecure_tls {
-            return Err(DownloadError::InvalidRequest(
-                "verify_ssl=false is not allowed by this server".into(),
-            ));
+            return Err(DownloadError::InsecureTlsRefused);
         }
         let destination = self
             .paths
             .confine(&request.destination_dir)
-            .map_err(|e| DownloadError::InvalidRequest(format!("destination_dir: {e}")))?;
-        fs::create_dir_all(&destination).map_err(|e| {
-            DownloadError::InvalidRequest(format!(
-                "destination_dir: cannot create '{}': {e}",
-                destination.display()
-            ))
+            .map_err(DownloadError::Destination)?;
+        fs::create_dir_all(&destination).map_err(|source| DownloadError::CreateDestination {
+            path: destination.clone(),
+            source,
         })?;
         if let Some(journal) = &self.journal {
             journal.remember_dir(&destination);
@@ -293,9 +442,9 @@ impl Downloader {
         for ((_, outcome), source) in outcomes.into_iter().zip(&request.packs) {
             match outcome {
                 Ok(p) => report.downloaded.push(p),
-                Err(error) => report.failed.push(FailedPack {
+                Err(error) => report.failed.push(FailedDownload {
                     source: source.clone(),
-                    error,
+                    error: error.to_string(),
                 }),
             }
         }
@@ -305,6 +454,12 @@ impl Downloader {
     /// One pack under its timeout. On timeout the pack's reporter is cancelled, which
     /// stops its network and blocking work, and the work gets a short grace to unwind
     /// (and remove its staging directory).
+    #[tracing::instrument(
+        name = "download_pack",
+        level = "debug",
+        skip_all,
+        fields(source = %redact_url(source), reference = request.ref_spec.as_deref())
+    )]
     async fn download_with_timeout(
         &self,
         source: &str,
@@ -317,14 +472,18 @@ impl Downloader {
         let deadline = Instant::now() + request.timeout;
         let work = self.download_one(source, request, destination, claimed, &child, deadline);
         tokio::pin!(work);
-        tokio::select! {
+        let outcome = tokio::select! {
             outcome = &mut work => outcome,
             _ = tokio::time::sleep_until(deadline.into()) => {
                 drop(cancel);
                 let _ = tokio::time::timeout(CANCEL_GRACE, work).await;
-                Err(format!("timed out after {} s", request.timeout.as_secs()))
+                Err(PackDownloadError::TimedOut { secs: request.timeout.as_secs() })
             }
+        };
+        if let Err(e) = &outcome {
+            tracing::debug!(error = %e, "pack not downloaded");
         }
+        outcome
     }
 
     async fn download_one(
@@ -336,18 +495,17 @@ impl Downloader {
         reporter: &Reporter,
         deadline: Instant,
     ) -> PackResult {
-        let source = PackSource::parse(raw, request.ref_spec.as_deref(), &self.github_host)
-            .map_err(|e| e.to_string())?;
+        let source = PackSource::parse(raw, request.ref_spec.as_deref(), &self.github_host)?;
+        tracing::debug!(kind = source.kind(), "source parsed");
         reporter.info(
             Stage::Resolve,
             format!("{}: {} source", redact_url(raw), source.kind()),
         );
-        let staging = Staging::create(destination).map_err(|e| {
-            format!(
-                "cannot create a staging directory in '{}': {e}",
-                destination.display()
-            )
-        })?;
+        let staging =
+            Staging::create(destination).map_err(|source| PackDownloadError::Staging {
+                destination: destination.to_path_buf(),
+                source,
+            })?;
 
         let (fetched, registry) = match &source {
             PackSource::Registry { pack_ref, selector } => {
@@ -359,8 +517,7 @@ impl Downloader {
                         request.registry_url.as_deref(),
                         request.verify_ssl,
                     )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 reporter.info(
                     Stage::Resolve,
                     format!(
@@ -435,23 +592,31 @@ impl Downloader {
         let limits = *self.paths.read_limits();
         let (manifest, checksum_hex) = staging
             .blocking(move || {
-                let manifest = Manifest::load(&pack_root, &limits).map_err(|e| e.to_string())?;
+                let manifest = Manifest::load(&pack_root, &limits)?;
                 let checksum = match known_checksum {
                     Some(c) => c,
-                    None => checksum::directory_checksum(&pack_root).map_err(|e| e.to_string())?,
+                    None => checksum::directory_checksum(&pack_root)?,
                 };
-                Ok::<_, String>((manifest, checksum))
+                tracing::debug!(pack_ref = %manifest.pack_ref, version = %manifest.version, "pack.yaml read");
+                Ok::<_, PackDownloadError>((manifest, checksum))
             })
+            .instrument(tracing::debug_span!("verify"))
             .await??;
         let mut verified = fetched.verified;
         if let Some(resolved) = &registry {
             if manifest.pack_ref != resolved.entry_ref || manifest.version != resolved.version {
-                return Err(format!(
-                    "the downloaded pack is {} {} but the index entry is {} {}; refusing it",
-                    manifest.pack_ref, manifest.version, resolved.entry_ref, resolved.version
-                ));
+                return Err(PackDownloadError::NotTheIndexedPack {
+                    downloaded: Box::new(PackIdentity {
+                        pack_ref: manifest.pack_ref,
+                        version: manifest.version,
+                    }),
+                    indexed: Box::new(PackIdentity {
+                        pack_ref: resolved.entry_ref.clone(),
+                        version: resolved.version.clone(),
+                    }),
+                });
             }
-            verified |= fetched.source_type == "git";
+            verified |= fetched.kind == FetchedKind::Git;
         }
         let checksum = checksum::checksum_prefixed(&checksum_hex);
         reporter.info(Stage::Verify, format!("checksum {checksum}"));
@@ -460,10 +625,10 @@ impl Downloader {
         {
             let mut claimed = claimed.lock().expect("claims lock");
             if let Some(other) = claimed.get(&manifest.pack_ref) {
-                return Err(format!(
-                    "pack '{}' is also provided by '{other}' in this request",
-                    manifest.pack_ref
-                ));
+                return Err(PackDownloadError::ProvidedTwice {
+                    pack_ref: manifest.pack_ref.clone(),
+                    other: other.clone(),
+                });
             }
             claimed.insert(manifest.pack_ref.clone(), raw.to_string());
         }
@@ -473,7 +638,7 @@ impl Downloader {
             pack_ref: manifest.pack_ref.clone(),
             version: manifest.version.to_string(),
             source: raw.to_string(),
-            source_type: fetched.source_type.to_string(),
+            source_type: fetched.kind.as_str().to_string(),
             url: fetched.url.clone(),
             reference: fetched.reference.clone(),
             git_commit: fetched.git_commit.clone(),
@@ -500,14 +665,16 @@ impl Downloader {
                     &place_limits,
                 )
             })
+            .instrument(tracing::debug_span!("place", target = %target.display()))
             .await??;
+        tracing::debug!(outcome = ?placed, "placed");
         reporter.info(Stage::Place, placed.describe(&target));
 
         Ok(DownloadedPack {
             source: raw.to_string(),
-            source_type: match (&source, fetched.source_type) {
+            source_type: match (&source, fetched.kind) {
                 (PackSource::Registry { .. }, _) => "registry".to_string(),
-                (_, kind) => kind.to_string(),
+                (_, kind) => kind.as_str().to_string(),
             },
             pack_path: target.display().to_string(),
             pack_ref: manifest.pack_ref,
@@ -525,6 +692,7 @@ impl Downloader {
 
     /// Tries an index entry's sources in order (git first, as listed by the index),
     /// each verified against its checksum; the first that succeeds wins.
+    #[tracing::instrument(name = "fetch_install_sources", level = "debug", skip_all, fields(sources = sources.len()))]
     async fn fetch_registry_sources(
         &self,
         sources: &[InstallSource],
@@ -532,8 +700,8 @@ impl Downloader {
         request: &DownloadRequest,
         reporter: &Reporter,
         deadline: Instant,
-    ) -> Result<Fetched, String> {
-        let mut errors = Vec::new();
+    ) -> Result<FetchedPack, PackDownloadError> {
+        let mut failures = Vec::new();
         for (n, source) in sources.iter().enumerate() {
             let slot = staging.sub(&format!("source-{n}"));
             let outcome = match source {
@@ -548,12 +716,13 @@ impl Downloader {
                     {
                         Ok(mut fetched) => {
                             let root = fetched.pack_root.clone();
-                            let actual = slot
-                                .blocking(move || {
-                                    checksum::directory_checksum(&root).map_err(|e| e.to_string())
-                                })
+                            let actual = match slot
+                                .blocking(move || checksum::directory_checksum(&root))
                                 .await
-                                .and_then(|r| r);
+                            {
+                                Ok(computed) => computed.map_err(PackDownloadError::from),
+                                Err(e) => Err(e.into()),
+                            };
                             match actual {
                                 Ok(actual)
                                     if checksum.to_string()
@@ -569,9 +738,12 @@ impl Downloader {
                                     fetched.verified = true;
                                     Ok(fetched)
                                 }
-                                Ok(actual) => Err(format!(
-                                    "checksum mismatch for {url} at {git_ref}: the index says {checksum}, the checkout is sha256:{actual}"
-                                )),
+                                Ok(actual) => Err(PackDownloadError::CheckoutChecksumMismatch {
+                                    url: url.clone(),
+                                    git_ref: git_ref.clone(),
+                                    expected: Box::new(*checksum),
+                                    actual,
+                                }),
                                 Err(e) => Err(e),
                             }
                         }
@@ -579,9 +751,7 @@ impl Downloader {
                     }
                 }
                 InstallSource::Archive { url, checksum } => {
-                    let expected =
-                        Digest::parse(&checksum.to_string()).map_err(|e| e.to_string())?;
-                    self.fetch_archive(url, Some(&expected), &slot, request, reporter)
+                    self.fetch_archive(url, Some(checksum), &slot, request, reporter)
                         .await
                 }
             };
@@ -597,26 +767,25 @@ impl Downloader {
                             format!("{} source failed ({e}); trying the next one", source.kind()),
                         );
                     }
-                    errors.push(format!(
-                        "{} {}: {e}",
-                        source.kind(),
-                        redact_url(source.url())
-                    ));
+                    failures.push(InstallSourceFailure {
+                        kind: source.kind(),
+                        url: redact_url(source.url()),
+                        error: e,
+                    });
                 }
             }
             if reporter.is_cancelled() {
                 break;
             }
         }
-        if errors.is_empty() {
-            return Err("the index entry has no install sources".into());
+        if failures.is_empty() {
+            return Err(PackDownloadError::NoInstallSources);
         }
-        Err(format!(
-            "every install source failed: {}",
-            errors.join("; ")
-        ))
+        Err(PackDownloadError::EveryInstallSourceFailed { failures })
     }
 
+    /// (The clone's own span names the URL and the reference.)
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn fetch_git(
         &self,
         url: &str,
@@ -625,11 +794,11 @@ impl Downloader {
         request: &DownloadRequest,
         reporter: &Reporter,
         deadline: Instant,
-    ) -> Result<Fetched, String> {
+    ) -> Result<FetchedPack, PackDownloadError> {
         if url.to_ascii_lowercase().starts_with("http://") && !self.allow_http {
-            return Err(format!(
-                "refusing {url}: only https:// git URLs are allowed (the server's download.allow_http is off)"
-            ));
+            return Err(PackDownloadError::PlainHttpGit {
+                url: url.to_string(),
+            });
         }
         let tree = staging.path().join("tree");
         let credentials = self.credentials.clone();
@@ -651,17 +820,16 @@ impl Downloader {
                     &git_reporter,
                 )
                 .map(|checkout| (checkout, tree))
-                .map_err(|e| e.to_string())
             })
             .await??;
         let (checkout, tree) = checkout;
         reporter.info(Stage::Extract, format!("checked out {}", checkout.commit));
         let pack_root = staging
-            .blocking(move || archive::find_pack_root(&tree).map_err(|e| e.to_string()))
+            .blocking(move || archive::find_pack_root(&tree))
             .await??;
-        Ok(Fetched {
+        Ok(FetchedPack {
             pack_root,
-            source_type: "git",
+            kind: FetchedKind::Git,
             url: Some(git::redact_url(url)),
             reference: reference.map(str::to_string),
             git_commit: Some(checkout.commit),
@@ -670,6 +838,7 @@ impl Downloader {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(url = %redact_url(url)))]
     async fn fetch_archive(
         &self,
         url: &str,
@@ -677,13 +846,12 @@ impl Downloader {
         staging: &Staging,
         request: &DownloadRequest,
         reporter: &Reporter,
-    ) -> Result<Fetched, String> {
+    ) -> Result<FetchedPack, PackDownloadError> {
         let file = staging.path().join("archive");
         let digests = self
             .http
             .download(url, &file, request.verify_ssl, reporter)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let verified = match expected {
             Some(expected) if digests.matches(expected) => {
                 reporter.info(
@@ -693,45 +861,40 @@ impl Downloader {
                 true
             }
             Some(expected) => {
-                return Err(format!(
-                    "checksum mismatch for {url}: the index says {expected}, the download is {}",
-                    digests
-                        .sha256
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_string(), |d| d.to_string())
-                ));
+                return Err(PackDownloadError::ArchiveChecksumMismatch {
+                    url: url.to_string(),
+                    expected: Box::new(*expected),
+                    actual: digests.sha256.map(Box::new),
+                });
             }
             None => false,
         };
-        let opened =
-            archive::open_archive(&file, self.max_archive_bytes).map_err(|e| e.to_string())?;
+        let opened = archive::open_archive(&file, self.max_archive_bytes)?;
         let mut fetched = self.extract(opened, &file, staging, reporter).await?;
-        fetched.source_type = "archive";
+        fetched.kind = FetchedKind::Archive;
         fetched.url = Some(url.to_string());
         fetched.verified = verified;
         let _ = fs::remove_file(&file);
         Ok(fetched)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(archive = %archive_file.display()))]
     async fn extract(
         &self,
         opened: fs::File,
         archive_file: &Path,
         staging: &Staging,
         reporter: &Reporter,
-    ) -> Result<Fetched, String> {
+    ) -> Result<FetchedPack, PackDownloadError> {
         let tree = staging.path().join("tree");
-        fs::create_dir(&tree).map_err(|e| e.to_string())?;
+        fs::create_dir(&tree).map_err(PackDownloadError::CreateTree)?;
         let limits = self.limits;
         let file = archive_file.to_path_buf();
         let extract_reporter = reporter.clone();
-        let permit = match self
-            .extract_budget
-            .try_admit(&limits)
-            .map_err(|e| e.to_string())?
-        {
+        let permit = match self.extract_budget.try_admit(&limits)? {
             Some(permit) => permit,
             None => {
+                tracing::debug!("waiting for an extraction slot");
                 reporter.info(
                     Stage::Extract,
                     format!(
@@ -739,10 +902,7 @@ impl Downloader {
                         self.extract_budget.running()
                     ),
                 );
-                self.extract_budget
-                    .admit(&limits)
-                    .await
-                    .map_err(|e| e.to_string())?
+                self.extract_budget.admit(&limits).await?
             }
         };
         reporter.info(Stage::Extract, "extracting");
@@ -751,22 +911,22 @@ impl Downloader {
                 // Released when the extraction stops, even after its caller left.
                 let _permit = permit;
                 let summary =
-                    archive::extract_file(opened, &file, &tree, &limits, &extract_reporter)
-                        .map_err(|e| e.to_string())?;
+                    archive::extract_file(opened, &file, &tree, &limits, &extract_reporter)?;
+                tracing::debug!(files = summary.files, "extracted");
                 extract_reporter.count(
                     Stage::Extract,
                     "files extracted",
                     summary.files,
                     Some(summary.files),
                 );
-                let root = archive::find_pack_root(&tree).map_err(|e| e.to_string())?;
-                let checksum = summary.checksum(&tree, &root).map_err(|e| e.to_string())?;
-                Ok::<_, String>((root, checksum))
+                let root = archive::find_pack_root(&tree)?;
+                let checksum = summary.checksum(&tree, &root)?;
+                Ok::<_, PackDownloadError>((root, checksum))
             })
             .await??;
-        Ok(Fetched {
+        Ok(FetchedPack {
             pack_root,
-            source_type: "local_archive",
+            kind: FetchedKind::LocalArchive,
             url: None,
             reference: None,
             git_commit: None,
@@ -777,48 +937,43 @@ impl Downloader {
 
     /// A local directory or archive: absolute, or relative to an allowed root (the
     /// first root under which it exists).
+    #[tracing::instrument(level = "debug", skip_all, fields(path = raw))]
     async fn fetch_local(
         &self,
         raw: &str,
         staging: &Staging,
         reporter: &Reporter,
-    ) -> Result<Fetched, String> {
+    ) -> Result<FetchedPack, PackDownloadError> {
         let path = if Path::new(raw).is_absolute() {
-            self.paths.confine(raw).map_err(|e| e.to_string())?
+            self.paths.confine(raw)?
         } else {
-            self.paths
+            let candidate = self
+                .paths
                 .roots()
                 .iter()
                 .map(|root| root.join(raw))
                 .find(|candidate| candidate.exists())
-                .ok_or_else(|| format!("'{raw}' does not exist under any allowed root"))
-                .and_then(|candidate| {
-                    self.paths
-                        .confine(&candidate.display().to_string())
-                        .map_err(|e| e.to_string())
-                })?
+                .ok_or_else(|| PackDownloadError::LocalNotFound {
+                    raw: raw.to_string(),
+                })?;
+            self.paths.confine(&candidate.display().to_string())?
         };
         // Opened once, without following a link or blocking on a FIFO swapped in
         // since `confine`; the extraction reads this descriptor, not the path.
         match archive::open_archive(&path, self.max_archive_bytes) {
             Ok(file) => {
-                self.paths
-                    .check_opened(&file, &path)
-                    .map_err(|e| e.to_string())?;
+                self.paths.check_opened(&file, &path)?;
                 let mut fetched = self.extract(file, &path, staging, reporter).await?;
                 fetched.url = Some(path.display().to_string());
                 return Ok(fetched);
             }
-            Err(archive::ArchiveError::NotRegularFile {
+            Err(ArchiveError::NotRegularFile {
                 kind: "directory", ..
             }) => {}
-            Err(archive::ArchiveError::NotRegularFile { path, kind }) => {
-                return Err(format!(
-                    "'{}' is a {kind}, neither a directory nor an archive; it was not read",
-                    path.display()
-                ));
+            Err(ArchiveError::NotRegularFile { path, kind }) => {
+                return Err(PackDownloadError::LocalNotAPack { path, kind });
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         let tree = staging.path().join("tree");
         let copy_reporter = reporter.clone();
@@ -827,15 +982,14 @@ impl Downloader {
         let copy_limits = local_copy_limits(&self.limits);
         let pack_root = staging
             .blocking(move || {
-                let src = paths.open_confined(&src).map_err(|e| e.to_string())?;
-                fetch::copy_tree(&src, &tree, &copy_limits, &copy_reporter)
-                    .map_err(|e| e.to_string())?;
-                archive::find_pack_root(&tree).map_err(|e| e.to_string())
+                let src = paths.open_confined(&src)?;
+                fetch::copy_tree(&src, &tree, &copy_limits, &copy_reporter)?;
+                Ok::<_, PackDownloadError>(archive::find_pack_root(&tree)?)
             })
             .await??;
-        Ok(Fetched {
+        Ok(FetchedPack {
             pack_root,
-            source_type: "local_directory",
+            kind: FetchedKind::LocalDirectory,
             url: Some(path.display().to_string()),
             reference: None,
             git_commit: None,
@@ -867,6 +1021,7 @@ fn local_copy_limits(limits: &archive::Limits) -> TreeLimits {
 }
 
 /// What placement did.
+#[derive(Debug)]
 enum Placed {
     New,
     Unchanged,
@@ -886,6 +1041,31 @@ impl Placed {
     }
 }
 
+/// Why a fetched pack could not be placed at its destination.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("cannot place the pack at '{}': {source}", target.display())]
+    Io {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("'{}' exists and is not a directory; refusing to replace it", target.display())]
+    NotADirectory { target: PathBuf },
+    #[error(
+        "'{}' already exists with different content ({}); set force to replace it",
+        target.display(),
+        existing_version.as_ref().map_or_else(|| "unreadable pack".to_string(), |v| format!("version {v}"))
+    )]
+    Differs {
+        target: PathBuf,
+        /// `None`: its pack.yaml could not be read.
+        existing_version: Option<semver::Version>,
+    },
+    #[error("pack placed, but its source metadata could not be written: {0}")]
+    Provenance(#[source] std::io::Error),
+}
+
 /// Moves `pack_root` to `target`. An existing `target` with the same checksum is kept
 /// (the download is discarded); a different one is an error unless `force`, in which
 /// case it is swapped out and removed only after the new one is in place.
@@ -896,9 +1076,11 @@ fn place(
     force: bool,
     provenance: &Provenance,
     limits: &PackReadLimits,
-) -> Result<Placed, String> {
-    let describe =
-        |e: std::io::Error| format!("cannot place the pack at '{}': {e}", target.display());
+) -> Result<Placed, PlaceError> {
+    let describe = |source: std::io::Error| PlaceError::Io {
+        target: target.to_path_buf(),
+        source,
+    };
     let outcome = match fs::symlink_metadata(target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::rename(pack_root, target).map_err(describe)?;
@@ -906,23 +1088,19 @@ fn place(
         }
         Err(e) => return Err(describe(e)),
         Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
-            return Err(format!(
-                "'{}' exists and is not a directory; refusing to replace it",
-                target.display()
-            ));
+            return Err(PlaceError::NotADirectory {
+                target: target.to_path_buf(),
+            });
         }
         Ok(_) => {
             let existing = checksum::directory_checksum(target).ok();
             if existing.as_deref() == Some(checksum_hex) {
                 Placed::Unchanged
             } else if !force {
-                let version = Manifest::load(target, limits)
-                    .map(|m| format!("version {}", m.version))
-                    .unwrap_or_else(|_| "unreadable pack".into());
-                return Err(format!(
-                    "'{}' already exists with different content ({version}); set force to replace it",
-                    target.display()
-                ));
+                return Err(PlaceError::Differs {
+                    target: target.to_path_buf(),
+                    existing_version: Manifest::load(target, limits).ok().map(|m| m.version),
+                });
             } else {
                 let backup = journal::work_path(
                     target.parent().unwrap_or(Path::new("/")),
@@ -941,8 +1119,7 @@ fn place(
             }
         }
     };
-    provenance::write(target, provenance)
-        .map_err(|e| format!("pack placed, but its source metadata could not be written: {e}"))?;
+    provenance::write(target, provenance).map_err(PlaceError::Provenance)?;
     Ok(outcome)
 }
 
@@ -992,18 +1169,19 @@ impl Staging {
         &self.0.path
     }
 
-    /// Runs blocking work that keeps the staging directory alive until it finishes.
+    /// Runs blocking work that keeps the staging directory alive until it finishes,
+    /// inside the caller's span (so its log lines say which pack they are about).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, tokio::task::JoinError> {
         let hold = self.clone();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            let result = work();
+            let result = span.in_scope(work);
             drop(hold);
             result
         })
         .await
-        .map_err(|e| format!("internal error: {e}"))
     }
 }

@@ -25,6 +25,9 @@ pub enum FetchError {
     Policy { url: String, reason: String },
     #[error("cannot download {url}: {message}")]
     Network { url: String, message: String },
+    /// The HTTP client could not be built (at server start).
+    #[error("cannot download : {0}")]
+    Client(#[source] reqwest::Error),
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url} is larger than the {limit}-byte download limit")]
@@ -64,10 +67,7 @@ impl HttpFetcher {
                 .no_proxy()
                 .danger_accept_invalid_certs(!verify)
                 .build()
-                .map_err(|e| FetchError::Network {
-                    url: String::new(),
-                    message: e.to_string(),
-                })
+                .map_err(FetchError::Client)
         };
         Ok(Self {
             verifying: build(true)?,
@@ -127,6 +127,7 @@ impl HttpFetcher {
     /// Streams `url` into `dest` (created), hashing while writing. Reports bytes
     /// received of the total (when the server says it). Stops when the reporter is
     /// cancelled.
+    #[tracing::instrument(name = "http_download", level = "debug", skip_all, fields(url = %redact_url(url)))]
     pub async fn download(
         &self,
         url: &str,
@@ -151,6 +152,11 @@ impl HttpFetcher {
             });
         }
         let total = response.content_length();
+        tracing::debug!(
+            status = status.as_u16(),
+            length = total,
+            "response received"
+        );
         if total.is_some_and(|t| t > self.max_bytes) {
             return Err(FetchError::TooLarge {
                 url: redact_url(url),
@@ -206,6 +212,7 @@ impl HttpFetcher {
             path: dest.to_path_buf(),
             source,
         })?;
+        tracing::debug!(bytes = received, "downloaded");
         reporter.count(
             Stage::Fetch,
             "bytes received",

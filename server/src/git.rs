@@ -135,6 +135,8 @@ pub enum GitError {
     },
     #[error("git error: {0}")]
     Git(String),
+    #[error("cannot make libgit2 ignore the user's git configuration: {0}")]
+    IgnoreUserConfig(#[source] git2::Error),
 }
 
 /// Transport class of a URL, as far as [`clone_pack`] cares.
@@ -244,6 +246,18 @@ fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Sets up libgit2 for the server: what git does must depend on the server's
+/// configuration only, not on the git configuration of the user it runs as (see
+/// [`ignore_user_git_config`]).
+///
+/// # Safety
+/// Changes libgit2 process globals without synchronization: call it once at
+/// process start, before any other thread uses git2.
+pub unsafe fn init() -> Result<(), GitError> {
+    // SAFETY: forwarded to the caller (see above).
+    unsafe { ignore_user_git_config() }
+}
+
 /// Makes libgit2 ignore the system, global and XDG git configuration of the
 /// server's user (for example `url.<base>.insteadOf` rewrites or
 /// `http.sslVerify`), so only the options of [`clone_pack`] apply.
@@ -260,8 +274,7 @@ pub unsafe fn ignore_user_git_config() -> Result<(), GitError> {
         ConfigLevel::Global,
     ] {
         // SAFETY: forwarded to the caller (see above).
-        unsafe { git2::opts::set_search_path(level, "") }
-            .map_err(|e| GitError::Git(e.message().to_string()))?;
+        unsafe { git2::opts::set_search_path(level, "") }.map_err(GitError::IgnoreUserConfig)?;
     }
     Ok(())
 }
@@ -287,6 +300,25 @@ pub enum CredentialChoice {
     },
 }
 
+/// Why the credentials callback gives up (no secrets in it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialRefusal {
+    #[error("too many authentication attempts")]
+    TooManyAttempts,
+    #[error("the server rejected the configured username/token")]
+    TokenRejected,
+    #[error("the server requires authentication and no https_token is configured")]
+    NoToken,
+    #[error("the server rejected the configured SSH key/agent identities")]
+    SshIdentitiesRejected,
+    #[error(
+        "the server requires an SSH key and neither ssh_key_path nor use_ssh_agent is configured"
+    )]
+    NoSshIdentity,
+    #[error("the server asked for an unsupported authentication method")]
+    UnsupportedMethod,
+}
+
 /// State of the credentials callback for one connection.
 #[derive(Debug, Default)]
 pub struct CredentialState {
@@ -304,20 +336,18 @@ impl CredentialState {
         creds: &GitCredentials,
         username_from_url: Option<&str>,
         allowed: CredentialType,
-    ) -> Result<CredentialChoice, String> {
+    ) -> Result<CredentialChoice, CredentialRefusal> {
         self.calls += 1;
         if self.calls > MAX_CREDENTIAL_CALLBACKS {
-            return Err("too many authentication attempts".into());
+            return Err(CredentialRefusal::TooManyAttempts);
         }
         let ssh_user = || username_from_url.unwrap_or("git").to_string();
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             if self.tried_userpass {
-                return Err("the server rejected the configured username/token".into());
+                return Err(CredentialRefusal::TokenRejected);
             }
             let Some(token) = creds.https_token.as_ref() else {
-                return Err(
-                    "the server requires authentication and no https_token is configured".into(),
-                );
+                return Err(CredentialRefusal::NoToken);
             };
             self.tried_userpass = true;
             let username = creds
@@ -351,13 +381,12 @@ impl CredentialState {
                 });
             }
             return Err(if self.tried_key || self.tried_agent {
-                "the server rejected the configured SSH key/agent identities".into()
+                CredentialRefusal::SshIdentitiesRejected
             } else {
-                "the server requires an SSH key and neither ssh_key_path nor use_ssh_agent is configured"
-                    .into()
+                CredentialRefusal::NoSshIdentity
             });
         }
-        Err("the server asked for an unsupported authentication method".into())
+        Err(CredentialRefusal::UnsupportedMethod)
     }
 }
 
@@ -607,9 +636,11 @@ impl<'a> Control<'a> {
                     *self.abort.borrow_mut() = Some(Abort::Auth(msg.clone()));
                     git2::Error::from_str(&msg)
                 }),
-                Err(reason) => {
-                    *self.abort.borrow_mut() = Some(Abort::Auth(reason.clone()));
-                    Err(git2::Error::from_str(&reason))
+                Err(refusal) => {
+                    let reason = refusal.to_string();
+                    let error = git2::Error::from_str(&reason);
+                    *self.abort.borrow_mut() = Some(Abort::Auth(reason));
+                    Err(error)
                 }
             }
         });
@@ -761,6 +792,7 @@ fn init_repo(dest: &Path, ctl: &Control<'_>) -> Result<Repository, GitError> {
     Ok(repo)
 }
 
+#[tracing::instrument(name = "git_ls_remote", level = "debug", skip_all)]
 fn list_remote(repo: &Repository, ctl: &Control<'_>) -> Result<Vec<RemoteRef>, GitError> {
     let mut remote = repo
         .remote_anonymous(ctl.opts.url)
@@ -777,10 +809,12 @@ fn list_remote(repo: &Repository, ctl: &Control<'_>) -> Result<Vec<RemoteRef>, G
             oid: h.oid(),
             symref_target: h.symref_target().map(str::to_string),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    tracing::debug!(refs = refs.len(), "remote refs listed");
     Ok(refs)
 }
 
+#[tracing::instrument(name = "git_fetch", level = "debug", skip_all, fields(refspecs = ?refspecs, depth = depth))]
 fn fetch(
     repo: &Repository,
     ctl: &Control<'_>,
@@ -796,6 +830,7 @@ fn fetch(
         .fetch(refspecs, Some(&mut fo), None)
         .map_err(|e| ctl.map_err(e))?;
     let stats = remote.stats();
+    tracing::debug!(objects = stats.received_objects(), "fetched");
     ctl.reporter.count(
         Stage::Fetch,
         "objects received",
@@ -832,6 +867,12 @@ fn fetch_everything(dest: &Path, ctl: &Control<'_>) -> Result<Repository, GitErr
 /// with `uploadpack.allowReachableSHA1InWant`/`allowAnySHA1InWant`), and
 /// otherwise, like abbreviated SHAs, resolved after a full fetch of all
 /// branches and tags.
+#[tracing::instrument(
+    name = "git_clone",
+    level = "debug",
+    skip_all,
+    fields(url = %redact_url(opts.url), reference = opts.reference.unwrap_or("HEAD"))
+)]
 pub fn clone_pack(opts: &CloneOptions<'_>, reporter: &Reporter) -> Result<Checkout, GitError> {
     let transport = classify_url(opts.url)?;
     if let Some(r) = opts.reference {
@@ -855,6 +896,7 @@ pub fn clone_pack(opts: &CloneOptions<'_>, reporter: &Reporter) -> Result<Checko
         url: ctl.url.clone(),
     };
     let plan = plan(opts.reference, &refs);
+    tracing::debug!(?plan, "reference planned");
     let shallow_depth = if transport.supports_shallow() { 1 } else { 0 };
 
     let commit_id = match plan {
@@ -961,6 +1003,7 @@ pub fn clone_pack(opts: &CloneOptions<'_>, reporter: &Reporter) -> Result<Checko
 
     let git_dir = opts.dest.join(".git");
     fs::remove_dir_all(&git_dir).map_err(io_err(&git_dir))?;
+    tracing::debug!(commit = %commit_hex, shallow, "checked out");
     reporter.info(
         Stage::Extract,
         format!(
@@ -1087,7 +1130,8 @@ mod tests {
         // Rejected once: give up instead of looping.
         let err = st
             .next(&creds, None, CredentialType::USER_PASS_PLAINTEXT)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("tok\""), "{err}");
 
         let named = GitCredentials {

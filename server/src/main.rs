@@ -102,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => {
             let config = load_config(&cli.global, listen)?;
             telemetry::init(config.log_format);
+            // SAFETY: no thread has used libgit2 yet.
+            unsafe { attune_packs_server::git::init() }.context("cannot set up git")?;
             let listen = config.listen;
             let state = state::open(config).await?;
             let listener = tokio::net::TcpListener::bind(listen)

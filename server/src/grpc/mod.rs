@@ -350,7 +350,7 @@ impl PackService for PackServiceImpl {
             .search(keyword.trim())
             .instrument(call.span.clone())
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| status(&e))?;
         let packs = hits
             .into_iter()
             .map(|h| pb::PackSummary {

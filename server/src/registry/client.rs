@@ -25,9 +25,13 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 use url::Url;
 
-use super::index::{InstallSource, PackDependencies, PackIndex};
+use super::index::{IndexError, InstallSource, PackDependencies, PackIndex};
 use super::version::{SelectorError, VersionSelector};
-use crate::{manifest::is_valid_pack_ref, source::redact_url};
+use crate::{
+    failure::{Failure, FailureKind},
+    manifest::is_valid_pack_ref,
+    source::redact_url,
+};
 
 /// Sent with every index request.
 pub const USER_AGENT: &str = concat!("attune-packs/", env!("CARGO_PKG_VERSION"));
@@ -222,11 +226,19 @@ pub enum RegistryError {
     #[error(
         "registry index {url} is unreachable: {reason}; refusing to fall back to lower-priority indices"
     )]
-    IndexUnavailable { url: String, reason: String },
+    IndexUnavailable {
+        url: String,
+        #[source]
+        reason: Unreachable,
+    },
     #[error(
-        "registry index {url} is invalid: {reason}; refusing to fall back to lower-priority indices"
+        "registry index {url} is invalid: {source}; refusing to fall back to lower-priority indices"
     )]
-    InvalidIndex { url: String, reason: String },
+    InvalidIndex {
+        url: String,
+        #[source]
+        source: IndexError,
+    },
     #[error(
         "the entry for pack '{pack_ref}' in registry index {index} is malformed: {reason}; \
          refusing to fall back to lower-priority indices"
@@ -255,7 +267,57 @@ pub enum RegistryError {
     #[error(transparent)]
     InvalidSelector(#[from] SelectorError),
     #[error("invalid registry configuration: {0}")]
-    Config(String),
+    Config(&'static str),
+    #[error(
+        "invalid registry configuration: cannot build the HTTP client: {}",
+        error_chain(.0)
+    )]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl Failure for RegistryError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            RegistryError::NotFound { .. }
+            | RegistryError::VersionNotFound { .. }
+            | RegistryError::Policy { .. }
+            | RegistryError::InvalidRef(_)
+            | RegistryError::InvalidSelector(_) => FailureKind::InvalidRequest,
+            RegistryError::IndexUnavailable { .. }
+            | RegistryError::InvalidIndex { .. }
+            | RegistryError::InvalidEntry { .. }
+            | RegistryError::TooLarge { .. } => FailureKind::Unavailable,
+            RegistryError::InvalidHeader { .. }
+            | RegistryError::Config(_)
+            | RegistryError::HttpClient(_) => FailureKind::Internal,
+        }
+    }
+}
+
+/// Why an index could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    #[error("{}", error_chain(.0))]
+    Request(#[source] reqwest::Error),
+    #[error("the server answered 304 Not Modified to an unconditional request")]
+    NotModifiedUnconditionally,
+    #[error(
+        "the server answered {status} redirecting to {location}; redirects are not followed, configure the final URL"
+    )]
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
+    #[error("the server answered {0}")]
+    Status(StatusCode),
+    #[error("reading the response failed: {}", error_chain(.0))]
+    Body(#[source] reqwest::Error),
+    #[error("not a local file path")]
+    NotAFilePath,
+    #[error("reading the file timed out")]
+    FileTimedOut,
+    #[error("{0}")]
+    File(#[source] std::io::Error),
 }
 
 fn list_or_none(v: &[String]) -> String {
@@ -343,7 +405,8 @@ impl Target<'_> {
     }
 }
 
-enum Fetched {
+/// What an index server (or file) answered.
+enum IndexResponse {
     NotModified,
     Body {
         bytes: Vec<u8>,
@@ -356,12 +419,10 @@ impl RegistryClient {
     /// Validates every configured URL and header and builds the HTTP clients.
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
         if config.max_index_bytes == 0 {
-            return Err(RegistryError::Config(
-                "max_index_bytes must be positive".into(),
-            ));
+            return Err(RegistryError::Config("max_index_bytes must be positive"));
         }
         if config.timeout.is_zero() {
-            return Err(RegistryError::Config("timeout must be positive".into()));
+            return Err(RegistryError::Config("timeout must be positive"));
         }
         let mut indices = Vec::with_capacity(config.indices.len());
         for ic in &config.indices {
@@ -411,6 +472,12 @@ impl RegistryClient {
     /// `extra_index` (a request's registry URL) is consulted first and gets no
     /// configured headers. `verify_ssl = false` skips certificate verification
     /// for this call's index fetches.
+    #[tracing::instrument(
+        name = "registry_resolve",
+        level = "debug",
+        skip_all,
+        fields(pack_ref = pack_ref, selector = %req)
+    )]
     pub async fn resolve(
         &self,
         pack_ref: &str,
@@ -639,28 +706,28 @@ impl RegistryClient {
             self.fetch_http(t, insecure, cached.as_ref()).await?
         };
         match fetched {
-            Fetched::NotModified => {
+            IndexResponse::NotModified => {
                 let Some(c) = cached.as_mut() else {
                     return Err(RegistryError::IndexUnavailable {
                         url: t.url.to_string(),
-                        reason: "the server answered 304 Not Modified to an unconditional request"
-                            .into(),
+                        reason: Unreachable::NotModifiedUnconditionally,
                     });
                 };
                 tracing::debug!(index = %redact_url(t.url.as_str()), "registry index not modified");
                 c.fetched_at = Instant::now();
                 Ok(c.index.clone())
             }
-            Fetched::Body {
+            IndexResponse::Body {
                 bytes,
                 etag,
                 last_modified,
             } => {
-                let index =
-                    PackIndex::from_slice(&bytes).map_err(|e| RegistryError::InvalidIndex {
+                let index = PackIndex::from_slice(&bytes).map_err(|source| {
+                    RegistryError::InvalidIndex {
                         url: t.url.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                        source,
+                    }
+                })?;
                 for w in &index.warnings {
                     tracing::warn!(index = %redact_url(t.url.as_str()), "registry index: {w}");
                 }
@@ -682,10 +749,10 @@ impl RegistryClient {
         t: &Target<'_>,
         insecure: bool,
         cached: Option<&CachedIndex>,
-    ) -> Result<Fetched, RegistryError> {
+    ) -> Result<IndexResponse, RegistryError> {
         let inner = &*self.inner;
         let url = t.url.to_string();
-        let unavailable = |reason: String| RegistryError::IndexUnavailable {
+        let unavailable = |reason: Unreachable| RegistryError::IndexUnavailable {
             url: url.clone(),
             reason,
         };
@@ -707,24 +774,25 @@ impl RegistryClient {
             }
         }
         tracing::debug!(index = %redact_url(t.url.as_str()), conditional = cached.is_some(), "fetching registry index");
-        let mut resp = req.send().await.map_err(|e| unavailable(error_chain(&e)))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| unavailable(Unreachable::Request(e)))?;
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED {
-            return Ok(Fetched::NotModified);
+            return Ok(IndexResponse::NotModified);
         }
         if status.is_redirection() {
-            let to = resp
+            let location = resp
                 .headers()
                 .get(LOCATION)
                 .and_then(|l| l.to_str().ok())
                 .unwrap_or("?")
                 .to_string();
-            return Err(unavailable(format!(
-                "the server answered {status} redirecting to {to}; redirects are not followed, configure the final URL"
-            )));
+            return Err(unavailable(Unreachable::Redirect { status, location }));
         }
         if !status.is_success() {
-            return Err(unavailable(format!("the server answered {status}")));
+            return Err(unavailable(Unreachable::Status(status)));
         }
         let too_large = || RegistryError::TooLarge {
             url: url.clone(),
@@ -746,29 +814,29 @@ impl RegistryClient {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| unavailable(format!("reading the response failed: {}", error_chain(&e))))?
+            .map_err(|e| unavailable(Unreachable::Body(e)))?
         {
             if (bytes.len() + chunk.len()) as u64 > inner.max_index_bytes {
                 return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok(Fetched::Body {
+        Ok(IndexResponse::Body {
             bytes,
             etag,
             last_modified,
         })
     }
 
-    async fn read_file(&self, url: &Url) -> Result<Fetched, RegistryError> {
+    async fn read_file(&self, url: &Url) -> Result<IndexResponse, RegistryError> {
         let inner = &*self.inner;
-        let unavailable = |reason: String| RegistryError::IndexUnavailable {
+        let unavailable = |reason: Unreachable| RegistryError::IndexUnavailable {
             url: url.to_string(),
             reason,
         };
         let path = url
             .to_file_path()
-            .map_err(|()| unavailable("not a local file path".into()))?;
+            .map_err(|()| unavailable(Unreachable::NotAFilePath))?;
         let limit = inner.max_index_bytes;
         let read = async {
             // Opened without blocking (a FIFO would otherwise hold a blocking thread
@@ -792,13 +860,13 @@ impl RegistryClient {
             Ok((bytes.len() as u64 <= limit).then_some(bytes))
         };
         match tokio::time::timeout(inner.timeout, read).await {
-            Err(_) => Err(unavailable("reading the file timed out".into())),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(Unreachable::FileTimedOut)),
+            Ok(Err(e)) => Err(unavailable(Unreachable::File(e))),
             Ok(Ok(None)) => Err(RegistryError::TooLarge {
                 url: url.to_string(),
                 limit,
             }),
-            Ok(Ok(Some(bytes))) => Ok(Fetched::Body {
+            Ok(Ok(Some(bytes))) => Ok(IndexResponse::Body {
                 bytes,
                 etag: None,
                 last_modified: None,
@@ -942,9 +1010,7 @@ fn build_http(insecure: bool, config: &RegistryConfig) -> Result<reqwest::Client
         .connect_timeout(config.timeout.min(Duration::from_secs(10)))
         .tls_danger_accept_invalid_certs(insecure)
         .build()
-        .map_err(|e| {
-            RegistryError::Config(format!("cannot build the HTTP client: {}", error_chain(&e)))
-        })
+        .map_err(RegistryError::HttpClient)
 }
 
 /// An error and its sources, e.g. "error sending request: connection refused".

@@ -8,5 +8,5 @@ pub mod client;
 pub use attune_packs_core::registry::*;
 pub use client::{
     IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError, Resolved,
-    SearchHit,
+    SearchHit, Unreachable,
 };

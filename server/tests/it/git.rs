@@ -626,3 +626,67 @@ fn empty_repository() {
     );
     assert!(r.is_err(), "{r:?}");
 }
+
+/// The server runs git with its own options only: the git configuration of the user
+/// it runs as (here a `~/.gitconfig` and an XDG one that send the pack's URL to
+/// another repository) has no effect on a Download. The shipped binary is started,
+/// since libgit2 reads `HOME` once per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_users_git_config_has_no_effect_on_a_download() {
+    use attune_packs_client::pb;
+
+    use crate::{common::path_str, crash_loop::Setup, support::packs::pack_files};
+
+    let repos = tempfile::tempdir().unwrap();
+    let genuine = create_repo(
+        repos.path(),
+        "pack.git",
+        &pack_files("alpha", "1.0.0"),
+        None,
+    );
+    create_repo(
+        repos.path(),
+        "impostor.git",
+        &pack_files("alpha", "6.6.6"),
+        None,
+    );
+    let daemon = GitDaemon::start(repos.path());
+
+    let home = tempfile::tempdir().unwrap();
+    let rewrite = format!(
+        "[url \"{}\"]\n\tinsteadOf = {}\n",
+        daemon.url("impostor.git"),
+        daemon.url("pack.git")
+    );
+    std::fs::write(home.path().join(".gitconfig"), &rewrite).unwrap();
+    let xdg = home.path().join(".config");
+    std::fs::create_dir_all(xdg.join("git")).unwrap();
+    std::fs::write(xdg.join("git/config"), &rewrite).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let setup = Setup::at(
+        root.path().canonicalize().unwrap(),
+        None,
+        &[
+            ("HOME", &path_str(home.path())),
+            ("XDG_CONFIG_HOME", &path_str(&xdg)),
+        ],
+    );
+    let server = setup.start();
+    let mut client = server.client().await;
+    let r = client
+        .download(pb::DownloadRequest {
+            packs: vec![daemon.url("pack.git")],
+            destination_dir: path_str(&setup.downloads()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.success_count, 1, "{:#?}", r.failed_packs);
+    let p = &r.downloaded_packs[0];
+    assert_eq!(
+        (p.pack_version.as_str(), p.git_commit.as_deref()),
+        ("1.0.0", Some(genuine.as_str())),
+        "the download followed the user's url.insteadOf"
+    );
+}
