@@ -371,7 +371,7 @@ impl Registrar<'_> {
     ) -> Result<(Vec<Candidate>, Vec<FailedPack>), RegisterError> {
         let installed: HashSet<String> = self
             .db
-            .installed_packs()
+            .registered_packs()
             .await?
             .into_iter()
             .map(|p| p.pack_ref)
