@@ -20,7 +20,7 @@ use crate::{
     paths::PathPolicy,
     progress::{Reporter, Stage},
     runtimes::{self, Detected},
-    store::{Db, InstalledPack, StoreError},
+    store::{Db, RegisteredPackRow, StoreError},
 };
 
 #[derive(Debug, Clone, Default)]
@@ -118,7 +118,7 @@ pub async fn analyze(
     request: DependenciesRequest,
     reporter: &Reporter,
 ) -> Result<DependencyReport, DepsError> {
-    let installed = db.installed_packs().await?;
+    let installed = db.registered_packs().await?;
     let host = runtimes::detected().await;
     let paths = paths.clone();
     let reporter = reporter.clone();
@@ -211,11 +211,11 @@ fn parse_all(
 fn build_report(
     parsed: Vec<Parsed>,
     mut errors: Vec<AnalysisError>,
-    installed: &[InstalledPack],
+    installed: &[RegisteredPackRow],
     host: &runtimes::Runtimes,
     skip_validation: bool,
 ) -> DependencyReport {
-    let installed: HashMap<&str, &InstalledPack> =
+    let installed: HashMap<&str, &RegisteredPackRow> =
         installed.iter().map(|p| (p.pack_ref.as_str(), p)).collect();
     let in_request: HashMap<&str, &Manifest> = parsed
         .iter()
@@ -256,7 +256,7 @@ fn build_report(
 fn dependency_entry(
     dep: &PackDependency,
     required_by: &str,
-    installed: &HashMap<&str, &InstalledPack>,
+    installed: &HashMap<&str, &RegisteredPackRow>,
     in_request: &HashMap<&str, &Manifest>,
 ) -> DependencyEntry {
     let installed_version = installed.get(dep.pack_ref.as_str()).map(|p| &p.version);
@@ -384,7 +384,7 @@ fn conflicts(parsed: &[Parsed]) -> Vec<AnalysisError> {
 /// Dependency cycles that pass through at least one pack of the request. Installed
 /// packs take part with their recorded dependencies, unless the request carries a
 /// new version of them.
-fn cycles(parsed: &[Parsed], installed: &HashMap<&str, &InstalledPack>) -> Vec<AnalysisError> {
+fn cycles(parsed: &[Parsed], installed: &HashMap<&str, &RegisteredPackRow>) -> Vec<AnalysisError> {
     let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, pack) in installed {
         let deps = pack

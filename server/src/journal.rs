@@ -228,6 +228,24 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write the swap journal in {dir}: {source}")]
+    Encode {
+        dir: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot move the previous '{}' aside: {source}", target.display())]
+    MoveAside {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move the pack into '{}': {source}", target.display())]
+    MoveIn {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the swap journal in {dir}: {source}")]
     Read {
         dir: PathBuf,
@@ -242,6 +260,21 @@ pub enum JournalError {
         #[source]
         source: Box<crate::envs::EnvError>,
     },
+}
+
+/// The target, the previous directory and the staged copy of a swap all exist: not a
+/// state the protocol produces, so something else made the target.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "'{}', '{}' and '{}' all exist; leaving them for an operator",
+    target.display(),
+    previous.display(),
+    staged.display()
+)]
+pub struct UnknownSwapState {
+    pub target: PathBuf,
+    pub previous: PathBuf,
+    pub staged: PathBuf,
 }
 
 /// One pack of an intended swap.
@@ -273,44 +306,42 @@ impl SwapEntry {
 
     /// S0 → S2: the old directory aside (or an empty one to say there was none), then
     /// the staged one in. On failure the swap is undone before returning.
-    pub fn swap_in(&self) -> Result<(), String> {
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
+    pub fn swap_in(&self) -> Result<(), JournalError> {
         if !exists(&self.previous) {
             let moved = if exists(&self.target) {
                 fs::rename(&self.target, &self.previous)
             } else {
                 fs::create_dir(&self.previous)
             };
-            moved.map_err(|e| {
-                format!(
-                    "cannot move the previous '{}' aside: {e}",
-                    self.target.display()
-                )
+            moved.map_err(|source| JournalError::MoveAside {
+                target: self.target.clone(),
+                source,
             })?;
         }
         crate::fault::pause("swap: previous moved aside");
-        if let Err(e) = fs::rename(&self.staged, &self.target) {
+        if let Err(source) = fs::rename(&self.staged, &self.target) {
             let _ = self.undo();
-            return Err(format!(
-                "cannot move the pack into '{}': {e}",
-                self.target.display()
-            ));
+            return Err(JournalError::MoveIn {
+                target: self.target.clone(),
+                source,
+            });
         }
         crate::fault::pause("swap: new files in place");
         Ok(())
     }
 
     /// Back to the old files from any state of the protocol; the staged copy is deleted.
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
     pub fn undo(&self) -> std::io::Result<()> {
         if exists(&self.previous) {
             if exists(&self.target) {
                 if exists(&self.staged) {
-                    // Not a state the protocol produces: something else made the target.
-                    return Err(std::io::Error::other(format!(
-                        "'{}', '{}' and '{}' all exist; leaving them for an operator",
-                        self.target.display(),
-                        self.previous.display(),
-                        self.staged.display()
-                    )));
+                    return Err(std::io::Error::other(UnknownSwapState {
+                        target: self.target.clone(),
+                        previous: self.previous.clone(),
+                        staged: self.staged.clone(),
+                    }));
                 }
                 fs::rename(&self.target, &self.staged)?;
             }
@@ -324,6 +355,7 @@ impl SwapEntry {
     }
 
     /// Forward to the new files from any state of the protocol; the old ones are deleted.
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
     pub fn finish(&self) -> std::io::Result<()> {
         if exists(&self.staged) {
             if !exists(&self.previous) {
@@ -485,7 +517,10 @@ impl Journal {
             owner_marker(),
             crate::paths::unique_suffix()
         ));
-        let body = serde_json::to_vec(intent).map_err(|e| write_error(std::io::Error::other(e)))?;
+        let body = serde_json::to_vec(intent).map_err(|source| JournalError::Encode {
+            dir: self.dir.clone(),
+            source,
+        })?;
         let written = (|| {
             let mut file = fs::OpenOptions::new()
                 .write(true)
@@ -529,6 +564,7 @@ impl Journal {
     /// costs). It must be durable before the first rename, so that no rename can
     /// reach the disk without it; a torn intent therefore describes nothing done
     /// and recovery discards it.
+    #[tracing::instrument(skip_all, fields(packs = ?pack_refs(&entries)))]
     pub fn begin(&self, entries: Vec<SwapEntry>) -> Result<Intent, JournalError> {
         let path = self.write_new_intent(
             INTENT_PREFIX,
@@ -584,6 +620,10 @@ impl Journal {
             })
             .collect()
     }
+}
+
+fn pack_refs(entries: &[SwapEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.pack_ref.as_str()).collect()
 }
 
 /// A written intent; [`Intent::complete`] removes it once every entry was finished or
@@ -676,7 +716,10 @@ impl EnvIntent {
             owner: owner_marker().to_string(),
             entries: self.entries.clone(),
         })
-        .map_err(|e| write_error(std::io::Error::other(e)))?;
+        .map_err(|source| JournalError::Encode {
+            dir: self.journal.dir.clone(),
+            source,
+        })?;
         let written = (|| {
             let mut file = fs::OpenOptions::new()
                 .write(true)

@@ -18,19 +18,21 @@ use std::{
 
 use futures::StreamExt;
 
+use tracing::instrument;
+
 use crate::{
-    checksum,
-    components::{self, ComponentKind, LoadedPack},
-    fetch,
-    journal::{self, Intent, Journal, SwapEntry, WorkKind},
-    manifest::Manifest,
-    packtest::{self, PackTestResult, TestRunOptions},
-    paths::PathPolicy,
+    checksum::{self, ChecksumError},
+    components::{self, ComponentKind, Issue, LoadedPack},
+    fetch::{self, FetchError},
+    journal::{self, Intent, Journal, JournalError, SwapEntry, WorkKind},
+    manifest::{Manifest, ManifestError},
+    packtest::{self, PackTestResult, TestRunOptions, TestStatus},
+    paths::{PathError, PathPolicy},
     progress::{Level, Reporter, Stage},
     provenance,
     store::{
-        Db,
-        packs::{ComponentRow, PackRow, TestRow, WriteError},
+        Db, StoreError,
+        packs::{ComponentRow, PackRow, PackWrite, TestRow, WriteError},
     },
 };
 
@@ -97,52 +99,177 @@ pub struct RegisteredPack {
     pub validation: Validation,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorStage {
-    Validation,
-    Testing,
-    FileCopy,
-    Database,
+/// Why one pack of a batch was not registered. The stage it failed in follows from
+/// the variant ([`RegisterPackError::stage`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterPackError {
+    #[error("pack directory '{given}' does not exist")]
+    NoDirectory { given: String },
+    /// The pack's path is refused, or its directory cannot be opened for reading.
+    #[error(transparent)]
+    Path(PathError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("pack '{pack_ref}' is also at '{first}' in this batch")]
+    Duplicate { pack_ref: String, first: String },
+    #[error("{} validation error(s): {}", errors.len(), joined(errors))]
+    Invalid { errors: Vec<Issue> },
+    #[error("cancelled")]
+    Cancelled,
+    /// What the rows refuse: already registered, or a component of another pack.
+    #[error(transparent)]
+    Refused(WriteError),
+    #[error("{0}; use force to register anyway")]
+    TestsFailed(TestShortfall),
+    /// The pack's directory cannot be opened again to copy it.
+    #[error(transparent)]
+    CopySource(PathError),
+    #[error(transparent)]
+    Copy(#[from] FetchError),
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+    /// The swap intent cannot be written, or the swap itself failed (and was undone).
+    #[error(transparent)]
+    Swap(#[from] JournalError),
+    #[error("cannot settle the swap a stopped server left on '{}': {source}", target.display())]
+    StaleSwap {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot settle the swap a stopped server left on '{}': {source}", target.display())]
+    StaleSwapRecord {
+        target: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the registration task failed: {0}")]
+    TaskFailed(#[source] tokio::task::JoinError),
 }
 
-impl ErrorStage {
-    pub fn as_str(self) -> &'static str {
+impl RegisterPackError {
+    /// The stage the pack failed in.
+    pub fn stage(&self) -> Stage {
+        use RegisterPackError as E;
         match self {
-            ErrorStage::Validation => "validation",
-            ErrorStage::Testing => "testing",
-            ErrorStage::FileCopy => "file_copy",
-            ErrorStage::Database => "database",
+            E::NoDirectory { .. }
+            | E::Path(_)
+            | E::Manifest(_)
+            | E::Duplicate { .. }
+            | E::Invalid { .. }
+            | E::Cancelled => Stage::Validate,
+            E::Refused(WriteError::Store(_)) => Stage::Register,
+            E::Refused(_) => Stage::Validate,
+            E::TestsFailed(_) => Stage::Test,
+            E::CopySource(_)
+            | E::Copy(_)
+            | E::Checksum(_)
+            | E::Swap(_)
+            | E::StaleSwap { .. }
+            | E::StaleSwapRecord { .. } => Stage::Copy,
+            E::Store(_) | E::TaskFailed(_) => Stage::Register,
         }
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct FailedPack {
-    pub pack_ref: String,
-    pub pack_path: String,
-    pub error: String,
-    pub error_stage: ErrorStage,
+impl From<WriteError> for RegisterPackError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store(e) => RegisterPackError::Store(e),
+            refused => RegisterPackError::Refused(refused),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Default)]
+fn joined(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(Issue::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Pack tests that did not pass: `tests failed: 1 of 2 passed (pass rate 0.50,
+/// required 1.00)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestShortfall {
+    pub status: TestStatus,
+    pub passed: u32,
+    pub total: u32,
+    pub pass_rate: f64,
+    pub required: f64,
+}
+
+impl TestShortfall {
+    fn of(result: &PackTestResult) -> Self {
+        Self {
+            status: result.status,
+            passed: result.passed,
+            total: result.total_tests,
+            pass_rate: result.pass_rate,
+            required: result.min_pass_rate,
+        }
+    }
+}
+
+impl std::fmt::Display for TestShortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tests {}: {} of {} passed (pass rate {:.2}, required {:.2})",
+            self.status.as_str(),
+            self.passed,
+            self.total,
+            self.pass_rate,
+            self.required
+        )
+    }
+}
+
+/// A pack of a batch that was not registered.
+#[derive(Debug)]
+pub struct FailedRegistration {
+    pub pack_ref: String,
+    pub pack_path: String,
+    pub error: RegisterPackError,
+}
+
+impl FailedRegistration {
+    /// The stage the pack failed in.
+    pub fn stage(&self) -> Stage {
+        self.error.stage()
+    }
+}
+
+#[derive(Debug, Default)]
 pub struct RegisterReport {
     pub registered: Vec<RegisteredPack>,
-    pub failed: Vec<FailedPack>,
+    pub failed: Vec<FailedRegistration>,
     pub duration: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error("packs_base_dir: {0}")]
+    BaseDir(#[source] PathError),
+    #[error("packs_base_dir: cannot create '{}': {source}", path.display())]
+    CreateBaseDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read registered packs: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
 }
 
 impl Failure for RegisterError {
     fn kind(&self) -> FailureKind {
         match self {
-            RegisterError::InvalidRequest(_) => FailureKind::InvalidRequest,
+            RegisterError::BaseDir(_) | RegisterError::CreateBaseDir { .. } => {
+                FailureKind::InvalidRequest
+            }
             RegisterError::Store(_) => FailureKind::Internal,
         }
     }
@@ -160,11 +287,27 @@ fn storage_lock(target: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
     std::sync::Arc::clone(map.entry(target.to_path_buf()).or_default())
 }
 
-/// A pack's registration, or the stage it failed in and why.
-type PackOutcome = Result<RegisteredPack, (ErrorStage, String)>;
+/// A pack's registration, or why it failed.
+type PackOutcome = Result<RegisteredPack, RegisterPackError>;
 
-/// A pack made ready to switch in, or the stage it failed in and why.
-type Preparation = Result<Prepared, (ErrorStage, String)>;
+/// A pack made ready to switch in, or why it could not be.
+type Preparation = Result<Prepared, RegisterPackError>;
+
+/// The critical section failed: nothing changed; `index` is the pack that failed.
+#[derive(Debug)]
+struct CommitFailed {
+    index: usize,
+    error: RegisterPackError,
+}
+
+impl CommitFailed {
+    fn first(error: impl Into<RegisterPackError>) -> Self {
+        CommitFailed {
+            index: 0,
+            error: error.into(),
+        }
+    }
+}
 
 /// One pack of the batch after parsing, before storage.
 struct Candidate {
@@ -211,7 +354,7 @@ impl Registrar<'_> {
                 let done = &done;
                 async move {
                     let outcome = if progress.is_cancelled() {
-                        Err((ErrorStage::Validation, "cancelled".to_string()))
+                        Err(RegisterPackError::Cancelled)
                     } else {
                         self.register_one(candidate, base, request, &progress).await
                     };
@@ -229,10 +372,10 @@ impl Registrar<'_> {
                             n,
                             Some(total),
                         ),
-                        Err((stage, error)) => progress.emit(
+                        Err(error) => progress.emit(
                             Stage::Register,
                             Level::Error,
-                            format!("{} failed: {error}", stage.as_str()),
+                            format!("{} failed: {error}", error.stage().failure_name()),
                             Some(n),
                             Some(total),
                         ),
@@ -246,11 +389,10 @@ impl Registrar<'_> {
         for (pack_ref, pack_path, outcome) in outcomes {
             match outcome {
                 Ok(registered) => report.registered.push(registered),
-                Err((error_stage, error)) => report.failed.push(FailedPack {
+                Err(error) => report.failed.push(FailedRegistration {
                     pack_ref,
                     pack_path,
                     error,
-                    error_stage,
                 }),
             }
         }
@@ -269,7 +411,7 @@ impl Registrar<'_> {
         self.commit(vec![prepared], request.force, reporter)
             .await
             .map(|mut registered| registered.remove(0))
-            .map_err(|(_, stage, error)| (stage, error))
+            .map_err(|failed| failed.error)
     }
 
     /// Registers every pack of `request` or none of them, in the order given
@@ -283,7 +425,7 @@ impl Registrar<'_> {
         &self,
         request: RegisterRequest,
         reporter: &Reporter,
-    ) -> Result<Result<Vec<RegisteredPack>, Vec<FailedPack>>, RegisterError> {
+    ) -> Result<Result<Vec<RegisteredPack>, Vec<FailedRegistration>>, RegisterError> {
         let base = self.base_dir(&request)?;
         let (candidates, failures) = self.parse(&request, reporter).await?;
         if !failures.is_empty() {
@@ -299,14 +441,14 @@ impl Registrar<'_> {
                 let (base, request) = (&base, &request);
                 async move {
                     let outcome = if progress.is_cancelled() {
-                        Err((ErrorStage::Validation, "cancelled".to_string()))
+                        Err(RegisterPackError::Cancelled)
                     } else {
                         self.prepare(candidate, base, request, &progress).await
                     };
-                    if let Err((stage, error)) = &outcome {
+                    if let Err(error) = &outcome {
                         progress.error(
                             Stage::Register,
-                            format!("{} failed: {error}", stage.as_str()),
+                            format!("{} failed: {error}", error.stage().failure_name()),
                         );
                     }
                     (ids, outcome)
@@ -321,11 +463,10 @@ impl Registrar<'_> {
         for (id, outcome) in outcomes {
             match outcome {
                 Ok(p) => prepared.push(p),
-                Err((error_stage, error)) => failed.push(FailedPack {
+                Err(error) => failed.push(FailedRegistration {
                     pack_ref: id.pack_ref.clone(),
                     pack_path: id.given.clone(),
                     error,
-                    error_stage,
                 }),
             }
             ids.push(id);
@@ -335,28 +476,22 @@ impl Registrar<'_> {
         }
         match self.commit(prepared, request.force, reporter).await {
             Ok(registered) => Ok(Ok(registered)),
-            Err((index, error_stage, error)) => Ok(Err(vec![FailedPack {
+            Err(CommitFailed { index, error }) => Ok(Err(vec![FailedRegistration {
                 pack_ref: ids[index].pack_ref.clone(),
                 pack_path: ids[index].given.clone(),
                 error,
-                error_stage,
             }])),
         }
     }
 
     fn base_dir(&self, request: &RegisterRequest) -> Result<PathBuf, RegisterError> {
         let base = match &request.packs_base_dir {
-            Some(dir) => self
-                .paths
-                .confine(dir)
-                .map_err(|e| RegisterError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+            Some(dir) => self.paths.confine(dir).map_err(RegisterError::BaseDir)?,
             None => self.default_base_dir.clone(),
         };
-        fs::create_dir_all(&base).map_err(|e| {
-            RegisterError::InvalidRequest(format!(
-                "packs_base_dir: cannot create '{}': {e}",
-                base.display()
-            ))
+        fs::create_dir_all(&base).map_err(|source| RegisterError::CreateBaseDir {
+            path: base.clone(),
+            source,
         })?;
         self.journal.remember_dir(&base);
         Ok(base)
@@ -368,10 +503,10 @@ impl Registrar<'_> {
         &self,
         request: &RegisterRequest,
         reporter: &Reporter,
-    ) -> Result<(Vec<Candidate>, Vec<FailedPack>), RegisterError> {
+    ) -> Result<(Vec<Candidate>, Vec<FailedRegistration>), RegisterError> {
         let installed: HashSet<String> = self
             .db
-            .installed_packs()
+            .registered_packs()
             .await?
             .into_iter()
             .map(|p| p.pack_ref)
@@ -398,6 +533,7 @@ impl Registrar<'_> {
     /// Everything before the database: refusal of what the database would refuse,
     /// a staged copy beside the final place, tests against exactly those files,
     /// the checksum and the rows to write.
+    #[instrument(skip_all, fields(pack = %candidate.manifest.pack_ref))]
     async fn prepare(
         &self,
         candidate: Candidate,
@@ -419,100 +555,36 @@ impl Registrar<'_> {
         if !request.force
             && let Ok(Some(version)) = self.db.registered_version(&pack_ref).await
         {
-            return Err((
-                ErrorStage::Validation,
-                WriteError::AlreadyRegistered { pack_ref, version }.to_string(),
-            ));
+            return Err(RegisterPackError::Refused(WriteError::AlreadyRegistered {
+                pack_ref,
+                version,
+            }));
         }
 
-        // Stage a copy beside the final place (same filesystem: the swap is a rename).
         let staged = if in_place {
             None
         } else {
-            reporter.info(
-                Stage::Copy,
-                format!("copying {} to {}", dir.display(), base.display()),
-            );
-            let staging = journal::work_path(base, WorkKind::Staged, Some(&pack_ref));
-            let (src, dst, copy_reporter) = (dir.clone(), staging.clone(), reporter.clone());
-            let paths = self.paths.clone();
-            // Opened again rather than kept from parsing: a batch of thousands of packs
-            // must not hold a descriptor per pack.
-            let copied = tokio::task::spawn_blocking(move || {
-                let opened = paths.open_confined(&src).map_err(|e| e.to_string())?;
-                let limits = crate::packfs::tree_limits();
-                fetch::copy_tree(&opened, &dst, &limits, &copy_reporter).map_err(|e| e.to_string())
-            })
-            .await
-            .expect("copy panicked");
-            if let Err(e) = copied {
-                let _ = fs::remove_dir_all(&staging);
-                return Err((ErrorStage::FileCopy, e));
-            }
-            Some(StagedDir(staging))
+            Some(self.stage_copy(&dir, base, &pack_ref, reporter).await?)
         };
         let work_dir = staged.as_ref().map_or(dir.clone(), |s| s.0.clone());
 
-        // Tests run against exactly the files that will be stored.
         let test_result = if request.skip_tests {
             None
         } else {
-            match &manifest.testing {
-                // A testing block without runners has nothing to run (the manifest warns).
-                Some(testing) if testing.enabled && !testing.runners.is_empty() => {
-                    reporter.info(Stage::Test, "running pack tests");
-                    let options = TestRunOptions {
-                        python: test_python(base, &pack_ref),
-                        ..TestRunOptions::default()
-                    };
-                    let result = packtest::run_pack_tests(
-                        &work_dir,
-                        &pack_ref,
-                        &manifest.version.to_string(),
-                        testing,
-                        &options,
-                        reporter,
-                    )
-                    .await;
-                    if !result.passed() {
-                        let summary = format!(
-                            "tests {}: {} of {} passed (pass rate {:.2}, required {:.2})",
-                            result.status.as_str(),
-                            result.passed,
-                            result.total_tests,
-                            result.pass_rate,
-                            result.min_pass_rate
-                        );
-                        if !request.force {
-                            return Err((
-                                ErrorStage::Testing,
-                                format!("{summary}; use force to register anyway"),
-                            ));
-                        }
-                        reporter.warn(
-                            Stage::Test,
-                            format!("{summary}; registering anyway (force)"),
-                        );
-                    }
-                    Some(result)
-                }
-                _ => None,
-            }
+            run_tests(&work_dir, base, &manifest, request.force, reporter).await?
         };
 
         // Provenance from Download, trusted only if the pack is unchanged since.
         let checksum_dir = work_dir.clone();
         let source_dir = dir.clone();
         let (checksum_hex, provenance) = tokio::task::spawn_blocking(move || {
-            let checksum =
-                checksum::directory_checksum(&checksum_dir).map_err(|e| e.to_string())?;
+            let checksum = checksum::directory_checksum(&checksum_dir)?;
             let provenance = provenance::read(&source_dir)
                 .filter(|p| p.checksum == checksum::checksum_prefixed(&checksum));
-            Ok::<_, String>((checksum, provenance))
+            Ok::<_, ChecksumError>((checksum, provenance))
         })
         .await
-        .expect("checksum panicked")
-        .map_err(|e| (ErrorStage::FileCopy, e))?;
+        .expect("checksum panicked")?;
 
         let row = pack_row(
             &manifest,
@@ -548,6 +620,42 @@ impl Registrar<'_> {
         })
     }
 
+    /// Copies the pack at `dir` beside its final place under `base` (same filesystem:
+    /// the swap is a rename).
+    #[instrument(skip_all, fields(pack = %pack_ref))]
+    async fn stage_copy(
+        &self,
+        dir: &Path,
+        base: &Path,
+        pack_ref: &str,
+        reporter: &Reporter,
+    ) -> Result<StagedDir, RegisterPackError> {
+        reporter.info(
+            Stage::Copy,
+            format!("copying {} to {}", dir.display(), base.display()),
+        );
+        let staging = journal::work_path(base, WorkKind::Staged, Some(pack_ref));
+        let (src, dst, copy_reporter) = (dir.to_path_buf(), staging.clone(), reporter.clone());
+        let paths = self.paths.clone();
+        // Opened again rather than kept from parsing: a batch of thousands of packs
+        // must not hold a descriptor per pack.
+        let copied = tokio::task::spawn_blocking(move || {
+            let opened = paths
+                .open_confined(&src)
+                .map_err(RegisterPackError::CopySource)?;
+            let limits = crate::packfs::tree_limits();
+            fetch::copy_tree(&opened, &dst, &limits, &copy_reporter)?;
+            Ok::<_, RegisterPackError>(())
+        })
+        .await
+        .expect("copy panicked");
+        if let Err(e) = copied {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        Ok(StagedDir(staging))
+    }
+
     /// The critical section: files and rows of every prepared pack change together,
     /// in the order given. On failure nothing changed and the error names the index
     /// of the pack that failed.
@@ -561,7 +669,7 @@ impl Registrar<'_> {
         prepared: Vec<Prepared>,
         force: bool,
         reporter: &Reporter,
-    ) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+    ) -> Result<Vec<RegisteredPack>, CommitFailed> {
         // Counted before the task is spawned: a caller dropped right after the spawn
         // must find it running (an abandoned Install waits for it before settling
         // its environments by the rows).
@@ -574,13 +682,9 @@ impl Registrar<'_> {
             force,
             reporter: reporter.clone(),
         };
-        tokio::spawn(critical.run()).await.unwrap_or_else(|e| {
-            Err((
-                0,
-                ErrorStage::Database,
-                format!("the registration task failed: {e}"),
-            ))
-        })
+        tokio::spawn(critical.run())
+            .await
+            .unwrap_or_else(|e| Err(CommitFailed::first(RegisterPackError::TaskFailed(e))))
     }
 }
 
@@ -595,7 +699,8 @@ struct Critical {
 }
 
 impl Critical {
-    async fn run(self) -> Result<Vec<RegisteredPack>, (usize, ErrorStage, String)> {
+    #[instrument(name = "commit", skip_all, fields(packs = ?pack_refs(&self.prepared)))]
+    async fn run(self) -> Result<Vec<RegisteredPack>, CommitFailed> {
         let Critical {
             running: _running,
             db,
@@ -627,7 +732,7 @@ impl Critical {
             let written = tokio::task::spawn_blocking(move || journal.begin(journaled))
                 .await
                 .expect("journal write panicked");
-            Some(written.map_err(|e| (0, ErrorStage::FileCopy, e.to_string()))?)
+            Some(written.map_err(CommitFailed::first)?)
         };
         // Puts back every previous directory (any state of the swap undoes).
         let abandon = |intent: Option<Intent>| {
@@ -665,64 +770,19 @@ impl Critical {
             Ok(write) => write,
             Err(e) => {
                 abandon(intent);
-                return Err((0, ErrorStage::Database, e.to_string()));
+                return Err(CommitFailed::first(e));
             }
         };
         let now = crate::auth::unix_now() as i64 * 1000;
         let mut ids = Vec::with_capacity(prepared.len());
         for (index, (p, entry)) in prepared.iter().zip(&entries).enumerate() {
             p.reporter.info(Stage::Register, "writing to the database");
-            if let Some(entry) = entry {
-                let stale = journal::stale_backups(&entry.target, &entry.pack_ref);
-                if !stale.is_empty() {
-                    let settled = match write.recorded_checksum(&p.pack_ref).await {
-                        Ok(recorded) => {
-                            journal::settle_stale(&entry.target, &stale, recorded.as_deref())
-                                .map_err(|e| e.to_string())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Err(e) = settled {
-                        write.rollback().await;
-                        abandon(intent);
-                        return Err((
-                            index,
-                            ErrorStage::FileCopy,
-                            format!(
-                                "cannot settle the swap a stopped server left on '{}': {e}",
-                                entry.target.display()
-                            ),
-                        ));
-                    }
-                }
-                if let Err(e) = entry.swap_in() {
-                    write.rollback().await;
-                    abandon(intent);
-                    return Err((index, ErrorStage::FileCopy, e));
-                }
-            }
-            let written = async {
-                let pack_id = write.upsert_pack(&p.row, force, now).await?;
-                write.replace_components(pack_id, &p.components).await?;
-                if let Some(result) = &p.test_result {
-                    write
-                        .insert_test_result(pack_id, &test_row(result), now)
-                        .await?;
-                }
-                Ok::<_, WriteError>(pack_id)
-            }
-            .await;
-            match written {
+            match write_pack(&mut write, p, entry.as_ref(), force, now).await {
                 Ok(id) => ids.push(id),
-                Err(e) => {
+                Err(error) => {
                     write.rollback().await;
                     abandon(intent);
-                    let stage = match e {
-                        WriteError::AlreadyRegistered { .. }
-                        | WriteError::ComponentConflict { .. } => ErrorStage::Validation,
-                        WriteError::Store(_) => ErrorStage::Database,
-                    };
-                    return Err((index, stage, e.to_string()));
+                    return Err(CommitFailed { index, error });
                 }
             }
         }
@@ -741,12 +801,12 @@ impl Critical {
             match committed {
                 Some(false) => {
                     abandon(intent);
-                    return Err((0, ErrorStage::Database, e.to_string()));
+                    return Err(CommitFailed::first(e));
                 }
                 // Unknown: the intent stays for the next start's recovery.
                 None => {
                     tracing::error!(error = %e, "commit outcome unknown; the next start settles the swap");
-                    return Err((0, ErrorStage::Database, e.to_string()));
+                    return Err(CommitFailed::first(e));
                 }
                 Some(true) => {
                     tracing::warn!(error = %e, "commit reported an error but the rows were written");
@@ -781,6 +841,51 @@ impl Critical {
             })
             .collect())
     }
+}
+
+fn pack_refs(prepared: &[Prepared]) -> Vec<&str> {
+    prepared.iter().map(|p| p.pack_ref.as_str()).collect()
+}
+
+/// One pack's part of the critical section, inside the write `write`: a swap a
+/// stopped server left on its target is settled, its files are swapped in (`entry`,
+/// when it was staged) and its rows written. On failure the caller rolls back and
+/// undoes every swap.
+#[instrument(skip_all, fields(pack = %p.pack_ref))]
+async fn write_pack(
+    write: &mut PackWrite,
+    p: &Prepared,
+    entry: Option<&SwapEntry>,
+    force: bool,
+    now: i64,
+) -> Result<i64, RegisterPackError> {
+    if let Some(entry) = entry {
+        let stale = journal::stale_backups(&entry.target, &entry.pack_ref);
+        if !stale.is_empty() {
+            let recorded = write
+                .recorded_checksum(&p.pack_ref)
+                .await
+                .map_err(|source| RegisterPackError::StaleSwapRecord {
+                    target: entry.target.clone(),
+                    source,
+                })?;
+            journal::settle_stale(&entry.target, &stale, recorded.as_deref()).map_err(
+                |source| RegisterPackError::StaleSwap {
+                    target: entry.target.clone(),
+                    source,
+                },
+            )?;
+        }
+        entry.swap_in()?;
+    }
+    let pack_id = write.upsert_pack(&p.row, force, now).await?;
+    write.replace_components(pack_id, &p.components).await?;
+    if let Some(result) = &p.test_result {
+        write
+            .insert_test_result(pack_id, &test_row(result), now)
+            .await?;
+    }
+    Ok(pack_id)
 }
 
 /// Identifies a pack of a batch in failure reports.
@@ -820,41 +925,31 @@ fn parse_batch(
     installed: &HashSet<String>,
     registered_components: &HashSet<(String, String)>,
     reporter: &Reporter,
-) -> (Vec<Candidate>, Vec<FailedPack>) {
+) -> (Vec<Candidate>, Vec<FailedRegistration>) {
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut failed = Vec::new();
-    let fail = |failed: &mut Vec<FailedPack>, pack_ref: &str, given: &str, error: String| {
-        reporter
-            .with_subject(given)
-            .emit(Stage::Validate, Level::Error, error.clone(), None, None);
-        failed.push(FailedPack {
+    let fail = |failed: &mut Vec<FailedRegistration>,
+                pack_ref: &str,
+                given: &str,
+                error: RegisterPackError| {
+        reporter.with_subject(given).emit(
+            Stage::Validate,
+            Level::Error,
+            error.to_string(),
+            None,
+            None,
+        );
+        failed.push(FailedRegistration {
             pack_ref: pack_ref.to_string(),
             pack_path: given.to_string(),
             error,
-            error_stage: ErrorStage::Validation,
         });
     };
     // Reading and parsing is most of the CPU cost of a batch and each pack's is
     // independent of the others: it runs on every CPU. Duplicates are judged afterwards,
-    // in the order given. Each pack is opened by descriptor for its reads and closed
-    // again: a batch may hold thousands of packs.
-    let read: Vec<Result<(PathBuf, Manifest, LoadedPack), String>> =
-        map_on_cpus(pack_paths, |given| {
-            let dir = match paths.confine(given) {
-                Ok(dir) if dir.is_dir() => dir,
-                Ok(_) => return Err(format!("pack directory '{given}' does not exist")),
-                Err(e) => return Err(e.to_string()),
-            };
-            let opened = paths.open_confined(&dir).map_err(|e| e.to_string())?;
-            let manifest =
-                Manifest::read(&opened, paths.read_limits()).map_err(|e| e.to_string())?;
-            reporter
-                .with_subject(&manifest.pack_ref)
-                .info(Stage::Validate, "reading components");
-            let loaded =
-                components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
-            Ok((dir, manifest, loaded))
-        });
+    // in the order given.
+    let read: Vec<Result<(PathBuf, Manifest, LoadedPack), RegisterPackError>> =
+        map_on_cpus(pack_paths, |given| read_pack(paths, given, reporter));
     let mut seen: HashMap<String, String> = HashMap::new();
     for (given, read) in pack_paths.iter().zip(read) {
         let (dir, manifest, loaded) = match read {
@@ -865,10 +960,10 @@ fn parse_batch(
             }
         };
         if let Some(first) = seen.get(&manifest.pack_ref) {
-            let error = format!(
-                "pack '{}' is also at '{first}' in this batch",
-                manifest.pack_ref
-            );
+            let error = RegisterPackError::Duplicate {
+                pack_ref: manifest.pack_ref.clone(),
+                first: first.clone(),
+            };
             fail(&mut failed, &manifest.pack_ref, given, error);
             continue;
         }
@@ -896,7 +991,9 @@ fn parse_batch(
         })
         .collect();
     // A pack that cannot be opened again for validation fails with that error.
-    let mut unopened: Vec<Option<String>> = vec![None; candidates.len()];
+    let mut unopened: Vec<Option<PathError>> = std::iter::repeat_with(|| None)
+        .take(candidates.len())
+        .collect();
     if !skip_validation {
         let pack_exists = |r: &str| batch_refs.contains(r) || installed.contains(r);
         let component_exists = |kind: ComponentKind, r: &str| {
@@ -910,9 +1007,11 @@ fn parse_batch(
         unopened = map_on_cpus(&checked, |candidate| {
             let mut candidate = candidate.lock().expect("one thread per candidate");
             let candidate = &mut *candidate;
+            let _span =
+                tracing::info_span!("validate", pack = %candidate.manifest.pack_ref).entered();
             let opened = match paths.open_confined(&candidate.dir) {
                 Ok(opened) => opened,
-                Err(e) => return Some(e.to_string()),
+                Err(e) => return Some(e),
             };
             components::validate(
                 &mut candidate.loaded,
@@ -935,7 +1034,7 @@ fn parse_batch(
                 &mut failed,
                 &candidate.manifest.pack_ref,
                 &candidate.given_path,
-                error,
+                RegisterPackError::Path(error),
             );
             continue;
         }
@@ -944,17 +1043,9 @@ fn parse_batch(
             progress.warn(Stage::Validate, w.to_string());
         }
         if candidate.loaded.has_errors() && !skip_validation {
-            let errors: Vec<String> = candidate
-                .loaded
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect();
-            let error = format!(
-                "{} validation error(s): {}",
-                errors.len(),
-                errors.join("; ")
-            );
+            let error = RegisterPackError::Invalid {
+                errors: candidate.loaded.errors.clone(),
+            };
             fail(
                 &mut failed,
                 &candidate.manifest.pack_ref,
@@ -966,6 +1057,34 @@ fn parse_batch(
         kept.push(candidate);
     }
     (kept, failed)
+}
+
+/// Reads the pack at `given`: its manifest and components, not yet validated. Each
+/// pack is opened by descriptor for its reads and closed again: a batch may hold
+/// thousands of packs.
+#[instrument(skip(paths, reporter), fields(pack = tracing::field::Empty))]
+fn read_pack(
+    paths: &PathPolicy,
+    given: &str,
+    reporter: &Reporter,
+) -> Result<(PathBuf, Manifest, LoadedPack), RegisterPackError> {
+    let dir = match paths.confine(given) {
+        Ok(dir) if dir.is_dir() => dir,
+        Ok(_) => {
+            return Err(RegisterPackError::NoDirectory {
+                given: given.to_string(),
+            });
+        }
+        Err(e) => return Err(RegisterPackError::Path(e)),
+    };
+    let opened = paths.open_confined(&dir).map_err(RegisterPackError::Path)?;
+    let manifest = Manifest::read(&opened, paths.read_limits())?;
+    tracing::Span::current().record("pack", manifest.pack_ref.as_str());
+    reporter
+        .with_subject(&manifest.pack_ref)
+        .info(Stage::Validate, "reading components");
+    let loaded = components::load(&opened, &manifest.pack_ref, paths.read_limits().component());
+    Ok((dir, manifest, loaded))
 }
 
 /// `work` applied to every item, on up to one thread per CPU (each thread takes the
@@ -1000,6 +1119,49 @@ fn map_on_cpus<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> 
     });
     done.sort_unstable_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Runs the pack's tests against `work_dir`, exactly the files that will be stored.
+/// Tests that do not pass fail the pack, unless `force`.
+#[instrument(skip_all, fields(pack = %manifest.pack_ref))]
+async fn run_tests(
+    work_dir: &Path,
+    base: &Path,
+    manifest: &Manifest,
+    force: bool,
+    reporter: &Reporter,
+) -> Result<Option<PackTestResult>, RegisterPackError> {
+    match &manifest.testing {
+        // A testing block without runners has nothing to run (the manifest warns).
+        Some(testing) if testing.enabled && !testing.runners.is_empty() => {
+            reporter.info(Stage::Test, "running pack tests");
+            let options = TestRunOptions {
+                python: test_python(base, &manifest.pack_ref),
+                ..TestRunOptions::default()
+            };
+            let result = packtest::run_pack_tests(
+                work_dir,
+                &manifest.pack_ref,
+                &manifest.version.to_string(),
+                testing,
+                &options,
+                reporter,
+            )
+            .await;
+            if !result.passed() {
+                let shortfall = TestShortfall::of(&result);
+                if !force {
+                    return Err(RegisterPackError::TestsFailed(shortfall));
+                }
+                reporter.warn(
+                    Stage::Test,
+                    format!("{shortfall}; registering anyway (force)"),
+                );
+            }
+            Ok(Some(result))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The pack's virtualenv interpreter when BuildEnvs made one, else python3.
@@ -1086,6 +1248,57 @@ fn test_row(result: &PackTestResult) -> TestRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each failure names the stage a user acts on, as `error_stage` did before
+    /// stages were one vocabulary.
+    #[test]
+    fn failures_name_their_stage() {
+        let shortfall = TestShortfall {
+            status: TestStatus::Failed,
+            passed: 1,
+            total: 2,
+            pass_rate: 0.5,
+            required: 1.0,
+        };
+        let tests = RegisterPackError::TestsFailed(shortfall);
+        assert_eq!(
+            tests.to_string(),
+            "tests failed: 1 of 2 passed (pass rate 0.50, required 1.00); use force to register anyway"
+        );
+        let already = RegisterPackError::from(WriteError::AlreadyRegistered {
+            pack_ref: "demo".into(),
+            version: "1.0.0".into(),
+        });
+        let invalid = RegisterPackError::Invalid {
+            errors: vec![Issue {
+                file: "actions/a.yaml".into(),
+                message: "bad".into(),
+            }],
+        };
+        assert_eq!(
+            invalid.to_string(),
+            "1 validation error(s): actions/a.yaml: bad"
+        );
+        let stale = RegisterPackError::StaleSwap {
+            target: PathBuf::from("/packs/demo"),
+            source: std::io::Error::other("denied"),
+        };
+        let lost = RegisterPackError::Store(StoreError::UnsupportedUrl);
+        let names: Vec<&str> = [&tests, &already, &invalid, &stale, &lost]
+            .iter()
+            .map(|e| e.stage().failure_name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "testing",
+                "validation",
+                "validation",
+                "file_copy",
+                "database"
+            ]
+        );
+    }
 
     #[test]
     fn map_on_cpus_keeps_the_order_of_its_items() {

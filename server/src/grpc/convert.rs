@@ -269,8 +269,8 @@ pub fn register_result(report: register::RegisterReport) -> pb::RegisterBatchRes
             .map(|f| pb::FailedRegistration {
                 pack_ref: f.pack_ref,
                 pack_path: f.pack_path,
-                error: f.error,
-                error_stage: f.error_stage.as_str().to_string(),
+                error_stage: f.error.stage().failure_name().to_string(),
+                error: f.error.to_string(),
             })
             .collect(),
         summary: Some(pb::RegisterBatchSummary {

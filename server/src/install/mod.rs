@@ -527,16 +527,14 @@ impl Installer<'_> {
                 settle_envs(env_intent).await;
                 return Ok(Err(failed
                     .into_iter()
-                    .map(|f| failure(&f.pack_ref, f.error_stage.as_str(), f.error))
+                    .map(|f| failure(&f.pack_ref, f.stage().failure_name(), f.error.to_string()))
                     .collect()));
             }
             Err(e) => {
                 settle_envs(env_intent).await;
                 return Err(match e {
-                    crate::register::RegisterError::InvalidRequest(m) => {
-                        InstallError::InvalidRequest(m)
-                    }
                     crate::register::RegisterError::Store(e) => InstallError::Store(e),
+                    invalid => InstallError::InvalidRequest(invalid.to_string()),
                 });
             }
         };

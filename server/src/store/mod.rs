@@ -1,9 +1,32 @@
 //! Persistence: SQLite (embedded default) or PostgreSQL, behind one [`Db`] type.
 //!
 //! Queries are plain SQL with `$N` placeholders, which both sqlx drivers accept, so
-//! most methods have one SQL text and two identical arms. Migrations live in
+//! a method has one SQL text and one body, run on either pool by [`on_pool!`] (or on
+//! either transaction by [`on_tx!`]). Migrations live in
 //! `migrations/sqlite` and `migrations/postgres` (same versions, dialect-specific DDL)
 //! and are embedded into the binary.
+
+/// Runs `$body` on whichever pool `$db` holds, bound to `$pool`: the SQL text is the
+/// same on both backends, only the driver types differ.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` on whichever transaction the [`packs::PackWrite`] `$write` holds,
+/// bound to `$tx`.
+macro_rules! on_tx {
+    ($write:expr, $tx:ident => $body:expr) => {
+        match $write {
+            $crate::store::packs::PackWrite::Sqlite($tx) => $body,
+            $crate::store::packs::PackWrite::Postgres($tx) => $body,
+        }
+    };
+}
 
 pub mod packs;
 mod recovery;
@@ -11,7 +34,7 @@ mod recovery;
 use std::{str::FromStr, time::Duration};
 
 use sqlx::{
-    ConnectOptions, Connection, PgPool, Row, SqlitePool,
+    ConnectOptions, Connection, PgPool, SqlitePool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -67,9 +90,9 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// A registered pack, as far as dependency analysis needs it.
+/// A registered pack's row, as far as dependency analysis needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstalledPack {
+pub struct RegisteredPackRow {
     pub pack_ref: String,
     pub version: String,
     /// Declared dependencies, as written in pack.yaml.
@@ -201,71 +224,44 @@ impl Db {
 
     /// Cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Db::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-        }
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
     pub async fn close(&self) {
-        match self {
-            Db::Sqlite(pool) => pool.close().await,
-            Db::Postgres(pool) => pool.close().await,
-        }
+        on_pool!(self, pool => pool.close().await)
     }
 
     /// Every registered pack with its version and declared dependencies.
-    pub async fn installed_packs(&self) -> Result<Vec<InstalledPack>, StoreError> {
+    pub async fn registered_packs(&self) -> Result<Vec<RegisteredPackRow>, StoreError> {
         const SQL: &str = "SELECT ref, version, dependencies FROM packs ORDER BY ref";
-        let rows = match self {
-            Db::Sqlite(pool) => sqlx::query(SQL)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| installed_from_row(r.get(0), r.get(1), r.get(2)))
-                .collect(),
-            Db::Postgres(pool) => sqlx::query(SQL)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| installed_from_row(r.get(0), r.get(1), r.get(2)))
-                .collect(),
-        };
-        Ok(rows)
+        let rows: Vec<(String, String, String)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(pack_ref, version, deps)| RegisteredPackRow {
+                pack_ref,
+                version,
+                // Written by us as a JSON list; an unreadable value means "none recorded".
+                dependencies: serde_json::from_str(&deps).unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Every registered pack with its version, dependencies and provenance.
     pub async fn registered_sources(&self) -> Result<Vec<RegisteredSource>, StoreError> {
         const SQL: &str = "SELECT ref, version, dependencies, source, source_type, source_url, \
                            registry_url, git_commit, checksum FROM packs ORDER BY ref";
-        Ok(match self {
-            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-        })
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?))
     }
 
     /// The registered version of `pack_ref`, if it is registered.
     pub async fn registered_version(&self, pack_ref: &str) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT version FROM packs WHERE ref = $1";
-        Ok(match self {
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL)
+            .bind(pack_ref)
+            .fetch_optional(pool)
+            .await?))
     }
 
     /// Adds a user (for REST login); `false` when the email is already taken.
@@ -273,42 +269,23 @@ impl Db {
         const SQL: &str = "INSERT INTO users (email, password_hash, created_at) VALUES ($1, $2, $3) \
                            ON CONFLICT (email) DO NOTHING";
         let now = crate::auth::unix_now() as i64 * 1000;
-        let rows = match self {
-            Db::Sqlite(pool) => sqlx::query(SQL)
-                .bind(email)
-                .bind(password_hash)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Db::Postgres(pool) => sqlx::query(SQL)
-                .bind(email)
-                .bind(password_hash)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
+        let rows = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected());
         Ok(rows == 1)
     }
 
     /// The stored password hash of `email`, if such a user exists.
     pub async fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT password_hash FROM users WHERE email = $1";
-        Ok(match self {
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(email)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(email)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL)
+            .bind(email)
+            .fetch_optional(pool)
+            .await?))
     }
 
     /// Inserts a minimal pack row. Used by tests and benchmarks to set up "installed"
@@ -325,37 +302,13 @@ impl Db {
         let deps = serde_json::to_string(dependencies).expect("strings serialize");
         let path = format!("/nonexistent/{pack_ref}");
         let now = crate::auth::unix_now() as i64 * 1000;
-        let id = match self {
-            Db::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(pack_ref)
-                    .bind(version)
-                    .bind(&deps)
-                    .bind(&path)
-                    .bind(now)
-                    .fetch_one(pool)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(pack_ref)
-                    .bind(version)
-                    .bind(&deps)
-                    .bind(&path)
-                    .bind(now)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
-        Ok(id)
-    }
-}
-
-fn installed_from_row(pack_ref: String, version: String, deps: String) -> InstalledPack {
-    InstalledPack {
-        pack_ref,
-        version,
-        // Written by us as a JSON list; an unreadable value means "none recorded".
-        dependencies: serde_json::from_str(&deps).unwrap_or_default(),
+        Ok(on_pool!(self, pool => sqlx::query_scalar(SQL)
+            .bind(pack_ref)
+            .bind(version)
+            .bind(&deps)
+            .bind(&path)
+            .bind(now)
+            .fetch_one(pool)
+            .await?))
     }
 }

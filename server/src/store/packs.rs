@@ -88,16 +88,6 @@ pub enum PackWrite {
     Postgres(Transaction<'static, Postgres>),
 }
 
-/// Runs the same query text on whichever transaction this is.
-macro_rules! on_tx {
-    ($self:expr, $tx:ident => $body:expr) => {
-        match $self {
-            PackWrite::Sqlite($tx) => $body,
-            PackWrite::Postgres($tx) => $body,
-        }
-    };
-}
-
 const EXISTING: &str = "SELECT id, version FROM packs WHERE ref = $1";
 const INSERT_PACK: &str = "INSERT INTO packs (ref, label, description, version, conf_schema, config, \
     meta, tags, runtime_deps, dependencies, storage_path, source, source_type, source_url, \
@@ -178,10 +168,8 @@ impl Db {
     /// `(kind, ref)` of every registered component, for reference checks.
     pub async fn component_refs(&self) -> Result<HashSet<(String, String)>, StoreError> {
         const SQL: &str = "SELECT kind, ref FROM components";
-        let rows: Vec<(String, String)> = match self {
-            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-        };
+        let rows: Vec<(String, String)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
         Ok(rows.into_iter().collect())
     }
 }

@@ -7,20 +7,10 @@ impl Db {
     /// an interrupted swap.
     pub async fn pack_checksum(&self, pack_ref: &str) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT checksum FROM packs WHERE ref = $1";
-        let row: Option<(Option<String>,)> = match self {
-            Db::Sqlite(pool) => {
-                sqlx::query_as(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(pack_ref)
+            .fetch_optional(pool)
+            .await?);
         Ok(row.and_then(|(c,)| c))
     }
 
@@ -28,10 +18,8 @@ impl Db {
     /// directories in use).
     pub async fn storage_paths(&self) -> Result<Vec<String>, StoreError> {
         const SQL: &str = "SELECT DISTINCT storage_path FROM packs";
-        let rows: Vec<(String,)> = match self {
-            Db::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-            Db::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await?,
-        };
+        let rows: Vec<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(p,)| p).collect())
     }
 }
@@ -43,20 +31,10 @@ impl super::packs::PackWrite {
         pack_ref: &str,
     ) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT checksum FROM packs WHERE ref = $1";
-        let row: Option<(Option<String>,)> = match self {
-            super::packs::PackWrite::Sqlite(tx) => {
-                sqlx::query_as(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-            super::packs::PackWrite::Postgres(tx) => {
-                sqlx::query_as(SQL)
-                    .bind(pack_ref)
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-        };
+        let row: Option<(Option<String>,)> = on_tx!(self, tx => sqlx::query_as(SQL)
+            .bind(pack_ref)
+            .fetch_optional(&mut **tx)
+            .await?);
         Ok(row.and_then(|(c,)| c))
     }
 }
