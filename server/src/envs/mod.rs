@@ -75,8 +75,9 @@
 //! # Concurrency
 //!
 //! Builds of different packs may run concurrently (the caller decides). Builds of
-//! the same ref are serialised here: an in-process async lock per `<envs_root>/<ref>`
-//! plus `flock` on `<envs_root>/<ref>/.lock` for other processes. The Python and
+//! the same ref are serialised here, through the caller's [`PackLocks`]: an
+//! in-process async lock per `<envs_root>/<ref>` plus `flock` on
+//! `<envs_root>/<ref>/.lock` for other processes. The Python and
 //! Node.js environments of one pack are built concurrently.
 
 mod discover;
@@ -93,6 +94,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::locks::PackLocks;
 use crate::manifest::{Manifest, is_valid_pack_ref};
 use crate::progress::{Reporter, Stage};
 
@@ -257,6 +259,7 @@ const SETTLE_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// found pointing anywhere else have been switched again since, by someone else, and
 /// are left alone. Idempotent.
 pub async fn settle_switch(
+    locks: &PackLocks,
     envs_root: &Path,
     pack_ref: &str,
     previous: &EnvLinks,
@@ -270,7 +273,10 @@ pub async fn settle_switch(
     if !ref_dir.dir.is_dir() {
         return Ok(());
     }
-    let _lock = layout::lock_ref(&ref_dir, Instant::now() + SETTLE_LOCK_WAIT).await?;
+    let _lock = locks
+        .lock_across_processes(&ref_dir.dir, Instant::now() + SETTLE_LOCK_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let snapshot = EnvSnapshot::from_links(envs_root, pack_ref, previous);
     let (previous, switched_to) = (previous.clone(), switched_to.cloned());
     let pack_ref = pack_ref.to_string();
@@ -393,6 +399,7 @@ pub async fn build_pack_envs(
     manifest: &Manifest,
     settings: &EnvSettings,
     options: &BuildOptions,
+    locks: &PackLocks,
     reporter: &Reporter,
 ) -> PackEnvs {
     let started = Instant::now();
@@ -466,10 +473,13 @@ pub async fn build_pack_envs(
         return out;
     }
 
-    let _lock = match layout::lock_ref(&ctx.ref_dir, deadline).await {
+    let _lock = match locks
+        .lock_across_processes(&ctx.ref_dir.dir, deadline)
+        .await
+    {
         Ok(lock) => lock,
         Err(e) => {
-            fail_all(&mut out, e);
+            fail_all(&mut out, e.to_string());
             out.duration = started.elapsed();
             return out;
         }
