@@ -8,7 +8,7 @@ use std::{process::Command, time::Instant};
 
 use attune_packs_client::{Client, pb};
 use attune_packs_server::{
-    buildenvs::{BuildEnvsRequest, EnvBuilder},
+    buildenvs::BuildEnvsRequest,
     config::{Config, Overrides, Secret},
     progress::Reporter,
     state,
@@ -71,14 +71,10 @@ async fn main() {
     config.allowed_roots = Some(vec![root.clone()]);
     config.build.pip_find_links = vec![wheels.display().to_string()];
     config.build.pip_offline = true;
+    config.build.concurrency = 2;
+    config.packs_base_dir = Some(root.join("base"));
     let state = state::open(config).await.unwrap();
-    let settings = state.config.build.env_settings();
-    let builder = EnvBuilder {
-        paths: &state.paths,
-        settings: &settings,
-        default_base_dir: root.join("base"),
-        concurrency: 2,
-    };
+    let builder = &state.env_builder;
     let request = BuildEnvsRequest {
         pack_paths: vec![pack.display().to_string()],
         packs_base_dir: None,

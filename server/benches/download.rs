@@ -19,6 +19,7 @@ use attune_packs_server::{
     checksum::directory_checksum,
     config::{Config, Overrides},
     download::{DownloadRequest, Downloader},
+    locks::PackLocks,
     paths::PathPolicy,
     progress::Reporter,
 };
@@ -148,8 +149,15 @@ async fn main() {
     let shell_dest = base.join("attune-bench-shell");
     let mut config = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
     config.allowed_roots = Some(vec![base.canonicalize().unwrap()]);
-    let downloader =
-        Arc::new(Downloader::new(&config, PathPolicy::new(config.allowed_roots())).unwrap());
+    let downloader = Arc::new(
+        Downloader::new(
+            &config.download,
+            &config.registry,
+            PathPolicy::new(config.allowed_roots()),
+            PackLocks::default(),
+        )
+        .unwrap(),
+    );
     let clean = || {
         let _ = std::fs::remove_dir_all(&ours_dest);
         let _ = std::fs::remove_dir_all(&shell_dest);

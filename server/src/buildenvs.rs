@@ -13,7 +13,9 @@ use std::{
 use futures::StreamExt;
 
 use crate::{
+    config::BuildSection,
     envs::{self, BuildOptions, EnvSettings, NodeEnv, PythonEnv},
+    locks::PackLocks,
     manifest::Manifest,
     paths::{PathError, PathPolicy},
     progress::{Level, Reporter, Stage},
@@ -77,11 +79,15 @@ impl Failure for BuildEnvsError {
     }
 }
 
-pub struct EnvBuilder<'a> {
-    pub paths: &'a PathPolicy,
-    pub settings: &'a EnvSettings,
-    pub default_base_dir: PathBuf,
-    pub concurrency: usize,
+pub struct EnvBuilder {
+    paths: PathPolicy,
+    /// pip and npm settings of `build:`, with the path policy's read limits.
+    settings: EnvSettings,
+    default_base_dir: PathBuf,
+    /// `build.concurrency`: packs whose environments are built at the same time.
+    concurrency: usize,
+    /// One build of a pack's environments at a time, across requests and processes.
+    locks: PackLocks,
 }
 
 /// The environment root for packs stored under `base`.
@@ -89,7 +95,27 @@ pub fn envs_root(base: &Path) -> PathBuf {
     base.join(".envs")
 }
 
-impl EnvBuilder<'_> {
+impl EnvBuilder {
+    /// Environments go under `<default_base_dir>/.envs` when a request names no
+    /// `packs_base_dir`.
+    pub fn new(
+        settings: &BuildSection,
+        default_base_dir: PathBuf,
+        paths: PathPolicy,
+        locks: PackLocks,
+    ) -> Self {
+        Self {
+            settings: EnvSettings {
+                read_limits: *paths.read_limits(),
+                ..settings.env_settings()
+            },
+            concurrency: settings.concurrency,
+            default_base_dir,
+            paths,
+            locks,
+        }
+    }
+
     pub async fn build(
         &self,
         request: BuildEnvsRequest,
@@ -189,11 +215,15 @@ impl EnvBuilder<'_> {
             Err(e) => return unknown(&e),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);
-        let settings = EnvSettings {
-            read_limits: *self.paths.read_limits(),
-            ..self.settings.clone()
-        };
-        let envs = envs::build_pack_envs(&dir, &manifest, &settings, options, &progress).await;
+        let envs = envs::build_pack_envs(
+            &dir,
+            &manifest,
+            &self.settings,
+            options,
+            &self.locks,
+            &progress,
+        )
+        .await;
         let failures: Vec<FailedEnvironment> = envs
             .failures
             .iter()

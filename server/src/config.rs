@@ -415,6 +415,35 @@ pub struct IndexEntryConfig {
     pub headers: std::collections::BTreeMap<String, Secret>,
 }
 
+impl RegistrySection {
+    /// The registry client's settings; header values are handed over in the clear
+    /// (the client keeps them out of logs and `Debug`).
+    pub fn client_config(&self) -> crate::registry::RegistryConfig {
+        crate::registry::RegistryConfig {
+            indices: self
+                .indices
+                .iter()
+                .map(|i| crate::registry::IndexConfig {
+                    url: i.url.clone(),
+                    name: i.name.clone(),
+                    priority: i.priority,
+                    enabled: i.enabled,
+                    headers: i
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                        .collect(),
+                })
+                .collect(),
+            cache_ttl: self.cache_ttl,
+            timeout: self.timeout,
+            allow_http: self.allow_http,
+            max_index_bytes: self.max_index_bytes,
+            allow_file_registry_url: self.allow_file_registry_url,
+        }
+    }
+}
+
 fn default_priority() -> u32 {
     100
 }
@@ -473,6 +502,19 @@ impl Default for DownloadSection {
     }
 }
 
+impl DownloadSection {
+    /// The extraction limits of an archive, in the form `archive` takes.
+    pub fn extract_limits(&self) -> crate::archive::Limits {
+        crate::archive::Limits {
+            max_total_bytes: self.max_extracted_bytes,
+            max_entries: self.max_entries,
+            max_entry_bytes: self.max_entry_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_names_bytes: self.max_names_bytes,
+        }
+    }
+}
+
 /// `download.git:` — credentials for private repositories.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -482,6 +524,23 @@ pub struct GitSection {
     pub ssh_key_path: Option<PathBuf>,
     pub ssh_key_passphrase: Option<Secret>,
     pub use_ssh_agent: bool,
+}
+
+impl GitSection {
+    /// The credentials libgit2 is given, secrets exposed (`GitCredentials` keeps them
+    /// out of `Debug`).
+    pub fn credentials(&self) -> crate::git::GitCredentials {
+        crate::git::GitCredentials {
+            https_username: self.https_username.clone(),
+            https_token: self.https_token.as_ref().map(|s| s.expose().to_string()),
+            ssh_key_path: self.ssh_key_path.clone(),
+            ssh_key_passphrase: self
+                .ssh_key_passphrase
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+            use_ssh_agent: self.use_ssh_agent,
+        }
+    }
 }
 
 impl Default for Config {

@@ -23,16 +23,17 @@ use tracing::Instrument;
 use crate::{
     archive::{self, ArchiveError, BudgetError, Limits},
     checksum::{self, ChecksumError, Digest},
-    config::Config,
+    config::{DownloadSection, RegistrySection},
     fetch::{self, FetchError, HttpFetcher},
     git::{self, GitCredentials, GitError},
     journal::{self, Journal, WorkKind},
+    locks::PackLocks,
     manifest::{Manifest, ManifestError},
     packfs::{PackReadLimits, TreeLimit, TreeLimits},
     paths::{PathError, PathPolicy},
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
-    registry::{IndexConfig, InstallSource, RegistryClient, RegistryConfig, RegistryError},
+    registry::{InstallSource, RegistryClient, RegistryError},
     source::{PackSource, SourceError, redact_url},
 };
 
@@ -228,21 +229,18 @@ fn joined(failures: &[InstallSourceFailure]) -> String {
 
 /// Shared by all requests: registry cache, HTTP clients, credentials, limits.
 pub struct Downloader {
+    /// `download:` as configured.
+    settings: DownloadSection,
     registry: RegistryClient,
     http: HttpFetcher,
     credentials: GitCredentials,
+    /// `settings`' extraction limits.
     limits: Limits,
-    /// `download.max_archive_bytes`: also bounds a local archive, checked by `fstat`.
-    max_archive_bytes: u64,
     /// Shared by every extraction of the process (Download and Install).
     extract_budget: archive::ExtractBudget,
-    github_host: String,
-    concurrency: usize,
-    allow_insecure_tls: bool,
-    allow_http: bool,
     paths: PathPolicy,
-    /// Destination directories being placed right now, across requests.
-    placing: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises placements of one destination directory, across requests.
+    locks: PackLocks,
     /// Where destination directories are recorded, so that a start after a crash
     /// removes their staging leftovers.
     journal: Option<Arc<Journal>>,
@@ -284,69 +282,33 @@ struct FetchedPack {
 type PackResult = Result<DownloadedPack, PackDownloadError>;
 
 impl Downloader {
-    pub fn new(config: &Config, paths: PathPolicy) -> Result<Self, DownloadError> {
-        let registry = RegistryClient::new(RegistryConfig {
-            indices: config
-                .registry
-                .indices
-                .iter()
-                .map(|i| IndexConfig {
-                    url: i.url.clone(),
-                    name: i.name.clone(),
-                    priority: i.priority,
-                    enabled: i.enabled,
-                    headers: i
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.expose().to_string()))
-                        .collect(),
-                })
-                .collect(),
-            cache_ttl: config.registry.cache_ttl,
-            timeout: config.registry.timeout,
-            allow_http: config.registry.allow_http,
-            max_index_bytes: config.registry.max_index_bytes,
-            allow_file_extra_index: config.registry.allow_file_registry_url,
-        })
-        .map_err(DownloadError::RegistrySetup)?;
-        let d = &config.download;
-        let http = HttpFetcher::new(d.allow_http, d.max_archive_bytes)
+    pub fn new(
+        settings: &DownloadSection,
+        registry: &RegistrySection,
+        paths: PathPolicy,
+        locks: PackLocks,
+    ) -> Result<Self, DownloadError> {
+        let registry =
+            RegistryClient::new(registry.client_config()).map_err(DownloadError::RegistrySetup)?;
+        let http = HttpFetcher::new(settings.allow_http, settings.max_archive_bytes)
             .map_err(DownloadError::HttpSetup)?;
-        let extract_budget =
-            archive::ExtractBudget::new(d.extract_concurrency, d.extract_memory_bytes);
-        let limits = Limits {
-            max_total_bytes: d.max_extracted_bytes,
-            max_entries: d.max_entries,
-            max_entry_bytes: d.max_entry_bytes,
-            max_header_bytes: d.max_header_bytes,
-            max_names_bytes: d.max_names_bytes,
-        };
+        let extract_budget = archive::ExtractBudget::new(
+            settings.extract_concurrency,
+            settings.extract_memory_bytes,
+        );
+        let limits = settings.extract_limits();
         extract_budget
             .validate(&limits)
             .map_err(DownloadError::ExtractBudgetSetup)?;
         Ok(Self {
+            settings: settings.clone(),
             registry,
             http,
-            credentials: GitCredentials {
-                https_username: d.git.https_username.clone(),
-                https_token: d.git.https_token.as_ref().map(|s| s.expose().to_string()),
-                ssh_key_path: d.git.ssh_key_path.clone(),
-                ssh_key_passphrase: d
-                    .git
-                    .ssh_key_passphrase
-                    .as_ref()
-                    .map(|s| s.expose().to_string()),
-                use_ssh_agent: d.git.use_ssh_agent,
-            },
+            credentials: settings.git.credentials(),
             limits,
-            max_archive_bytes: d.max_archive_bytes,
             extract_budget,
-            github_host: d.github_host.clone(),
-            concurrency: d.concurrency,
-            allow_insecure_tls: d.allow_insecure_tls,
-            allow_http: d.allow_http,
             paths,
-            placing: Mutex::new(HashMap::new()),
+            locks,
             journal: None,
         })
     }
@@ -371,7 +333,7 @@ impl Downloader {
         request: DownloadRequest,
         reporter: &Reporter,
     ) -> Result<DownloadReport, DownloadError> {
-        if !request.verify_ssl && !self.allow_insecure_tls {
+        if !request.verify_ssl && !self.settings.allow_insecure_tls {
             return Err(DownloadError::InsecureTlsRefused);
         }
         let destination = self
@@ -432,7 +394,7 @@ impl Downloader {
                         (i, outcome)
                     }
                 })
-                .buffer_unordered(self.concurrency)
+                .buffer_unordered(self.settings.concurrency)
                 .collect()
                 .await;
 
@@ -495,7 +457,8 @@ impl Downloader {
         reporter: &Reporter,
         deadline: Instant,
     ) -> PackResult {
-        let source = PackSource::parse(raw, request.ref_spec.as_deref(), &self.github_host)?;
+        let source =
+            PackSource::parse(raw, request.ref_spec.as_deref(), &self.settings.github_host)?;
         tracing::debug!(kind = source.kind(), "source parsed");
         reporter.info(
             Stage::Resolve,
@@ -647,8 +610,7 @@ impl Downloader {
             checksum_verified: verified,
             downloaded_at: crate::auth::unix_now() as i64 * 1000,
         };
-        let lock = self.placement_lock(&target);
-        let _guard = lock.lock().await;
+        let _placing = self.locks.lock(&target).await;
         let force = request.force;
         let pack_root = fetched.pack_root.clone();
         let place_target = target.clone();
@@ -682,12 +644,6 @@ impl Downloader {
             git_commit: fetched.git_commit,
             checksum,
         })
-    }
-
-    fn placement_lock(&self, target: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.placing.lock().expect("placement lock map");
-        map.retain(|_, lock| Arc::strong_count(lock) > 1);
-        Arc::clone(map.entry(target.to_path_buf()).or_default())
     }
 
     /// Tries an index entry's sources in order (git first, as listed by the index),
@@ -795,7 +751,7 @@ impl Downloader {
         reporter: &Reporter,
         deadline: Instant,
     ) -> Result<FetchedPack, PackDownloadError> {
-        if url.to_ascii_lowercase().starts_with("http://") && !self.allow_http {
+        if url.to_ascii_lowercase().starts_with("http://") && !self.settings.allow_http {
             return Err(PackDownloadError::PlainHttpGit {
                 url: url.to_string(),
             });
@@ -869,7 +825,7 @@ impl Downloader {
             }
             None => false,
         };
-        let opened = archive::open_archive(&file, self.max_archive_bytes)?;
+        let opened = archive::open_archive(&file, self.settings.max_archive_bytes)?;
         let mut fetched = self.extract(opened, &file, staging, reporter).await?;
         fetched.kind = FetchedKind::Archive;
         fetched.url = Some(url.to_string());
@@ -960,7 +916,7 @@ impl Downloader {
         };
         // Opened once, without following a link or blocking on a FIFO swapped in
         // since `confine`; the extraction reads this descriptor, not the path.
-        match archive::open_archive(&path, self.max_archive_bytes) {
+        match archive::open_archive(&path, self.settings.max_archive_bytes) {
             Ok(file) => {
                 self.paths.check_opened(&file, &path)?;
                 let mut fetched = self.extract(file, &path, staging, reporter).await?;
@@ -979,7 +935,7 @@ impl Downloader {
         let copy_reporter = reporter.clone();
         let src = path.clone();
         let paths = self.paths.clone();
-        let copy_limits = local_copy_limits(&self.limits);
+        let copy_limits = local_copy_limits(&self.settings);
         let pack_root = staging
             .blocking(move || {
                 let src = paths.open_confined(&src)?;
@@ -1002,18 +958,18 @@ impl Downloader {
 /// A local directory is downloaded under the same bounds as an archive's extraction
 /// (what lands in the destination is the same thing either way); how deep it may
 /// nest is the pack-wide `pack_files.max_depth`.
-fn local_copy_limits(limits: &archive::Limits) -> TreeLimits {
+fn local_copy_limits(settings: &DownloadSection) -> TreeLimits {
     TreeLimits {
         total_bytes: TreeLimit {
-            value: limits.max_total_bytes,
+            value: settings.max_extracted_bytes,
             setting: "download.max_extracted_bytes",
         },
         entries: TreeLimit {
-            value: limits.max_entries,
+            value: settings.max_entries,
             setting: "download.max_entries",
         },
         file_bytes: TreeLimit {
-            value: limits.max_entry_bytes,
+            value: settings.max_entry_bytes,
             setting: "download.max_entry_bytes",
         },
         depth: crate::packfs::tree_limits().depth,

@@ -48,7 +48,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Db, StoreError};
+use crate::{
+    locks::PackLocks,
+    store::{Db, StoreError},
+};
 
 /// The journal directory's name inside the data dir.
 pub const JOURNAL_DIR: &str = "journal";
@@ -460,15 +463,18 @@ pub struct Journal {
     /// midway leaves work for the next start's recovery.
     critical: AtomicUsize,
     critical_done: tokio::sync::Notify,
+    /// Settling an environment switch takes the ref's lock, as a build does.
+    locks: PackLocks,
 }
 
 impl Journal {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path, locks: PackLocks) -> Self {
         Journal {
             dir: data_dir.join(JOURNAL_DIR),
             recorded: Mutex::new(HashSet::new()),
             critical: AtomicUsize::new(0),
             critical_done: tokio::sync::Notify::new(),
+            locks,
         }
     }
 
@@ -777,7 +783,7 @@ impl EnvIntent {
     /// intent is left for the next start.
     pub async fn settle(mut self) -> Result<Vec<(String, EnvSettled)>, JournalError> {
         self.armed = false;
-        let settled = settle_env_entries(&self.db, &self.entries).await;
+        let settled = settle_env_entries(&self.db, &self.journal.locks, &self.entries).await;
         if settled.is_ok() {
             let _ = fs::remove_file(&self.path);
         }
@@ -816,6 +822,7 @@ impl Drop for EnvIntent {
 /// back). Every entry is tried; the first error is returned after all were.
 async fn settle_env_entries(
     db: &Db,
+    locks: &PackLocks,
     entries: &[EnvSwitchEntry],
 ) -> Result<Vec<(String, EnvSettled)>, JournalError> {
     let mut settled = Vec::with_capacity(entries.len());
@@ -825,6 +832,7 @@ async fn settle_env_entries(
         let committed = locked.recorded_checksum(&entry.pack_ref).await?.as_deref()
             == Some(entry.checksum.as_str());
         let outcome = crate::envs::settle_switch(
+            locks,
             &entry.envs_root,
             &entry.pack_ref,
             &entry.previous,
@@ -1000,7 +1008,7 @@ pub async fn recover(
     let swaps_settled = started.elapsed();
     env_intents.sort();
     for path in env_intents {
-        settle_env_intent(db, &path, &mut recovered).await?;
+        settle_env_intent(db, &journal.locks, &path, &mut recovered).await?;
     }
 
     let envs_settled = started.elapsed();
@@ -1085,6 +1093,7 @@ pub async fn recover(
 /// was torn while first written, before any build, so it describes nothing done.
 async fn settle_env_intent(
     db: &Db,
+    locks: &PackLocks,
     path: &Path,
     recovered: &mut Recovered,
 ) -> Result<(), JournalError> {
@@ -1108,7 +1117,7 @@ async fn settle_env_intent(
         let _ = fs::remove_file(path);
         return Ok(());
     };
-    match settle_env_entries(db, &intent.entries).await {
+    match settle_env_entries(db, locks, &intent.entries).await {
         Ok(settled) => {
             for (pack_ref, how) in settled {
                 match how {
@@ -1363,7 +1372,7 @@ mod tests {
     #[test]
     fn a_torn_intent_is_unreadable_and_a_whole_one_round_trips() {
         let data = tempfile::tempdir().unwrap();
-        let journal = Journal::new(data.path());
+        let journal = Journal::new(data.path(), PackLocks::default());
         let e = entry(data.path());
         let intent = journal.begin(vec![e.clone()]).unwrap();
         let text = fs::read(&intent.path).unwrap();

@@ -6,7 +6,8 @@
 //! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
 //!   (confinement), [`runtimes`] (host interpreters);
 //! - doors: [`grpc`] and [`rest`] (the only modules that know protobuf and the API's JSON);
-//! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
+//! - process: [`config`], [`auth`], [`state`] (builds every stage once, with the
+//!   [`locks`] they share), [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
 pub mod auth;
 pub use attune_packs_core::{
@@ -23,6 +24,7 @@ pub mod git;
 pub mod grpc;
 pub mod install;
 pub mod journal;
+pub mod locks;
 pub mod packtest;
 pub mod process;
 pub mod provenance;

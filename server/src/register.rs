@@ -12,7 +12,6 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -23,8 +22,10 @@ use tracing::instrument;
 use crate::{
     checksum::{self, ChecksumError},
     components::{self, ComponentKind, Issue, LoadedPack},
+    config::RegisterSection,
     fetch::{self, FetchError},
     journal::{self, Intent, Journal, JournalError, SwapEntry, WorkKind},
+    locks::PackLocks,
     manifest::{Manifest, ManifestError},
     packtest::{self, PackTestResult, TestRunOptions, TestStatus},
     paths::{PathError, PathPolicy},
@@ -275,18 +276,6 @@ impl Failure for RegisterError {
     }
 }
 
-/// Registrations in flight in this process, by storage path: the database lock covers
-/// other processes, this covers our own concurrent requests before they reach it.
-static IN_FLIGHT: Mutex<Option<HashMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>>> =
-    Mutex::new(None);
-
-fn storage_lock(target: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
-    let mut guard = IN_FLIGHT.lock().expect("registration lock map");
-    let map = guard.get_or_insert_with(HashMap::new);
-    map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
-    std::sync::Arc::clone(map.entry(target.to_path_buf()).or_default())
-}
-
 /// A pack's registration, or why it failed.
 type PackOutcome = Result<RegisteredPack, RegisterPackError>;
 
@@ -317,17 +306,38 @@ struct Candidate {
     loaded: LoadedPack,
 }
 
-pub struct Registrar<'a> {
-    pub db: &'a Db,
-    pub paths: &'a PathPolicy,
-    pub default_base_dir: PathBuf,
-    /// Packs prepared (copied, tested, hashed) at the same time.
-    pub concurrency: usize,
+pub struct Registrar {
+    db: Db,
+    paths: PathPolicy,
+    default_base_dir: PathBuf,
+    /// `register.concurrency`: packs prepared (copied, tested, hashed) at the same time.
+    concurrency: usize,
     /// Where swap intents are written (the data dir's journal).
-    pub journal: std::sync::Arc<Journal>,
+    journal: std::sync::Arc<Journal>,
+    /// Storage directories being switched, across requests.
+    locks: PackLocks,
 }
 
-impl Registrar<'_> {
+impl Registrar {
+    /// Packs go under `default_base_dir` when a request names no `packs_base_dir`.
+    pub fn new(
+        settings: &RegisterSection,
+        default_base_dir: PathBuf,
+        db: Db,
+        paths: PathPolicy,
+        journal: std::sync::Arc<Journal>,
+        locks: PackLocks,
+    ) -> Self {
+        Self {
+            db,
+            paths,
+            default_base_dir,
+            concurrency: settings.concurrency,
+            journal,
+            locks,
+        }
+    }
+
     pub async fn register(
         &self,
         request: RegisterRequest,
@@ -678,6 +688,7 @@ impl Registrar<'_> {
             running,
             db: self.db.clone(),
             journal: std::sync::Arc::clone(&self.journal),
+            locks: self.locks.clone(),
             prepared,
             force,
             reporter: reporter.clone(),
@@ -693,6 +704,7 @@ struct Critical {
     running: journal::CriticalSection,
     db: Db,
     journal: std::sync::Arc<Journal>,
+    locks: PackLocks,
     prepared: Vec<Prepared>,
     force: bool,
     reporter: Reporter,
@@ -705,6 +717,7 @@ impl Critical {
             running: _running,
             db,
             journal,
+            locks,
             prepared,
             force,
             reporter,
@@ -750,15 +763,11 @@ impl Critical {
             }
         };
 
-        // In-process locks in path order, so two batches cannot wait on each other.
-        let mut locks: Vec<_> = prepared.iter().map(|p| storage_lock(&p.target)).collect();
-        let mut order: Vec<usize> = (0..prepared.len()).collect();
-        order.sort_by(|a, b| prepared[*a].target.cmp(&prepared[*b].target));
-        let mut guards = Vec::with_capacity(locks.len());
-        for i in order {
-            guards.push(std::sync::Arc::clone(&locks[i]).lock_owned().await);
-        }
-        locks.clear();
+        // The database's pack locks cover other processes; these cover this one's
+        // concurrent requests before they reach it.
+        let guards = locks
+            .lock_all(prepared.iter().map(|p| p.target.as_path()))
+            .await;
         if prepared.len() > 1 {
             reporter.info(
                 Stage::Register,
@@ -1247,6 +1256,8 @@ fn test_row(result: &PackTestResult) -> TestRow {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     /// Each failure names the stage a user acts on, as `error_stage` did before

@@ -1,14 +1,18 @@
 //! What every door (gRPC, REST, CLI) hands to the stages: configuration, database,
-//! path policy, authenticator. Cheap to clone.
+//! path policy, authenticator, and the stages themselves, each built once at start
+//! from its configuration section. Cheap to clone.
 
 use std::sync::Arc;
 
 use crate::{
     auth::Authenticator,
+    buildenvs::EnvBuilder,
     config::Config,
     download::{DownloadError, Downloader},
     journal::{Journal, JournalError},
+    locks::PackLocks,
     paths::PathPolicy,
+    register::Registrar,
     store::Db,
     users::LoginGate,
 };
@@ -21,6 +25,10 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Shared across requests: the registry cache and HTTP clients live here.
     pub downloader: Arc<Downloader>,
+    pub env_builder: Arc<EnvBuilder>,
+    pub registrar: Arc<Registrar>,
+    /// The locks of pack directories, shared by the stages and the journal.
+    pub locks: PackLocks,
     /// Login's throttle and argon2 pool, one per process.
     pub login: Arc<LoginGate>,
     /// Swap intents and the directories holding work directories (`<data_dir>/journal`).
@@ -33,16 +41,39 @@ impl AppState {
             PathPolicy::new(config.allowed_roots()).with_read_limits(config.pack_files.limits());
         crate::yaml_limits::install(config.yaml.limits());
         crate::packfs::install_tree_limits(config.pack_files.tree_limits());
-        let journal = Arc::new(Journal::new(&config.data_dir_absolute()));
-        let downloader =
-            Arc::new(Downloader::new(&config, paths.clone())?.with_journal(Arc::clone(&journal)));
+        let locks = PackLocks::default();
+        let journal = Arc::new(Journal::new(&config.data_dir_absolute(), locks.clone()));
+        let downloader = Downloader::new(
+            &config.download,
+            &config.registry,
+            paths.clone(),
+            locks.clone(),
+        )?
+        .with_journal(Arc::clone(&journal));
+        let env_builder = EnvBuilder::new(
+            &config.build,
+            config.packs_base_dir(),
+            paths.clone(),
+            locks.clone(),
+        );
+        let registrar = Registrar::new(
+            &config.register,
+            config.packs_base_dir(),
+            db.clone(),
+            paths.clone(),
+            Arc::clone(&journal),
+            locks.clone(),
+        );
         let login = Arc::new(LoginGate::new(&config.login));
         Ok(Self {
             config: Arc::new(config),
             db,
             paths,
             auth,
-            downloader,
+            downloader: Arc::new(downloader),
+            env_builder: Arc::new(env_builder),
+            registrar: Arc::new(registrar),
+            locks,
             login,
             journal,
         })

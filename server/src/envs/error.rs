@@ -32,7 +32,7 @@ pub enum EnvError {
     },
     /// Waiting for or taking the ref's build lock.
     #[error("{0}")]
-    Lock(String),
+    Lock(#[source] crate::locks::LockError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     /// A blocking step died (panicked or was cancelled) before it could answer.

@@ -1,5 +1,5 @@
-//! Where environments live and how they are switched: the per-ref directory, its
-//! lock, the versioned build directories, the marker and the atomic symlink switch.
+//! Where environments live and how they are switched: the per-ref directory, the
+//! versioned build directories, the marker and the atomic symlink switch.
 //!
 //! ```text
 //! <envs_root>/
@@ -7,6 +7,7 @@
 //!   .cache/pip, .cache/npm     download caches, shared by all packs
 //!   <ref>/
 //!     .lock                    flock(2) held while the ref's environments are built
+//!                              (`crate::locks::PackLocks::lock_across_processes`)
 //!     python -> python-<hash16>-<build id>       (relative symlink)
 //!     python-<hash16>-<build id>/                the virtualenv, built in place
 //!       .attune-env.json       marker, written last
@@ -14,16 +15,11 @@
 //!     node-<hash16>-<build id>/node_modules/
 //! ```
 
-use std::collections::HashMap;
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedMutexGuard;
-use tokio::time::Instant;
 
 use super::error::EnvError;
 
@@ -371,73 +367,6 @@ fn build_id() -> String {
         nanos & 0xffff_ffff_ffff,
         std::process::id()
     )
-}
-
-/// Exclusive access to one ref's environments: an in-process async lock (so waiting
-/// tasks do not poll) and `flock` on `<ref>/.lock` (other processes sharing the
-/// directory). Both are released on drop.
-pub struct RefLock {
-    _guard: OwnedMutexGuard<()>,
-    _file: std::fs::File,
-}
-
-type LockMap = Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
-static LOCKS: LazyLock<LockMap> = LazyLock::new(Default::default);
-
-/// Takes the lock of `ref_dir` (creating the directory), waiting at most until
-/// `deadline`.
-pub async fn lock_ref(ref_dir: &RefDir, deadline: Instant) -> Result<RefLock, String> {
-    std::fs::create_dir_all(&ref_dir.dir)
-        .map_err(|e| format!("cannot create {}: {e}", ref_dir.dir.display()))?;
-    let key = std::fs::canonicalize(&ref_dir.dir).unwrap_or_else(|_| ref_dir.dir.clone());
-    let mutex = {
-        let mut map = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, weak| weak.strong_count() > 0);
-        match map.get(&key).and_then(Weak::upgrade) {
-            Some(mutex) => mutex,
-            None => {
-                let mutex = Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(key, Arc::downgrade(&mutex));
-                mutex
-            }
-        }
-    };
-    let timed_out = || {
-        format!(
-            "timed out waiting for another build of the same pack ({})",
-            ref_dir.dir.display()
-        )
-    };
-    let guard = tokio::time::timeout_at(deadline, mutex.lock_owned())
-        .await
-        .map_err(|_| timed_out())?;
-
-    let path = ref_dir.dir.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("cannot lock {}: {err}", path.display()));
-        }
-        if Instant::now() >= deadline {
-            return Err(timed_out());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(RefLock {
-        _guard: guard,
-        _file: file,
-    })
 }
 
 #[cfg(test)]

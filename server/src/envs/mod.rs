@@ -75,8 +75,9 @@
 //! # Concurrency
 //!
 //! Builds of different packs may run concurrently (the caller decides). Builds of
-//! the same ref are serialised here: an in-process async lock per `<envs_root>/<ref>`
-//! plus `flock` on `<envs_root>/<ref>/.lock` for other processes. The Python and
+//! the same ref are serialised here, through the caller's [`PackLocks`]: an
+//! in-process async lock per `<envs_root>/<ref>` plus `flock` on
+//! `<envs_root>/<ref>/.lock` for other processes. The Python and
 //! Node.js environments of one pack are built concurrently.
 
 mod discover;
@@ -96,6 +97,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::locks::PackLocks;
 use crate::manifest::{Manifest, is_valid_pack_ref};
 use crate::progress::{Reporter, Stage};
 use kind::EnvKind;
@@ -265,6 +267,7 @@ const SETTLE_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// found pointing anywhere else have been switched again since, by someone else, and
 /// are left alone. Idempotent.
 pub async fn settle_switch(
+    locks: &PackLocks,
     envs_root: &Path,
     pack_ref: &str,
     previous: &EnvLinks,
@@ -280,7 +283,8 @@ pub async fn settle_switch(
     if !ref_dir.dir.is_dir() {
         return Ok(());
     }
-    let _lock = layout::lock_ref(&ref_dir, Instant::now() + SETTLE_LOCK_WAIT)
+    let _lock = locks
+        .lock_across_processes(&ref_dir.dir, Instant::now() + SETTLE_LOCK_WAIT)
         .await
         .map_err(EnvError::Lock)?;
     let snapshot = EnvSnapshot::from_links(envs_root, pack_ref, previous);
@@ -403,6 +407,7 @@ pub async fn build_pack_envs(
     manifest: &Manifest,
     settings: &EnvSettings,
     options: &BuildOptions,
+    locks: &PackLocks,
     reporter: &Reporter,
 ) -> PackEnvs {
     let started = Instant::now();
@@ -470,7 +475,10 @@ pub async fn build_pack_envs(
         return out;
     }
 
-    let _lock = match layout::lock_ref(&ctx.ref_dir, deadline).await {
+    let _lock = match locks
+        .lock_across_processes(&ctx.ref_dir.dir, deadline)
+        .await
+    {
         Ok(lock) => lock,
         Err(e) => {
             fail_all(&mut out, EnvError::Lock(e));

@@ -30,6 +30,8 @@ struct Fixture {
     pack: PathBuf,
     envs: PathBuf,
     wheels: PathBuf,
+    /// Shared by the fixture's builds, as the server's are.
+    locks: PackLocks,
 }
 
 impl Fixture {
@@ -51,6 +53,7 @@ impl Fixture {
             root,
             pack,
             wheels,
+            locks: PackLocks::default(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Fixture {
             &self.manifest(),
             &self.settings(),
             options,
+            &self.locks,
             &Reporter::noop(),
         )
         .await
@@ -183,6 +187,7 @@ async fn python_build_reuse_rebuild_failure_and_move() {
         &fx.manifest(),
         &fx.settings(),
         &fx.options(),
+        &fx.locks,
         &reporter,
     )
     .await;
@@ -270,6 +275,7 @@ async fn python_build_reuse_rebuild_failure_and_move() {
         &Manifest::load(&moved, &Default::default()).unwrap(),
         &fx.settings(),
         &fx.options(),
+        &fx.locks,
         &Reporter::noop(),
     )
     .await;
@@ -350,6 +356,7 @@ async fn node_build_with_file_dependency_lockfile_and_move() {
         &fx.manifest(),
         &fx.settings(),
         &fx.options(),
+        &fx.locks,
         &reporter,
     )
     .await;
@@ -398,6 +405,7 @@ async fn timeout_kills_the_tree_and_keeps_nothing() {
         &fx.manifest(),
         &settings,
         &options,
+        &fx.locks,
         &Reporter::noop(),
     )
     .await;
@@ -602,9 +610,16 @@ async fn an_interrupted_switch_is_restored_or_kept_idempotently() {
         let previous = links(Some("python-00000000000000aa-old"));
         let switched = links(Some("python-00000000000000bb-new"));
         for _ in 0..2 {
-            settle_switch(root.path(), "demo", &previous, Some(&switched), committed)
-                .await
-                .unwrap();
+            settle_switch(
+                &PackLocks::default(),
+                root.path(),
+                "demo",
+                &previous,
+                Some(&switched),
+                committed,
+            )
+            .await
+            .unwrap();
         }
         let now = std::fs::read_link(root.path().join("demo/python")).unwrap();
         let (kept, gone) = if committed {
@@ -623,9 +638,16 @@ async fn an_interrupted_first_switch_is_undone_to_no_environment() {
     let root = tempfile::tempdir().unwrap();
     let (old, new) = two_builds(root.path(), "python-00000000000000bb-new");
     std::fs::remove_dir_all(&old).unwrap();
-    settle_switch(root.path(), "demo", &links(None), None, false)
-        .await
-        .unwrap();
+    settle_switch(
+        &PackLocks::default(),
+        root.path(),
+        "demo",
+        &links(None),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(std::fs::symlink_metadata(root.path().join("demo/python")).is_err());
     assert!(!new.exists());
 }
@@ -641,6 +663,7 @@ async fn links_switched_again_since_are_left_alone() {
     std::os::unix::fs::symlink(third.file_name().unwrap(), root.path().join("demo/python"))
         .unwrap();
     settle_switch(
+        &PackLocks::default(),
         root.path(),
         "demo",
         &links(Some("python-00000000000000aa-old")),
@@ -661,6 +684,7 @@ async fn a_vanished_previous_build_is_reported_and_the_link_kept() {
     let (old, _new) = two_builds(root.path(), "python-00000000000000bb-new");
     std::fs::remove_dir_all(&old).unwrap();
     let error = settle_switch(
+        &PackLocks::default(),
         root.path(),
         "demo",
         &links(Some("python-00000000000000aa-old")),

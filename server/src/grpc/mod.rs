@@ -26,9 +26,8 @@ use tracing::{Instrument, Span};
 use self::status::status;
 use crate::{
     auth::{Authenticator, Principal},
-    buildenvs, deps, install,
+    deps, install,
     progress::{ProgressEvent, Reporter},
-    register,
     shutdown::Stopping,
     state::AppState,
 };
@@ -289,17 +288,10 @@ impl PackService for PackServiceImpl {
     ) -> Result<Response<Self::BuildEnvsStream>, Status> {
         let call = Call::start(&request, "BuildEnvs");
         let stage_request = convert::build_envs_request(request.into_inner())?;
-        let state = self.state.clone();
+        let builder = self.state.env_builder.clone();
         Ok(call.stream(
             &self.stopping,
             move |reporter| async move {
-                let settings = state.config.build.env_settings();
-                let builder = buildenvs::EnvBuilder {
-                    paths: &state.paths,
-                    settings: &settings,
-                    default_base_dir: state.config.packs_base_dir(),
-                    concurrency: state.config.build.concurrency,
-                };
                 builder
                     .build(stage_request, &reporter)
                     .await
@@ -379,17 +371,10 @@ impl PackService for PackServiceImpl {
             .get::<Principal>()
             .map(|p| p.subject.clone());
         let stage_request = convert::register_request(request.into_inner(), subject)?;
-        let state = self.state.clone();
+        let registrar = self.state.registrar.clone();
         Ok(call.stream(
             &self.stopping,
             move |reporter| async move {
-                let registrar = register::Registrar {
-                    db: &state.db,
-                    paths: &state.paths,
-                    default_base_dir: state.config.packs_base_dir(),
-                    concurrency: state.config.register.concurrency,
-                    journal: state.journal.clone(),
-                };
                 registrar
                     .register(stage_request, &reporter)
                     .await

@@ -10,7 +10,7 @@
 //! 3. **Fetch** the registry packs of the plan (exact versions), **verify** that
 //!    each pack's own `pack.yaml` agrees with the plan, **build** environments
 //!    (keeping the previous builds), and **register** everything in one transaction
-//!    in dependency order ([`Registrar::register_all`]).
+//!    in dependency order ([`crate::register::Registrar::register_all`]).
 //! 4. On any failure the environments are switched back and nothing is registered;
 //!    on success the replaced environments are deleted. The switches are journaled
 //!    (`journal::EnvIntent`) before the first build, so a crash between them and the
@@ -38,13 +38,13 @@ use std::{
 use semver::Version;
 
 use crate::{
-    buildenvs::{self, BuildEnvsRequest, EnvBuilder},
+    buildenvs::{self, BuildEnvsRequest},
     download::{DownloadRequest, DownloadedPack},
     envs::{EnvSnapshot, NodeEnv, PythonEnv},
     journal::EnvSwitchEntry,
     packtest::PackTestResult,
     progress::{Reporter, Stage},
-    register::{ComponentCounts, RegisterRequest, Registrar},
+    register::{ComponentCounts, RegisterRequest},
     solver,
     state::AppState,
     store::{RegisteredSource, StoreError},
@@ -449,14 +449,9 @@ impl Installer<'_> {
             Ok(intent) => intent,
             Err(e) => return Ok(Err(vec![failure(REQUEST, "build", e.to_string())])),
         };
-        let settings = self.state.config.build.env_settings();
-        let builder = EnvBuilder {
-            paths: &self.state.paths,
-            settings: &settings,
-            default_base_dir: base.to_path_buf(),
-            concurrency: self.state.config.build.concurrency,
-        };
-        let built = builder
+        let built = self
+            .state
+            .env_builder
             .build(
                 BuildEnvsRequest {
                     pack_paths: paths.clone(),
@@ -501,14 +496,9 @@ impl Installer<'_> {
         }
         crate::fault::pause("install: environments switched");
 
-        let registrar = Registrar {
-            db: &self.state.db,
-            paths: &self.state.paths,
-            default_base_dir: base.to_path_buf(),
-            concurrency: self.state.config.register.concurrency,
-            journal: self.state.journal.clone(),
-        };
-        let registered = registrar
+        let registered = self
+            .state
+            .registrar
             .register_all(
                 RegisterRequest {
                     pack_paths: paths,

@@ -124,7 +124,7 @@ pub struct RegistryConfig {
     /// Permit `file://` URLs as a request's extra index. Configured indices may
     /// always be `file://`; a request-supplied one would let any caller make the
     /// server read local files, so it is off by default.
-    pub allow_file_extra_index: bool,
+    pub allow_file_registry_url: bool,
 }
 
 impl Default for RegistryConfig {
@@ -135,7 +135,7 @@ impl Default for RegistryConfig {
             timeout: Duration::from_secs(30),
             allow_http: false,
             max_index_bytes: 10 * 1024 * 1024,
-            allow_file_extra_index: false,
+            allow_file_registry_url: false,
         }
     }
 }
@@ -148,7 +148,7 @@ impl fmt::Debug for RegistryConfig {
             .field("timeout", &self.timeout)
             .field("allow_http", &self.allow_http)
             .field("max_index_bytes", &self.max_index_bytes)
-            .field("allow_file_extra_index", &self.allow_file_extra_index)
+            .field("allow_file_registry_url", &self.allow_file_registry_url)
             .finish()
     }
 }
@@ -340,7 +340,7 @@ struct Inner {
     cache_ttl: Duration,
     timeout: Duration,
     allow_http: bool,
-    allow_file_extra_index: bool,
+    allow_file_registry_url: bool,
     max_index_bytes: u64,
     http: reqwest::Client,
     /// Same as `http` but accepting invalid certificates, for `verify_ssl = false`.
@@ -443,7 +443,7 @@ impl RegistryClient {
                 cache_ttl: config.cache_ttl,
                 timeout: config.timeout,
                 allow_http: config.allow_http,
-                allow_file_extra_index: config.allow_file_extra_index,
+                allow_file_registry_url: config.allow_file_registry_url,
                 max_index_bytes: config.max_index_bytes,
                 http: build_http(false, &config)?,
                 http_insecure: build_http(true, &config)?,
@@ -628,7 +628,7 @@ impl RegistryClient {
         let inner = &*self.inner;
         let mut out: Vec<Target<'_>> = Vec::new();
         if let Some(raw) = extra_index.map(str::trim).filter(|s| !s.is_empty()) {
-            let url = check_index_url(raw, inner.allow_http, inner.allow_file_extra_index)?;
+            let url = check_index_url(raw, inner.allow_http, inner.allow_file_registry_url)?;
             out.push(Target {
                 url,
                 name: None,
@@ -1633,7 +1633,7 @@ mod tests {
 
         // A request-supplied file:// index only when explicitly allowed.
         let client = RegistryClient::new(RegistryConfig {
-            allow_file_extra_index: true,
+            allow_file_registry_url: true,
             ..RegistryConfig::default()
         })
         .unwrap();
