@@ -3,8 +3,9 @@
 //! Layout (see docs/ARCHITECTURE.md for the invariants):
 //! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`],
 //!   [`download`], [`buildenvs`], [`register`];
-//! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
-//!   (confinement), [`runtimes`] (host interpreters);
+//! - shared model: [`manifest`] (pack.yaml), [`dependency`] (what a dependency means,
+//!   cycles, the solver), [`store`] (database), [`paths`] (confinement), [`runtimes`]
+//!   (host interpreters);
 //! - doors: [`grpc`] and [`rest`] (the only modules that know protobuf and the API's JSON);
 //! - process: [`config`], [`auth`], [`state`], [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
@@ -14,10 +15,11 @@ pub mod buildenvs;
 pub mod checksum;
 pub mod components;
 pub mod config;
+pub mod dependency;
 pub mod deps;
 pub mod download;
-pub mod failure;
 pub mod envs;
+pub mod failure;
 pub mod fault;
 pub mod fetch;
 pub mod git;
@@ -38,7 +40,6 @@ pub mod runtimes;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
-pub mod solver;
 pub mod source;
 pub mod state;
 pub mod store;
