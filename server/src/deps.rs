@@ -108,46 +108,47 @@ impl Failure for DepsError {
 }
 
 /// Why a pack of the request cannot be analysed, or what it needs that cannot be had.
-/// The report carries the message (`AnalysisError::error`) with the pack's path.
+/// The report carries the message (`AnalysisError::error`) with the pack's path; a
+/// problem borrows what it names, since it lives only until it is reported.
 #[derive(Debug, thiserror::Error)]
-enum AnalysisProblem {
+enum AnalysisProblem<'a> {
     #[error(transparent)]
     Path(#[from] PathError),
     #[error("pack directory '{given}' does not exist")]
-    NotADirectory { given: String },
+    NotADirectory { given: &'a str },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("pack '{pack_ref}' is also at '{first}' in this request; only that one was analysed")]
-    AlsoInRequest { pack_ref: String, first: String },
+    AlsoInRequest { pack_ref: &'a str, first: &'a str },
     #[error(
         "pack '{pack_ref}' needs {runtime}{} but {runtime} is not installed on the server",
-        requirement.as_ref().map(|r| format!(" {r}")).unwrap_or_default()
+        requirement.map(|r| format!(" {}", r.raw)).unwrap_or_default()
     )]
     RuntimeMissing {
-        pack_ref: String,
+        pack_ref: &'a str,
         runtime: &'static str,
-        requirement: Option<String>,
+        requirement: Option<&'a RuntimeRequirement>,
     },
     #[error(
-        "pack '{pack_ref}' requires {runtime} {requirement} but the server has {found} ({command})"
+        "pack '{pack_ref}' requires {runtime} {} but the server has {} ({})",
+        requirement.raw, found.version, found.command
     )]
-    RuntimeTooOld {
-        pack_ref: String,
+    RuntimeMismatch {
+        pack_ref: &'a str,
         runtime: &'static str,
-        requirement: String,
-        found: Version,
-        command: String,
+        requirement: &'a RuntimeRequirement,
+        found: &'a Detected,
     },
     #[error(
         "conflicting requirements on pack '{target}': '{first_by}' requires {first} and \
          '{second_by}' requires {second}; no version satisfies both"
     )]
     Conflict {
-        target: String,
-        first_by: String,
-        first: String,
-        second_by: String,
-        second: String,
+        target: &'a str,
+        first_by: &'a str,
+        first: &'a str,
+        second_by: &'a str,
+        second: &'a str,
     },
     #[error(transparent)]
     Cycle(#[from] Cycle),
@@ -209,16 +210,14 @@ fn parse_all(
             return Err(DepsError::Cancelled);
         }
         let progress = reporter.with_subject(given);
-        let outcome = read_pack(paths, given).and_then(|(dir, manifest)| {
-            match seen.get(&manifest.pack_ref) {
-                Some(first) => Err(AnalysisProblem::AlsoInRequest {
-                    pack_ref: manifest.pack_ref.clone(),
-                    first: first.clone(),
-                }),
-                None => Ok((dir, manifest)),
-            }
-        });
-        match outcome {
+        let error = match read_pack(paths, given) {
+            Ok((_, manifest)) if seen.contains_key(&manifest.pack_ref) => AnalysisError::new(
+                given,
+                &AnalysisProblem::AlsoInRequest {
+                    pack_ref: &manifest.pack_ref,
+                    first: &seen[&manifest.pack_ref],
+                },
+            ),
             Ok((dir, manifest)) => {
                 progress.with_subject(&manifest.pack_ref).count(
                     Stage::Analyze,
@@ -237,31 +236,31 @@ fn parse_all(
                     dir,
                     manifest,
                 });
+                continue;
             }
-            Err(problem) => {
-                let error = AnalysisError::new(given, &problem);
-                progress.emit(
-                    Stage::Analyze,
-                    Level::Error,
-                    error.error.clone(),
-                    Some(i as u64 + 1),
-                    Some(total),
-                );
-                errors.push(error);
-            }
-        }
+            Err(problem) => AnalysisError::new(given, &problem),
+        };
+        progress.emit(
+            Stage::Analyze,
+            Level::Error,
+            error.error.clone(),
+            Some(i as u64 + 1),
+            Some(total),
+        );
+        errors.push(error);
     }
     Ok((parsed, errors))
 }
 
 /// One pack of the request: its confined directory and its parsed pack.yaml.
 #[instrument(skip(paths), fields(pack_ref = tracing::field::Empty))]
-fn read_pack(paths: &PathPolicy, given: &str) -> Result<(PathBuf, Manifest), AnalysisProblem> {
+fn read_pack<'a>(
+    paths: &PathPolicy,
+    given: &'a str,
+) -> Result<(PathBuf, Manifest), AnalysisProblem<'a>> {
     let dir = paths.confine(given)?;
     if !dir.is_dir() {
-        return Err(AnalysisProblem::NotADirectory {
-            given: given.to_string(),
-        });
+        return Err(AnalysisProblem::NotADirectory { given });
     }
     let opened = paths.open_confined(&dir)?;
     let manifest = Manifest::read(&opened, paths.read_limits())?;
@@ -374,24 +373,24 @@ fn check_runtimes(
                  req: &Option<RuntimeRequirement>,
                  found: &Option<Detected>| {
         need.as_ref()?;
-        let pack_ref = pack.manifest.pack_ref.clone();
-        match (req, found) {
-            (_, None) => Some(AnalysisProblem::RuntimeMissing {
+        let pack_ref = pack.manifest.pack_ref.as_str();
+        let problem = match (req, found) {
+            (_, None) => AnalysisProblem::RuntimeMissing {
                 pack_ref,
                 runtime,
-                requirement: req.as_ref().map(|r| r.raw.clone()),
-            }),
-            (Some(req), Some(found)) if !req.matches(&found.version) => {
-                Some(AnalysisProblem::RuntimeTooOld {
+                requirement: req.as_ref(),
+            },
+            (Some(requirement), Some(found)) if !requirement.matches(&found.version) => {
+                AnalysisProblem::RuntimeMismatch {
                     pack_ref,
                     runtime,
-                    requirement: req.raw.clone(),
-                    found: found.version.clone(),
-                    command: found.command.clone(),
-                })
+                    requirement,
+                    found,
+                }
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(AnalysisError::new(&pack.given_path, &problem))
     };
     [
         check("Python", &needs.python, &pack.manifest.python, &host.python),
@@ -399,7 +398,6 @@ fn check_runtimes(
     ]
     .into_iter()
     .flatten()
-    .map(|problem| AnalysisError::new(&pack.given_path, &problem))
     .collect()
 }
 
@@ -423,11 +421,11 @@ fn conflicts(parsed: &[Parsed]) -> Vec<AnalysisError> {
             for (second, second_by, second_req) in &specs[i + 1..] {
                 if dependency::disjoint(first_req, second_req) {
                     let problem = AnalysisProblem::Conflict {
-                        target: target.to_string(),
-                        first_by: first_by.manifest.pack_ref.clone(),
-                        first: first.to_string(),
-                        second_by: second_by.manifest.pack_ref.clone(),
-                        second: second.to_string(),
+                        target,
+                        first_by: &first_by.manifest.pack_ref,
+                        first,
+                        second_by: &second_by.manifest.pack_ref,
+                        second,
                     };
                     errors.push(AnalysisError::new(&second_by.given_path, &problem));
                 }
