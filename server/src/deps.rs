@@ -417,19 +417,18 @@ fn conflicts(parsed: &[Parsed]) -> Vec<AnalysisError> {
     }
     let mut errors = Vec::new();
     for (target, specs) in by_target {
-        for (i, (first, first_by, first_req)) in specs.iter().enumerate() {
-            for (second, second_by, second_req) in &specs[i + 1..] {
-                if dependency::disjoint(first_req, second_req) {
-                    let problem = AnalysisProblem::Conflict {
-                        target,
-                        first_by: &first_by.manifest.pack_ref,
-                        first,
-                        second_by: &second_by.manifest.pack_ref,
-                        second,
-                    };
-                    errors.push(AnalysisError::new(&second_by.given_path, &problem));
-                }
-            }
+        let reqs: Vec<&VersionReq> = specs.iter().map(|(_, _, req)| *req).collect();
+        for (i, j) in dependency::conflicting_pairs(&reqs) {
+            let (first, first_by, _) = specs[i];
+            let (second, second_by, _) = specs[j];
+            let problem = AnalysisProblem::Conflict {
+                target,
+                first_by: &first_by.manifest.pack_ref,
+                first,
+                second_by: &second_by.manifest.pack_ref,
+                second,
+            };
+            errors.push(AnalysisError::new(&second_by.given_path, &problem));
         }
     }
     errors

@@ -10,8 +10,8 @@
 //!   Cargo.
 //! - **Ranges**: [`range`] turns a requirement into an interval set of versions that
 //!   keeps pre-release tags; [`range_on`] makes it exact on a known set of versions
-//!   (the solver's catalog). Two requirements **conflict** ([`disjoint`]) when their
-//!   ranges do not meet.
+//!   (the solver's catalog). Two requirements **conflict** ([`conflicting_pairs`])
+//!   when their ranges do not meet.
 //! - **Cycles**: [`Graph`] orders a set of packs after their dependencies, or names
 //!   the [`Cycle`] that prevents it, and finds every cycle of a set.
 //! - **Who asked**: a pack the caller asked for is required by [`REQUEST`].
@@ -57,9 +57,19 @@ pub fn recorded(entries: &[String]) -> impl Iterator<Item = PackDependency> + '_
         .filter_map(|entry| PackDependency::parse(entry).ok())
 }
 
-/// Whether no version can satisfy both requirements: their [`range`]s do not meet.
-pub fn disjoint(a: &VersionReq, b: &VersionReq) -> bool {
-    range(a).intersection(&range(b)).is_empty()
+/// The pairs `(i, j)`, `i < j`, of `reqs` that no one version can satisfy: their
+/// [`range`]s do not meet. Each range is computed once.
+pub fn conflicting_pairs(reqs: &[&VersionReq]) -> Vec<(usize, usize)> {
+    let ranges: Vec<Ranges<Version>> = reqs.iter().map(|r| range(r)).collect();
+    let mut pairs = Vec::new();
+    for (i, a) in ranges.iter().enumerate() {
+        for (j, b) in ranges.iter().enumerate().skip(i + 1) {
+            if a.intersection(b).is_empty() {
+                pairs.push((i, j));
+            }
+        }
+    }
+    pairs
 }
 
 /// The versions `req` allows, as an interval set that keeps pre-release tags
@@ -200,11 +210,13 @@ mod tests {
     }
 
     #[test]
-    fn disjoint_requirements() {
-        assert!(disjoint(&req(">=2.0"), &req("<2.0")));
-        assert!(disjoint(&req("^1"), &req("^2")));
-        assert!(!disjoint(&req(">=1.0"), &req("<1.5")));
-        assert!(!disjoint(&req("*"), &req("=1.2.3")));
+    fn conflicting_requirements() {
+        let reqs = [">=2.0", "<2.0", "^1", "*", "=1.2.3", "^2"].map(req);
+        let refs: Vec<&VersionReq> = reqs.iter().collect();
+        assert_eq!(
+            conflicting_pairs(&refs),
+            [(0, 1), (0, 2), (0, 4), (1, 5), (2, 5), (4, 5)]
+        );
     }
 
     #[test]

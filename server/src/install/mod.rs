@@ -876,3 +876,38 @@ impl Drop for WorkDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_kinds_keep_their_wire_names() {
+        for name in [
+            "registry",
+            "git",
+            "archive",
+            "local_archive",
+            "local_directory",
+            "installed",
+            "hand-written",
+            "",
+        ] {
+            assert_eq!(SourceKind::from_name(name).as_str(), name);
+        }
+        assert_eq!(SourceKind::from_name("installed"), SourceKind::Installed);
+    }
+
+    #[test]
+    fn register_stages_keep_their_wire_names() {
+        use crate::register::ErrorStage;
+        for stage in [
+            ErrorStage::Validation,
+            ErrorStage::Testing,
+            ErrorStage::FileCopy,
+            ErrorStage::Database,
+        ] {
+            assert_eq!(register_stage(stage).failure_name(), stage.as_str());
+        }
+    }
+}

@@ -125,7 +125,7 @@ impl Installer<'_> {
     }
 
     /// One registry ref on its own: the version its selector picks.
-    #[instrument(skip(self, request), fields(pack_ref = %pack_ref))]
+    #[instrument(skip_all, fields(pack_ref = %pack_ref, selector = ?selector))]
     async fn resolve_root(
         &self,
         request: &InstallRequest,
