@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use attune_packs_server::solver::{Catalog, Root, solve};
+use attune_packs_server::dependency::solver::{Catalog, Root, solve};
 use semver::{Version, VersionReq};
 
 const PACKS: usize = 5_000;

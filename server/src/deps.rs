@@ -4,21 +4,23 @@
 //! The whole request is analysed together: a pack in the same request can satisfy
 //! another's dependency, cycles between packs are reported, and so are requirements on
 //! one pack that no single version can satisfy. A pack that fails to parse is an entry
-//! in `errors` and does not stop the others.
+//! in `errors` and does not stop the others. What a requirement means, when two
+//! conflict and what a cycle is are [`dependency`]'s rules, the same Install follows.
 
-use crate::failure::{Failure, FailureKind};
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
 };
 
 use semver::{Version, VersionReq};
-use version_ranges::Ranges;
+use tracing::instrument;
 
 use crate::{
-    manifest::{Manifest, PackDependency, RuntimeRequirement},
-    paths::PathPolicy,
-    progress::{Reporter, Stage},
+    dependency::{self, Cycle, Graph},
+    failure::{Failure, FailureKind},
+    manifest::{Manifest, ManifestError, PackDependency, RuntimeRequirement},
+    paths::{PathError, PathPolicy},
+    progress::{Level, Reporter, Stage},
     runtimes::{self, Detected},
     store::{Db, RegisteredPackRow, StoreError},
 };
@@ -105,6 +107,62 @@ impl Failure for DepsError {
     }
 }
 
+/// Why a pack of the request cannot be analysed, or what it needs that cannot be had.
+/// The report carries the message (`AnalysisError::error`) with the pack's path; a
+/// problem borrows what it names, since it lives only until it is reported.
+#[derive(Debug, thiserror::Error)]
+enum AnalysisProblem<'a> {
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("pack directory '{given}' does not exist")]
+    NotADirectory { given: &'a str },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("pack '{pack_ref}' is also at '{first}' in this request; only that one was analysed")]
+    AlsoInRequest { pack_ref: &'a str, first: &'a str },
+    #[error(
+        "pack '{pack_ref}' needs {runtime}{} but {runtime} is not installed on the server",
+        requirement.map(|r| format!(" {}", r.raw)).unwrap_or_default()
+    )]
+    RuntimeMissing {
+        pack_ref: &'a str,
+        runtime: &'static str,
+        requirement: Option<&'a RuntimeRequirement>,
+    },
+    #[error(
+        "pack '{pack_ref}' requires {runtime} {} but the server has {} ({})",
+        requirement.raw, found.version, found.command
+    )]
+    RuntimeMismatch {
+        pack_ref: &'a str,
+        runtime: &'static str,
+        requirement: &'a RuntimeRequirement,
+        found: &'a Detected,
+    },
+    #[error(
+        "conflicting requirements on pack '{target}': '{first_by}' requires {first} and \
+         '{second_by}' requires {second}; no version satisfies both"
+    )]
+    Conflict {
+        target: &'a str,
+        first_by: &'a str,
+        first: &'a str,
+        second_by: &'a str,
+        second: &'a str,
+    },
+    #[error(transparent)]
+    Cycle(#[from] Cycle),
+}
+
+impl AnalysisError {
+    fn new(pack_path: &str, problem: &AnalysisProblem) -> Self {
+        Self {
+            pack_path: pack_path.to_string(),
+            error: problem.to_string(),
+        }
+    }
+}
+
 /// A pack of the request that parsed.
 struct Parsed {
     given_path: String,
@@ -112,6 +170,7 @@ struct Parsed {
     manifest: Manifest,
 }
 
+#[instrument(skip_all, fields(packs = request.pack_paths.len()))]
 pub async fn analyze(
     db: &Db,
     paths: &PathPolicy,
@@ -151,26 +210,14 @@ fn parse_all(
             return Err(DepsError::Cancelled);
         }
         let progress = reporter.with_subject(given);
-        let outcome = paths
-            .confine(given)
-            .map_err(|e| e.to_string())
-            .and_then(|dir| {
-                if !dir.is_dir() {
-                    return Err(format!("pack directory '{given}' does not exist"));
-                }
-                let opened = paths.open_confined(&dir).map_err(|e| e.to_string())?;
-                Manifest::read(&opened, paths.read_limits())
-                    .map(|manifest| (dir, manifest))
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|(dir, manifest)| match seen.get(&manifest.pack_ref) {
-                Some(first) => Err(format!(
-                    "pack '{}' is also at '{first}' in this request; only that one was analysed",
-                    manifest.pack_ref
-                )),
-                None => Ok((dir, manifest)),
-            });
-        match outcome {
+        let error = match read_pack(paths, given) {
+            Ok((_, manifest)) if seen.contains_key(&manifest.pack_ref) => AnalysisError::new(
+                given,
+                &AnalysisProblem::AlsoInRequest {
+                    pack_ref: &manifest.pack_ref,
+                    first: &seen[&manifest.pack_ref],
+                },
+            ),
             Ok((dir, manifest)) => {
                 progress.with_subject(&manifest.pack_ref).count(
                     Stage::Analyze,
@@ -189,23 +236,36 @@ fn parse_all(
                     dir,
                     manifest,
                 });
+                continue;
             }
-            Err(error) => {
-                progress.emit(
-                    Stage::Analyze,
-                    crate::progress::Level::Error,
-                    error.clone(),
-                    Some(i as u64 + 1),
-                    Some(total),
-                );
-                errors.push(AnalysisError {
-                    pack_path: given.clone(),
-                    error,
-                });
-            }
-        }
+            Err(problem) => AnalysisError::new(given, &problem),
+        };
+        progress.emit(
+            Stage::Analyze,
+            Level::Error,
+            error.error.clone(),
+            Some(i as u64 + 1),
+            Some(total),
+        );
+        errors.push(error);
     }
     Ok((parsed, errors))
+}
+
+/// One pack of the request: its confined directory and its parsed pack.yaml.
+#[instrument(skip(paths), fields(pack_ref = tracing::field::Empty))]
+fn read_pack<'a>(
+    paths: &PathPolicy,
+    given: &'a str,
+) -> Result<(PathBuf, Manifest), AnalysisProblem<'a>> {
+    let dir = paths.confine(given)?;
+    if !dir.is_dir() {
+        return Err(AnalysisProblem::NotADirectory { given });
+    }
+    let opened = paths.open_confined(&dir)?;
+    let manifest = Manifest::read(&opened, paths.read_limits())?;
+    tracing::Span::current().record("pack_ref", manifest.pack_ref.as_str());
+    Ok((dir, manifest))
 }
 
 fn build_report(
@@ -262,10 +322,10 @@ fn dependency_entry(
     let installed_version = installed.get(dep.pack_ref.as_str()).map(|p| &p.version);
     let already_installed = installed_version
         .and_then(|v| Version::parse(v).ok())
-        .is_some_and(|v| dep.req.matches(&v));
+        .is_some_and(|v| dependency::satisfies(&dep.req, &v));
     let provided_by_request = in_request
         .get(dep.pack_ref.as_str())
-        .filter(|m| dep.req.matches(&m.version))
+        .filter(|m| dependency::satisfies(&dep.req, &m.version))
         .map(|m| m.version.to_string());
     DependencyEntry {
         pack_ref: dep.pack_ref.clone(),
@@ -302,43 +362,43 @@ fn runtime_needs(pack: &Parsed) -> Option<RuntimeNeeds> {
     })
 }
 
+#[instrument(skip_all, fields(pack_ref = %pack.manifest.pack_ref))]
 fn check_runtimes(
     pack: &Parsed,
     needs: &RuntimeNeeds,
     host: &runtimes::Runtimes,
 ) -> Vec<AnalysisError> {
-    let mut errors = Vec::new();
-    let mut check = |name: &str,
-                     need: &Option<RuntimeNeed>,
-                     req: &Option<RuntimeRequirement>,
-                     found: &Option<Detected>| {
-        if need.is_none() {
-            return;
-        }
+    let check = |runtime: &'static str,
+                 need: &Option<RuntimeNeed>,
+                 req: &Option<RuntimeRequirement>,
+                 found: &Option<Detected>| {
+        need.as_ref()?;
+        let pack_ref = pack.manifest.pack_ref.as_str();
         let problem = match (req, found) {
-            (_, None) => Some(format!(
-                "pack '{}' needs {name}{} but {name} is not installed on the server",
-                pack.manifest.pack_ref,
-                req.as_ref()
-                    .map(|r| format!(" {}", r.raw))
-                    .unwrap_or_default()
-            )),
-            (Some(req), Some(found)) if !req.matches(&found.version) => Some(format!(
-                "pack '{}' requires {name} {} but the server has {} ({})",
-                pack.manifest.pack_ref, req.raw, found.version, found.command
-            )),
-            _ => None,
+            (_, None) => AnalysisProblem::RuntimeMissing {
+                pack_ref,
+                runtime,
+                requirement: req.as_ref(),
+            },
+            (Some(requirement), Some(found)) if !requirement.matches(&found.version) => {
+                AnalysisProblem::RuntimeMismatch {
+                    pack_ref,
+                    runtime,
+                    requirement,
+                    found,
+                }
+            }
+            _ => return None,
         };
-        if let Some(error) = problem {
-            errors.push(AnalysisError {
-                pack_path: pack.given_path.clone(),
-                error,
-            });
-        }
+        Some(AnalysisError::new(&pack.given_path, &problem))
     };
-    check("Python", &needs.python, &pack.manifest.python, &host.python);
-    check("Node.js", &needs.nodejs, &pack.manifest.nodejs, &host.node);
-    errors
+    [
+        check("Python", &needs.python, &pack.manifest.python, &host.python),
+        check("Node.js", &needs.nodejs, &pack.manifest.nodejs, &host.node),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Requirements on one pack that no single version satisfies. Requirements are
@@ -357,206 +417,59 @@ fn conflicts(parsed: &[Parsed]) -> Vec<AnalysisError> {
     }
     let mut errors = Vec::new();
     for (target, specs) in by_target {
-        let ranges: Vec<Ranges<Version>> = specs
-            .iter()
-            .map(|(_, _, req)| Ranges::from_req((*req).clone()))
-            .collect();
-        for i in 0..specs.len() {
-            for j in i + 1..specs.len() {
-                if ranges[i].intersection(&ranges[j]).is_empty() {
-                    let (spec_a, pack_a, _) = specs[i];
-                    let (spec_b, pack_b, _) = specs[j];
-                    errors.push(AnalysisError {
-                        pack_path: pack_b.given_path.clone(),
-                        error: format!(
-                            "conflicting requirements on pack '{target}': '{}' requires {spec_a} \
-                             and '{}' requires {spec_b}; no version satisfies both",
-                            pack_a.manifest.pack_ref, pack_b.manifest.pack_ref
-                        ),
-                    });
-                }
-            }
+        let reqs: Vec<&VersionReq> = specs.iter().map(|(_, _, req)| *req).collect();
+        for (i, j) in dependency::conflicting_pairs(&reqs) {
+            let (first, first_by, _) = specs[i];
+            let (second, second_by, _) = specs[j];
+            let problem = AnalysisProblem::Conflict {
+                target,
+                first_by: &first_by.manifest.pack_ref,
+                first,
+                second_by: &second_by.manifest.pack_ref,
+                second,
+            };
+            errors.push(AnalysisError::new(&second_by.given_path, &problem));
         }
     }
     errors
 }
 
-/// Dependency cycles that pass through at least one pack of the request. Installed
-/// packs take part with their recorded dependencies, unless the request carries a
-/// new version of them.
+/// Dependency cycles that pass through at least one pack of the request, one per
+/// strongly connected component, reported at its lowest ref of the request. Installed
+/// packs take part with their recorded dependencies, unless the request carries a new
+/// version of them.
 fn cycles(parsed: &[Parsed], installed: &HashMap<&str, &RegisteredPackRow>) -> Vec<AnalysisError> {
-    let mut graph: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, pack) in installed {
-        let deps = pack
-            .dependencies
-            .iter()
-            .filter_map(|d| PackDependency::parse(d).ok())
-            .map(|d| d.pack_ref)
-            .collect();
-        graph.insert(name.to_string(), deps);
-    }
+    let recorded: Vec<(&str, Vec<PackDependency>)> = installed
+        .iter()
+        .map(|(name, pack)| (*name, dependency::recorded(&pack.dependencies).collect()))
+        .collect();
+    let mut packs: BTreeMap<&str, Vec<&str>> = recorded
+        .iter()
+        .map(|(name, deps)| (*name, deps.iter().map(|d| d.pack_ref.as_str()).collect()))
+        .collect();
     let mut path_of: HashMap<&str, &str> = HashMap::new();
     for pack in parsed {
         let m = &pack.manifest;
-        graph.insert(
-            m.pack_ref.clone(),
-            m.dependencies.iter().map(|d| d.pack_ref.clone()).collect(),
+        packs.insert(
+            &m.pack_ref,
+            m.dependencies.iter().map(|d| d.pack_ref.as_str()).collect(),
         );
         path_of.insert(&m.pack_ref, &pack.given_path);
     }
-    strongly_connected(&graph)
+    let graph = Graph::new(&packs);
+    graph
+        .strongly_connected()
         .into_iter()
-        .filter(|scc| scc.len() > 1)
-        .filter_map(|scc| {
-            let first = scc.iter().find(|n| path_of.contains_key(n.as_str()))?;
-            let cycle = cycle_through(&graph, &scc, first);
-            Some(AnalysisError {
-                pack_path: path_of[first.as_str()].to_string(),
-                error: format!("dependency cycle: {}", cycle.join(" -> ")),
-            })
+        .filter(|component| component.len() > 1)
+        .filter_map(|component| {
+            let first = *component
+                .iter()
+                .find(|p| path_of.contains_key(graph.pack_ref(**p)))?;
+            let cycle = graph.cycle_through(&component, first);
+            Some(AnalysisError::new(
+                path_of[graph.pack_ref(first)],
+                &AnalysisProblem::Cycle(cycle),
+            ))
         })
         .collect()
-}
-
-/// Tarjan's algorithm, iterative (a long dependency chain must not overflow the stack).
-fn strongly_connected(graph: &BTreeMap<String, Vec<String>>) -> Vec<Vec<String>> {
-    let names: Vec<&String> = graph.keys().collect();
-    let index_of: HashMap<&str, usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
-        .collect();
-    let edges: Vec<Vec<usize>> = names
-        .iter()
-        .map(|n| {
-            graph[*n]
-                .iter()
-                .filter_map(|d| index_of.get(d.as_str()).copied())
-                .collect()
-        })
-        .collect();
-    let n = names.len();
-    let mut index = vec![usize::MAX; n];
-    let mut low = vec![0; n];
-    let mut on_stack = vec![false; n];
-    let mut stack = Vec::new();
-    let mut next = 0;
-    let mut out = Vec::new();
-    for start in 0..n {
-        if index[start] != usize::MAX {
-            continue;
-        }
-        // (node, next edge to look at)
-        let mut work = vec![(start, 0usize)];
-        while let Some(&mut (v, ref mut edge)) = work.last_mut() {
-            if *edge == 0 && index[v] == usize::MAX {
-                index[v] = next;
-                low[v] = next;
-                next += 1;
-                stack.push(v);
-                on_stack[v] = true;
-            }
-            if let Some(&w) = edges[v].get(*edge) {
-                *edge += 1;
-                if index[w] == usize::MAX {
-                    work.push((w, 0));
-                } else if on_stack[w] {
-                    low[v] = low[v].min(index[w]);
-                }
-                continue;
-            }
-            work.pop();
-            if let Some(&(parent, _)) = work.last() {
-                low[parent] = low[parent].min(low[v]);
-            }
-            if low[v] == index[v] {
-                let mut scc = Vec::new();
-                while let Some(w) = stack.pop() {
-                    on_stack[w] = false;
-                    scc.push(names[w].clone());
-                    if w == v {
-                        break;
-                    }
-                }
-                scc.sort();
-                out.push(scc);
-            }
-        }
-    }
-    out
-}
-
-/// A concrete cycle from `start` back to itself, staying inside `scc`.
-fn cycle_through(
-    graph: &BTreeMap<String, Vec<String>>,
-    scc: &[String],
-    start: &str,
-) -> Vec<String> {
-    let members: HashSet<&str> = scc.iter().map(String::as_str).collect();
-    let mut parent: HashMap<&str, &str> = HashMap::new();
-    let mut queue = std::collections::VecDeque::from([start]);
-    while let Some(node) = queue.pop_front() {
-        for next in graph.get(node).into_iter().flatten() {
-            if next == start {
-                let mut path = vec![start.to_string()];
-                let mut at = node;
-                let mut back = vec![node.to_string()];
-                while at != start {
-                    at = parent[at];
-                    back.push(at.to_string());
-                }
-                back.pop();
-                back.reverse();
-                path.extend(back);
-                path.push(start.to_string());
-                return path;
-            }
-            if members.contains(next.as_str()) && !parent.contains_key(next.as_str()) {
-                parent.insert(next, node);
-                queue.push_back(next);
-            }
-        }
-    }
-    scc.to_vec()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn graph(edges: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-        edges
-            .iter()
-            .map(|(n, ds)| (n.to_string(), ds.iter().map(|d| d.to_string()).collect()))
-            .collect()
-    }
-
-    #[test]
-    fn finds_cycles_and_a_path_through_them() {
-        let g = graph(&[
-            ("a", &["b"]),
-            ("b", &["c"]),
-            ("c", &["a", "d"]),
-            ("d", &[]),
-            ("e", &["e2"]),
-            ("e2", &[]),
-        ]);
-        let sccs: Vec<_> = strongly_connected(&g)
-            .into_iter()
-            .filter(|s| s.len() > 1)
-            .collect();
-        assert_eq!(sccs, vec![vec!["a", "b", "c"]]);
-        assert_eq!(cycle_through(&g, &sccs[0], "b"), vec!["b", "c", "a", "b"]);
-    }
-
-    #[test]
-    fn long_chains_do_not_overflow() {
-        let names: Vec<String> = (0..100_000).map(|i| format!("p{i}")).collect();
-        let mut g = BTreeMap::new();
-        for (i, n) in names.iter().enumerate() {
-            let deps = names.get(i + 1).cloned().into_iter().collect();
-            g.insert(n.clone(), deps);
-        }
-        assert!(strongly_connected(&g).iter().all(|s| s.len() == 1));
-    }
 }

@@ -3,8 +3,9 @@
 //! Layout (see docs/ARCHITECTURE.md for the invariants):
 //! - stages, plain async Rust reporting through [`progress::Reporter`]: [`deps`],
 //!   [`download`], [`buildenvs`], [`register`];
-//! - shared model: [`manifest`] (pack.yaml), [`store`] (database), [`paths`]
-//!   (confinement), [`runtimes`] (host interpreters);
+//! - shared model: [`manifest`] (pack.yaml), [`dependency`] (what a dependency means,
+//!   cycles, the solver), [`store`] (database), [`paths`] (confinement), [`runtimes`]
+//!   (host interpreters);
 //! - doors: [`grpc`] and [`rest`] (the only modules that know protobuf and the API's JSON);
 //! - process: [`config`], [`auth`], [`state`] (builds every stage once, with the
 //!   [`locks`] they share), [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
@@ -15,6 +16,7 @@ pub use attune_packs_core::{
 };
 pub mod buildenvs;
 pub mod config;
+pub mod dependency;
 pub mod deps;
 pub mod download;
 pub mod envs;
@@ -35,7 +37,6 @@ pub mod runtimes;
 pub mod sandbox;
 pub mod server;
 pub mod shutdown;
-pub mod solver;
 pub mod state;
 pub mod store;
 pub mod telemetry;

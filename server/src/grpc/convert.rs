@@ -423,7 +423,7 @@ pub fn install_request(
                     pack_ref: p.pack_ref,
                     version: p.version,
                     source: p.source,
-                    source_type: p.source_type,
+                    source_type: install::SourceKind::from_name(&p.source_type),
                     registry_url: p.registry_url,
                     git_commit: p.git_commit,
                     checksum: p.checksum,
@@ -453,7 +453,7 @@ pub fn install_result(report: install::InstallReport) -> pb::InstallResult {
                 pack_ref: p.pack_ref,
                 version: p.version,
                 source: p.source,
-                source_type: p.source_type,
+                source_type: p.source_type.as_str().to_string(),
                 required_by: p.required_by,
                 reason: p.reason,
                 action: p.action.as_str().to_string(),
@@ -482,7 +482,7 @@ pub fn install_result(report: install::InstallReport) -> pb::InstallResult {
             .into_iter()
             .map(|e| pb::InstallError {
                 pack: e.pack,
-                stage: e.stage,
+                stage: e.stage.failure_name().to_string(),
                 error: e.error,
             })
             .collect(),
@@ -496,7 +496,7 @@ pub fn install_result(report: install::InstallReport) -> pb::InstallResult {
                     pack_ref: p.pack_ref,
                     version: p.version,
                     source: p.source,
-                    source_type: p.source_type,
+                    source_type: p.source_type.as_str().to_string(),
                     registry_url: p.registry_url,
                     git_commit: p.git_commit,
                     checksum: p.checksum,

@@ -6,9 +6,9 @@ use std::collections::{HashMap, HashSet};
 use semver::{Version, VersionReq};
 
 use crate::{
+    dependency::{self, solver::Catalog},
     manifest::PackDependency,
     registry::{LoadedIndex, PackRequirement, VersionSelector},
-    solver::Catalog,
 };
 
 /// The catalog the solver sees: for each ref, the versions of the first index (in
@@ -90,23 +90,11 @@ fn index_dependency(raw: &str) -> Option<(String, VersionReq)> {
     }
 }
 
-pub(super) fn parse_dependencies(raw: &[String]) -> Vec<(String, VersionReq)> {
-    raw.iter()
-        .filter_map(|d| PackDependency::parse(d).ok())
+/// The dependencies a registered pack recorded, as the solver takes them.
+pub(super) fn recorded_dependencies(raw: &[String]) -> Vec<(String, VersionReq)> {
+    dependency::recorded(raw)
         .map(|d| (d.pack_ref, d.req))
         .collect()
-}
-
-pub(super) fn exact(v: &Version) -> VersionReq {
-    VersionReq {
-        comparators: vec![semver::Comparator {
-            op: semver::Op::Exact,
-            major: v.major,
-            minor: Some(v.minor),
-            patch: Some(v.patch),
-            pre: v.pre.clone(),
-        }],
-    }
 }
 
 #[cfg(test)]
@@ -115,8 +103,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        dependency::solver::{self, Root, SolveError},
         registry::PackIndex,
-        solver::{self, Root, SolveError},
     };
 
     fn loaded(url: &str, json: &str) -> LoadedIndex {

@@ -2,8 +2,10 @@
 
 use std::{collections::HashMap, path::Path};
 
-use super::{Action, Lock, LockedPack, Member, REQUEST};
-use crate::{download::DownloadedPack, provenance, source, store::RegisteredSource};
+use super::{Action, Lock, LockedPack, Member, SourceKind};
+use crate::{
+    dependency::REQUEST, download::DownloadedPack, provenance, source, store::RegisteredSource,
+};
 
 /// The lock of an installed set. Packs the install kept are described by what
 /// registration recorded about them.
@@ -45,15 +47,15 @@ fn locked_from_download(m: &Member, fetched: &DownloadedPack, deps: Vec<String>)
         .map(|u| source::redact_url(&u));
     let (source, source_type) = locked_source(
         m,
-        registry_url.is_some() || m.source_type == "registry",
+        registry_url.is_some() || m.source_type == SourceKind::Registry,
         fetched.git_commit.as_deref(),
         origin.and_then(|o| o.url),
-        &fetched.source_type,
+        SourceKind::from_name(&fetched.source_type),
     )
     .unwrap_or_else(|| {
         (
             source::redact_url(&fetched.source),
-            fetched.source_type.clone(),
+            SourceKind::from_name(&fetched.source_type),
         )
     });
     LockedPack {
@@ -78,10 +80,15 @@ fn locked_from_registered(m: &Member, deps: Vec<String>) -> LockedPack {
         registry_url.is_some(),
         git_commit.as_deref(),
         field(|i| i.source_url.clone()),
-        &field(|i| i.source_type.clone()).unwrap_or_default(),
+        SourceKind::from_name(&field(|i| i.source_type.clone()).unwrap_or_default()),
     )
     // Registered from a directory without provenance: it can only be kept.
-    .unwrap_or_else(|| (format!("{}@{}", m.pack_ref, m.version), "installed".into()));
+    .unwrap_or_else(|| {
+        (
+            format!("{}@{}", m.pack_ref, m.version),
+            SourceKind::Installed,
+        )
+    });
     LockedPack {
         pack_ref: m.pack_ref.clone(),
         version: m.version.to_string(),
@@ -102,17 +109,20 @@ fn locked_source(
     from_registry: bool,
     git_commit: Option<&str>,
     url: Option<String>,
-    source_type: &str,
-) -> Option<(String, String)> {
+    source_type: SourceKind,
+) -> Option<(String, SourceKind)> {
     if from_registry {
-        return Some((format!("{}@{}", m.pack_ref, m.version), "registry".into()));
+        return Some((
+            format!("{}@{}", m.pack_ref, m.version),
+            SourceKind::Registry,
+        ));
     }
     match (git_commit, url) {
         (Some(commit), Some(url)) => Some((
             format!("{}@{commit}", source::redact_url(&url)),
-            "git".into(),
+            SourceKind::Git,
         )),
-        (_, Some(url)) => Some((source::redact_url(&url), source_type.to_string())),
+        (_, Some(url)) => Some((source::redact_url(&url), source_type)),
         (_, None) => None,
     }
 }

@@ -19,6 +19,9 @@
 //! The work directory lives under the packs base directory (same filesystem as the
 //! final places) and is removed when the call ends, whatever happens.
 //!
+//! What a requirement means and how a set is ordered are [`dependency`]'s rules, the
+//! same the Dependencies stage follows.
+//!
 //! Modules: `resolve` (sources → plan), `catalog` (the registries as the solver sees
 //! them), `plan` (actions, the force gate, checks of what was fetched), `lock`.
 
@@ -27,10 +30,9 @@ mod lock;
 mod plan;
 mod resolve;
 
-use crate::failure::{Failure, FailureKind};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    fs,
+    fmt, fs, io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -39,13 +41,16 @@ use semver::Version;
 
 use crate::{
     buildenvs::{self, BuildEnvsRequest},
+    dependency::REQUEST,
     download::{DownloadRequest, DownloadedPack},
     envs::{EnvSnapshot, NodeEnv, PythonEnv},
+    failure::{Failure, FailureKind},
     journal::EnvSwitchEntry,
+    manifest::PackDependency,
     packtest::PackTestResult,
+    paths::PathError,
     progress::{Reporter, Stage},
-    register::{ComponentCounts, RegisterRequest},
-    solver,
+    register::{ComponentCounts, RegisterError, RegisterRequest},
     state::AppState,
     store::{RegisteredSource, StoreError},
 };
@@ -57,9 +62,6 @@ use self::{
 
 /// The lock format this server writes and reads.
 pub const LOCK_VERSION: u32 = 1;
-
-/// `required_by` entry for packs the caller asked for.
-pub const REQUEST: &str = solver::REQUEST;
 
 #[derive(Debug, Clone, Default)]
 pub struct InstallRequest {
@@ -88,19 +90,59 @@ pub struct Lock {
     pub packs: Vec<LockedPack>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedPack {
     pub pack_ref: String,
     pub version: String,
     /// A source Download accepts (`ref@version` for registry packs, `url@commit` for
     /// git); `installed` packs have no fetchable source.
     pub source: String,
-    pub source_type: String,
+    pub source_type: SourceKind,
     pub registry_url: Option<String>,
     pub git_commit: Option<String>,
     /// `sha256:` + the directory checksum.
     pub checksum: String,
     pub dependencies: Vec<String>,
+}
+
+/// How a pack of the set can be fetched again (`source_type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Registry,
+    Git,
+    Archive,
+    LocalArchive,
+    LocalDirectory,
+    /// No fetchable source is known: the pack can only be kept as installed.
+    Installed,
+    /// A name this server does not write (a hand-edited lock): passed on as given.
+    Other(String),
+}
+
+impl SourceKind {
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "registry" => SourceKind::Registry,
+            "git" => SourceKind::Git,
+            "archive" => SourceKind::Archive,
+            "local_archive" => SourceKind::LocalArchive,
+            "local_directory" => SourceKind::LocalDirectory,
+            "installed" => SourceKind::Installed,
+            other => SourceKind::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            SourceKind::Registry => "registry",
+            SourceKind::Git => "git",
+            SourceKind::Archive => "archive",
+            SourceKind::LocalArchive => "local_archive",
+            SourceKind::LocalDirectory => "local_directory",
+            SourceKind::Installed => "installed",
+            SourceKind::Other(name) => name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +177,7 @@ pub struct PlannedPack {
     pub pack_ref: String,
     pub version: String,
     pub source: String,
-    pub source_type: String,
+    pub source_type: SourceKind,
     pub required_by: Vec<String>,
     pub reason: String,
     pub action: Action,
@@ -162,8 +204,8 @@ pub struct InstalledPack {
 pub struct InstallFailure {
     /// A ref, a source as given, or [`REQUEST`].
     pub pack: String,
-    /// download | resolve | build | validation | testing | file_copy | database | lock
-    pub stage: String,
+    /// Where it failed; the wire names it with [`Stage::failure_name`].
+    pub stage: Stage,
     pub error: String,
 }
 
@@ -191,20 +233,49 @@ impl InstallReport {
     }
 }
 
+/// Why an install call fails as a whole (a pack that fails is an [`InstallFailure`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    /// The request as a whole is malformed (INVALID_ARGUMENT).
-    #[error("{0}")]
-    InvalidRequest(String),
+    #[error("packs_base_dir: {0}")]
+    BaseDir(#[source] PathError),
+    #[error("packs_base_dir: cannot create '{}': {source}", path.display())]
+    CreateBaseDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("packs_base_dir: cannot create a work directory in '{}': {source}", path.display())]
+    CreateWorkDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("give either `packs` or `lock`, not both")]
+    PacksAndLock,
+    #[error("`lock.packs` is empty")]
+    EmptyLock,
+    #[error("lock.packs[{index}].pack_ref: '{pack_ref}' is not a pack ref")]
+    LockedRef { index: usize, pack_ref: String },
+    #[error("lock.packs[{index}]: pack '{pack_ref}' is locked twice")]
+    LockedTwice { index: usize, pack_ref: String },
+    #[error("lock.packs[{index}].version: '{version}' is not a version")]
+    LockedVersion { index: usize, version: String },
+    #[error("lock.packs[{index}].checksum: '{checksum}' is not `sha256:<64 hex digits>`")]
+    LockedChecksum { index: usize, checksum: String },
+    #[error("lock.packs[{index}].source is empty")]
+    LockedSourceEmpty { index: usize },
     #[error("cannot read registered packs: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Register(#[from] RegisterError),
 }
 
 impl Failure for InstallError {
     fn kind(&self) -> FailureKind {
         match self {
-            InstallError::InvalidRequest(_) => FailureKind::InvalidRequest,
             InstallError::Store(_) => FailureKind::Internal,
+            InstallError::Register(e) => e.kind(),
+            _ => FailureKind::InvalidRequest,
         }
     }
 }
@@ -216,7 +287,7 @@ struct Member {
     version: Version,
     /// What to download (still `pending`) or what was downloaded.
     source: String,
-    source_type: String,
+    source_type: SourceKind,
     required_by: Vec<String>,
     registry_url: Option<String>,
     /// Already in the work directory.
@@ -250,14 +321,81 @@ impl Member {
     }
 }
 
+/// Why a pack of the set cannot be installed as planned; the report carries the
+/// message ([`InstallFailure::error`]).
+#[derive(Debug, thiserror::Error)]
+enum PackProblem {
+    #[error("pack '{pack_ref}' is requested more than once")]
+    RequestedTwice { pack_ref: String },
+    #[error("pack '{pack_ref}' is requested both from a registry and as '{given}'")]
+    RequestedTwoWays { pack_ref: String, given: String },
+    #[error(
+        "{pack_ref} {version} ({checksum}) has no source to fetch it from and is not installed \
+         as locked"
+    )]
+    LockedNotFetchable {
+        pack_ref: String,
+        version: String,
+        checksum: String,
+    },
+    #[error("'{given}' is {fetched_ref} {fetched_version}, but the plan has {pack_ref} {version}")]
+    NotAsPlanned {
+        given: String,
+        fetched_ref: String,
+        fetched_version: String,
+        pack_ref: String,
+        version: Version,
+    },
+    #[error("'{given}' now has checksum {actual}, the lock says {locked}; refusing it")]
+    ChecksumChanged {
+        given: String,
+        actual: String,
+        locked: String,
+    },
+    #[error(
+        "{pack_ref} {version} requires {dependency}, but the plan has {} {planned}",
+        dependency.pack_ref
+    )]
+    PlannedOtherVersion {
+        pack_ref: String,
+        version: Version,
+        dependency: PackDependency,
+        planned: Version,
+    },
+    #[error("{pack_ref} {version} requires {dependency}, which is not part of the plan")]
+    NotPlanned {
+        pack_ref: String,
+        version: Version,
+        dependency: PackDependency,
+    },
+    #[error("{pack_ref} {installed} is installed with different content; set force to replace it")]
+    ContentDiffers { pack_ref: String, installed: String },
+    #[error(
+        "{pack_ref} {installed} is installed; this install needs {version} ({reason}); set force \
+         to {} it",
+        action.as_str()
+    )]
+    VersionDiffers {
+        pack_ref: String,
+        installed: String,
+        version: Version,
+        reason: String,
+        action: Action,
+    },
+    #[error("internal error: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
 /// A failed install, before the report is assembled.
 type Failures = Vec<InstallFailure>;
 
-fn failure(pack: &str, stage: &str, error: impl Into<String>) -> InstallFailure {
+/// The report's entry for `pack` failing in `stage`: the error's message is what the
+/// caller sees.
+fn failure(pack: &str, stage: Stage, error: impl fmt::Display) -> InstallFailure {
     InstallFailure {
         pack: pack.to_string(),
-        stage: stage.to_string(),
-        error: error.into(),
+        stage,
+        error: error.to_string(),
     }
 }
 
@@ -278,21 +416,17 @@ impl Installer<'_> {
                 .state
                 .paths
                 .confine(dir)
-                .map_err(|e| InstallError::InvalidRequest(format!("packs_base_dir: {e}")))?,
+                .map_err(InstallError::BaseDir)?,
             None => self.state.config.packs_base_dir(),
         };
-        fs::create_dir_all(&base).map_err(|e| {
-            InstallError::InvalidRequest(format!(
-                "packs_base_dir: cannot create '{}': {e}",
-                base.display()
-            ))
+        fs::create_dir_all(&base).map_err(|source| InstallError::CreateBaseDir {
+            path: base.clone(),
+            source,
         })?;
         self.state.journal.remember_dir(&base);
-        let work = WorkDir::create(&base).map_err(|e| {
-            InstallError::InvalidRequest(format!(
-                "packs_base_dir: cannot create a work directory in '{}': {e}",
-                base.display()
-            ))
+        let work = WorkDir::create(&base).map_err(|source| InstallError::CreateWorkDir {
+            path: base.clone(),
+            source,
         })?;
         let registered: HashMap<String, RegisteredSource> = self
             .state
@@ -447,7 +581,7 @@ impl Installer<'_> {
             .expect("journal write panicked")
         {
             Ok(intent) => intent,
-            Err(e) => return Ok(Err(vec![failure(REQUEST, "build", e.to_string())])),
+            Err(e) => return Ok(Err(vec![failure(REQUEST, Stage::Build, e)])),
         };
         let built = self
             .state
@@ -475,12 +609,18 @@ impl Installer<'_> {
                 return Ok(Err(built
                     .failed
                     .into_iter()
-                    .map(|f| failure(&f.pack_ref, "build", format!("{}: {}", f.runtime, f.error)))
+                    .map(|f| {
+                        failure(
+                            &f.pack_ref,
+                            Stage::Build,
+                            format_args!("{}: {}", f.runtime, f.error),
+                        )
+                    })
                     .collect()));
             }
             Err(e) => {
                 env_intent.restore();
-                return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
+                return Ok(Err(vec![failure(REQUEST, Stage::Build, e)]));
             }
         };
         let mut env_intent = env_intent;
@@ -492,7 +632,7 @@ impl Installer<'_> {
         .expect("journal write panicked");
         if let Err(e) = recorded {
             env_intent.restore();
-            return Ok(Err(vec![failure(REQUEST, "build", e.to_string())]));
+            return Ok(Err(vec![failure(REQUEST, Stage::Build, e)]));
         }
         crate::fault::pause("install: environments switched");
 
@@ -517,15 +657,12 @@ impl Installer<'_> {
                 settle_envs(env_intent).await;
                 return Ok(Err(failed
                     .into_iter()
-                    .map(|f| failure(&f.pack_ref, f.stage().failure_name(), f.error.to_string()))
+                    .map(|f| failure(&f.pack_ref, f.stage(), &f.error))
                     .collect()));
             }
             Err(e) => {
                 settle_envs(env_intent).await;
-                return Err(match e {
-                    crate::register::RegisterError::Store(e) => InstallError::Store(e),
-                    invalid => InstallError::InvalidRequest(invalid.to_string()),
-                });
+                return Err(e.into());
             }
         };
         env_intent.committed();
@@ -630,12 +767,12 @@ impl Installer<'_> {
                 reporter,
             )
             .await
-            .map_err(|e| vec![failure(REQUEST, "download", e.to_string())])?;
+            .map_err(|e| vec![failure(REQUEST, Stage::Fetch, e)])?;
         if !report.failed.is_empty() {
             return Err(report
                 .failed
                 .into_iter()
-                .map(|f| failure(&f.source, "download", f.error))
+                .map(|f| failure(&f.source, Stage::Fetch, f.error))
                 .collect());
         }
         Ok(report.downloaded)
@@ -651,39 +788,47 @@ async fn settle_envs(intent: crate::journal::EnvIntent) {
     }
 }
 
+
 /// Checks the request as a whole and returns its lock, if any.
 fn validate(request: &InstallRequest) -> Result<Option<Lock>, InstallError> {
-    let invalid = |m: String| Err(InstallError::InvalidRequest(m));
     // The door (`grpc::convert`) has checked `packs` and `timeout`.
     if request.lock.is_some() && !request.packs.is_empty() {
-        return invalid("give either `packs` or `lock`, not both".into());
+        return Err(InstallError::PacksAndLock);
     }
     let Some(lock) = &request.lock else {
         return Ok(None);
     };
     if lock.packs.is_empty() {
-        return invalid("`lock.packs` is empty".into());
+        return Err(InstallError::EmptyLock);
     }
     let mut seen = HashSet::new();
-    for (i, p) in lock.packs.iter().enumerate() {
-        let at = format!("lock.packs[{i}]");
+    for (index, p) in lock.packs.iter().enumerate() {
         if !crate::manifest::is_valid_pack_ref(&p.pack_ref) {
-            return invalid(format!("{at}.pack_ref: '{}' is not a pack ref", p.pack_ref));
+            return Err(InstallError::LockedRef {
+                index,
+                pack_ref: p.pack_ref.clone(),
+            });
         }
         if !seen.insert(p.pack_ref.as_str()) {
-            return invalid(format!("{at}: pack '{}' is locked twice", p.pack_ref));
+            return Err(InstallError::LockedTwice {
+                index,
+                pack_ref: p.pack_ref.clone(),
+            });
         }
         if Version::parse(&p.version).is_err() {
-            return invalid(format!("{at}.version: '{}' is not a version", p.version));
+            return Err(InstallError::LockedVersion {
+                index,
+                version: p.version.clone(),
+            });
         }
         if crate::checksum::Digest::parse(&p.checksum).is_err() {
-            return invalid(format!(
-                "{at}.checksum: '{}' is not `sha256:<64 hex digits>`",
-                p.checksum
-            ));
+            return Err(InstallError::LockedChecksum {
+                index,
+                checksum: p.checksum.clone(),
+            });
         }
         if p.source.trim().is_empty() {
-            return invalid(format!("{at}.source is empty"));
+            return Err(InstallError::LockedSourceEmpty { index });
         }
     }
     Ok(Some(lock.clone()))
@@ -708,5 +853,27 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_kinds_keep_their_wire_names() {
+        for name in [
+            "registry",
+            "git",
+            "archive",
+            "local_archive",
+            "local_directory",
+            "installed",
+            "hand-written",
+            "",
+        ] {
+            assert_eq!(SourceKind::from_name(name).as_str(), name);
+        }
+        assert_eq!(SourceKind::from_name("installed"), SourceKind::Installed);
     }
 }

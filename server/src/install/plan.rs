@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use semver::Version;
+use tracing::instrument;
 
-use super::{Action, Failures, Lock, Member, failure};
+use super::{Action, Failures, Lock, Member, PackProblem, SourceKind, failure};
 use crate::{
+    dependency,
     download::DownloadedPack,
     manifest::Manifest,
     packfs::PackReadLimits,
@@ -37,14 +39,15 @@ pub(super) fn plan_from_lock(
         let same = installed
             .as_ref()
             .is_some_and(|i| i.version == p.version && i.checksum.as_deref() == Some(&p.checksum));
-        if p.source_type == "installed" && !same {
+        if p.source_type == SourceKind::Installed && !same {
             errors.push(failure(
                 &p.pack_ref,
-                "lock",
-                format!(
-                    "{} {} ({}) has no source to fetch it from and is not installed as locked",
-                    p.pack_ref, p.version, p.checksum
-                ),
+                Stage::Lock,
+                PackProblem::LockedNotFetchable {
+                    pack_ref: p.pack_ref.clone(),
+                    version: p.version.clone(),
+                    checksum: p.checksum.clone(),
+                },
             ));
             continue;
         }
@@ -86,7 +89,7 @@ pub(super) fn registry_member(
         pack_ref: pack_ref.to_string(),
         source: format!("{pack_ref}@{version}"),
         version,
-        source_type: "registry".to_string(),
+        source_type: SourceKind::Registry,
         required_by,
         registry_url,
         fetched: None,
@@ -105,7 +108,7 @@ pub(super) fn provided_member(
         pack_ref: manifest.pack_ref.clone(),
         version: manifest.version.clone(),
         source: pack.source.clone(),
-        source_type: pack.source_type.clone(),
+        source_type: SourceKind::from_name(&pack.source_type),
         required_by,
         registry_url: None,
         fetched: Some(pack),
@@ -151,25 +154,25 @@ pub(super) fn gate_changes(members: &[Member], force: bool) -> Failures {
         .iter()
         .filter(|m| m.action.changes_installed())
         .map(|m| {
-            let installed = m.installed.as_ref().map_or("?", |i| i.version.as_str());
-            let what = match m.action {
-                Action::Replace => format!(
-                    "{} {} is installed with different content",
-                    m.pack_ref, installed
-                ),
-                _ => format!(
-                    "{} {} is installed; this install needs {} ({})",
-                    m.pack_ref,
+            let installed = m
+                .installed
+                .as_ref()
+                .map_or("?", |i| i.version.as_str())
+                .to_string();
+            let problem = match m.action {
+                Action::Replace => PackProblem::ContentDiffers {
+                    pack_ref: m.pack_ref.clone(),
                     installed,
-                    m.version,
-                    m.planned().reason
-                ),
+                },
+                action => PackProblem::VersionDiffers {
+                    pack_ref: m.pack_ref.clone(),
+                    installed,
+                    version: m.version.clone(),
+                    reason: m.planned().reason,
+                    action,
+                },
             };
-            failure(
-                &m.pack_ref,
-                "resolve",
-                format!("{what}; set force to {} it", m.action.as_str()),
-            )
+            failure(&m.pack_ref, Stage::Resolve, problem)
         })
         .collect()
 }
@@ -192,11 +195,14 @@ pub(super) fn verify_fetched(
         if fetched.pack_ref != m.pack_ref || fetched.pack_version != m.version.to_string() {
             errors.push(failure(
                 &m.pack_ref,
-                "download",
-                format!(
-                    "'{}' is {} {}, but the plan has {} {}",
-                    m.source, fetched.pack_ref, fetched.pack_version, m.pack_ref, m.version
-                ),
+                Stage::Fetch,
+                PackProblem::NotAsPlanned {
+                    given: m.source.clone(),
+                    fetched_ref: fetched.pack_ref.clone(),
+                    fetched_version: fetched.pack_version.clone(),
+                    pack_ref: m.pack_ref.clone(),
+                    version: m.version.clone(),
+                },
             ));
             continue;
         }
@@ -205,40 +211,57 @@ pub(super) fn verify_fetched(
         {
             errors.push(failure(
                 &m.pack_ref,
-                "lock",
-                format!(
-                    "'{}' now has checksum {}, the lock says {locked}; refusing it",
-                    m.source, fetched.checksum
-                ),
+                Stage::Lock,
+                PackProblem::ChecksumChanged {
+                    given: m.source.clone(),
+                    actual: fetched.checksum.clone(),
+                    locked: locked.clone(),
+                },
             ));
             continue;
         }
         let manifest = match Manifest::load(Path::new(&fetched.pack_path), limits) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(failure(&m.pack_ref, "download", e.to_string()));
+                errors.push(failure(&m.pack_ref, Stage::Fetch, e));
                 continue;
             }
         };
-        for dep in &manifest.dependencies {
-            let version = versions.get(dep.pack_ref.as_str()).copied();
-            let problem = match version {
-                Some(v) if dep.matches(v) => continue,
-                Some(v) => format!(
-                    "{} {} requires {dep}, but the plan has {} {v}",
-                    m.pack_ref, m.version, dep.pack_ref
-                ),
-                None => format!(
-                    "{} {} requires {dep}, which is not part of the plan",
-                    m.pack_ref, m.version
-                ),
-            };
+        for problem in unmet_dependencies(m, &manifest, &versions) {
             if skip_deps {
                 reporter.warn(Stage::Resolve, format!("{problem} (skip_deps)"));
             } else {
-                errors.push(failure(&m.pack_ref, "resolve", problem));
+                errors.push(failure(&m.pack_ref, Stage::Resolve, problem));
             }
         }
     }
     errors
+}
+
+/// The dependencies `member`'s own pack.yaml declares that the plan's versions (`planned`)
+/// do not satisfy.
+#[instrument(skip_all, fields(pack_ref = %member.pack_ref))]
+fn unmet_dependencies(
+    member: &Member,
+    manifest: &Manifest,
+    planned: &BTreeMap<&str, &Version>,
+) -> Vec<PackProblem> {
+    manifest
+        .dependencies
+        .iter()
+        .filter_map(|dep| match planned.get(dep.pack_ref.as_str()) {
+            Some(v) if dependency::satisfies(&dep.req, v) => None,
+            Some(v) => Some(PackProblem::PlannedOtherVersion {
+                pack_ref: member.pack_ref.clone(),
+                version: member.version.clone(),
+                dependency: dep.clone(),
+                planned: (*v).clone(),
+            }),
+            None => Some(PackProblem::NotPlanned {
+                pack_ref: member.pack_ref.clone(),
+                version: member.version.clone(),
+                dependency: dep.clone(),
+            }),
+        })
+        .collect()
 }

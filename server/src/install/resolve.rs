@@ -6,19 +6,23 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use semver::{Version, VersionReq};
+use tracing::instrument;
 
 use super::{
-    Failures, InstallRequest, Installer, Member, REQUEST, WorkDir,
-    catalog::{catalog_of, exact, parse_dependencies},
+    Failures, InstallRequest, Installer, Member, PackProblem, SourceKind, WorkDir,
+    catalog::{catalog_of, recorded_dependencies},
     failure,
     plan::{action_for, provided_member, registry_member},
 };
 use crate::{
+    dependency::{
+        REQUEST, exactly,
+        solver::{self, Root, SolveError},
+    },
     download::DownloadedPack,
     manifest::Manifest,
     progress::{Reporter, Stage},
     registry::VersionSelector,
-    solver::{self, Root, SolveError},
     source::PackSource,
     store::RegisteredSource,
 };
@@ -42,14 +46,14 @@ impl Installer<'_> {
                     if roots.iter().any(|(r, _)| *r == pack_ref) {
                         return Err(vec![failure(
                             raw,
-                            "resolve",
-                            format!("pack '{pack_ref}' is requested more than once"),
+                            Stage::Resolve,
+                            PackProblem::RequestedTwice { pack_ref },
                         )]);
                     }
                     roots.push((pack_ref, selector));
                 }
                 Ok(_) => to_fetch.push(raw.clone()),
-                Err(e) => return Err(vec![failure(raw, "download", e.to_string())]),
+                Err(e) => return Err(vec![failure(raw, Stage::Fetch, e)]),
             }
         }
 
@@ -63,15 +67,15 @@ impl Installer<'_> {
             for pack in self.download(request, work, to_fetch, reporter).await? {
                 let manifest =
                     Manifest::load(Path::new(&pack.pack_path), self.state.paths.read_limits())
-                        .map_err(|e| vec![failure(&pack.source, "download", e.to_string())])?;
+                        .map_err(|e| vec![failure(&pack.source, Stage::Fetch, e)])?;
                 if roots.iter().any(|(r, _)| *r == manifest.pack_ref) {
                     return Err(vec![failure(
                         &pack.source,
-                        "resolve",
-                        format!(
-                            "pack '{}' is requested both from a registry and as '{}'",
-                            manifest.pack_ref, pack.source
-                        ),
+                        Stage::Resolve,
+                        PackProblem::RequestedTwoWays {
+                            pack_ref: manifest.pack_ref.clone(),
+                            given: pack.source.clone(),
+                        },
                     )]);
                 }
                 provided.push((pack, manifest));
@@ -102,25 +106,9 @@ impl Installer<'_> {
         let mut members = Vec::new();
         let mut errors = Vec::new();
         for (pack_ref, selector) in roots {
-            match self
-                .state
-                .downloader
-                .registry()
-                .resolve(
-                    pack_ref,
-                    selector,
-                    request.registry_url.as_deref(),
-                    request.verify_ssl,
-                )
-                .await
-            {
-                Ok(resolved) => members.push(registry_member(
-                    pack_ref,
-                    resolved.version,
-                    vec![REQUEST.to_string()],
-                    Some(resolved.index_url),
-                )),
-                Err(e) => errors.push(failure(pack_ref, "resolve", e.to_string())),
+            match self.resolve_root(request, pack_ref, selector).await {
+                Ok(member) => members.push(member),
+                Err(e) => errors.push(e),
             }
         }
         if !errors.is_empty() {
@@ -136,6 +124,35 @@ impl Installer<'_> {
         Ok(members)
     }
 
+    /// One registry ref on its own: the version its selector picks.
+    #[instrument(skip_all, fields(pack_ref = %pack_ref, selector = ?selector))]
+    async fn resolve_root(
+        &self,
+        request: &InstallRequest,
+        pack_ref: &str,
+        selector: &VersionSelector,
+    ) -> Result<Member, super::InstallFailure> {
+        let resolved = self
+            .state
+            .downloader
+            .registry()
+            .resolve(
+                pack_ref,
+                selector,
+                request.registry_url.as_deref(),
+                request.verify_ssl,
+            )
+            .await
+            .map_err(|e| failure(pack_ref, Stage::Resolve, e))?;
+        Ok(registry_member(
+            pack_ref,
+            resolved.version,
+            vec![REQUEST.to_string()],
+            Some(resolved.index_url),
+        ))
+    }
+
+    #[instrument(skip_all, fields(roots = roots.len(), provided = provided.len()))]
     async fn solve(
         &self,
         request: &InstallRequest,
@@ -155,7 +172,7 @@ impl Installer<'_> {
                 .registry()
                 .load_all(request.registry_url.as_deref(), request.verify_ssl)
                 .await
-                .map_err(|e| vec![failure(REQUEST, "resolve", e.to_string())])?
+                .map_err(|e| vec![failure(REQUEST, Stage::Resolve, e)])?
         } else {
             Vec::new()
         };
@@ -182,7 +199,7 @@ impl Installer<'_> {
             catalog.add_installed(
                 &installed.pack_ref,
                 version,
-                parse_dependencies(&installed.dependency_list()),
+                recorded_dependencies(&installed.dependency_list()),
             );
         }
         let mut solver_roots = Vec::new();
@@ -198,7 +215,7 @@ impl Installer<'_> {
             );
             solver_roots.push(Root {
                 pack_ref: manifest.pack_ref.clone(),
-                req: exact(&manifest.version),
+                req: exactly(&manifest.version),
             });
         }
         for (pack_ref, selector) in roots {
@@ -206,7 +223,7 @@ impl Installer<'_> {
                 pack_ref: pack_ref.clone(),
                 req: match selector {
                     VersionSelector::Latest => VersionReq::STAR,
-                    VersionSelector::Exact(v) => exact(v),
+                    VersionSelector::Exact(v) => exactly(v),
                     VersionSelector::Range(r) => r.clone(),
                 },
             });
@@ -217,39 +234,39 @@ impl Installer<'_> {
             format!("resolving {} requested pack(s)", solver_roots.len()),
         );
         let cancel = reporter.clone();
-        let plan = tokio::task::spawn_blocking(move || {
+        let solution = tokio::task::spawn_blocking(move || {
             solver::solve(&catalog, &solver_roots, &|| cancel.is_cancelled())
         })
         .await
-        .map_err(|e| vec![failure(REQUEST, "resolve", format!("internal error: {e}"))])?
+        .map_err(|e| vec![failure(REQUEST, Stage::Resolve, PackProblem::Panicked(e))])?
         .map_err(|e| {
             let pack = match &e {
-                SolveError::UnknownPack { pack_ref, .. } => pack_ref.clone(),
-                _ => REQUEST.to_string(),
+                SolveError::UnknownPack { pack_ref, .. } => pack_ref.as_str(),
+                _ => REQUEST,
             };
-            vec![failure(&pack, "resolve", e.to_string())]
+            vec![failure(pack, Stage::Resolve, &e)]
         })?;
 
         let mut provided: HashMap<String, (DownloadedPack, Manifest)> = provided
             .into_iter()
             .map(|(p, m)| (m.pack_ref.clone(), (p, m)))
             .collect();
-        let mut members = Vec::with_capacity(plan.packs.len());
-        for planned in plan.packs {
-            if let Some((pack, manifest)) = provided.remove(&planned.pack_ref) {
-                members.push(provided_member(pack, &manifest, planned.required_by));
+        let mut members = Vec::with_capacity(solution.packs.len());
+        for solved in solution.packs {
+            if let Some((pack, manifest)) = provided.remove(&solved.pack_ref) {
+                members.push(provided_member(pack, &manifest, solved.required_by));
                 continue;
             }
-            let registry_url = origins.get(&planned.pack_ref).cloned();
+            let registry_url = origins.get(&solved.pack_ref).cloned();
             let mut member = registry_member(
-                &planned.pack_ref,
-                planned.version,
-                planned.required_by,
+                &solved.pack_ref,
+                solved.version,
+                solved.required_by,
                 registry_url,
             );
             if member.registry_url.is_none() {
                 // Only installed, in no index: the solver can only have kept it.
-                member.source_type = "installed".to_string();
+                member.source_type = SourceKind::Installed;
             }
             members.push(member);
         }

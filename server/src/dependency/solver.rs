@@ -1,7 +1,7 @@
 //! Pack dependency resolution with PubGrub.
 //!
 //! [`solve`] picks one version for every pack reachable from the user's
-//! request and returns a [`Plan`] in dependency order. The whole run is
+//! request and returns a [`Solution`] in dependency order. The whole run is
 //! synchronous and in memory: prefetch the registry indices into a
 //! [`Catalog`] first, then call [`solve`] (from `spawn_blocking` in async
 //! code).
@@ -9,11 +9,10 @@
 //! Decisions:
 //! - A synthetic package, shown as "the request" in conflict messages, has
 //!   version 0.0.0 and depends on every requested [`Root`].
-//! - Semver requirements become PubGrub ranges with a converter that keeps
-//!   pre-release tags. The range is then corrected against the catalog:
-//!   a catalog version is in the range exactly when `VersionReq::matches`
-//!   says so. So pre-releases are chosen only when a requirement names
-//!   one, as in Cargo.
+//! - Requirements become PubGrub ranges with [`range_on`] over the
+//!   catalog's versions: a catalog version is in the range exactly when it
+//!   satisfies the requirement. So pre-releases are chosen only when a
+//!   requirement names one, as in Cargo.
 //! - Version choice: an installed version (see [`Catalog::add_installed`])
 //!   is kept if it satisfies every requirement. Otherwise the highest
 //!   version in range wins.
@@ -25,9 +24,7 @@
 //! - Cycles are allowed while solving. PubGrub picks versions without
 //!   looking for cycles. If the chosen versions form a cycle, including a
 //!   pack that depends on itself, the result is [`SolveError::Cycle`] with
-//!   a closed path such as `["a", "b", "a"]`: a depends on b, b on a. The
-//!   path starts at the lowest ref in the cycle. Attune registers packs in
-//!   dependency order, so a cycle cannot be installed.
+//!   the [`Cycle`] that [`Graph::dependency_order`] finds.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,11 +35,10 @@ use pubgrub::{
     DefaultStringReporter, Dependencies, DependencyProvider, DerivationTree, Derived, External,
     Map, PackageResolutionStatistics, PubGrubError, Ranges, ReportFormatter, Reporter, Term,
 };
-use semver::{BuildMetadata, Comparator, Op, Prerelease, Version, VersionReq};
+use semver::{Version, VersionReq};
+use tracing::instrument;
 
-/// Name used in [`PlannedPack::required_by`] and
-/// [`SolveError::UnknownPack`] for the user's request.
-pub const REQUEST: &str = "request";
+use super::{Cycle, Graph, REQUEST, range_on};
 
 const REQUEST_VERSION: Version = Version::new(0, 0, 0);
 
@@ -122,18 +118,19 @@ pub struct Root {
 
 /// The result of a successful solve.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct Solution {
     /// Dependency order: each pack comes after all of its dependencies.
     /// When several packs could come next, the lowest ref goes first.
-    pub packs: Vec<PlannedPack>,
+    pub packs: Vec<SolvedPack>,
 }
 
+/// A pack and the version the solver chose for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedPack {
+pub struct SolvedPack {
     pub pack_ref: String,
     pub version: semver::Version,
     /// [`REQUEST`] first if the user asked for this pack, then the refs
-    /// of planned packs that depend on it, sorted.
+    /// of the solved packs that depend on it, sorted.
     pub required_by: Vec<String>,
 }
 
@@ -153,19 +150,19 @@ pub enum SolveError {
     /// `should_cancel` returned true.
     #[error("dependency resolution was cancelled")]
     Cancelled,
-    /// The chosen versions form a dependency cycle. The path is closed:
-    /// its first ref is repeated at the end.
-    #[error("dependency cycle: {}", .0.join(" -> "))]
-    Cycle(Vec<String>),
+    /// The chosen versions form a dependency cycle.
+    #[error(transparent)]
+    Cycle(#[from] Cycle),
 }
 
 /// Picks a version for every pack reachable from `roots`. PubGrub checks
 /// `should_cancel` before each step.
+#[instrument(level = "debug", skip_all, fields(roots = roots.len()))]
 pub fn solve(
     catalog: &Catalog,
     roots: &[Root],
     should_cancel: &dyn Fn() -> bool,
-) -> Result<Plan, SolveError> {
+) -> Result<Solution, SolveError> {
     if let Some(root) = roots.iter().find(|r| !catalog.contains(&r.pack_ref)) {
         return Err(SolveError::UnknownPack {
             pack_ref: root.pack_ref.clone(),
@@ -173,7 +170,7 @@ pub fn solve(
         });
     }
     if roots.is_empty() {
-        return Ok(Plan { packs: Vec::new() });
+        return Ok(Solution { packs: Vec::new() });
     }
     let provider = Provider {
         catalog,
@@ -189,7 +186,7 @@ pub fn solve(
                     Pkg::Request => None,
                 })
                 .collect();
-            build_plan(catalog, roots, &chosen)
+            solution_of(catalog, roots, &chosen)
         }
         Err(PubGrubError::NoSolution(mut tree)) => {
             if let Some(err) = unknown_pack_error(catalog, &tree) {
@@ -247,7 +244,10 @@ impl Provider<'_> {
     /// Adds `name` with `req` to `constraints`, intersecting with an
     /// earlier requirement on the same pack.
     fn add_constraint(&self, constraints: &mut Vec<(Pkg, VS)>, name: Arc<str>, req: &VersionReq) {
-        let range = req_to_ranges(req, self.versions(&name));
+        let range = range_on(
+            req,
+            self.versions(&name).into_iter().flat_map(BTreeMap::keys),
+        );
         let pkg = Pkg::Pack(name);
         match constraints.iter_mut().find(|(p, _)| *p == pkg) {
             Some((_, existing)) => *existing = existing.intersection(&range),
@@ -339,160 +339,49 @@ impl DependencyProvider for Provider<'_> {
 }
 
 // ---------------------------------------------------------------------------
-// Requirement conversion
+// Solution in dependency order
 // ---------------------------------------------------------------------------
 
-/// Converts `req` to a PubGrub range. The range is exact on `known`: a
-/// known version is in the range exactly when `req.matches` it.
-fn req_to_ranges(req: &VersionReq, known: Option<&BTreeMap<Version, Release>>) -> VS {
-    let mut range = req
-        .comparators
-        .iter()
-        .map(comparator_to_ranges)
-        .try_fold(Ranges::full(), |acc, r| r.map(|r| acc.intersection(&r)))
-        // Unknown future operators: start from everything and rely on
-        // the correction below.
-        .unwrap_or_else(Ranges::full);
-    for version in known.into_iter().flat_map(BTreeMap::keys) {
-        match (range.contains(version), req.matches(version)) {
-            (true, false) => {
-                range = range.intersection(&Ranges::singleton(version.clone()).complement())
-            }
-            (false, true) => range = range.union(&Ranges::singleton(version.clone())),
-            _ => {}
-        }
-    }
-    range
-}
-
-fn comparator_to_ranges(c: &Comparator) -> Option<VS> {
-    let v = |major: u64, minor: u64, patch: u64| Version::new(major, minor, patch);
-    let lower = Version {
-        major: c.major,
-        minor: c.minor.unwrap_or(0),
-        patch: c.patch.unwrap_or(0),
-        pre: if c.minor.is_some() && c.patch.is_some() {
-            c.pre.clone()
-        } else {
-            Prerelease::EMPTY
-        },
-        build: BuildMetadata::EMPTY,
-    };
-    // Exclusive upper bound of the block the comparator names: `1` ->
-    // <2.0.0, `1.2` -> <1.3.0.
-    let block_end = match c.minor {
-        None => v(c.major.saturating_add(1), 0, 0),
-        Some(minor) => v(c.major, minor.saturating_add(1), 0),
-    };
-    let exact_version = c.minor.is_some() && c.patch.is_some();
-    Some(match c.op {
-        Op::Exact | Op::Wildcard if exact_version => Ranges::singleton(lower),
-        Op::Exact | Op::Wildcard => Ranges::between(lower, block_end),
-        Op::Greater if exact_version => Ranges::strictly_higher_than(lower),
-        Op::Greater => Ranges::higher_than(block_end),
-        Op::GreaterEq => Ranges::higher_than(lower),
-        Op::Less => Ranges::strictly_lower_than(lower),
-        Op::LessEq if exact_version => Ranges::lower_than(lower),
-        Op::LessEq => Ranges::strictly_lower_than(block_end),
-        Op::Tilde => Ranges::between(lower, block_end),
-        Op::Caret => {
-            let upper = match (c.major, c.minor, c.patch) {
-                (0, Some(0), Some(patch)) => v(0, 0, patch.saturating_add(1)),
-                (0, Some(minor), _) => v(0, minor.saturating_add(1), 0),
-                (0, None, _) => v(1, 0, 0),
-                (major, _, _) => v(major.saturating_add(1), 0, 0),
-            };
-            Ranges::between(lower, upper)
-        }
-        _ => return None,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Plan building and cycle detection
-// ---------------------------------------------------------------------------
-
-fn build_plan(
+/// The chosen versions in dependency order, each with who requires it.
+fn solution_of(
     catalog: &Catalog,
     roots: &[Root],
     chosen: &BTreeMap<Arc<str>, Version>,
-) -> Result<Plan, SolveError> {
-    // Edges between chosen packs: `deps[a]` holds the packs a depends on.
-    let mut deps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    let mut dependents: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (name, version) in chosen {
-        let release = &catalog.packs[name][version];
-        let entry = deps.entry(name).or_default();
-        for (dep, _) in &release.dependencies {
-            if let Some((dep, _)) = chosen.get_key_value(dep) {
-                entry.insert(dep);
-                dependents.entry(dep).or_default().insert(name);
-            }
-        }
-    }
-
-    // Kahn's algorithm; the ready set is ordered, so ties go by ref.
-    let mut pending: BTreeMap<&str, usize> = deps.iter().map(|(n, d)| (*n, d.len())).collect();
-    let mut ready: BTreeSet<&str> = pending
+) -> Result<Solution, SolveError> {
+    let dependencies: BTreeMap<&str, Vec<&str>> = chosen
         .iter()
-        .filter(|(_, c)| **c == 0)
-        .map(|(n, _)| *n)
+        .map(|(name, version)| {
+            let release = &catalog.packs[name][version];
+            let deps = release.dependencies.iter().map(|(d, _)| &**d).collect();
+            (&**name, deps)
+        })
         .collect();
+    let graph = Graph::new(&dependencies);
     let requested: BTreeSet<&str> = roots.iter().map(|r| r.pack_ref.as_str()).collect();
-    let mut packs = Vec::with_capacity(chosen.len());
-    while let Some(name) = ready.pop_first() {
-        pending.remove(name);
-        let users = dependents.get(name);
-        for user in users.into_iter().flatten() {
-            let count = pending.get_mut(user).expect("dependent is pending");
-            *count -= 1;
-            if *count == 0 {
-                ready.insert(user);
+    let packs = graph
+        .dependency_order()?
+        .into_iter()
+        .map(|pack| {
+            let name = graph.pack_ref(pack);
+            let required_by = requested
+                .contains(name)
+                .then(|| REQUEST.to_string())
+                .into_iter()
+                .chain(
+                    graph
+                        .dependents(pack)
+                        .iter()
+                        .map(|user| graph.pack_ref(*user).to_string()),
+                )
+                .collect();
+            SolvedPack {
+                pack_ref: name.to_string(),
+                version: chosen[name].clone(),
+                required_by,
             }
-        }
-        let required_by = requested
-            .contains(name)
-            .then(|| REQUEST.to_string())
-            .into_iter()
-            .chain(users.into_iter().flatten().map(|u| u.to_string()))
-            .collect();
-        packs.push(PlannedPack {
-            pack_ref: name.to_string(),
-            version: chosen[name].clone(),
-            required_by,
-        });
-    }
-
-    if pending.is_empty() {
-        return Ok(Plan { packs });
-    }
-    // Every pending pack still has a pending dependency. Follow the
-    // lowest one from the lowest pending pack until a ref repeats.
-    let mut path: Vec<&str> = Vec::new();
-    let mut current = *pending.keys().next().expect("pending is not empty");
-    while !path.contains(&current) {
-        path.push(current);
-        current = deps[current]
-            .iter()
-            .find(|d| pending.contains_key(*d))
-            .expect("pending pack has a pending dependency");
-    }
-    let start = path
-        .iter()
-        .position(|n| *n == current)
-        .expect("repeated ref is on the path");
-    let mut cycle: Vec<&str> = path.split_off(start);
-    let lowest = cycle
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, n)| **n)
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    cycle.rotate_left(lowest);
-    cycle.push(cycle[0]);
-    Err(SolveError::Cycle(
-        cycle.into_iter().map(str::to_string).collect(),
-    ))
+        })
+        .collect();
+    Ok(Solution { packs })
 }
 
 fn unknown_pack_error(
@@ -705,7 +594,7 @@ mod tests {
         false
     }
 
-    fn summary(plan: &Plan) -> Vec<String> {
+    fn summary(plan: &Solution) -> Vec<String> {
         plan.packs
             .iter()
             .map(|p| format!("{}@{}", p.pack_ref, p.version))
@@ -846,7 +735,7 @@ mod tests {
         let err = solve(&c, &[root("app", "*")], &never).unwrap_err();
         assert_eq!(
             err,
-            SolveError::Cycle(vec!["b".into(), "c".into(), "d".into(), "b".into()])
+            SolveError::Cycle(Cycle(vec!["b".into(), "c".into(), "d".into(), "b".into()]))
         );
         assert_eq!(err.to_string(), "dependency cycle: b -> c -> d -> b");
 
@@ -855,7 +744,7 @@ mod tests {
         let err = solve(&c, &[root("selfish", "*")], &never).unwrap_err();
         assert_eq!(
             err,
-            SolveError::Cycle(vec!["selfish".into(), "selfish".into()])
+            SolveError::Cycle(Cycle(vec!["selfish".into(), "selfish".into()]))
         );
     }
 
@@ -883,45 +772,6 @@ mod tests {
             summary(&solve(&c, &[root("app", "*")], &never).unwrap()),
             ["core@1.1.0", "app@1.0.0"]
         );
-    }
-
-    #[test]
-    fn requirement_conversion_matches_semver() {
-        let versions: Vec<Version> = [
-            "0.0.3", "0.0.4", "0.1.0", "0.1.7", "0.2.0", "1.0.0", "1.2.0", "1.2.3", "1.2.9",
-            "1.3.0", "2.0.0",
-        ]
-        .iter()
-        .map(|s| ver(s))
-        .collect();
-        for req in [
-            "^0.0.3",
-            "^0.0",
-            "^0.1.2",
-            "^0",
-            "^1.2.3",
-            "~1.2.3",
-            "~1.2",
-            "~1",
-            "=1.2",
-            "=1",
-            "1.*",
-            "1.2.*",
-            ">1.2",
-            ">1",
-            ">1.2.3",
-            "<=1.2",
-            "<=1",
-            "<=1.2.3",
-            "<1.2.3",
-            ">=0.1, <1.2.9",
-        ] {
-            let parsed = VersionReq::parse(req).unwrap();
-            let range = req_to_ranges(&parsed, None);
-            for v in &versions {
-                assert_eq!(range.contains(v), parsed.matches(v), "{req} vs {v}");
-            }
-        }
     }
 
     #[test]
