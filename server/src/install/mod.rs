@@ -788,7 +788,6 @@ async fn settle_envs(intent: crate::journal::EnvIntent) {
     }
 }
 
-
 /// Checks the request as a whole and returns its lock, if any.
 fn validate(request: &InstallRequest) -> Result<Option<Lock>, InstallError> {
     // The door (`grpc::convert`) has checked `packs` and `timeout`.
