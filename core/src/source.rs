@@ -313,13 +313,63 @@ impl PackSource {
     }
 
     /// The `source_type` reported to callers.
-    pub fn kind(&self) -> &'static str {
+    /// The kind as written; what is fetched may turn out otherwise (a remote URL that
+    /// serves git, a local path that is an archive).
+    pub fn kind(&self) -> SourceKind {
         match self {
-            PackSource::Registry { .. } => "registry",
-            PackSource::Git { .. } => "git",
-            PackSource::Archive { .. } | PackSource::RemoteUnknown { .. } => "archive",
-            PackSource::Local { .. } => "local_directory",
+            PackSource::Registry { .. } => SourceKind::Registry,
+            PackSource::Git { .. } => SourceKind::Git,
+            PackSource::Archive { .. } | PackSource::RemoteUnknown { .. } => SourceKind::Archive,
+            PackSource::Local { .. } => SourceKind::LocalDirectory,
         }
+    }
+}
+
+/// What kind of source a pack came from, as `source_type` names it on the wire, in
+/// locks and in the pack's row: what a source turned out to be once fetched (a remote
+/// URL may be a git repository, a local path an archive), not only how it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Registry,
+    Git,
+    Archive,
+    LocalArchive,
+    LocalDirectory,
+    /// No fetchable source is known: the pack can only be kept as installed (Install).
+    Installed,
+    /// A name this server does not write (a hand-edited lock): passed on as given.
+    Other(String),
+}
+
+impl SourceKind {
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "registry" => SourceKind::Registry,
+            "git" => SourceKind::Git,
+            "archive" => SourceKind::Archive,
+            "local_archive" => SourceKind::LocalArchive,
+            "local_directory" => SourceKind::LocalDirectory,
+            "installed" => SourceKind::Installed,
+            other => SourceKind::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            SourceKind::Registry => "registry",
+            SourceKind::Git => "git",
+            SourceKind::Archive => "archive",
+            SourceKind::LocalArchive => "local_archive",
+            SourceKind::LocalDirectory => "local_directory",
+            SourceKind::Installed => "installed",
+            SourceKind::Other(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -372,6 +422,23 @@ fn is_repo_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_kinds_keep_their_wire_names() {
+        for name in [
+            "registry",
+            "git",
+            "archive",
+            "local_archive",
+            "local_directory",
+            "installed",
+            "hand-written",
+            "",
+        ] {
+            assert_eq!(SourceKind::from_name(name).as_str(), name);
+        }
+        assert_eq!(SourceKind::from_name("installed"), SourceKind::Installed);
+    }
 
     fn parse(s: &str) -> PackSource {
         PackSource::parse(s, None, "github.com").unwrap()

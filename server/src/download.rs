@@ -34,7 +34,7 @@ use crate::{
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
     registry::{InstallSource, RegistryClient, RegistryError},
-    source::{PackSource, SourceError, redact_url},
+    source::{PackSource, SourceError, SourceKind, redact_url},
 };
 
 /// After a pack's timeout, how long its work may take to notice and clean up.
@@ -246,30 +246,10 @@ pub struct Downloader {
     journal: Option<Arc<Journal>>,
 }
 
-/// What a pack source turned out to be once fetched, as `source_type` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FetchedKind {
-    Git,
-    Archive,
-    LocalArchive,
-    LocalDirectory,
-}
-
-impl FetchedKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            FetchedKind::Git => "git",
-            FetchedKind::Archive => "archive",
-            FetchedKind::LocalArchive => "local_archive",
-            FetchedKind::LocalDirectory => "local_directory",
-        }
-    }
-}
-
 /// A pack tree in staging, before verification and placement.
 struct FetchedPack {
     pack_root: PathBuf,
-    kind: FetchedKind,
+    kind: SourceKind,
     url: Option<String>,
     reference: Option<String>,
     git_commit: Option<String>,
@@ -459,7 +439,7 @@ impl Downloader {
     ) -> PackResult {
         let source =
             PackSource::parse(raw, request.ref_spec.as_deref(), &self.settings.github_host)?;
-        tracing::debug!(kind = source.kind(), "source parsed");
+        tracing::debug!(kind = %source.kind(), "source parsed");
         reporter.info(
             Stage::Resolve,
             format!("{}: {} source", redact_url(raw), source.kind()),
@@ -579,7 +559,7 @@ impl Downloader {
                     }),
                 });
             }
-            verified |= fetched.kind == FetchedKind::Git;
+            verified |= fetched.kind == SourceKind::Git;
         }
         let checksum = checksum::checksum_prefixed(&checksum_hex);
         reporter.info(Stage::Verify, format!("checksum {checksum}"));
@@ -634,10 +614,11 @@ impl Downloader {
 
         Ok(DownloadedPack {
             source: raw.to_string(),
-            source_type: match (&source, fetched.kind) {
-                (PackSource::Registry { .. }, _) => "registry".to_string(),
-                (_, kind) => kind.as_str().to_string(),
-            },
+            source_type: match &source {
+                PackSource::Registry { .. } => SourceKind::Registry,
+                _ => fetched.kind,
+            }
+            .to_string(),
             pack_path: target.display().to_string(),
             pack_ref: manifest.pack_ref,
             pack_version: manifest.version.to_string(),
@@ -785,7 +766,7 @@ impl Downloader {
             .await??;
         Ok(FetchedPack {
             pack_root,
-            kind: FetchedKind::Git,
+            kind: SourceKind::Git,
             url: Some(git::redact_url(url)),
             reference: reference.map(str::to_string),
             git_commit: Some(checkout.commit),
@@ -827,7 +808,7 @@ impl Downloader {
         };
         let opened = archive::open_archive(&file, self.settings.max_archive_bytes)?;
         let mut fetched = self.extract(opened, &file, staging, reporter).await?;
-        fetched.kind = FetchedKind::Archive;
+        fetched.kind = SourceKind::Archive;
         fetched.url = Some(url.to_string());
         fetched.verified = verified;
         let _ = fs::remove_file(&file);
@@ -882,7 +863,7 @@ impl Downloader {
             .await??;
         Ok(FetchedPack {
             pack_root,
-            kind: FetchedKind::LocalArchive,
+            kind: SourceKind::LocalArchive,
             url: None,
             reference: None,
             git_commit: None,
@@ -945,7 +926,7 @@ impl Downloader {
             .await??;
         Ok(FetchedPack {
             pack_root,
-            kind: FetchedKind::LocalDirectory,
+            kind: SourceKind::LocalDirectory,
             url: Some(path.display().to_string()),
             reference: None,
             git_commit: None,

@@ -423,7 +423,7 @@ pub fn install_request(
                     pack_ref: p.pack_ref,
                     version: p.version,
                     source: p.source,
-                    source_type: install::SourceKind::from_name(&p.source_type),
+                    source_type: source::SourceKind::from_name(&p.source_type),
                     registry_url: p.registry_url,
                     git_commit: p.git_commit,
                     checksum: p.checksum,

@@ -39,6 +39,7 @@ use std::{
 
 use semver::Version;
 
+use crate::source::SourceKind;
 use crate::{
     buildenvs::{self, BuildEnvsRequest},
     dependency::REQUEST,
@@ -103,46 +104,6 @@ pub struct LockedPack {
     /// `sha256:` + the directory checksum.
     pub checksum: String,
     pub dependencies: Vec<String>,
-}
-
-/// How a pack of the set can be fetched again (`source_type`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
-    Registry,
-    Git,
-    Archive,
-    LocalArchive,
-    LocalDirectory,
-    /// No fetchable source is known: the pack can only be kept as installed.
-    Installed,
-    /// A name this server does not write (a hand-edited lock): passed on as given.
-    Other(String),
-}
-
-impl SourceKind {
-    pub fn from_name(name: &str) -> Self {
-        match name {
-            "registry" => SourceKind::Registry,
-            "git" => SourceKind::Git,
-            "archive" => SourceKind::Archive,
-            "local_archive" => SourceKind::LocalArchive,
-            "local_directory" => SourceKind::LocalDirectory,
-            "installed" => SourceKind::Installed,
-            other => SourceKind::Other(other.to_string()),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            SourceKind::Registry => "registry",
-            SourceKind::Git => "git",
-            SourceKind::Archive => "archive",
-            SourceKind::LocalArchive => "local_archive",
-            SourceKind::LocalDirectory => "local_directory",
-            SourceKind::Installed => "installed",
-            SourceKind::Other(name) => name,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -852,27 +813,5 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_kinds_keep_their_wire_names() {
-        for name in [
-            "registry",
-            "git",
-            "archive",
-            "local_archive",
-            "local_directory",
-            "installed",
-            "hand-written",
-            "",
-        ] {
-            assert_eq!(SourceKind::from_name(name).as_str(), name);
-        }
-        assert_eq!(SourceKind::from_name("installed"), SourceKind::Installed);
     }
 }
