@@ -4,6 +4,7 @@
 //! Environments live outside the packs, under `<packs_base_dir>/.envs/<ref>/`, so they
 //! keep working when RegisterBatch stores a pack under the base directory.
 
+use crate::base_dir::{self, BaseDirError};
 use crate::failure::{Failure, FailureKind};
 use std::{
     path::{Path, PathBuf},
@@ -17,7 +18,7 @@ use crate::{
     envs::{self, BuildOptions, EnvSettings, NodeEnv, PythonEnv},
     locks::PackLocks,
     manifest::Manifest,
-    paths::{PathError, PathPolicy},
+    paths::PathPolicy,
     progress::{Level, Reporter, Stage},
 };
 
@@ -67,8 +68,8 @@ pub struct BuildEnvsReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildEnvsError {
-    #[error("packs_base_dir: {0}")]
-    PacksBaseDir(#[source] PathError),
+    #[error(transparent)]
+    PacksBaseDir(#[from] BaseDirError),
 }
 
 impl Failure for BuildEnvsError {
@@ -122,13 +123,11 @@ impl EnvBuilder {
         reporter: &Reporter,
     ) -> Result<BuildEnvsReport, BuildEnvsError> {
         let started = Instant::now();
-        let base = match &request.packs_base_dir {
-            Some(dir) => self
-                .paths
-                .confine(dir)
-                .map_err(BuildEnvsError::PacksBaseDir)?,
-            None => self.default_base_dir.clone(),
-        };
+        let base = base_dir::resolve(
+            &self.paths,
+            request.packs_base_dir.as_deref(),
+            &self.default_base_dir,
+        )?;
         let options = BuildOptions {
             envs_root: envs_root(&base),
             python_version: request.python_version.clone(),

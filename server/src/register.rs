@@ -7,6 +7,7 @@
 //! is the old directory deleted. Any failure puts the old directory back, so a failed
 //! re-registration leaves the previous version's files and rows as they were.
 
+use crate::base_dir::{self, BaseDirError};
 use crate::failure::{Failure, FailureKind};
 use std::{
     collections::{HashMap, HashSet},
@@ -253,14 +254,8 @@ pub struct RegisterReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("packs_base_dir: {0}")]
-    BaseDir(#[source] PathError),
-    #[error("packs_base_dir: cannot create '{}': {source}", path.display())]
-    CreateBaseDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BaseDir(#[from] BaseDirError),
     #[error("cannot read registered packs: {0}")]
     Store(#[from] StoreError),
 }
@@ -268,9 +263,7 @@ pub enum RegisterError {
 impl Failure for RegisterError {
     fn kind(&self) -> FailureKind {
         match self {
-            RegisterError::BaseDir(_) | RegisterError::CreateBaseDir { .. } => {
-                FailureKind::InvalidRequest
-            }
+            RegisterError::BaseDir(_) => FailureKind::InvalidRequest,
             RegisterError::Store(_) => FailureKind::Internal,
         }
     }
@@ -495,14 +488,11 @@ impl Registrar {
     }
 
     fn base_dir(&self, request: &RegisterRequest) -> Result<PathBuf, RegisterError> {
-        let base = match &request.packs_base_dir {
-            Some(dir) => self.paths.confine(dir).map_err(RegisterError::BaseDir)?,
-            None => self.default_base_dir.clone(),
-        };
-        fs::create_dir_all(&base).map_err(|source| RegisterError::CreateBaseDir {
-            path: base.clone(),
-            source,
-        })?;
+        let base = base_dir::create(
+            &self.paths,
+            request.packs_base_dir.as_deref(),
+            &self.default_base_dir,
+        )?;
         self.journal.remember_dir(&base);
         Ok(base)
     }

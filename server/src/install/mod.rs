@@ -39,6 +39,7 @@ use std::{
 
 use semver::Version;
 
+use crate::base_dir::{self, BaseDirError};
 use crate::source::SourceKind;
 use crate::{
     buildenvs::{self, BuildEnvsRequest},
@@ -49,7 +50,6 @@ use crate::{
     journal::EnvSwitchEntry,
     manifest::PackDependency,
     packtest::PackTestResult,
-    paths::PathError,
     progress::{Reporter, Stage},
     register::{ComponentCounts, RegisterError, RegisterRequest},
     state::AppState,
@@ -197,14 +197,8 @@ impl InstallReport {
 /// Why an install call fails as a whole (a pack that fails is an [`InstallFailure`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("packs_base_dir: {0}")]
-    BaseDir(#[source] PathError),
-    #[error("packs_base_dir: cannot create '{}': {source}", path.display())]
-    CreateBaseDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    BaseDir(#[from] BaseDirError),
     #[error("packs_base_dir: cannot create a work directory in '{}': {source}", path.display())]
     CreateWorkDir {
         path: PathBuf,
@@ -372,18 +366,11 @@ impl Installer<'_> {
     ) -> Result<InstallReport, InstallError> {
         let started = Instant::now();
         let lock = validate(&request)?;
-        let base = match &request.packs_base_dir {
-            Some(dir) => self
-                .state
-                .paths
-                .confine(dir)
-                .map_err(InstallError::BaseDir)?,
-            None => self.state.config.packs_base_dir(),
-        };
-        fs::create_dir_all(&base).map_err(|source| InstallError::CreateBaseDir {
-            path: base.clone(),
-            source,
-        })?;
+        let base = base_dir::create(
+            &self.state.paths,
+            request.packs_base_dir.as_deref(),
+            &self.state.config.packs_base_dir(),
+        )?;
         self.state.journal.remember_dir(&base);
         let work = WorkDir::create(&base).map_err(|source| InstallError::CreateWorkDir {
             path: base.clone(),
