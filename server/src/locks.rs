@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    os::unix::io::AsRawFd,
+    os::unix::{fs::OpenOptionsExt, io::AsRawFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, Weak},
     time::Duration,
@@ -114,10 +114,12 @@ impl PackLocks {
             .await
             .map_err(|_| timed_out())?;
         let path = dir.join(LOCK_FILE);
+        // A link planted as the lock file would make us create or lock a file elsewhere.
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|source| LockError::OpenLockFile {
                 path: path.clone(),
@@ -242,5 +244,21 @@ mod tests {
             .lock_across_processes(&dir, Instant::now() + Duration::from_secs(5))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_link_planted_as_the_lock_file_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("pack");
+        std::fs::create_dir(&dir).unwrap();
+        let outside = root.path().join("outside");
+        std::os::unix::fs::symlink(&outside, dir.join(LOCK_FILE)).unwrap();
+        let err = PackLocks::default()
+            .lock_across_processes(&dir, Instant::now() + Duration::from_secs(5))
+            .await
+            .err()
+            .expect("locked through a link");
+        assert!(matches!(err, LockError::OpenLockFile { .. }), "{err}");
+        assert!(!outside.exists(), "the link's target was created");
     }
 }

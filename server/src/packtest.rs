@@ -358,7 +358,7 @@ pub enum SuiteError {
     EntryPoint {
         entry: String,
         #[source]
-        problem: EntryProblem,
+        problem: EntryPointProblem,
     },
     #[error("entry point `{entry}` is not a file")]
     NotAFile { entry: String },
@@ -376,7 +376,7 @@ pub enum SuiteError {
 
 /// What is wrong with a runner's `entry_point`.
 #[derive(Debug, thiserror::Error)]
-pub enum EntryProblem {
+pub enum EntryPointProblem {
     #[error("is empty")]
     Empty,
     #[error("must be a path relative to the pack directory")]
@@ -1116,23 +1116,27 @@ struct Entry {
     path: PathBuf,
 }
 
-fn resolve_entry(root: &Path, entry: &str, runner_type: RunnerType) -> Result<Entry, EntryProblem> {
+fn resolve_entry(
+    root: &Path,
+    entry: &str,
+    runner_type: RunnerType,
+) -> Result<Entry, EntryPointProblem> {
     let trimmed = entry.trim();
     if trimmed.is_empty() {
-        return Err(EntryProblem::Empty);
+        return Err(EntryPointProblem::Empty);
     }
     let looks_absolute = trimmed.starts_with(['/', '\\'])
         || trimmed.as_bytes().get(1) == Some(&b':')
         || Path::new(trimmed).is_absolute();
     if looks_absolute {
-        return Err(EntryProblem::Absolute);
+        return Err(EntryPointProblem::Absolute);
     }
     if trimmed.split(['/', '\\']).any(|p| p == "..")
         || Path::new(trimmed)
             .components()
             .any(|c| matches!(c, Component::ParentDir))
     {
-        return Err(EntryProblem::ParentDir);
+        return Err(EntryPointProblem::ParentDir);
     }
     // pytest node ids: check the file part.
     let file_part = match runner_type {
@@ -1150,9 +1154,11 @@ fn resolve_entry(root: &Path, entry: &str, runner_type: RunnerType) -> Result<En
             root.join(as_path)
         };
     }
-    let resolved = candidate.canonicalize().map_err(EntryProblem::Missing)?;
+    let resolved = candidate
+        .canonicalize()
+        .map_err(EntryPointProblem::Missing)?;
     if !resolved.starts_with(root) {
-        return Err(EntryProblem::OutsidePack);
+        return Err(EntryPointProblem::OutsidePack);
     }
     let arg = if trimmed.starts_with('-') {
         format!("./{trimmed}")

@@ -495,13 +495,99 @@ impl EnvKind for NodeModules {
         tools.node.version_text.clone()
     }
 
+    /// `npm ci` (with a lockfile) or `npm install` in a staging copy of the npm inputs,
+    /// then `node_modules` made self-contained and moved into the build; without
+    /// `package.json`, an empty `node_modules`.
     async fn install(
         ctx: &Ctx<'_>,
         tools: &NodeTools,
         inputs: &NodeInputs,
         build_dir: &Path,
     ) -> Result<Installed, EnvError> {
-        install(ctx, tools, inputs, build_dir).await
+        let node_modules = build_dir.join("node_modules");
+        util::create_dir_all(build_dir)?;
+        let installed = match tools.npm.as_deref() {
+            Some(npm) if inputs.has_package_json => {
+                let staging = build_dir.join(STAGING);
+                let (pack_dir, copy, dst) = (
+                    ctx.pack_dir.to_path_buf(),
+                    inputs.copy.clone(),
+                    staging.clone(),
+                );
+                tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+                    let pack = PackDir::open(&pack_dir)?;
+                    for rel in copy {
+                        let to = dst.join(&rel);
+                        if let Some(parent) = to.parent() {
+                            std::fs::create_dir_all(parent).map_err(|source| {
+                                CopyError::CreateDir {
+                                    path: parent.to_path_buf(),
+                                    source,
+                                }
+                            })?;
+                        }
+                        copy_input(&pack, &rel, &to)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(CopyError::from)
+                .and_then(|r| r)
+                .map_err(EnvError::CopyInputs)?;
+
+                let verb = if inputs.has_lockfile { "ci" } else { "install" };
+                let what = format!("npm {verb}");
+                let timeout = util::remaining(ctx.deadline, &what, ctx.options.timeout)?;
+                // npm and the packages' lifecycle scripts run as the sandbox user: the
+                // build directory is theirs until `finish_build` takes it back.
+                util::prepare_build_dir(build_dir)?;
+                let mut spec = npm_command(ctx, npm, verb, &staging, timeout).write_path(build_dir);
+                for tool in [Some(npm), Some(tools.node.executable.as_path())]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(prefix) = util::install_prefix(tool) {
+                        spec = spec.read_path(prefix);
+                    }
+                }
+                ctx.reporter
+                    .info(Stage::Build, format!("nodejs: {}", spec.display_command()));
+                let ran =
+                    util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await;
+                layout::reclaim(build_dir).await?;
+                ran?;
+
+                let (from, to) = (staging.join("node_modules"), node_modules.clone());
+                let inside =
+                    std::fs::canonicalize(build_dir).map_err(|source| EnvError::Canonicalize {
+                        path: build_dir.to_path_buf(),
+                        source,
+                    })?;
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    if from.is_dir() {
+                        materialize_links(&from, &inside)?;
+                        std::fs::rename(&from, &to)?;
+                    } else {
+                        std::fs::create_dir_all(&to)?;
+                    }
+                    std::fs::remove_dir_all(&staging)
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(EnvError::FinishNodeModules)?;
+                true
+            }
+            _ => {
+                util::create_dir_all(&node_modules)?;
+                false
+            }
+        };
+        Ok(Installed {
+            deps_installed: installed,
+            package_count: count_packages(&node_modules),
+            version_text: tools.node.version_text.clone(),
+        })
     }
 
     fn reused_message(marker: &Marker) -> String {
@@ -527,98 +613,6 @@ impl EnvKind for NodeModules {
             reused,
         }
     }
-}
-
-/// `npm ci` (with a lockfile) or `npm install` in a staging copy of the npm inputs,
-/// then `node_modules` made self-contained and moved into the build; without
-/// `package.json`, an empty `node_modules`.
-async fn install(
-    ctx: &Ctx<'_>,
-    tools: &NodeTools,
-    inputs: &NodeInputs,
-    build_dir: &Path,
-) -> Result<Installed, EnvError> {
-    let node_modules = build_dir.join("node_modules");
-    util::create_dir_all(build_dir)?;
-    let installed = match tools.npm.as_deref() {
-        Some(npm) if inputs.has_package_json => {
-            let staging = build_dir.join(STAGING);
-            let (pack_dir, copy, dst) = (
-                ctx.pack_dir.to_path_buf(),
-                inputs.copy.clone(),
-                staging.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
-                let pack = PackDir::open(&pack_dir)?;
-                for rel in copy {
-                    let to = dst.join(&rel);
-                    if let Some(parent) = to.parent() {
-                        std::fs::create_dir_all(parent).map_err(|source| CopyError::CreateDir {
-                            path: parent.to_path_buf(),
-                            source,
-                        })?;
-                    }
-                    copy_input(&pack, &rel, &to)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(CopyError::from)
-            .and_then(|r| r)
-            .map_err(EnvError::CopyInputs)?;
-
-            let verb = if inputs.has_lockfile { "ci" } else { "install" };
-            let what = format!("npm {verb}");
-            let timeout = util::remaining(ctx.deadline, &what, ctx.options.timeout)?;
-            // npm and the packages' lifecycle scripts run as the sandbox user: the
-            // build directory is theirs until `finish_build` takes it back.
-            util::prepare_build_dir(build_dir)?;
-            let mut spec = npm_command(ctx, npm, verb, &staging, timeout).write_path(build_dir);
-            for tool in [Some(npm), Some(tools.node.executable.as_path())]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(prefix) = util::install_prefix(tool) {
-                    spec = spec.read_path(prefix);
-                }
-            }
-            ctx.reporter
-                .info(Stage::Build, format!("nodejs: {}", spec.display_command()));
-            let ran = util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await;
-            layout::reclaim(build_dir).await?;
-            ran?;
-
-            let (from, to) = (staging.join("node_modules"), node_modules.clone());
-            let inside =
-                std::fs::canonicalize(build_dir).map_err(|source| EnvError::Canonicalize {
-                    path: build_dir.to_path_buf(),
-                    source,
-                })?;
-            tokio::task::spawn_blocking(move || -> io::Result<()> {
-                if from.is_dir() {
-                    materialize_links(&from, &inside)?;
-                    std::fs::rename(&from, &to)?;
-                } else {
-                    std::fs::create_dir_all(&to)?;
-                }
-                std::fs::remove_dir_all(&staging)
-            })
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r)
-            .map_err(EnvError::FinishNodeModules)?;
-            true
-        }
-        _ => {
-            util::create_dir_all(&node_modules)?;
-            false
-        }
-    };
-    Ok(Installed {
-        deps_installed: installed,
-        package_count: count_packages(&node_modules),
-        version_text: tools.node.version_text.clone(),
-    })
 }
 
 /// `npm ci|install`, configured only by `settings`: no user configuration (HOME is

@@ -275,13 +275,58 @@ impl EnvKind for Virtualenv {
         ))
     }
 
+    /// `python -m venv`, then `pip install -r requirements.txt` when the pack has one.
     async fn install(
         ctx: &Ctx<'_>,
         interp: &Interpreter,
         inputs: &PythonInputs,
         build_dir: &Path,
     ) -> Result<Installed, EnvError> {
-        install(ctx, interp, inputs, build_dir).await
+        let timeout = ctx.options.timeout;
+        let venv_timeout = util::remaining(ctx.deadline, "python -m venv", timeout)?;
+        // Pack code (setup.py, build hooks) runs as the sandbox user: it gets this one
+        // directory to write, made and handed over by the server; `finish_build` takes
+        // it back before it is used.
+        util::prepare_build_dir(build_dir)?;
+        let mut spec = CommandSpec::new(&interp.executable, &ctx.ref_dir.dir, venv_timeout)
+            .arg("-m")
+            .arg("venv")
+            .arg(build_dir)
+            .env("PYTHONNOUSERSITE", "1")
+            .write_path(build_dir);
+        if let Some(prefix) = util::install_prefix(&interp.executable) {
+            spec = spec.read_path(prefix);
+        }
+        let interpreter_access = spec.access.clone();
+        util::run_tool(&spec, "python -m venv", "venv", ctx.reporter, timeout).await?;
+        let venv_python = build_dir.join("bin").join("python");
+
+        let installed = if let Some(requirements) = &inputs.requirements {
+            let pip_timeout = util::remaining(ctx.deadline, "pip install", timeout)?;
+            let mut spec = pip_command(ctx, &venv_python, requirements, pip_timeout);
+            spec.access
+                .read
+                .extend(interpreter_access.read.iter().cloned());
+            spec.access
+                .write
+                .extend(interpreter_access.write.iter().cloned());
+            ctx.reporter
+                .info(Stage::Build, format!("python: {}", spec.display_command()));
+            util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout).await?;
+            true
+        } else {
+            false
+        };
+
+        layout::reclaim(build_dir).await?;
+        Ok(Installed {
+            deps_installed: installed,
+            package_count: count_distributions(build_dir),
+            version_text: format!(
+                "Python {}",
+                venv_version(build_dir).unwrap_or_else(|| interp.version_text.clone())
+            ),
+        })
     }
 
     fn reused_message(marker: &Marker) -> String {
@@ -307,60 +352,6 @@ impl EnvKind for Virtualenv {
             reused,
         }
     }
-}
-
-/// `python -m venv`, then `pip install -r requirements.txt` when the pack has one.
-async fn install(
-    ctx: &Ctx<'_>,
-    interp: &Interpreter,
-    inputs: &PythonInputs,
-    build_dir: &Path,
-) -> Result<Installed, EnvError> {
-    let timeout = ctx.options.timeout;
-    let venv_timeout = util::remaining(ctx.deadline, "python -m venv", timeout)?;
-    // Pack code (setup.py, build hooks) runs as the sandbox user: it gets this one
-    // directory to write, made and handed over by the server; `finish_build` takes
-    // it back before it is used.
-    util::prepare_build_dir(build_dir)?;
-    let mut spec = CommandSpec::new(&interp.executable, &ctx.ref_dir.dir, venv_timeout)
-        .arg("-m")
-        .arg("venv")
-        .arg(build_dir)
-        .env("PYTHONNOUSERSITE", "1")
-        .write_path(build_dir);
-    if let Some(prefix) = util::install_prefix(&interp.executable) {
-        spec = spec.read_path(prefix);
-    }
-    let interpreter_access = spec.access.clone();
-    util::run_tool(&spec, "python -m venv", "venv", ctx.reporter, timeout).await?;
-    let venv_python = build_dir.join("bin").join("python");
-
-    let installed = if let Some(requirements) = &inputs.requirements {
-        let pip_timeout = util::remaining(ctx.deadline, "pip install", timeout)?;
-        let mut spec = pip_command(ctx, &venv_python, requirements, pip_timeout);
-        spec.access
-            .read
-            .extend(interpreter_access.read.iter().cloned());
-        spec.access
-            .write
-            .extend(interpreter_access.write.iter().cloned());
-        ctx.reporter
-            .info(Stage::Build, format!("python: {}", spec.display_command()));
-        util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout).await?;
-        true
-    } else {
-        false
-    };
-
-    layout::reclaim(build_dir).await?;
-    Ok(Installed {
-        deps_installed: installed,
-        package_count: count_distributions(build_dir),
-        version_text: format!(
-            "Python {}",
-            venv_version(build_dir).unwrap_or_else(|| interp.version_text.clone())
-        ),
-    })
 }
 
 /// `pip install -r requirements.txt` in the virtualenv, configured only by

@@ -11,7 +11,7 @@ pub fn status(failure: &dyn Failure) -> Status {
     Status::new(code(failure.kind()), failure.to_string())
 }
 
-pub fn code(kind: FailureKind) -> Code {
+fn code(kind: FailureKind) -> Code {
     match kind {
         FailureKind::InvalidRequest => Code::InvalidArgument,
         FailureKind::Cancelled => Code::Cancelled,
