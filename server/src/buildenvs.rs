@@ -108,6 +108,7 @@ impl EnvBuilder {
         Self {
             settings: EnvSettings {
                 read_limits: *paths.read_limits(),
+                host: std::sync::Arc::new(settings.capture_host_config()),
                 ..settings.env_settings()
             },
             concurrency: settings.concurrency,

@@ -310,8 +310,18 @@ pub struct BuildSection {
     pub npm_offline: bool,
     pub npm_extra_args: Vec<String>,
     pub npm_ignore_scripts: bool,
-    /// Pass the server's proxy and CA-bundle variables to pip and npm.
+    /// `honour` (default): pip and npm use the host's index, proxy and certificate
+    /// configuration (pip.conf, `PIP_*`, `.npmrc`, `npm_config_*`, proxy and
+    /// CA-bundle variables); `ignore`: isolated builds, only these `build.*`
+    /// settings.
+    pub host_tool_config: crate::envs::HostToolConfig,
+    /// Isolated builds (`host_tool_config: ignore`): pass the server's proxy and
+    /// CA-bundle variables to pip and npm anyway. Honoured builds always get them.
     pub pass_proxy_env: bool,
+    /// Where the host's configuration is read from; `None`: this process's
+    /// environment and `HOME`. Not a configuration key: set by embedders and tests.
+    #[serde(skip)]
+    pub host_environment: Option<crate::envs::HostEnvironment>,
 }
 
 impl Default for BuildSection {
@@ -327,7 +337,9 @@ impl Default for BuildSection {
             npm_offline: false,
             npm_extra_args: Vec::new(),
             npm_ignore_scripts: false,
+            host_tool_config: crate::envs::HostToolConfig::default(),
             pass_proxy_env: false,
+            host_environment: None,
         }
     }
 }
@@ -349,8 +361,20 @@ impl BuildSection {
             npm_extra_args: self.npm_extra_args.clone(),
             npm_ignore_scripts: self.npm_ignore_scripts,
             pass_proxy_env: self.pass_proxy_env,
+            host_tool_config: self.host_tool_config,
+            // Captured once by the BuildEnvs stage (`capture_host_config`).
+            host: Default::default(),
             // From `pack_files`, set by the BuildEnvs stage from the path policy.
             read_limits: crate::packfs::PackReadLimits::default(),
+        }
+    }
+
+    /// Reads the host's pip and npm configuration from `host_environment` (or this
+    /// process's environment). Reads files: the BuildEnvs stage calls it once.
+    pub fn capture_host_config(&self) -> crate::envs::HostConfig {
+        match &self.host_environment {
+            Some(env) => crate::envs::HostConfig::capture(env),
+            None => crate::envs::HostConfig::capture(&crate::envs::HostEnvironment::from_process()),
         }
     }
 }
@@ -885,6 +909,41 @@ mod tests {
         std::fs::write(&file, "data_dri: /x\n").unwrap();
         let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("data_dri"), "{err}");
+    }
+
+    #[test]
+    fn host_tool_config_is_honoured_by_default_and_set_from_file_or_env() {
+        use crate::envs::HostToolConfig;
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.build.host_tool_config, HostToolConfig::Honour);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "build:\n  host_tool_config: ignore\n").unwrap();
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.build.host_tool_config, HostToolConfig::Ignore);
+        let c = Config::load(
+            Some(&file),
+            env(&[("ATTUNE_PACKS_BUILD__HOST_TOOL_CONFIG", "honour")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.build.host_tool_config, HostToolConfig::Honour);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_BUILD__HOST_TOOL_CONFIG", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sometimes"), "{err}");
+        assert!(
+            Config::load(
+                None,
+                env(&[("ATTUNE_PACKS_BUILD__HOST_ENVIRONMENT", "x")]),
+                &Overrides::default(),
+            )
+            .is_err(),
+            "where the host configuration is read from is no configuration key"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::packfs::PackFsError;
 use crate::process::ProcessError;
 use crate::sandbox::SandboxError;
 
+use super::host::HostToolConfig;
+
 /// The failure of one runtime's environment (or of every runtime of a pack, when
 /// the pack itself cannot be handled).
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,147 @@ pub enum ToolError {
         label: String,
         output_tail: String,
     },
+    /// pip or npm failed, and its output shows that it could not fetch packages
+    /// (TLS, proxy, DNS, connection, a package missing from the index): `advice`
+    /// names the settings that decide where and how it fetches.
+    #[error(
+        "{what} failed ({status}): {headline}\n{problem}; {advice}{}",
+        output_section(.label, .output_tail)
+    )]
+    Fetch {
+        what: String,
+        status: String,
+        headline: String,
+        label: String,
+        output_tail: String,
+        problem: FetchProblem,
+        advice: FetchAdvice,
+    },
+}
+
+/// Why pip or npm could not fetch, as its output says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchProblem {
+    /// `CERTIFICATE_VERIFY_FAILED`, `SELF_SIGNED_CERT_IN_CHAIN`, ...
+    Certificate,
+    /// `ProxyError`, a failed proxy tunnel.
+    Proxy,
+    /// `Name or service not known`, `ENOTFOUND`, `EAI_AGAIN`.
+    NameResolution,
+    /// `Connection refused`, `ECONNREFUSED`.
+    Refused,
+    /// `ETIMEDOUT`, `Network is unreachable`, read and connect time-outs.
+    Unreachable,
+    /// The index answered but has no such package (`No matching distribution`,
+    /// `E404`): only reported when the index may be the wrong one.
+    NotOnIndex,
+}
+
+impl std::fmt::Display for FetchProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FetchProblem::Certificate => {
+                "the index's TLS certificate could not be verified (no CA bundle that trusts it)"
+            }
+            FetchProblem::Proxy => "the connection through the proxy failed",
+            FetchProblem::NameResolution => "the index's host name could not be resolved",
+            FetchProblem::Refused => "the index refused the connection",
+            FetchProblem::Unreachable => "the index could not be reached in time",
+            FetchProblem::NotOnIndex => "the package is not on the index that was used",
+        })
+    }
+}
+
+/// pip or npm, for [`FetchAdvice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageTool {
+    Pip,
+    Npm,
+}
+
+impl PackageTool {
+    fn name(self) -> &'static str {
+        match self {
+            PackageTool::Pip => "pip",
+            PackageTool::Npm => "npm",
+        }
+    }
+
+    /// The setting that names its index.
+    pub fn index_setting(self) -> &'static str {
+        match self {
+            PackageTool::Pip => "build.pip_index_url",
+            PackageTool::Npm => "build.npm_registry",
+        }
+    }
+}
+
+/// Where the index a run used came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// `build.pip_index_url` / `build.npm_registry`.
+    Setting,
+    /// The host's configuration: the file or variable that set it.
+    Host { source: String },
+    /// The tool's own default (PyPI, registry.npmjs.org).
+    ToolDefault,
+}
+
+/// The settings to look at when pip or npm cannot fetch: what the run used and what
+/// changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchAdvice {
+    pub tool: PackageTool,
+    pub mode: HostToolConfig,
+    /// The index the run used, credentials redacted.
+    pub index: Option<String>,
+    pub origin: IndexOrigin,
+    /// Isolated builds: the index the host configures (redacted) and where, which
+    /// this run did not use.
+    pub ignored_host_index: Option<(String, String)>,
+    pub pass_proxy_env: bool,
+}
+
+impl std::fmt::Display for FetchAdvice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tool = self.tool.name();
+        let index_setting = self.tool.index_setting();
+        let setting = HostToolConfig::SETTING;
+        write!(f, "{tool} used ")?;
+        match (&self.index, &self.origin) {
+            (Some(url), IndexOrigin::Setting) => write!(f, "the index {url} (`{index_setting}`)")?,
+            (Some(url), IndexOrigin::Host { source }) => {
+                write!(f, "the index {url} (host configuration: {source})")?
+            }
+            _ => write!(f, "its default index")?,
+        }
+        match self.mode {
+            HostToolConfig::Honour => write!(
+                f,
+                " with the host's {tool} configuration (`{setting}: honour`). Check the                  host's index, proxy and CA-bundle settings, set `{index_setting}`, or set                  `{setting}: ignore` to build without the host's configuration"
+            ),
+            HostToolConfig::Ignore => {
+                write!(
+                    f,
+                    " without the host's {tool} configuration (`{setting}: ignore`)"
+                )?;
+                if let Some((url, source)) = &self.ignored_host_index {
+                    write!(f, "; the host configures the index {url} ({source})")?;
+                }
+                write!(
+                    f,
+                    ". Set `{setting}: honour` to use the host's configuration, or set                      `{index_setting}`"
+                )?;
+                if !self.pass_proxy_env {
+                    write!(
+                        f,
+                        " and `build.pass_proxy_env: true` (proxy and CA-bundle variables)"
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn lines_after(tail: &str) -> String {

@@ -59,11 +59,15 @@
 //! environment and the remaining time of `timeout` (one deadline for the whole
 //! call, lock waits included); a timeout kills the process tree. Output lines
 //! stream as `Stage::Build` info prefixed `venv:`, `pip:` or `npm:`. pip and npm
-//! are configured only by [`EnvSettings`]: pip's configuration files are ignored
+//! are configured by [`EnvSettings`] and, unless builds are isolated
+//! ([`HostToolConfig::Ignore`]), by the host's pip/npm configuration captured once
+//! when the stage is built ([`HostConfig`]); explicit settings win.
+//! Everything reaches them as environment variables (URLs may carry credentials;
+//! the environment is neither shown in `ps` nor printed): pip reads no file itself
 //! (`PIP_CONFIG_FILE=/dev/null`), `HOME` is `<envs_root>/.home` so no user
 //! `.npmrc`/`pip.conf` is read (a pack's own `.npmrc` is an input and is used),
-//! index URLs are passed in environment variables (they may carry credentials),
-//! caches live in `<envs_root>/.cache/{pip,npm}`. npm runs with `--no-audit
+//! caches live in `<envs_root>/.cache/{pip,npm}`. A run that cannot fetch
+//! ([`ToolError::Fetch`]) names the settings that decide where it fetches from. npm runs with `--no-audit
 //! --no-fund --install-links --omit=dev`; dev dependencies are not needed to run
 //! actions (`npm_extra_args: ["--include=dev"]` brings them back).
 //!
@@ -82,6 +86,7 @@
 
 mod discover;
 mod error;
+mod host;
 mod kind;
 mod layout;
 mod node;
@@ -104,7 +109,11 @@ use kind::EnvKind;
 use node::NodeModules;
 use python::Virtualenv;
 
-pub use error::{CopyError, EnvError, EnvMismatch, InputsError, ToolError};
+pub use error::{
+    CopyError, EnvError, EnvMismatch, FetchAdvice, FetchProblem, IndexOrigin, InputsError,
+    PackageTool, ToolError,
+};
+pub use host::{HostConfig, HostEnvironment, HostToolConfig, HostValue, redact_url};
 pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};
 
 /// Default for [`BuildOptions::timeout`].
@@ -132,10 +141,18 @@ pub struct EnvSettings {
     pub npm_extra_args: Vec<String>,
     /// `--ignore-scripts` (default false: lifecycle scripts run; see the module docs).
     pub npm_ignore_scripts: bool,
-    /// Pass the server's proxy and CA-bundle variables (`HTTPS_PROXY`, `NO_PROXY`,
-    /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, ...) to pip and
-    /// npm. Not part of the inputs hash.
+    /// Isolated builds ([`HostToolConfig::Ignore`]): pass the server's proxy and
+    /// CA-bundle variables (`HTTPS_PROXY`, `NO_PROXY`, `SSL_CERT_FILE`,
+    /// `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, ...) to pip and npm anyway. When
+    /// the host's configuration is honoured they always pass. Not part of the
+    /// inputs hash.
     pub pass_proxy_env: bool,
+    /// Whether pip and npm see the host's configuration (`host`). Not part of the
+    /// inputs hash.
+    pub host_tool_config: HostToolConfig,
+    /// The host's pip/npm configuration, captured once by the stage
+    /// ([`HostConfig::capture`]); empty by default.
+    pub host: Arc<HostConfig>,
     /// Caps on the pack files read into memory (requirements, package.json, lock
     /// files). Not part of the inputs hash.
     pub read_limits: crate::packfs::PackReadLimits,
@@ -239,6 +256,88 @@ impl Ctx<'_> {
     fn home_dir(&self) -> PathBuf {
         self.ref_dir.root.join(".home")
     }
+}
+
+/// The variables and readable paths a pip or npm run gets from the host's
+/// configuration: everything captured for the tool when it is honoured; in isolated
+/// builds only the proxy and CA-bundle variables, and only with `pass_proxy_env`.
+/// Explicit `build.*` settings win over the host's.
+pub(crate) fn host_environment(
+    settings: &EnvSettings,
+    tool: PackageTool,
+) -> (Vec<(String, String)>, Vec<PathBuf>) {
+    let host = &settings.host;
+    match settings.host_tool_config {
+        HostToolConfig::Honour => {
+            let mut vars = host.standard_env();
+            let mut paths = host.standard_read_paths();
+            match tool {
+                PackageTool::Pip => {
+                    vars.extend(host.pip_env(settings));
+                    paths.extend(host.pip_read_paths());
+                }
+                PackageTool::Npm => {
+                    vars.extend(host.npm_env(settings));
+                    paths.extend(host.npm_read_paths());
+                }
+            }
+            (vars, paths)
+        }
+        HostToolConfig::Ignore if settings.pass_proxy_env => {
+            (host.standard_env(), host.standard_read_paths())
+        }
+        HostToolConfig::Ignore => (Vec::new(), Vec::new()),
+    }
+}
+
+/// The settings to name when a pip or npm run could not fetch (`None`: a missing
+/// package on an index nobody configured is the pack's problem, not the settings').
+pub(crate) fn fetch_advice(
+    settings: &EnvSettings,
+    tool: PackageTool,
+    problem: FetchProblem,
+) -> Option<FetchAdvice> {
+    let (explicit, host_index, offline) = match tool {
+        PackageTool::Pip => (
+            settings.pip_index_url.as_deref(),
+            settings.host.pip_index(),
+            settings.pip_offline,
+        ),
+        PackageTool::Npm => (
+            settings.npm_registry.as_deref(),
+            settings.host.npm_registry(),
+            settings.npm_offline,
+        ),
+    };
+    let mode = settings.host_tool_config;
+    let (index, origin) = match (explicit, host_index) {
+        (Some(url), _) => (Some(redact_url(url)), IndexOrigin::Setting),
+        (None, Some(v)) if mode == HostToolConfig::Honour => (
+            Some(redact_url(&v.value)),
+            IndexOrigin::Host {
+                source: v.source.clone(),
+            },
+        ),
+        _ => (None, IndexOrigin::ToolDefault),
+    };
+    let ignored_host_index = match (mode, explicit, host_index) {
+        (HostToolConfig::Ignore, None, Some(v)) => Some((redact_url(&v.value), v.source.clone())),
+        _ => None,
+    };
+    if problem == FetchProblem::NotOnIndex
+        && (offline
+            || !(matches!(origin, IndexOrigin::Host { .. }) || ignored_host_index.is_some()))
+    {
+        return None;
+    }
+    Some(FetchAdvice {
+        tool,
+        mode,
+        index,
+        origin,
+        ignored_host_index,
+        pass_proxy_env: settings.pass_proxy_env,
+    })
 }
 
 /// The file whose presence means a pack needs a Python environment.

@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::discover::{self, NodeRuntime};
-use super::error::{CopyError, EnvError, InputsError};
+use super::error::{CopyError, EnvError, InputsError, PackageTool};
 use super::kind::{EnvKind, Installed};
 use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
@@ -555,7 +555,11 @@ impl EnvKind for NodeModules {
                 let ran =
                     util::run_tool(&spec, &what, "npm", ctx.reporter, ctx.options.timeout).await;
                 layout::reclaim(build_dir).await?;
-                ran?;
+                ran.map_err(|e| {
+                    util::explain_fetch_failure(e, |problem| {
+                        super::fetch_advice(ctx.settings, PackageTool::Npm, problem)
+                    })
+                })?;
 
                 let (from, to) = (staging.join("node_modules"), node_modules.clone());
                 let inside =
@@ -615,8 +619,10 @@ impl EnvKind for NodeModules {
     }
 }
 
-/// `npm ci|install`, configured only by `settings`: no user configuration (HOME is
-/// ours), the cache under the envs root, dev dependencies omitted.
+/// `npm ci|install`, configured by `settings` and, unless builds are isolated, the
+/// host's configuration captured in them (as `npm_config_*` variables, which win
+/// over the pack's own `.npmrc`); no user configuration file (HOME is ours), the
+/// cache under the envs root, dev dependencies omitted.
 fn npm_command(
     ctx: &Ctx<'_>,
     npm: &Path,
@@ -645,6 +651,14 @@ fn npm_command(
     for arg in &s.npm_extra_args {
         spec = spec.arg(arg);
     }
+    // The host's settings first: `npm_registry` below replaces its registry.
+    let (host_vars, host_paths) = super::host_environment(s, PackageTool::Npm);
+    for path in host_paths {
+        spec = spec.read_path(path);
+    }
+    for (k, v) in host_vars {
+        spec = spec.env(k, v);
+    }
     if let Some(registry) = &s.npm_registry {
         // Through the environment: a registry URL may carry credentials.
         spec = spec.env("npm_config_registry", registry);
@@ -656,11 +670,6 @@ fn npm_command(
         .env("NO_UPDATE_NOTIFIER", "1")
         .env("NO_COLOR", "1")
         .env("HOME", home);
-    if s.pass_proxy_env {
-        for (k, v) in util::passthrough_env() {
-            spec = spec.env(k, v);
-        }
-    }
     spec
 }
 

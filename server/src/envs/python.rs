@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use super::discover::{self, Interpreter};
-use super::error::{EnvError, InputsError};
+use super::error::{EnvError, InputsError, PackageTool};
 use super::kind::{EnvKind, Installed};
 use super::layout::{self, MARKER_SCHEMA, Marker};
 use super::util::{self, InputsHasher};
@@ -312,7 +312,13 @@ impl EnvKind for Virtualenv {
                 .extend(interpreter_access.write.iter().cloned());
             ctx.reporter
                 .info(Stage::Build, format!("python: {}", spec.display_command()));
-            util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout).await?;
+            util::run_tool(&spec, "pip install", "pip", ctx.reporter, timeout)
+                .await
+                .map_err(|e| {
+                    util::explain_fetch_failure(e, |problem| {
+                        super::fetch_advice(ctx.settings, PackageTool::Pip, problem)
+                    })
+                })?;
             true
         } else {
             false
@@ -354,9 +360,12 @@ impl EnvKind for Virtualenv {
     }
 }
 
-/// `pip install -r requirements.txt` in the virtualenv, configured only by
-/// `settings`: pip's configuration files are ignored (`PIP_CONFIG_FILE=/dev/null`)
-/// and the environment is the minimal one of `process`.
+/// `pip install -r requirements.txt` in the virtualenv, configured by `settings`
+/// and, unless builds are isolated, the host's configuration captured in them
+/// ([`super::host_environment`]), all passed as `PIP_*` variables. pip reads no
+/// configuration file itself (`PIP_CONFIG_FILE=/dev/null`): the host's files were
+/// read at capture, and the child's `HOME` is private. The environment is
+/// otherwise the minimal one of `process`.
 fn pip_command(
     ctx: &Ctx<'_>,
     venv_python: &Path,
@@ -397,6 +406,14 @@ fn pip_command(
             spec = spec.read_path(local);
         }
     }
+    // The host's settings first: the explicit ones below replace them.
+    let (host_vars, host_paths) = super::host_environment(s, PackageTool::Pip);
+    for path in host_paths {
+        spec = spec.read_path(path);
+    }
+    for (k, v) in host_vars {
+        spec = spec.env(k, v);
+    }
     // URLs go through the environment: they may carry credentials, and the
     // environment is neither shown in `ps` nor printed (CommandSpec's Debug).
     if let Some(url) = &s.pip_index_url {
@@ -416,11 +433,6 @@ fn pip_command(
         .env("PYTHONNOUSERSITE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("HOME", ctx.home_dir());
-    if s.pass_proxy_env {
-        for (k, v) in util::passthrough_env() {
-            spec = spec.env(k, v);
-        }
-    }
     spec
 }
 

@@ -1,7 +1,6 @@
 //! Small helpers shared by the Python and Node builders: hashing, file identity,
 //! PATH lookups, version requests and running a tool with streamed output.
 
-use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,7 +9,7 @@ use semver::Version;
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
-use super::error::{EnvError, ToolError};
+use super::error::{EnvError, FetchAdvice, FetchProblem, ToolError};
 use crate::process::{self, CommandSpec, Finished, ProcessError};
 use crate::progress::{Reporter, Stage};
 
@@ -194,29 +193,125 @@ fn headline(tail: &str) -> Option<&str> {
     lines.iter().rev().find(|l| !l.is_empty()).copied()
 }
 
-/// Environment variables passed to pip/npm from the server's environment when the
-/// settings allow it (proxies and certificate bundles).
-pub const PASSTHROUGH_ENV: &[&str] = &[
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "PIP_CERT",
-    "NODE_EXTRA_CA_CERTS",
-];
-
-pub fn passthrough_env() -> Vec<(OsString, OsString)> {
-    PASSTHROUGH_ENV
+/// What pip's or npm's output says kept it from fetching packages, when it says so.
+/// TLS problems are looked for first: pip retries and reports a certificate failure
+/// as a missing distribution in its last line.
+pub fn classify_fetch_failure(tail: &str) -> Option<FetchProblem> {
+    const SIGNS: &[(FetchProblem, &[&str])] = &[
+        (
+            FetchProblem::Certificate,
+            &[
+                "CERTIFICATE_VERIFY_FAILED",
+                "certificate verify failed",
+                "SSLError",
+                "SSLCertVerificationError",
+                "[SSL",
+                "UNABLE_TO_GET_ISSUER_CERT",
+                "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+                "SELF_SIGNED_CERT_IN_CHAIN",
+                "DEPTH_ZERO_SELF_SIGNED_CERT",
+                "CERT_HAS_EXPIRED",
+                "ERR_TLS_CERT_ALTNAME_INVALID",
+                "unable to get local issuer certificate",
+                "self-signed certificate",
+                "self signed certificate",
+            ],
+        ),
+        (
+            FetchProblem::Proxy,
+            &[
+                "ProxyError",
+                "Cannot connect to proxy",
+                "Tunnel connection failed",
+                "Proxy Authentication Required",
+                "ERR_PROXY",
+            ],
+        ),
+        (
+            FetchProblem::NameResolution,
+            &[
+                "Name or service not known",
+                "Temporary failure in name resolution",
+                "No address associated with hostname",
+                "nodename nor servname",
+                "ENOTFOUND",
+                "EAI_AGAIN",
+                "getaddrinfo",
+            ],
+        ),
+        (
+            FetchProblem::Refused,
+            &["Connection refused", "ECONNREFUSED"],
+        ),
+        (
+            FetchProblem::Unreachable,
+            &[
+                "ETIMEDOUT",
+                "ENETUNREACH",
+                "EHOSTUNREACH",
+                "ECONNRESET",
+                "Network is unreachable",
+                "No route to host",
+                "ConnectTimeoutError",
+                "ReadTimeoutError",
+                "NewConnectionError",
+                "timed out",
+            ],
+        ),
+        (
+            FetchProblem::NotOnIndex,
+            &[
+                "No matching distribution found",
+                "Could not find a version that satisfies",
+                "npm error code E404",
+                "npm ERR! code E404",
+                "npm error 404",
+            ],
+        ),
+    ];
+    SIGNS
         .iter()
-        .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
-        .collect()
+        .find(|(_, signs)| signs.iter().any(|sign| tail.contains(sign)))
+        .map(|(problem, _)| *problem)
+}
+
+/// A failed pip or npm run whose output shows that it could not fetch becomes
+/// [`ToolError::Fetch`], with the advice `advice` gives for the problem (`None`:
+/// the failure stays as it is).
+pub fn explain_fetch_failure(
+    error: ToolError,
+    advice: impl FnOnce(FetchProblem) -> Option<FetchAdvice>,
+) -> ToolError {
+    let ToolError::Failed {
+        what,
+        status,
+        headline,
+        label,
+        output_tail,
+    } = error
+    else {
+        return error;
+    };
+    let explained = classify_fetch_failure(&output_tail)
+        .and_then(|problem| Some((problem, advice(problem)?)));
+    match explained {
+        Some((problem, advice)) => ToolError::Fetch {
+            what,
+            status,
+            headline,
+            label,
+            output_tail,
+            problem,
+            advice,
+        },
+        None => ToolError::Failed {
+            what,
+            status,
+            headline,
+            label,
+            output_tail,
+        },
+    }
 }
 
 /// Creates `build_dir` (when missing) and hands it to the sandbox user, who builds
@@ -276,6 +371,51 @@ mod tests {
         ));
         assert!(parse_version_request("latest").is_err());
         assert!(parse_version_request("").is_err());
+    }
+
+    #[test]
+    fn fetch_failures_are_classified_from_the_tools_output() {
+        let pip_tls = "WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection broken by 'SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)'))': /simple/tinypkg/\nERROR: Could not find a version that satisfies the requirement tinypkg (from versions: none)\nERROR: No matching distribution found for tinypkg";
+        assert_eq!(
+            classify_fetch_failure(pip_tls),
+            Some(FetchProblem::Certificate),
+            "the TLS failure, not the missing distribution it turns into"
+        );
+        let npm_tls = "npm error code SELF_SIGNED_CERT_IN_CHAIN\nnpm error errno SELF_SIGNED_CERT_IN_CHAIN\nnpm error request to https://registry.npmjs.org/x failed, reason: self-signed certificate in certificate chain";
+        assert_eq!(classify_fetch_failure(npm_tls), Some(FetchProblem::Certificate));
+        assert_eq!(
+            classify_fetch_failure("npm error code UNABLE_TO_GET_ISSUER_CERT_LOCALLY"),
+            Some(FetchProblem::Certificate)
+        );
+        assert_eq!(
+            classify_fetch_failure("WARNING: Retrying ... 'ProxyError('Cannot connect to proxy.', OSError('Tunnel connection failed: 403 Forbidden'))'"),
+            Some(FetchProblem::Proxy)
+        );
+        assert_eq!(
+            classify_fetch_failure("Failed to establish a new connection: [Errno -2] Name or service not known"),
+            Some(FetchProblem::NameResolution)
+        );
+        assert_eq!(
+            classify_fetch_failure("npm error code ENOTFOUND\nnpm error network request to https://nowhere.invalid/x failed"),
+            Some(FetchProblem::NameResolution)
+        );
+        assert_eq!(
+            classify_fetch_failure("NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection>: Failed to establish a new connection: [Errno 111] Connection refused')"),
+            Some(FetchProblem::Refused)
+        );
+        assert_eq!(
+            classify_fetch_failure("npm error code ETIMEDOUT"),
+            Some(FetchProblem::Unreachable)
+        );
+        assert_eq!(
+            classify_fetch_failure("ERROR: No matching distribution found for nosuchpkg==9.9"),
+            Some(FetchProblem::NotOnIndex)
+        );
+        assert_eq!(
+            classify_fetch_failure("error: subprocess-exited-with-error\n  × python setup.py egg_info did not run successfully."),
+            None,
+            "a failing setup.py is not a fetch problem"
+        );
     }
 
     #[test]

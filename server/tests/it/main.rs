@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod binaries;
 mod build_envs;
+mod build_envs_host;
 mod confinement;
 mod crash;
 mod crash_loop;
