@@ -122,22 +122,27 @@ pub enum ToolError {
         label: String,
         output_tail: String,
     },
-    /// pip or npm failed, and its output shows that it could not fetch packages
-    /// (TLS, proxy, DNS, connection, a package missing from the index): `advice`
-    /// names the settings that decide where and how it fetches.
-    #[error(
-        "{what} failed ({status}): {headline}\n{problem}; {advice}{}",
-        output_section(.label, .output_tail)
-    )]
-    Fetch {
-        what: String,
-        status: String,
-        headline: String,
-        label: String,
-        output_tail: String,
-        problem: FetchProblem,
-        advice: FetchAdvice,
-    },
+    /// pip or npm failed, and its output shows that it could not fetch packages.
+    #[error(transparent)]
+    Fetch(Box<FetchFailure>),
+}
+
+/// A pip or npm run that could not fetch packages (TLS, proxy, DNS, connection, a
+/// package missing from the index): `advice` names the settings that decide where
+/// and how it fetches.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{what} failed ({status}): {headline}\n{problem}; {advice}{}",
+    output_section(.label, .output_tail)
+)]
+pub struct FetchFailure {
+    pub what: String,
+    pub status: String,
+    pub headline: String,
+    pub label: String,
+    pub output_tail: String,
+    pub problem: FetchProblem,
+    pub advice: FetchAdvice,
 }
 
 /// Why pip or npm could not fetch, as its output says.
@@ -239,7 +244,9 @@ impl std::fmt::Display for FetchAdvice {
         match self.mode {
             HostToolConfig::Honour => write!(
                 f,
-                " with the host's {tool} configuration (`{setting}: honour`). Check the                  host's index, proxy and CA-bundle settings, set `{index_setting}`, or set                  `{setting}: ignore` to build without the host's configuration"
+                " with the host's {tool} configuration (`{setting}: honour`). Check the \
+                 host's index, proxy and CA-bundle settings, set `{index_setting}`, or set \
+                 `{setting}: ignore` to build without the host's configuration."
             ),
             HostToolConfig::Ignore => {
                 write!(
@@ -251,7 +258,8 @@ impl std::fmt::Display for FetchAdvice {
                 }
                 write!(
                     f,
-                    ". Set `{setting}: honour` to use the host's configuration, or set                      `{index_setting}`"
+                    ". Set `{setting}: honour` to use the host's configuration, or set \
+                     `{index_setting}`"
                 )?;
                 if !self.pass_proxy_env {
                     write!(
@@ -259,7 +267,7 @@ impl std::fmt::Display for FetchAdvice {
                         " and `build.pass_proxy_env: true` (proxy and CA-bundle variables)"
                     )?;
                 }
-                Ok(())
+                f.write_str(".")
             }
         }
     }

@@ -606,7 +606,10 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
 /// The userinfo of `scheme://user:password@host/...` (`None` without one).
 fn userinfo(url: &str) -> Option<(usize, usize)> {
     let start = url.find("://")? + 3;
-    let end = start + url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
+    let end = start
+        + url[start..]
+            .find(['/', '?', '#'])
+            .unwrap_or(url.len() - start);
     let at = url[start..end].rfind('@')?;
     Some((start, start + at))
 }
@@ -692,7 +695,10 @@ mod tests {
         assert_eq!(config.pip["trusted-host"].value, "a b");
         assert_eq!(config.pip["timeout"].value, "60");
         assert_eq!(config.pip["timeout"].source, "PIP_DEFAULT_TIMEOUT");
-        assert!(!config.pip.contains_key("target"), "install location not taken");
+        assert!(
+            !config.pip.contains_key("target"),
+            "install location not taken"
+        );
 
         // An existing PIP_CONFIG_FILE replaces the user's files and wins over them.
         let env_file = h.join("env.conf");
@@ -703,7 +709,10 @@ mod tests {
         );
         let config = HostConfig::capture(&env);
         assert_eq!(config.pip.len(), 1, "{:?}", config.pip);
-        assert_eq!(config.pip_read_paths(), vec![PathBuf::from("/etc/ssl/x.pem")]);
+        assert_eq!(
+            config.pip_read_paths(),
+            vec![PathBuf::from("/etc/ssl/x.pem")]
+        );
 
         // /dev/null: pip reads no file.
         let env = HostEnvironment::new([("PIP_CONFIG_FILE", "/dev/null")], Some(h.to_path_buf()));
@@ -763,7 +772,10 @@ mod tests {
         assert_eq!(vars["npm_config_@corp:registry"], "https://corp/");
         assert_eq!(vars["npm_config_https_proxy"], "http://proxy:3128");
         assert!(!vars.contains_key("npm_config_prefix"));
-        assert_eq!(config.npm_read_paths(), vec![PathBuf::from("/etc/corp-ca.pem")]);
+        assert_eq!(
+            config.npm_read_paths(),
+            vec![PathBuf::from("/etc/corp-ca.pem")]
+        );
         assert_eq!(
             crate::sandbox::scrub("token npm-host-token-0123456789 here"),
             "token [REDACTED] here"
@@ -807,16 +819,18 @@ mod tests {
 
     #[test]
     fn fetch_failures_name_the_settings_to_look_at() {
-        use crate::envs::{EnvSettings, FetchProblem, PackageTool, ToolError, fetch_advice};
+        use crate::envs::{
+            EnvSettings, FetchFailure, FetchProblem, PackageTool, ToolError, fetch_advice,
+        };
         let url = "https://ci:advice-test-token-0123@mirror.example/simple/";
         let env = HostEnvironment::new([("PIP_INDEX_URL", url)], None);
         let mut settings = EnvSettings {
             host: std::sync::Arc::new(HostConfig::capture(&env)),
             ..Default::default()
         };
-        let advice = fetch_advice(&settings, PackageTool::Pip, FetchProblem::Certificate)
-            .expect("advice");
-        let error = ToolError::Fetch {
+        let advice =
+            fetch_advice(&settings, PackageTool::Pip, FetchProblem::Certificate).expect("advice");
+        let error = ToolError::Fetch(Box::new(FetchFailure {
             what: "pip install".into(),
             status: "exit code 1".into(),
             headline: "ERROR: No matching distribution found for tinypkg".into(),
@@ -824,7 +838,7 @@ mod tests {
             output_tail: "[SSL: CERTIFICATE_VERIFY_FAILED]\nERROR: No matching distribution found for tinypkg".into(),
             problem: FetchProblem::Certificate,
             advice,
-        };
+        }));
         let text = error.to_string();
         for expected in [
             "TLS certificate",
@@ -836,6 +850,7 @@ mod tests {
             assert!(text.contains(expected), "{expected:?} in {text}");
         }
         assert!(!text.contains("advice-test-token"), "{text}");
+        assert!(!text.contains("  "), "{text}");
 
         settings.host_tool_config = HostToolConfig::Ignore;
         let text = fetch_advice(&settings, PackageTool::Pip, FetchProblem::NotOnIndex)
@@ -850,6 +865,7 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} in {text}");
         }
+        assert!(!text.contains("  "), "{text}");
         let npm = fetch_advice(&settings, PackageTool::Npm, FetchProblem::Proxy)
             .expect("advice")
             .to_string();
@@ -870,7 +886,10 @@ mod tests {
         let url = "https://builder:s3cr3t-index-token-42@mirror.example/simple/";
         let env = HostEnvironment::new([("PIP_EXTRA_INDEX_URL", url)], None);
         let config = HostConfig::capture(&env);
-        assert_eq!(config.pip["extra-index-url"].value, url, "pip gets it whole");
+        assert_eq!(
+            config.pip["extra-index-url"].value, url,
+            "pip gets it whole"
+        );
         let line = format!("Looking in indexes: {url}");
         let scrubbed = crate::sandbox::scrub(&line);
         assert!(!scrubbed.contains("s3cr3t-index-token-42"), "{scrubbed}");

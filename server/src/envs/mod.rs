@@ -67,9 +67,10 @@
 //! (`PIP_CONFIG_FILE=/dev/null`), `HOME` is `<envs_root>/.home` so no user
 //! `.npmrc`/`pip.conf` is read (a pack's own `.npmrc` is an input and is used),
 //! caches live in `<envs_root>/.cache/{pip,npm}`. A run that cannot fetch
-//! ([`ToolError::Fetch`]) names the settings that decide where it fetches from. npm runs with `--no-audit
-//! --no-fund --install-links --omit=dev`; dev dependencies are not needed to run
-//! actions (`npm_extra_args: ["--include=dev"]` brings them back).
+//! ([`ToolError::Fetch`]) names the settings that decide where it fetches from.
+//! npm runs with `--no-audit --no-fund --install-links --omit=dev`; dev
+//! dependencies are not needed to run actions (`npm_extra_args:
+//! ["--include=dev"]` brings them back).
 //!
 //! `npm_ignore_scripts` defaults to `false` (lifecycle scripts run): many packages
 //! need them (native addons, platform binaries), and they are no more trusted or
@@ -110,8 +111,8 @@ use node::NodeModules;
 use python::Virtualenv;
 
 pub use error::{
-    CopyError, EnvError, EnvMismatch, FetchAdvice, FetchProblem, IndexOrigin, InputsError,
-    PackageTool, ToolError,
+    CopyError, EnvError, EnvMismatch, FetchAdvice, FetchFailure, FetchProblem, IndexOrigin,
+    InputsError, PackageTool, ToolError,
 };
 pub use host::{HostConfig, HostEnvironment, HostToolConfig, HostValue, redact_url};
 pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};

@@ -9,7 +9,7 @@ use semver::Version;
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
 
-use super::error::{EnvError, FetchAdvice, FetchProblem, ToolError};
+use super::error::{EnvError, FetchAdvice, FetchFailure, FetchProblem, ToolError};
 use crate::process::{self, CommandSpec, Finished, ProcessError};
 use crate::progress::{Reporter, Stage};
 
@@ -292,10 +292,10 @@ pub fn explain_fetch_failure(
     else {
         return error;
     };
-    let explained = classify_fetch_failure(&output_tail)
-        .and_then(|problem| Some((problem, advice(problem)?)));
+    let explained =
+        classify_fetch_failure(&output_tail).and_then(|problem| Some((problem, advice(problem)?)));
     match explained {
-        Some((problem, advice)) => ToolError::Fetch {
+        Some((problem, advice)) => ToolError::Fetch(Box::new(FetchFailure {
             what,
             status,
             headline,
@@ -303,7 +303,7 @@ pub fn explain_fetch_failure(
             output_tail,
             problem,
             advice,
-        },
+        })),
         None => ToolError::Failed {
             what,
             status,
@@ -382,25 +382,36 @@ mod tests {
             "the TLS failure, not the missing distribution it turns into"
         );
         let npm_tls = "npm error code SELF_SIGNED_CERT_IN_CHAIN\nnpm error errno SELF_SIGNED_CERT_IN_CHAIN\nnpm error request to https://registry.npmjs.org/x failed, reason: self-signed certificate in certificate chain";
-        assert_eq!(classify_fetch_failure(npm_tls), Some(FetchProblem::Certificate));
+        assert_eq!(
+            classify_fetch_failure(npm_tls),
+            Some(FetchProblem::Certificate)
+        );
         assert_eq!(
             classify_fetch_failure("npm error code UNABLE_TO_GET_ISSUER_CERT_LOCALLY"),
             Some(FetchProblem::Certificate)
         );
         assert_eq!(
-            classify_fetch_failure("WARNING: Retrying ... 'ProxyError('Cannot connect to proxy.', OSError('Tunnel connection failed: 403 Forbidden'))'"),
+            classify_fetch_failure(
+                "WARNING: Retrying ... 'ProxyError('Cannot connect to proxy.', OSError('Tunnel connection failed: 403 Forbidden'))'"
+            ),
             Some(FetchProblem::Proxy)
         );
         assert_eq!(
-            classify_fetch_failure("Failed to establish a new connection: [Errno -2] Name or service not known"),
+            classify_fetch_failure(
+                "Failed to establish a new connection: [Errno -2] Name or service not known"
+            ),
             Some(FetchProblem::NameResolution)
         );
         assert_eq!(
-            classify_fetch_failure("npm error code ENOTFOUND\nnpm error network request to https://nowhere.invalid/x failed"),
+            classify_fetch_failure(
+                "npm error code ENOTFOUND\nnpm error network request to https://nowhere.invalid/x failed"
+            ),
             Some(FetchProblem::NameResolution)
         );
         assert_eq!(
-            classify_fetch_failure("NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection>: Failed to establish a new connection: [Errno 111] Connection refused')"),
+            classify_fetch_failure(
+                "NewConnectionError('<pip._vendor.urllib3.connection.HTTPSConnection>: Failed to establish a new connection: [Errno 111] Connection refused')"
+            ),
             Some(FetchProblem::Refused)
         );
         assert_eq!(
@@ -412,7 +423,9 @@ mod tests {
             Some(FetchProblem::NotOnIndex)
         );
         assert_eq!(
-            classify_fetch_failure("error: subprocess-exited-with-error\n  × python setup.py egg_info did not run successfully."),
+            classify_fetch_failure(
+                "error: subprocess-exited-with-error\n  × python setup.py egg_info did not run successfully."
+            ),
             None,
             "a failing setup.py is not a fetch problem"
         );

@@ -212,6 +212,10 @@ async fn builds_use_the_hosts_pip_index_and_ca_bundle_unless_isolated() {
         "the ignored host index is named, redacted: {error}"
     );
     assert!(!error.contains(INDEX_TOKEN), "{error}");
-    assert_eq!(index.hits(&wheel_path), 1, "isolated pip never asked the index");
+    assert_eq!(
+        index.hits(&wheel_path),
+        1,
+        "isolated pip never asked the index"
+    );
     server.stop().await;
 }
