@@ -372,10 +372,24 @@ impl BuildSection {
     /// Reads the host's pip and npm configuration from `host_environment` (or this
     /// process's environment). Reads files: the BuildEnvs stage calls it once.
     pub fn capture_host_config(&self) -> crate::envs::HostConfig {
-        match &self.host_environment {
+        let host = match &self.host_environment {
             Some(env) => crate::envs::HostConfig::capture(env),
             None => crate::envs::HostConfig::capture(&crate::envs::HostEnvironment::from_process()),
-        }
+        };
+        // Names and sources only: values may carry credentials.
+        let named = |map: &std::collections::BTreeMap<String, crate::envs::HostValue>| {
+            map.iter()
+                .map(|(k, v)| format!("{k} ({})", v.source))
+                .collect::<Vec<_>>()
+        };
+        tracing::info!(
+            host_tool_config = self.host_tool_config.as_str(),
+            pip = ?named(&host.pip),
+            npm = ?named(&host.npm),
+            variables = ?host.standard.keys().collect::<Vec<_>>(),
+            "the host's pip and npm configuration"
+        );
+        host
     }
 }
 
