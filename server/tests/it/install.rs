@@ -535,6 +535,20 @@ async fn a_failing_member_installs_nothing(backend: Backend) {
     assert_eq!(registered(&server).await, before);
     unchanged(&server);
     assert!(!server.packs_dir().join("tripwire").exists());
+
+    // Without strict the broken member installs: its stale rule is left out, with a
+    // warning, and the rest of the pack is registered.
+    let (progress, r) = install(&server, request(&server, &[&path_str(&broken)])).await;
+    assert!(r.success, "{:#?}", r.errors);
+    let installed = r.installed.iter().find(|p| p.pack_ref == "broken").unwrap();
+    let counts = installed.components_registered.unwrap();
+    assert_eq!((counts.actions, counts.rules), (1, 0));
+    assert!(
+        progress.iter().any(|p| p.pack == "broken"
+            && p.message.contains("rules/bad.yaml")
+            && p.message.contains("rule broken.bad is not registered")),
+        "{progress:#?}"
+    );
     server.stop().await;
 }
 on_both_backends!(a_failing_member_installs_nothing);

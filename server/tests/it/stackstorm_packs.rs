@@ -274,7 +274,7 @@ async fn every_case_registers_as_expected(backend: Backend) {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases failed:\n{}",
+        "{} problem(s) in {} case(s):\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
