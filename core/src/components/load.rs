@@ -9,9 +9,9 @@ use crate::packfs::{PackDir, PackFsError, ReadCap};
 use super::fsutil::{self, EntryKind, PathProblem, SYMLINK_REFUSED, YamlEntry};
 use super::names::{attune_compatible, is_template, is_valid_name, qualify_reference};
 use super::{
-    CONCURRENCY_METHODS, Component, ComponentKind, ComponentReference, LoadedPack,
-    OUTPUT_FORMATS, PARAMETER_DELIVERIES, PARAMETER_FORMATS, REFERENCE_VISIBILITIES,
-    WORKFLOW_RUNNERS, is_builtin_runner, yaml,
+    CONCURRENCY_METHODS, Component, ComponentKind, ComponentReference, LoadedPack, OUTPUT_FORMATS,
+    PARAMETER_DELIVERIES, PARAMETER_FORMATS, REFERENCE_VISIBILITIES, WORKFLOW_RUNNERS,
+    is_builtin_runner, yaml,
 };
 
 type Doc = Map<String, Value>;
@@ -791,9 +791,8 @@ impl Loader<'_> {
             .keys()
             .find(|k| !["display", "representation"].contains(&k.as_str()))
         {
-            let message = format!(
-                "formats[{i}]: unknown key '{key}' (allowed: display, representation)"
-            );
+            let message =
+                format!("formats[{i}]: unknown key '{key}' (allowed: display, representation)");
             self.out.error(file, message);
         }
         match present(m, "display") {

@@ -47,12 +47,7 @@ fn run(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) 
 }
 
 /// The default: component problems are warnings and drop their component.
-fn lenient(
-    dir: &Path,
-    pack: &str,
-    packs: &[&str],
-    comps: &[(ComponentKind, &str)],
-) -> LoadedPack {
+fn lenient(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) -> LoadedPack {
     let dir = PackDir::open(dir).unwrap();
     let mut loaded = load(&dir, pack, PackReadLimits::default().component());
     let pack_exists = |p: &str| packs.contains(&p);
@@ -1245,7 +1240,10 @@ fn missing_pack_dir_and_empty_pack() {
 
 /// A StackStorm pack with stale references at several depths.
 const STALE_PACK: &[(&str, &str)] = &[
-    ("actions/hello.yaml", "name: hello\nrunner_type: local-shell-cmd\n"),
+    (
+        "actions/hello.yaml",
+        "name: hello\nrunner_type: local-shell-cmd\n",
+    ),
     (
         "actions/greet.yaml",
         "name: greet\nrunner_type: orquesta\nentry_point: workflows/greet.yaml\n",
@@ -1391,7 +1389,12 @@ fn strict_makes_component_problems_pack_errors() {
         "sensors/watch.yaml",
         "trigger_types: trigger 'p.undeclared' is not defined in this pack",
     );
-    assert!(loaded.errors.iter().all(|e| !e.message.contains("not registered")));
+    assert!(
+        loaded
+            .errors
+            .iter()
+            .all(|e| !e.message.contains("not registered"))
+    );
     assert_eq!(loaded.count(Action), 3);
     assert_eq!(loaded.count(Rule), 4);
     assert_eq!(loaded.count(Alias), 1);
@@ -1414,8 +1417,14 @@ fn pack_errors_stay_errors_by_default() {
         ),
         ("rules/norule.yaml", "name: norule\naction: {ref: p.a}\n"),
         ("rules/broken.yaml", "name: broken\ntrigger: [\n"),
-        ("rules/theirs.yaml", "ref: q.theirs\ntrigger: {type: p.t}\naction: {ref: p.a}\n"),
-        ("rules/stale.yaml", "name: stale\ntrigger: {type: p.t}\naction: {ref: p.a}\n"),
+        (
+            "rules/theirs.yaml",
+            "ref: q.theirs\ntrigger: {type: p.t}\naction: {ref: p.a}\n",
+        ),
+        (
+            "rules/stale.yaml",
+            "name: stale\ntrigger: {type: p.t}\naction: {ref: p.a}\n",
+        ),
     ]);
     let loaded = lenient(dir.path(), "p", &[], &[]);
     assert_issue(&loaded.errors, "actions/bad.yaml", "parameter_delivery");
@@ -1437,10 +1446,22 @@ fn unknown_runners_are_component_problems() {
         ("actions/own.yaml", "name: own\nrunner_type: p.ruby\n"),
         ("actions/bare.yaml", "name: bare\nrunner_type: ruby\n"),
         ("actions/lib.yaml", "name: lib\nrunner_type: lib.perl\n"),
-        ("actions/libnope.yaml", "name: libnope\nrunner_type: lib.cobol\n"),
-        ("actions/ghost.yaml", "name: ghost\nrunner_type: ghost.perl\n"),
-        ("actions/nosuch.yaml", "name: nosuch\nrunner_type: no-such-runner\n"),
-        ("actions/upper.yaml", "name: upper\nrunner_type: Local-Shell-Cmd\n"),
+        (
+            "actions/libnope.yaml",
+            "name: libnope\nrunner_type: lib.cobol\n",
+        ),
+        (
+            "actions/ghost.yaml",
+            "name: ghost\nrunner_type: ghost.perl\n",
+        ),
+        (
+            "actions/nosuch.yaml",
+            "name: nosuch\nrunner_type: no-such-runner\n",
+        ),
+        (
+            "actions/upper.yaml",
+            "name: upper\nrunner_type: Local-Shell-Cmd\n",
+        ),
     ]);
     let loaded = lenient(dir.path(), "p", &["lib"], &[(Runtime, "lib.perl")]);
     assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
@@ -1493,7 +1514,10 @@ fn unknown_runners_are_component_problems() {
 #[test]
 fn aliases_are_loaded_and_checked() {
     let dir = write_pack(&[
-        ("actions/greet.yaml", "name: greet\nrunner_type: local-shell-cmd\n"),
+        (
+            "actions/greet.yaml",
+            "name: greet\nrunner_type: local-shell-cmd\n",
+        ),
         (
             "aliases/greet.yaml",
             "name: greet\npack: p\naction_ref: p.greet\ndescription: Greet\nformats:\n  - \"greet {{ name }}\"\n  - display: \"hi <name>\"\n    representation: [\"hi {{ name }}\", \"hello {{ name }}\"]\nack: {enabled: false}\nresult: {format: \"{{ execution.result }}\"}\n",
@@ -1506,7 +1530,10 @@ fn aliases_are_loaded_and_checked() {
             "aliases/stale.yaml",
             "name: stale\naction_ref: p.gone\nformats: [\"stale\"]\n",
         ),
-        ("aliases/noformats.yaml", "name: noformats\naction_ref: p.greet\n"),
+        (
+            "aliases/noformats.yaml",
+            "name: noformats\naction_ref: p.greet\n",
+        ),
         (
             "aliases/emptyformats.yaml",
             "name: emptyformats\naction_ref: p.greet\nformats: []\n",
@@ -1515,8 +1542,14 @@ fn aliases_are_loaded_and_checked() {
             "aliases/badformats.yaml",
             "name: badformats\naction_ref: p.greet\nformats:\n  - 3\n  - \"\"\n  - {representation: []}\n  - {representation: [\"x\", 2], colour: red}\n  - {}\n",
         ),
-        ("aliases/notalist.yaml", "name: notalist\naction_ref: p.greet\nformats: greet\n"),
-        ("aliases/noaction.yaml", "name: noaction\nformats: [\"x\"]\nack: yes please\n"),
+        (
+            "aliases/notalist.yaml",
+            "name: notalist\naction_ref: p.greet\nformats: greet\n",
+        ),
+        (
+            "aliases/noaction.yaml",
+            "name: noaction\nformats: [\"x\"]\nack: yes please\n",
+        ),
     ]);
     let loaded = lenient(dir.path(), "p", &[], &[]);
     let greet = loaded.get(Alias, "p.greet").unwrap();
@@ -1535,8 +1568,16 @@ fn aliases_are_loaded_and_checked() {
         "action_ref: action 'p.gone' is not defined in this pack; action alias p.stale is not \
          registered",
     );
-    assert_issue(&loaded.errors, "aliases/noformats.yaml", "action alias needs `formats`");
-    assert_issue(&loaded.errors, "aliases/emptyformats.yaml", "action alias needs `formats`");
+    assert_issue(
+        &loaded.errors,
+        "aliases/noformats.yaml",
+        "action alias needs `formats`",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/emptyformats.yaml",
+        "action alias needs `formats`",
+    );
     for needle in [
         "formats[0]: expected a non-empty string or a {display, representation} mapping, found 3",
         "formats[1]: expected a non-empty string",
@@ -1547,9 +1588,21 @@ fn aliases_are_loaded_and_checked() {
     ] {
         assert_issue(&loaded.errors, "aliases/badformats.yaml", needle);
     }
-    assert_issue(&loaded.errors, "aliases/notalist.yaml", "formats: expected a list");
-    assert_issue(&loaded.errors, "aliases/noaction.yaml", "action alias needs `action_ref`");
-    assert_issue(&loaded.errors, "aliases/noaction.yaml", "ack: expected a mapping");
+    assert_issue(
+        &loaded.errors,
+        "aliases/notalist.yaml",
+        "formats: expected a list",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/noaction.yaml",
+        "action alias needs `action_ref`",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/noaction.yaml",
+        "ack: expected a mapping",
+    );
     assert_eq!(loaded.errors.len(), 11, "{:#?}", loaded.errors);
     assert_eq!(Alias.as_str(), "alias");
     assert_eq!(Alias.dir(), "aliases");

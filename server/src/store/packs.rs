@@ -396,23 +396,29 @@ mod tests {
         run(include_str!("../../../migrations/sqlite/0001_init.sql"))
             .await
             .unwrap();
-        run("INSERT INTO packs (id, ref, label, version, storage_path, installed_at, updated_at) \
-             VALUES (7, 'p', 'P', '1.0.0', '/x', 0, 0), (8, 'q', 'Q', '1.0.0', '/y', 0, 0); \
+        run(
+            "INSERT INTO packs (id, ref, label, version, storage_path, installed_at, updated_at) \
+             VALUES (7, 'pp', 'P', '1.0.0', '/x', 0, 0), (8, 'qq', 'Q', '1.0.0', '/y', 0, 0); \
              INSERT INTO components (id, pack_id, kind, ref, file, definition) VALUES \
              (41, 7, 'action', 'p.a', 'actions/a.yaml', '{}'), \
-             (42, 8, 'rule', 'q.r', 'rules/r.yaml', '{}')")
+             (42, 8, 'rule', 'q.r', 'rules/r.yaml', '{}')",
+        )
         .await
         .unwrap();
         assert!(
-            run("INSERT INTO components (pack_id, kind, ref, file, definition) \
-                 VALUES (7, 'alias', 'p.old', 'aliases/old.yaml', '{}')")
+            run(
+                "INSERT INTO components (pack_id, kind, ref, file, definition) \
+                 VALUES (7, 'alias', 'p.old', 'aliases/old.yaml', '{}')"
+            )
             .await
             .is_err(),
             "0001 refuses aliases"
         );
-        run(include_str!("../../../migrations/sqlite/0003_alias_kind.sql"))
-            .await
-            .unwrap();
+        run(include_str!(
+            "../../../migrations/sqlite/0003_alias_kind.sql"
+        ))
+        .await
+        .unwrap();
         let rows: Vec<(i64, i64, String, String)> =
             sqlx::query_as("SELECT id, pack_id, kind, ref FROM components ORDER BY id")
                 .fetch_all(pool)
@@ -425,8 +431,10 @@ mod tests {
                 (42, 8, "rule".to_string(), "q.r".to_string())
             ]
         );
-        run("INSERT INTO components (pack_id, kind, ref, file, definition) \
-             VALUES (7, 'alias', 'p.greet', 'aliases/greet.yaml', '{}')")
+        run(
+            "INSERT INTO components (pack_id, kind, ref, file, definition) \
+             VALUES (7, 'alias', 'p.greet', 'aliases/greet.yaml', '{}')",
+        )
         .await
         .unwrap();
         let next: (i64,) = sqlx::query_as("SELECT id FROM components WHERE ref = 'p.greet'")

@@ -416,7 +416,8 @@ async fn invalid_packs_are_not_registered(backend: Backend) {
     assert!(v.valid && v.errors.is_empty(), "{v:#?}");
     assert!(
         v.warnings.iter().any(|w| w.file == "rules/bad.yaml"
-            && w.message.contains("trigger 'broken.nope' is not defined in this pack")
+            && w.message
+                .contains("trigger 'broken.nope' is not defined in this pack")
             && w.message.contains("rule broken.bad is not registered")),
         "{v:#?}"
     );
@@ -428,7 +429,9 @@ async fn invalid_packs_are_not_registered(backend: Backend) {
     forced.strict = Some(true);
     let r = client.register_batch(forced).await.unwrap();
     assert!(
-        r.failed_packs[0].error.contains("rules/bad.yaml: trigger_ref: trigger 'broken.nope'"),
+        r.failed_packs[0]
+            .error
+            .contains("rules/bad.yaml: trigger_ref: trigger 'broken.nope'"),
         "{:#?}",
         r.failed_packs
     );

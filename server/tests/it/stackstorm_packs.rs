@@ -113,8 +113,8 @@ struct Case {
 /// Every case directory, sorted; panics on none and on a malformed expect.yaml.
 fn cases() -> Vec<Case> {
     let root = cases_root();
-    let entries = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()));
+    let entries =
+        std::fs::read_dir(&root).unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()));
     let mut cases = Vec::new();
     for entry in entries {
         let entry = entry.unwrap();
@@ -189,15 +189,19 @@ fn judge(result: &pb::RegisterBatchResult, want: &Outcome) -> Vec<String> {
                     let got = counters(&p.components_registered.unwrap_or_default());
                     for (key, n) in counts {
                         if got[key.as_str()] != *n {
-                            wrong.push(format!("{key}: {} registered, expected {n}", got[key.as_str()]));
+                            wrong.push(format!(
+                                "{key}: {} registered, expected {n}",
+                                got[key.as_str()]
+                            ));
                         }
                     }
                 }
                 let v = p.validation_results.clone().unwrap_or_default();
-                let entries =
-                    |list: &[pb::ValidationIssue]| -> Vec<String> {
-                        list.iter().map(|i| format!("{}: {}", i.file, i.message)).collect()
-                    };
+                let entries = |list: &[pb::ValidationIssue]| -> Vec<String> {
+                    list.iter()
+                        .map(|i| format!("{}: {}", i.file, i.message))
+                        .collect()
+                };
                 (entries(&v.errors), entries(&v.warnings))
             }
             ([], [f]) => {
@@ -218,7 +222,9 @@ fn judge(result: &pb::RegisterBatchResult, want: &Outcome) -> Vec<String> {
                 (vec![f.error.clone()], Vec::new())
             }
             _ => {
-                wrong.push(format!("expected exactly one pack in the result: {result:#?}"));
+                wrong.push(format!(
+                    "expected exactly one pack in the result: {result:#?}"
+                ));
                 return wrong;
             }
         };
@@ -228,7 +234,9 @@ fn judge(result: &pb::RegisterBatchResult, want: &Outcome) -> Vec<String> {
     ] {
         for needle in needles {
             if !entries.iter().any(|e| e.contains(needle.as_str())) {
-                wrong.push(format!("no {level} contains {needle:?}; {level}s: {entries:#?}"));
+                wrong.push(format!(
+                    "no {level} contains {needle:?}; {level}s: {entries:#?}"
+                ));
             }
         }
     }
@@ -288,14 +296,18 @@ fn malformed_expectations_are_refused() {
     let parse = |text: &str| serde_yaml::from_str::<Expect>(text);
     assert!(parse("pack_dir: p\ndefault: {registered: true}\n").is_err());
     assert!(
-        parse("pack_dir: p\ndefault: {registered: true, warning: [x]}\nstrict: {registered: false}\n")
-            .is_err()
+        parse(
+            "pack_dir: p\ndefault: {registered: true, warning: [x]}\nstrict: {registered: false}\n"
+        )
+        .is_err()
     );
     let shape = |text: &str| {
         let e = parse(text).unwrap();
         std::panic::catch_unwind(|| e.default.check_shape("c", "default")).is_ok()
     };
-    assert!(!shape("pack_dir: p\ndefault: {registered: true}\nstrict: {registered: false}\n"));
+    assert!(!shape(
+        "pack_dir: p\ndefault: {registered: true}\nstrict: {registered: false}\n"
+    ));
     assert!(!shape(
         "pack_dir: p\ndefault: {registered: false}\nstrict: {registered: false}\n"
     ));
