@@ -813,7 +813,7 @@ impl Loader<'_> {
             ),
             Some(Value::Array(items)) if !items.is_empty() => {
                 for (j, r) in items.iter().enumerate() {
-                    if !r.as_str().is_some_and(|s| !s.trim().is_empty()) {
+                    if r.as_str().is_none_or(|s| s.trim().is_empty()) {
                         let message = format!(
                             "formats[{i}].representation[{j}]: expected a non-empty string, \
                              found {}",
