@@ -90,6 +90,10 @@ enum Command {
         /// Show the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Fail a pack on a component problem (an unresolved reference, an unknown runner)
+        /// instead of leaving that component out with a warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Download packs (registry refs, git URLs, archives, local paths) into a directory on the server.
     Download {
@@ -159,6 +163,11 @@ enum Command {
         /// Replace registered packs, and register despite failing tests.
         #[arg(long)]
         force: bool,
+        /// Fail a pack on a component problem (an unresolved reference, an unknown runner)
+        /// instead of leaving that component out with a warning (StackStorm's
+        /// --register-fail-on-failure).
+        #[arg(long)]
+        strict: bool,
     },
     /// Search the server's registry indices (ref, label, description, keywords).
     Search {
@@ -366,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             skip_tests,
             force,
             dry_run,
+            strict,
         } => {
             let lock = lock.as_deref().map(read_lock).transpose()?;
             let stream = client
@@ -383,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     force: Some(force),
                     dry_run: Some(dry_run),
                     lock,
+                    strict: Some(strict),
                 })
                 .await?;
             let view = View::new(format, output::print_install);
@@ -429,6 +440,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             skip_validation,
             skip_tests,
             force,
+            strict,
         } => {
             let stream = client
                 .register_batch_stream(pb::RegisterBatchRequest {
@@ -437,6 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skip_validation: Some(skip_validation),
                     skip_tests: Some(skip_tests),
                     force: Some(force),
+                    strict: Some(strict),
                 })
                 .await?;
             let view = View::new(format, output::print_register);

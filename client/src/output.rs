@@ -195,8 +195,14 @@ pub fn print_register(r: &pb::RegisterBatchResult) {
                     p.pack_version.clone(),
                     p.pack_id.to_string(),
                     format!(
-                        "{}a {}s {}t {}r {}w {}p",
-                        c.actions, c.sensors, c.triggers, c.rules, c.workflows, c.policies
+                        "{}a {}s {}t {}r {}w {}p {}al",
+                        c.actions,
+                        c.sensors,
+                        c.triggers,
+                        c.rules,
+                        c.workflows,
+                        c.policies,
+                        c.aliases
                     ),
                     tests,
                     p.storage_path.clone(),
@@ -365,7 +371,7 @@ pub fn print_install(r: &pb::InstallResult) {
             p.action,
             p.pack_ref,
             p.version,
-            c.actions + c.sensors + c.triggers + c.rules + c.workflows + c.policies,
+            c.actions + c.sensors + c.triggers + c.rules + c.workflows + c.policies + c.aliases,
             p.storage_path
         );
     }

@@ -229,6 +229,67 @@ fn download_register_and_build_envs_from_the_command_line() {
     );
 }
 
+/// A stale reference fails the pack with `--strict`; by default only that component is
+/// left out, with a warning, and the alias counter shows.
+#[test]
+fn register_strict_fails_where_the_default_leaves_a_component_out() {
+    let server = Server::start();
+    let src = server.pack(
+        "src/stale",
+        "ref: stale\nname: stale\nversion: 1.0.0\ndescription: d\nauthor: a\n",
+    );
+    write_files(
+        Path::new(&src),
+        &[
+            (
+                "actions/hello.yaml",
+                "name: hello\nrunner_type: local-shell-cmd\n",
+            ),
+            (
+                "aliases/hi.yaml",
+                "name: hi\naction_ref: stale.hello\nformats: [\"hi\"]\n",
+            ),
+            (
+                "rules/old.yaml",
+                "name: old\ntrigger: {type: stale.gone}\naction: {ref: stale.hello}\n",
+            ),
+        ],
+    );
+    let base = server
+        .root
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("base")
+        .display()
+        .to_string();
+    let register = |extra: &[&str]| {
+        let mut args = vec!["-q", "register", "--packs-base-dir", base.as_str()];
+        args.extend_from_slice(extra);
+        args.push(src.as_str());
+        server.cli(&server.token, &args)
+    };
+
+    let out = register(&["--strict"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("failed (validation)")
+            && stdout.contains("rules/old.yaml: trigger.type: trigger 'stale.gone' is not defined"),
+        "{stdout}"
+    );
+
+    let out = register(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1a 0s 0t 0r 0w 0p 1al"), "{stdout}");
+    assert!(
+        stdout.contains("warning: stale: rules/old.yaml: trigger.type:")
+            && stdout.contains("rule stale.old is not registered"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn yaml_output_and_a_progress_bar_on_a_terminal() {
     let server = Server::start();

@@ -22,7 +22,7 @@ use tracing::instrument;
 
 use crate::{
     checksum::{self, ChecksumError},
-    components::{self, ComponentKind, Issue, LoadedPack},
+    components::{self, ComponentKind, Issue, LoadedPack, Strictness},
     config::RegisterSection,
     fetch::{self, FetchError},
     journal::{self, Intent, Journal, JournalError, SwapEntry, WorkKind},
@@ -47,6 +47,10 @@ pub struct RegisterRequest {
     pub skip_tests: bool,
     /// Replace an already registered pack, and register despite failing tests.
     pub force: bool,
+    /// Component problems (unresolved references, unknown runners) fail the pack
+    /// instead of dropping the component with a warning (StackStorm's
+    /// `--register-fail-on-failure`).
+    pub strict: bool,
     /// Who asked (the token's subject), recorded as `installed_by`.
     pub requested_by: Option<String>,
 }
@@ -59,6 +63,7 @@ pub struct ComponentCounts {
     pub rules: u32,
     pub workflows: u32,
     pub policies: u32,
+    pub aliases: u32,
 }
 
 impl ComponentCounts {
@@ -70,11 +75,18 @@ impl ComponentCounts {
             rules: loaded.count(ComponentKind::Rule),
             workflows: loaded.count(ComponentKind::Workflow),
             policies: loaded.count(ComponentKind::Policy),
+            aliases: loaded.count(ComponentKind::Alias),
         }
     }
 
     pub fn total(&self) -> u32 {
-        self.actions + self.sensors + self.triggers + self.rules + self.workflows + self.policies
+        self.actions
+            + self.sensors
+            + self.triggers
+            + self.rules
+            + self.workflows
+            + self.policies
+            + self.aliases
     }
 }
 
@@ -515,12 +527,18 @@ impl Registrar {
         let paths = self.paths.clone();
         let pack_paths = request.pack_paths.clone();
         let skip_validation = request.skip_validation;
+        let strictness = if request.strict {
+            Strictness::Strict
+        } else {
+            Strictness::Lenient
+        };
         let parse_reporter = reporter.clone();
         Ok(tokio::task::spawn_blocking(move || {
             parse_batch(
                 &paths,
                 &pack_paths,
                 skip_validation,
+                strictness,
                 &installed,
                 &registered_components,
                 &parse_reporter,
@@ -921,6 +939,7 @@ fn parse_batch(
     paths: &PathPolicy,
     pack_paths: &[String],
     skip_validation: bool,
+    strictness: Strictness,
     installed: &HashSet<String>,
     registered_components: &HashSet<(String, String)>,
     reporter: &Reporter,
@@ -1012,12 +1031,13 @@ fn parse_batch(
                 Ok(opened) => opened,
                 Err(e) => return Some(e),
             };
-            components::validate(
+            components::validate_with(
                 &mut candidate.loaded,
                 &opened,
                 &candidate.manifest.pack_ref,
                 &pack_exists,
                 &component_exists,
+                strictness,
             );
             None
         });

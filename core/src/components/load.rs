@@ -9,9 +9,9 @@ use crate::packfs::{PackDir, PackFsError, ReadCap};
 use super::fsutil::{self, EntryKind, PathProblem, SYMLINK_REFUSED, YamlEntry};
 use super::names::{attune_compatible, is_template, is_valid_name, qualify_reference};
 use super::{
-    CONCURRENCY_METHODS, Component, ComponentKind, ComponentReference, LoadedPack, NO_FILE_RUNNERS,
-    OUTPUT_FORMATS, PARAMETER_DELIVERIES, PARAMETER_FORMATS, REFERENCE_VISIBILITIES,
-    SCRIPT_RUNNERS, WORKFLOW_RUNNERS, yaml,
+    CONCURRENCY_METHODS, Component, ComponentKind, ComponentReference, LoadedPack, OUTPUT_FORMATS,
+    PARAMETER_DELIVERIES, PARAMETER_FORMATS, REFERENCE_VISIBILITIES, WORKFLOW_RUNNERS,
+    is_builtin_runner, yaml,
 };
 
 type Doc = Map<String, Value>;
@@ -35,6 +35,7 @@ pub(super) fn load(pack_dir: &PackDir, pack: &str, cap: ReadCap) -> LoadedPack {
     l.dir(ComponentKind::Queue);
     l.dir(ComponentKind::Policy);
     l.dir(ComponentKind::Rule);
+    l.dir(ComponentKind::Alias);
     l.dir(ComponentKind::Sensor);
     let mut out = l.out;
     out.components.sort_by_key(|c| c.kind.order());
@@ -334,6 +335,7 @@ impl Loader<'_> {
             ComponentKind::Rule => self.rule(file, &mut doc, &mut refs),
             ComponentKind::Workflow => self.workflow(file, &doc, &mut refs),
             ComponentKind::Policy => self.policy(file, &mut doc, &mut refs),
+            ComponentKind::Alias => self.alias(file, &mut doc, &mut refs),
             ComponentKind::Runtime => {}
             ComponentKind::PermissionSet => {
                 if let Some(v) = present(&doc, "grants")
@@ -495,12 +497,9 @@ impl Loader<'_> {
             }
             Some(Value::String(s)) if !s.trim().is_empty() => {
                 let runner = s.trim().to_string();
-                let lower = runner.to_ascii_lowercase();
-                let known = [WORKFLOW_RUNNERS, NO_FILE_RUNNERS, SCRIPT_RUNNERS]
-                    .iter()
-                    .any(|list| list.contains(&lower.as_str()));
-                if !known && runner.contains('.') {
-                    // A runtime ref, e.g. `mypack.ruby`.
+                if !is_builtin_runner(&runner) {
+                    // A runtime ref, e.g. `mypack.ruby` (a bare name means this pack);
+                    // `validate` reports it as an unknown runner when nothing defines it.
                     self.reference(file, refs, ComponentKind::Runtime, "runner_type", &runner);
                 }
             }
@@ -740,6 +739,97 @@ impl Loader<'_> {
             && present(doc, &params_key).is_none()
         {
             doc.insert(params_key, p);
+        }
+    }
+
+    /// A StackStorm action alias. Absent `action_ref`/`formats` are `validate`'s to report.
+    fn alias(&mut self, file: &str, doc: &mut Doc, refs: &mut Vec<ComponentReference>) {
+        if present(doc, "enabled").is_none() {
+            doc.insert("enabled".into(), Value::Bool(true));
+        }
+        if let Some(raw) = self.opt_string(file, doc, "action_ref") {
+            let value = self
+                .reference(file, refs, ComponentKind::Action, "action_ref", &raw)
+                .unwrap_or(raw);
+            doc.insert("action_ref".into(), Value::String(value));
+        }
+        for key in ["ack", "result", "immutable_parameters"] {
+            self.check_mapping(file, "", doc, key);
+        }
+        let formats = match present(doc, "formats") {
+            None => return,
+            Some(Value::Array(items)) => items.clone(),
+            Some(v) => {
+                let message = format!(
+                    "formats: expected a list of phrases (strings or {{display, \
+                     representation}} mappings), found {}",
+                    type_name(v)
+                );
+                self.out.error(file, message);
+                return;
+            }
+        };
+        for (i, item) in formats.iter().enumerate() {
+            match item {
+                Value::String(s) if !s.trim().is_empty() => {}
+                Value::Object(m) => self.alias_format(file, i, m),
+                other => self.out.error(
+                    file,
+                    format!(
+                        "formats[{i}]: expected a non-empty string or a {{display, \
+                         representation}} mapping, found {}",
+                        describe(other)
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// `{display: <string>, representation: [<string>, ...]}`; at least one of the two.
+    fn alias_format(&mut self, file: &str, i: usize, m: &Doc) {
+        if let Some(key) = m
+            .keys()
+            .find(|k| !["display", "representation"].contains(&k.as_str()))
+        {
+            let message =
+                format!("formats[{i}]: unknown key '{key}' (allowed: display, representation)");
+            self.out.error(file, message);
+        }
+        match present(m, "display") {
+            None | Some(Value::String(_)) => {}
+            Some(v) => {
+                let message = format!(
+                    "formats[{i}].display: expected a string, found {}",
+                    type_name(v)
+                );
+                self.out.error(file, message);
+            }
+        }
+        match present(m, "representation") {
+            None if present(m, "display").is_some() => {}
+            None => self.out.error(
+                file,
+                format!("formats[{i}]: needs `representation` (a list of phrases) or `display`"),
+            ),
+            Some(Value::Array(items)) if !items.is_empty() => {
+                for (j, r) in items.iter().enumerate() {
+                    if r.as_str().is_none_or(|s| s.trim().is_empty()) {
+                        let message = format!(
+                            "formats[{i}].representation[{j}]: expected a non-empty string, \
+                             found {}",
+                            describe(r)
+                        );
+                        self.out.error(file, message);
+                    }
+                }
+            }
+            Some(v) => {
+                let message = format!(
+                    "formats[{i}].representation: expected a non-empty list of strings, found {}",
+                    describe(v)
+                );
+                self.out.error(file, message);
+            }
         }
     }
 

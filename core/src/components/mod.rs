@@ -1,6 +1,6 @@
 //! Pack components: reading `actions/`, `sensors/`, `triggers/`, `rules/`, `workflows/`,
-//! `policies/`, `runtimes/`, `permission_sets/` and `queues/` of a pack, in both the
-//! Attune and the StackStorm Exchange formats, and checking what they refer to.
+//! `policies/`, `aliases/`, `runtimes/`, `permission_sets/` and `queues/` of a pack, in
+//! both the Attune and the StackStorm Exchange formats, and checking what they refer to.
 //!
 //! [`load`] reads every component file and reports every problem it finds as an
 //! [`Issue`] naming the file (relative to the pack root). Unlike Attune, nothing is
@@ -8,6 +8,30 @@
 //! (Attune aborted the whole load on some YAML errors and skipped files on others).
 //! [`validate`] then checks required keys, entry-point files and references, within the
 //! pack and into other packs.
+//!
+//! # Pack errors and component problems
+//!
+//! Problems come in two levels, as in StackStorm:
+//!
+//! * **Pack errors** ([`LoadedPack::errors`]) fail the pack whatever the mode: a file that
+//!   cannot be read or is not YAML, a component that breaks the format (a missing
+//!   required key, a wrong type, a value outside an enumeration, a ref naming another
+//!   pack, a missing entry-point file, malformed alias `formats`, …).
+//! * **Component problems** ([`LoadedPack::problems`]) concern one component that is
+//!   otherwise well formed: a reference that does not resolve (a trigger type, an
+//!   action, a policy target, a permission set, a runtime — in this pack, or in another
+//!   pack of the batch or installed) and an action runner that is neither a built-in
+//!   runner of Attune or StackStorm ([`is_builtin_runner`]) nor a runtime of this pack,
+//!   the batch or the installed packs. [`Strictness::Lenient`] (the default) makes each
+//!   a warning and drops the component: it is not registered, and neither is anything
+//!   of the pack that refers to a dropped component (to a fixpoint: a rule on an action
+//!   whose workflow was dropped goes too; trigger types declared by a dropped sensor go
+//!   with it). [`Strictness::Strict`] (StackStorm's `--register-fail-on-failure`) makes
+//!   each a pack error.
+//!
+//! References into a pack that is neither in the batch nor installed stay warnings and
+//! keep their component (real packs point at `core.*` all the time), as do StackStorm
+//! built-ins of pack `core`.
 //!
 //! # Files
 //!
@@ -86,6 +110,9 @@
 //!   `action.ref` too), `trigger_params`, `action_params` (from `trigger.parameters` and
 //!   `action.parameters`), `enabled` (default true). StackStorm `criteria` is kept as is.
 //! * policy: `action_ref` (qualified; from StackStorm `resource_ref` too).
+//! * alias (StackStorm action aliases, `aliases/*.yaml`): `action_ref` (qualified),
+//!   `enabled` (default true). `formats` must be a non-empty list of strings or of
+//!   `{display, representation: [strings]}` mappings; `ack` and `result` mappings.
 //! * workflow linked to an action: `action_ref` (the first action referencing it).
 //!
 //! # Runners and entry points (checked by [`validate`])
@@ -110,7 +137,7 @@
 //!
 //! [`LoadedPack::components`] is ordered by kind in Attune's registration order
 //! (permission sets, runtimes, triggers, actions, workflows, queues, policies, rules,
-//! sensors; see [`ComponentKind::ALL`]) and by file name within a kind.
+//! aliases, sensors; see [`ComponentKind::ALL`]) and by file name within a kind.
 
 mod fsutil;
 mod load;
@@ -129,6 +156,15 @@ pub use self::names::{generate_label, is_valid_name};
 
 /// Longest accepted name part of a component ref.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// Whether `runner` (any case) is a runner Attune or StackStorm provides, as opposed to a
+/// runtime a pack defines.
+pub fn is_builtin_runner(runner: &str) -> bool {
+    let lower = runner.trim().to_ascii_lowercase();
+    [WORKFLOW_RUNNERS, NO_FILE_RUNNERS, SCRIPT_RUNNERS]
+        .iter()
+        .any(|list| list.contains(&lower.as_str()))
+}
 
 /// Runners whose `entry_point` is a workflow file (relative to `actions/`).
 pub const WORKFLOW_RUNNERS: &[&str] = &["orquesta", "action-chain", "mistral-v2", "workflow"];
@@ -209,12 +245,14 @@ pub enum ComponentKind {
     Runtime,
     PermissionSet,
     Queue,
+    /// A StackStorm action alias (`aliases/*.yaml`): chat-ops phrases bound to an action.
+    Alias,
 }
 
 impl ComponentKind {
     /// Every kind, in Attune's registration order (the order of
     /// [`LoadedPack::components`]).
-    pub const ALL: [ComponentKind; 9] = [
+    pub const ALL: [ComponentKind; 10] = [
         ComponentKind::PermissionSet,
         ComponentKind::Runtime,
         ComponentKind::Trigger,
@@ -223,6 +261,7 @@ impl ComponentKind {
         ComponentKind::Queue,
         ComponentKind::Policy,
         ComponentKind::Rule,
+        ComponentKind::Alias,
         ComponentKind::Sensor,
     ];
 
@@ -237,6 +276,7 @@ impl ComponentKind {
             ComponentKind::Runtime => "runtime",
             ComponentKind::PermissionSet => "permission_set",
             ComponentKind::Queue => "queue",
+            ComponentKind::Alias => "alias",
         }
     }
 
@@ -257,6 +297,7 @@ impl ComponentKind {
             ComponentKind::Runtime => "runtimes",
             ComponentKind::PermissionSet => "permission_sets",
             ComponentKind::Queue => "queues",
+            ComponentKind::Alias => "aliases",
         }
     }
 
@@ -264,6 +305,7 @@ impl ComponentKind {
     fn noun(self) -> &'static str {
         match self {
             ComponentKind::PermissionSet => "permission set",
+            ComponentKind::Alias => "action alias",
             k => k.as_str(),
         }
     }
@@ -330,12 +372,43 @@ pub struct Issue {
     pub message: String,
 }
 
+/// A component problem: one component that is well formed but refers to something that
+/// does not exist (see the module documentation). Displays as `file: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[error("{file}: {message}")]
+pub struct ComponentProblem {
+    /// The component concerned.
+    pub kind: ComponentKind,
+    pub r#ref: String,
+    /// Relative to the pack root, `/`-separated.
+    pub file: String,
+    /// What is unresolved, e.g. `trigger.type: trigger 'p.b' is not defined in this pack`.
+    pub message: String,
+}
+
+/// What a component problem does to its pack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strictness {
+    /// A warning; the component (and whatever of the pack refers to it) is not
+    /// registered, the pack registers with the rest. StackStorm's default.
+    #[default]
+    Lenient,
+    /// A pack error: the pack is not registered. StackStorm's
+    /// `--register-fail-on-failure`.
+    Strict,
+}
+
 /// Everything [`load`] found in a pack (and [`validate`] added).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadedPack {
     pub components: Vec<Component>,
+    /// Pack errors: the pack must not be registered.
     pub errors: Vec<Issue>,
     pub warnings: Vec<Issue>,
+    /// Component problems [`validate`] found, also those of components it dropped
+    /// (which are no longer in `components`). Already turned into warnings or errors
+    /// according to the [`Strictness`].
+    pub problems: Vec<ComponentProblem>,
 }
 
 impl LoadedPack {
@@ -368,6 +441,16 @@ impl LoadedPack {
         });
     }
 
+    /// Records a component problem of `c` (judged later, by [`Strictness`]).
+    fn problem(&mut self, c: &Component, message: impl Into<String>) {
+        self.problems.push(ComponentProblem {
+            kind: c.kind,
+            r#ref: c.r#ref.clone(),
+            file: c.file.clone(),
+            message: message.into(),
+        });
+    }
+
     fn warn(&mut self, file: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Issue {
             file: file.into(),
@@ -382,16 +465,7 @@ pub fn load(pack_dir: &PackDir, pack_ref: &str, cap: ReadCap) -> LoadedPack {
     load::load(pack_dir, pack_ref, cap)
 }
 
-/// Checks required keys, entry-point files and references. `pack_exists(ref)` answers
-/// whether another pack (in the same batch or already installed) exists.
-/// `component_exists(kind, qualified_ref)` answers for components of OTHER packs (batch
-/// or installed). Adds to errors/warnings.
-///
-/// A reference into this pack must resolve to a component of this pack (error). A
-/// reference into another pack that exists must resolve through `component_exists`
-/// (error). A reference into a pack that does not exist is a warning naming that pack.
-/// StackStorm built-ins of pack `core` (`core.st2.*` triggers, [`ST2_BUILTIN_CORE_ACTIONS`])
-/// are never errors: warnings only, when `core` or the component is missing.
+/// [`validate_with`] in the default, [`Strictness::Lenient`], mode.
 pub fn validate(
     loaded: &mut LoadedPack,
     pack_dir: &PackDir,
@@ -399,5 +473,36 @@ pub fn validate(
     pack_exists: &dyn Fn(&str) -> bool,
     component_exists: &dyn Fn(ComponentKind, &str) -> bool,
 ) {
-    validate::validate(loaded, pack_dir, pack_ref, pack_exists, component_exists)
+    validate_with(
+        loaded,
+        pack_dir,
+        pack_ref,
+        pack_exists,
+        component_exists,
+        Strictness::Lenient,
+    )
+}
+
+/// Checks required keys, entry-point files and references. `pack_exists(ref)` answers
+/// whether another pack (in the same batch or already installed) exists.
+/// `component_exists(kind, qualified_ref)` answers for components of OTHER packs (batch
+/// or installed). Adds to errors/warnings/problems and, when lenient, removes the
+/// components with problems from [`LoadedPack::components`].
+///
+/// A reference into this pack must resolve to a component of this pack, and a reference
+/// into another pack that exists must resolve through `component_exists`: otherwise it
+/// is a component problem. A reference into a pack that does not exist is a warning
+/// naming that pack. StackStorm built-ins of pack `core` (`core.st2.*` triggers,
+/// [`ST2_BUILTIN_CORE_ACTIONS`]) are never problems: warnings only, when `core` or the
+/// component is missing.
+pub fn validate_with(
+    loaded: &mut LoadedPack,
+    pack_dir: &PackDir,
+    pack_ref: &str,
+    pack_exists: &dyn Fn(&str) -> bool,
+    component_exists: &dyn Fn(ComponentKind, &str) -> bool,
+    strictness: Strictness,
+) {
+    validate::validate(loaded, pack_dir, pack_ref, pack_exists, component_exists);
+    validate::settle(loaded, pack_ref, strictness);
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use super::ComponentKind::{self, *};
-use super::{Issue, LoadedPack, load, validate};
+use super::{Issue, LoadedPack, Strictness, is_builtin_runner, load, validate, validate_with};
 use crate::packfs::{PackDir, PackReadLimits};
 
 fn write_pack(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -18,11 +18,41 @@ fn write_pack(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// load + validate, with `packs` existing elsewhere and `comps` their components.
-fn run(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) -> LoadedPack {
+fn run_with(
+    dir: &Path,
+    pack: &str,
+    packs: &[&str],
+    comps: &[(ComponentKind, &str)],
+    strictness: Strictness,
+) -> LoadedPack {
     let dir = PackDir::open(dir).unwrap();
     let mut loaded = load(&dir, pack, PackReadLimits::default().component());
     let pack_exists = |p: &str| packs.contains(&p);
     let component_exists = |k: ComponentKind, r: &str| comps.contains(&(k, r));
+    validate_with(
+        &mut loaded,
+        &dir,
+        pack,
+        &pack_exists,
+        &component_exists,
+        strictness,
+    );
+    loaded
+}
+
+/// Strict: component problems are errors and every component stays listed, so tests of
+/// what `load` and `validate` find see all of it.
+fn run(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) -> LoadedPack {
+    run_with(dir, pack, packs, comps, Strictness::Strict)
+}
+
+/// The default: component problems are warnings and drop their component.
+fn lenient(dir: &Path, pack: &str, packs: &[&str], comps: &[(ComponentKind, &str)]) -> LoadedPack {
+    let dir = PackDir::open(dir).unwrap();
+    let mut loaded = load(&dir, pack, PackReadLimits::default().component());
+    let pack_exists = |p: &str| packs.contains(&p);
+    let component_exists = |k: ComponentKind, r: &str| comps.contains(&(k, r));
+    // `validate` is the lenient mode.
     validate(&mut loaded, &dir, pack, &pack_exists, &component_exists);
     loaded
 }
@@ -757,6 +787,13 @@ fn entry_points_are_checked_per_runner() {
     ]);
     let loaded = check(dir.path(), "p");
     assert_eq!(loaded.count(Action), 10);
+    // No runtime `p.Ruby`: an unknown runner (a component problem, an error when strict).
+    assert_issue(
+        &loaded.errors,
+        "actions/custom.yaml",
+        "runner_type: unknown runner 'Ruby': neither a runner of Attune or StackStorm nor a \
+         runtime of this pack",
+    );
     assert_issue(
         &loaded.errors,
         "actions/missing.yaml",
@@ -782,7 +819,7 @@ fn entry_points_are_checked_per_runner() {
         "actions/dir.yaml",
         "(actions/lib) is not a regular file",
     );
-    assert_eq!(loaded.errors.len(), 5, "{:#?}", loaded.errors);
+    assert_eq!(loaded.errors.len(), 6, "{:#?}", loaded.errors);
 }
 
 #[test]
@@ -1026,6 +1063,27 @@ fn rule_references_within_and_across_packs() {
     // The invalid ref is reported once, not again as a missing trigger.
     assert_eq!(loaded.errors.len(), 6, "{:#?}", loaded.errors);
     assert_eq!(loaded.warnings.len(), 1, "{:#?}", loaded.warnings);
+
+    // By default the two unresolved references are warnings and their rules are left
+    // out; what breaks the format is still an error.
+    let loaded = lenient(dir.path(), "p", &["lib"], &[(Trigger, "lib.event")]);
+    assert_issue(
+        &loaded.warnings,
+        "rules/local.yaml",
+        "trigger_ref: trigger 'p.nope' is not defined in this pack; rule p.local is not \
+         registered",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "rules/cross.yaml",
+        "action.ref: pack 'lib' has no action 'lib.gone'; rule p.cross is not registered",
+    );
+    assert_eq!(loaded.errors.len(), 4, "{:#?}", loaded.errors);
+    assert_eq!(loaded.warnings.len(), 3, "{:#?}", loaded.warnings);
+    assert_eq!(
+        refs(&loaded, Rule),
+        ["p.absent", "p.badref", "p.disagree", "p.empty"]
+    );
 }
 
 #[test]
@@ -1176,4 +1234,377 @@ fn missing_pack_dir_and_empty_pack() {
     let dir = write_pack(&[("actions", "not a dir")]);
     let loaded = check(dir.path(), "p");
     assert_issue(&loaded.errors, "actions", "is not a directory");
+}
+
+// ----- pack errors and component problems ----------------------------------------------
+
+/// A StackStorm pack with stale references at several depths.
+const STALE_PACK: &[(&str, &str)] = &[
+    (
+        "actions/hello.yaml",
+        "name: hello\nrunner_type: local-shell-cmd\n",
+    ),
+    (
+        "actions/greet.yaml",
+        "name: greet\nrunner_type: orquesta\nentry_point: workflows/greet.yaml\n",
+    ),
+    (
+        "actions/workflows/greet.yaml",
+        "version: 1.0\ntasks:\n  one:\n    action: p.hello\n",
+    ),
+    (
+        "actions/deploy.yaml",
+        "name: deploy\nrunner_type: orquesta\nentry_point: workflows/deploy.yaml\n",
+    ),
+    (
+        "actions/workflows/deploy.yaml",
+        "version: 1.0\ntasks:\n  one:\n    action: p.hello\n    next: [{do: two}]\n  two:\n    action: p.missing\n",
+    ),
+    // Runs the action whose workflow is broken: stranded.
+    (
+        "rules/deploy_on_tick.yaml",
+        "name: deploy_on_tick\ntrigger: {type: p.tick}\naction: {ref: p.deploy}\n",
+    ),
+    (
+        "policies/deploy_once.yaml",
+        "name: deploy_once\nresource_ref: p.deploy\npolicy_type: action.concurrency\nparameters: {threshold: 1}\n",
+    ),
+    (
+        "aliases/deploy.yaml",
+        "name: deploy\naction_ref: p.deploy\nformats: [\"deploy {{ what }}\"]\n",
+    ),
+    // A sensor that emits a trigger type nobody declares: dropped, and with it the
+    // trigger type it declares and the rule on that.
+    (
+        "sensors/watch.yaml",
+        "class_name: Watch\nentry_point: watch.py\ntrigger_types:\n  - p.undeclared\n  - name: changed\n",
+    ),
+    ("sensors/watch.py", "pass\n"),
+    (
+        "rules/on_change.yaml",
+        "name: on_change\ntrigger: {type: p.changed}\naction: {ref: p.hello}\n",
+    ),
+    // Fine: a trigger file and a rule on it.
+    ("triggers/tick.yaml", "name: tick\n"),
+    (
+        "rules/greet_on_tick.yaml",
+        "name: greet_on_tick\ntrigger: {type: p.tick}\naction: {ref: p.greet}\n",
+    ),
+    // A reference into a pack that is not there: kept, with a warning.
+    (
+        "rules/elsewhere.yaml",
+        "name: elsewhere\ntrigger: {type: p.tick}\naction: {ref: ghost.run}\n",
+    ),
+];
+
+#[test]
+fn component_problems_drop_their_component_and_everything_that_needs_it() {
+    let dir = write_pack(STALE_PACK);
+    let loaded = lenient(dir.path(), "p", &[], &[]);
+    assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
+    assert_eq!(refs(&loaded, Action), ["p.greet", "p.hello"]);
+    assert_eq!(refs(&loaded, Workflow), ["p.greet"]);
+    assert_eq!(refs(&loaded, Trigger), ["p.tick"]);
+    assert_eq!(refs(&loaded, Rule), ["p.elsewhere", "p.greet_on_tick"]);
+    assert!(refs(&loaded, Sensor).is_empty());
+    assert!(refs(&loaded, Policy).is_empty());
+    assert!(refs(&loaded, Alias).is_empty());
+    // The direct problems...
+    assert_issue(
+        &loaded.warnings,
+        "actions/workflows/deploy.yaml",
+        "tasks.two.action: action 'p.missing' is not defined in this pack; workflow p.deploy \
+         is not registered",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "sensors/watch.yaml",
+        "trigger_types: trigger 'p.undeclared' is not defined in this pack; sensor p.Watch is \
+         not registered",
+    );
+    // ... and what they strand, each naming what it needed.
+    assert_issue(
+        &loaded.warnings,
+        "actions/deploy.yaml",
+        "entry_point: workflow 'p.deploy' is not registered (see actions/workflows/deploy.yaml); \
+         action p.deploy is not registered",
+    );
+    for (file, what) in [
+        ("rules/deploy_on_tick.yaml", "rule p.deploy_on_tick"),
+        ("policies/deploy_once.yaml", "policy p.deploy_once"),
+        ("aliases/deploy.yaml", "action alias p.deploy"),
+    ] {
+        assert_issue(
+            &loaded.warnings,
+            file,
+            &format!(
+                "action 'p.deploy' is not registered (see actions/deploy.yaml); {what} is not \
+                 registered"
+            ),
+        );
+    }
+    assert_issue(
+        &loaded.warnings,
+        "sensors/watch.yaml",
+        "declared by sensor p.Watch, which is not registered; trigger p.changed is not registered",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "rules/on_change.yaml",
+        "trigger.type: trigger 'p.changed' is not registered (see sensors/watch.yaml); rule \
+         p.on_change is not registered",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "rules/elsewhere.yaml",
+        "from pack 'ghost', which is neither in this batch nor installed",
+    );
+    assert_eq!(loaded.problems.len(), 8, "{:#?}", loaded.problems);
+    // Nothing left refers to a dropped component of this pack.
+    for c in &loaded.components {
+        for r in c.references.iter().filter(|r| r.pack() == "p") {
+            assert!(
+                loaded.get(r.kind, &r.r#ref).is_some(),
+                "{} refers to dropped {}",
+                c.r#ref,
+                r.r#ref
+            );
+        }
+    }
+}
+
+#[test]
+fn strict_makes_component_problems_pack_errors() {
+    let dir = write_pack(STALE_PACK);
+    let loaded = run(dir.path(), "p", &[], &[]);
+    // Only the direct problems: the pack fails anyway, nothing is dropped.
+    assert_eq!(loaded.errors.len(), 2, "{:#?}", loaded.errors);
+    assert_issue(
+        &loaded.errors,
+        "actions/workflows/deploy.yaml",
+        "tasks.two.action: action 'p.missing' is not defined in this pack",
+    );
+    assert_issue(
+        &loaded.errors,
+        "sensors/watch.yaml",
+        "trigger_types: trigger 'p.undeclared' is not defined in this pack",
+    );
+    assert!(
+        loaded
+            .errors
+            .iter()
+            .all(|e| !e.message.contains("not registered"))
+    );
+    assert_eq!(loaded.count(Action), 3);
+    assert_eq!(loaded.count(Rule), 4);
+    assert_eq!(loaded.count(Alias), 1);
+    assert_eq!(loaded.problems.len(), 2);
+    // The reference into an absent pack is still only a warning.
+    assert_issue(
+        &loaded.warnings,
+        "rules/elsewhere.yaml",
+        "from pack 'ghost', which is neither in this batch nor installed",
+    );
+}
+
+#[test]
+fn pack_errors_stay_errors_by_default() {
+    let dir = write_pack(&[
+        ("actions/a.yaml", "name: a\nrunner_type: local-shell-cmd\n"),
+        (
+            "actions/bad.yaml",
+            "name: bad\nrunner_type: local-shell-cmd\nparameter_delivery: env\n",
+        ),
+        ("rules/norule.yaml", "name: norule\naction: {ref: p.a}\n"),
+        ("rules/broken.yaml", "name: broken\ntrigger: [\n"),
+        (
+            "rules/theirs.yaml",
+            "ref: q.theirs\ntrigger: {type: p.t}\naction: {ref: p.a}\n",
+        ),
+        (
+            "rules/stale.yaml",
+            "name: stale\ntrigger: {type: p.t}\naction: {ref: p.a}\n",
+        ),
+    ]);
+    let loaded = lenient(dir.path(), "p", &[], &[]);
+    assert_issue(&loaded.errors, "actions/bad.yaml", "parameter_delivery");
+    assert_issue(&loaded.errors, "rules/norule.yaml", "rule needs a trigger");
+    assert_issue(&loaded.errors, "rules/broken.yaml", "line");
+    assert_issue(&loaded.errors, "rules/theirs.yaml", "belongs to pack 'q'");
+    assert_eq!(loaded.errors.len(), 4, "{:#?}", loaded.errors);
+    assert_issue(
+        &loaded.warnings,
+        "rules/stale.yaml",
+        "trigger.type: trigger 'p.t' is not defined in this pack; rule p.stale is not registered",
+    );
+}
+
+#[test]
+fn unknown_runners_are_component_problems() {
+    let dir = write_pack(&[
+        ("runtimes/ruby.yaml", "ref: p.ruby\nname: Ruby\n"),
+        ("actions/own.yaml", "name: own\nrunner_type: p.ruby\n"),
+        ("actions/bare.yaml", "name: bare\nrunner_type: ruby\n"),
+        ("actions/lib.yaml", "name: lib\nrunner_type: lib.perl\n"),
+        (
+            "actions/libnope.yaml",
+            "name: libnope\nrunner_type: lib.cobol\n",
+        ),
+        (
+            "actions/ghost.yaml",
+            "name: ghost\nrunner_type: ghost.perl\n",
+        ),
+        (
+            "actions/nosuch.yaml",
+            "name: nosuch\nrunner_type: no-such-runner\n",
+        ),
+        (
+            "actions/upper.yaml",
+            "name: upper\nrunner_type: Local-Shell-Cmd\n",
+        ),
+    ]);
+    let loaded = lenient(dir.path(), "p", &["lib"], &[(Runtime, "lib.perl")]);
+    assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
+    assert_eq!(
+        refs(&loaded, Action),
+        ["p.bare", "p.ghost", "p.lib", "p.own", "p.upper"]
+    );
+    assert_issue(
+        &loaded.warnings,
+        "actions/nosuch.yaml",
+        "runner_type: unknown runner 'no-such-runner': neither a runner of Attune or \
+         StackStorm nor a runtime of this pack; action p.nosuch is not registered",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "actions/libnope.yaml",
+        "runner_type: unknown runner 'lib.cobol': neither a runner of Attune or StackStorm nor \
+         a runtime of pack 'lib'",
+    );
+    assert_issue(
+        &loaded.warnings,
+        "actions/ghost.yaml",
+        "from pack 'ghost', which is neither in this batch nor installed",
+    );
+    for runner in [
+        "local-shell-cmd",
+        "local-shell-script",
+        "remote-shell-cmd",
+        "remote-shell-script",
+        "python-script",
+        "orquesta",
+        "action-chain",
+        "http-request",
+        "noop",
+        "announcement",
+        "inquirer",
+        "winrm-cmd",
+        "winrm-ps-cmd",
+        "winrm-ps-script",
+        "mistral-v2",
+        "shell",
+        "python",
+        "native",
+    ] {
+        assert!(is_builtin_runner(runner), "{runner}");
+    }
+    assert!(!is_builtin_runner("no-such-runner"));
+}
+
+#[test]
+fn aliases_are_loaded_and_checked() {
+    let dir = write_pack(&[
+        (
+            "actions/greet.yaml",
+            "name: greet\nrunner_type: local-shell-cmd\n",
+        ),
+        (
+            "aliases/greet.yaml",
+            "name: greet\npack: p\naction_ref: p.greet\ndescription: Greet\nformats:\n  - \"greet {{ name }}\"\n  - display: \"hi <name>\"\n    representation: [\"hi {{ name }}\", \"hello {{ name }}\"]\nack: {enabled: false}\nresult: {format: \"{{ execution.result }}\"}\n",
+        ),
+        (
+            "aliases/bare.yaml",
+            "name: bare\naction_ref: greet\nenabled: false\nformats: [{display: \"bare\"}]\n",
+        ),
+        (
+            "aliases/stale.yaml",
+            "name: stale\naction_ref: p.gone\nformats: [\"stale\"]\n",
+        ),
+        (
+            "aliases/noformats.yaml",
+            "name: noformats\naction_ref: p.greet\n",
+        ),
+        (
+            "aliases/emptyformats.yaml",
+            "name: emptyformats\naction_ref: p.greet\nformats: []\n",
+        ),
+        (
+            "aliases/badformats.yaml",
+            "name: badformats\naction_ref: p.greet\nformats:\n  - 3\n  - \"\"\n  - {representation: []}\n  - {representation: [\"x\", 2], colour: red}\n  - {}\n",
+        ),
+        (
+            "aliases/notalist.yaml",
+            "name: notalist\naction_ref: p.greet\nformats: greet\n",
+        ),
+        (
+            "aliases/noaction.yaml",
+            "name: noaction\nformats: [\"x\"]\nack: yes please\n",
+        ),
+    ]);
+    let loaded = lenient(dir.path(), "p", &[], &[]);
+    let greet = loaded.get(Alias, "p.greet").unwrap();
+    assert_eq!(greet.file, "aliases/greet.yaml");
+    assert_eq!(greet.description.as_deref(), Some("Greet"));
+    assert_eq!(greet.definition["action_ref"], "p.greet");
+    assert_eq!(greet.definition["enabled"], true);
+    assert_eq!(greet.references[0].r#ref, "p.greet");
+    let bare = loaded.get(Alias, "p.bare").unwrap();
+    assert_eq!(bare.definition["action_ref"], "p.greet");
+    assert_eq!(bare.definition["enabled"], false);
+    assert!(loaded.get(Alias, "p.stale").is_none());
+    assert_issue(
+        &loaded.warnings,
+        "aliases/stale.yaml",
+        "action_ref: action 'p.gone' is not defined in this pack; action alias p.stale is not \
+         registered",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/noformats.yaml",
+        "action alias needs `formats`",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/emptyformats.yaml",
+        "action alias needs `formats`",
+    );
+    for needle in [
+        "formats[0]: expected a non-empty string or a {display, representation} mapping, found 3",
+        "formats[1]: expected a non-empty string",
+        "formats[2].representation: expected a non-empty list of strings, found a list",
+        "formats[3]: unknown key 'colour'",
+        "formats[3].representation[1]: expected a non-empty string, found 2",
+        "formats[4]: needs `representation` (a list of phrases) or `display`",
+    ] {
+        assert_issue(&loaded.errors, "aliases/badformats.yaml", needle);
+    }
+    assert_issue(
+        &loaded.errors,
+        "aliases/notalist.yaml",
+        "formats: expected a list",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/noaction.yaml",
+        "action alias needs `action_ref`",
+    );
+    assert_issue(
+        &loaded.errors,
+        "aliases/noaction.yaml",
+        "ack: expected a mapping",
+    );
+    assert_eq!(loaded.errors.len(), 11, "{:#?}", loaded.errors);
+    assert_eq!(Alias.as_str(), "alias");
+    assert_eq!(Alias.dir(), "aliases");
+    assert_eq!(ComponentKind::parse("alias"), Some(Alias));
 }

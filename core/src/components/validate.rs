@@ -1,6 +1,6 @@
 //! [`validate`]: required keys, entry-point files and references.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -9,8 +9,8 @@ use crate::packfs::PackDir;
 use super::fsutil::{self, PathProblem};
 use super::load::workflow_source;
 use super::{
-    Component, ComponentKind, ComponentReference, LoadedPack, NO_FILE_RUNNERS, SCRIPT_RUNNERS,
-    ST2_BUILTIN_CORE_ACTIONS, WORKFLOW_RUNNERS,
+    Component, ComponentKind, ComponentProblem, ComponentReference, LoadedPack, NO_FILE_RUNNERS,
+    SCRIPT_RUNNERS, ST2_BUILTIN_CORE_ACTIONS, Strictness, WORKFLOW_RUNNERS,
 };
 
 type Doc = Map<String, Value>;
@@ -42,6 +42,7 @@ pub(super) fn validate(
             ComponentKind::Rule => rule(loaded, c, def),
             ComponentKind::Policy => policy(loaded, pack, c, def),
             ComponentKind::Workflow => workflow(loaded, c, def),
+            ComponentKind::Alias => alias(loaded, c, def),
             _ => {}
         }
         for r in &c.references {
@@ -182,6 +183,28 @@ fn workflow(loaded: &mut LoadedPack, c: &Component, def: &Doc) {
     }
 }
 
+fn alias(loaded: &mut LoadedPack, c: &Component, def: &Doc) {
+    if non_empty_str(def, "action_ref").is_none() {
+        loaded.error(
+            &c.file,
+            "action alias needs `action_ref` (the action its phrases run)",
+        );
+    }
+    // Malformed values were reported by `load`; here only absence.
+    let absent = match def.get("formats") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(_) => false,
+    };
+    if absent {
+        loaded.error(
+            &c.file,
+            "action alias needs `formats`: a non-empty list of phrases (strings, or \
+             `{display: ..., representation: [...]}` mappings)",
+        );
+    }
+}
+
 /// A StackStorm built-in of pack `core`: never an error when missing.
 fn is_st2_builtin(r: &ComponentReference) -> bool {
     match r.r#ref.split_once('.') {
@@ -210,14 +233,21 @@ fn reference(
         if own.contains(&(r.kind, r.r#ref.clone())) {
             return;
         }
-        let message = format!(
-            "{}: {target} '{}' is not defined in this pack",
-            r.key, r.r#ref
-        );
         if builtin {
+            let message = format!(
+                "{}: {target} '{}' is not defined in this pack",
+                r.key, r.r#ref
+            );
             loaded.warn(&c.file, message);
+        } else if is_runner(r) {
+            let message = unknown_runner(c, "this pack");
+            loaded.problem(c, message);
         } else {
-            loaded.error(&c.file, message);
+            let message = format!(
+                "{}: {target} '{}' is not defined in this pack",
+                r.key, r.r#ref
+            );
+            loaded.problem(c, message);
         }
     } else if !pack_exists(target_pack) {
         loaded.warn(
@@ -238,14 +268,120 @@ fn reference(
                     c.r#ref, r.r#ref, r.key
                 ),
             );
+        } else if is_runner(r) {
+            let message = unknown_runner(c, &format!("pack '{target_pack}'"));
+            loaded.problem(c, message);
         } else {
-            loaded.error(
-                &c.file,
-                format!(
-                    "{}: pack '{target_pack}' has no {target} '{}'",
-                    r.key, r.r#ref
-                ),
+            let message = format!(
+                "{}: pack '{target_pack}' has no {target} '{}'",
+                r.key, r.r#ref
             );
+            loaded.problem(c, message);
         }
     }
+}
+
+/// An action's `runner_type` that is not a built-in runner, recorded by `load` as a
+/// runtime reference.
+fn is_runner(r: &ComponentReference) -> bool {
+    r.kind == ComponentKind::Runtime && r.key == "runner_type"
+}
+
+fn unknown_runner(c: &Component, looked_in: &str) -> String {
+    let runner = c
+        .definition
+        .get("runner_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    format!(
+        "runner_type: unknown runner '{runner}': neither a runner of Attune or StackStorm nor \
+         a runtime of {looked_in}"
+    )
+}
+
+/// Applies `strictness` to the component problems `validate` found: pack errors, or
+/// warnings with the components dropped — together with every component of the pack
+/// that refers to a dropped one, until nothing left refers to a dropped component.
+pub(super) fn settle(loaded: &mut LoadedPack, pack: &str, strictness: Strictness) {
+    if strictness == Strictness::Strict {
+        for p in &loaded.problems {
+            loaded.errors.push(super::Issue {
+                file: p.file.clone(),
+                message: p.message.clone(),
+            });
+        }
+        return;
+    }
+    // (kind, ref) of each dropped component → its file, for the messages.
+    let mut dropped: HashMap<(ComponentKind, String), String> = loaded
+        .problems
+        .iter()
+        .map(|p| ((p.kind, p.r#ref.clone()), p.file.clone()))
+        .collect();
+    loop {
+        let mut stranded = Vec::new();
+        for c in &loaded.components {
+            if dropped.contains_key(&(c.kind, c.r#ref.clone())) {
+                continue;
+            }
+            let via_reference = c.references.iter().find_map(|r| {
+                if r.pack() != pack {
+                    return None;
+                }
+                let file = dropped.get(&(r.kind, r.r#ref.clone()))?;
+                Some(format!(
+                    "{}: {} '{}' is not registered (see {file})",
+                    r.key,
+                    r.kind.noun(),
+                    r.r#ref
+                ))
+            });
+            // A trigger type declared in a sensor file belongs to that sensor.
+            let via_sensor = || {
+                let sensor = c.definition.get("sensor_ref").and_then(Value::as_str)?;
+                dropped
+                    .contains_key(&(ComponentKind::Sensor, sensor.to_string()))
+                    .then(|| format!("declared by sensor {sensor}, which is not registered"))
+            };
+            let reason = via_reference.or_else(|| {
+                if c.kind == ComponentKind::Trigger {
+                    via_sensor()
+                } else {
+                    None
+                }
+            });
+            if let Some(message) = reason {
+                stranded.push(ComponentProblem {
+                    kind: c.kind,
+                    r#ref: c.r#ref.clone(),
+                    file: c.file.clone(),
+                    message,
+                });
+            }
+        }
+        if stranded.is_empty() {
+            break;
+        }
+        for p in stranded {
+            dropped.insert((p.kind, p.r#ref.clone()), p.file.clone());
+            loaded.problems.push(p);
+        }
+    }
+    loaded
+        .components
+        .retain(|c| !dropped.contains_key(&(c.kind, c.r#ref.clone())));
+    let warnings: Vec<super::Issue> = loaded
+        .problems
+        .iter()
+        .map(|p| super::Issue {
+            file: p.file.clone(),
+            message: format!(
+                "{}; {} {} is not registered",
+                p.message,
+                p.kind.noun(),
+                p.r#ref
+            ),
+        })
+        .collect();
+    loaded.warnings.extend(warnings);
 }

@@ -228,6 +228,7 @@ pub fn register_request(
         skip_validation: request.skip_validation.unwrap_or(false),
         skip_tests: request.skip_tests.unwrap_or(false),
         force: request.force.unwrap_or(false),
+        strict: request.strict.unwrap_or(false),
         requested_by,
     })
 }
@@ -349,6 +350,7 @@ fn component_counts(c: register::ComponentCounts) -> pb::ComponentCounts {
         rules: c.rules,
         workflows: c.workflows,
         policies: c.policies,
+        aliases: c.aliases,
     }
 }
 
@@ -414,6 +416,7 @@ pub fn install_request(
         skip_deps: request.skip_deps.unwrap_or(false),
         skip_tests: request.skip_tests.unwrap_or(false),
         force: request.force.unwrap_or(false),
+        strict: request.strict.unwrap_or(false),
         dry_run: request.dry_run.unwrap_or(false),
         lock: request.lock.map(|lock| install::Lock {
             packs: lock

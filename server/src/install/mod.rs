@@ -78,6 +78,9 @@ pub struct InstallRequest {
     pub skip_deps: bool,
     pub skip_tests: bool,
     pub force: bool,
+    /// Component problems fail a pack instead of dropping the component (see
+    /// `RegisterRequest::strict`).
+    pub strict: bool,
     pub dry_run: bool,
     pub lock: Option<Lock>,
     /// Who asked (the token's subject), recorded as `installed_by`.
@@ -594,6 +597,7 @@ impl Installer<'_> {
                     skip_validation: false,
                     skip_tests: request.skip_tests,
                     force: request.force,
+                    strict: request.strict,
                     requested_by: request.requested_by.clone(),
                 },
                 reporter,

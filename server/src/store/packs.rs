@@ -380,4 +380,92 @@ mod tests {
         }
         db.close().await;
     }
+
+    /// SQLite cannot change a CHECK, so 0003 rebuilds `components`: the rows, their ids,
+    /// the index, the unique pair and the cascade from `packs` must all survive it.
+    #[tokio::test]
+    async fn alias_kind_migration_keeps_the_components_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!("a sqlite URL")
+        };
+        let run = |sql: &'static str| sqlx::raw_sql(sql).execute(pool);
+        run(include_str!("../../../migrations/sqlite/0001_init.sql"))
+            .await
+            .unwrap();
+        run(
+            "INSERT INTO packs (id, ref, label, version, storage_path, installed_at, updated_at) \
+             VALUES (7, 'pp', 'P', '1.0.0', '/x', 0, 0), (8, 'qq', 'Q', '1.0.0', '/y', 0, 0); \
+             INSERT INTO components (id, pack_id, kind, ref, file, definition) VALUES \
+             (41, 7, 'action', 'p.a', 'actions/a.yaml', '{}'), \
+             (42, 8, 'rule', 'q.r', 'rules/r.yaml', '{}')",
+        )
+        .await
+        .unwrap();
+        assert!(
+            run(
+                "INSERT INTO components (pack_id, kind, ref, file, definition) \
+                 VALUES (7, 'alias', 'p.old', 'aliases/old.yaml', '{}')"
+            )
+            .await
+            .is_err(),
+            "0001 refuses aliases"
+        );
+        run(include_str!(
+            "../../../migrations/sqlite/0003_alias_kind.sql"
+        ))
+        .await
+        .unwrap();
+        let rows: Vec<(i64, i64, String, String)> =
+            sqlx::query_as("SELECT id, pack_id, kind, ref FROM components ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (41, 7, "action".to_string(), "p.a".to_string()),
+                (42, 8, "rule".to_string(), "q.r".to_string())
+            ]
+        );
+        run(
+            "INSERT INTO components (pack_id, kind, ref, file, definition) \
+             VALUES (7, 'alias', 'p.greet', 'aliases/greet.yaml', '{}')",
+        )
+        .await
+        .unwrap();
+        let next: (i64,) = sqlx::query_as("SELECT id FROM components WHERE ref = 'p.greet'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert!(next.0 > 42, "AUTOINCREMENT continues: {}", next.0);
+        for refused in [
+            "INSERT INTO components (pack_id, kind, ref, file, definition) \
+             VALUES (7, 'bogus', 'p.b', 'b.yaml', '{}')",
+            "INSERT INTO components (pack_id, kind, ref, file, definition) \
+             VALUES (7, 'action', 'p.a', 'again.yaml', '{}')",
+            "INSERT INTO components (pack_id, kind, ref, file, definition) \
+             VALUES (99, 'action', 'p.z', 'z.yaml', '{}')",
+        ] {
+            assert!(run(refused).await.is_err(), "{refused}");
+        }
+        let index: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'components' \
+             AND name = 'components_pack_id'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(index.len(), 1);
+        run("DELETE FROM packs WHERE id = 7").await.unwrap();
+        let left: Vec<(String,)> = sqlx::query_as("SELECT ref FROM components")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        assert_eq!(left, [("q.r".to_string(),)]);
+        db.close().await;
+    }
 }

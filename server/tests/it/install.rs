@@ -409,8 +409,8 @@ async fn dry_run_plans_explains_conflicts_and_changes_nothing() {
     server.stop().await;
 }
 
-/// A local pack that fails validation whatever the flags: its rule names a trigger
-/// that exists nowhere.
+/// A local pack that fails validation with `strict`: its rule names a trigger that
+/// exists nowhere (by default the rule would only be left out).
 fn invalid_pack(dir: &Path, pack_ref: &str, deps: &[&str]) {
     let mut files = pack(pack_ref, "1.0.0", deps, "");
     files.push((
@@ -478,6 +478,7 @@ async fn a_failing_member_installs_nothing(backend: Backend) {
     invalid_pack(&broken, "broken", &["mid"]);
     let mut forced = request(&server, &["base@2.1.0", "top", &path_str(&broken)]);
     forced.force = Some(true);
+    forced.strict = Some(true);
     let (_, r) = install(&server, forced).await;
     assert!(!r.success);
     assert_eq!(r.errors.len(), 1, "{:#?}", r.errors);
@@ -534,6 +535,20 @@ async fn a_failing_member_installs_nothing(backend: Backend) {
     assert_eq!(registered(&server).await, before);
     unchanged(&server);
     assert!(!server.packs_dir().join("tripwire").exists());
+
+    // Without strict the broken member installs: its stale rule is left out, with a
+    // warning, and the rest of the pack is registered.
+    let (progress, r) = install(&server, request(&server, &[&path_str(&broken)])).await;
+    assert!(r.success, "{:#?}", r.errors);
+    let installed = r.installed.iter().find(|p| p.pack_ref == "broken").unwrap();
+    let counts = installed.components_registered.unwrap();
+    assert_eq!((counts.actions, counts.rules), (1, 0));
+    assert!(
+        progress.iter().any(|p| p.pack == "broken"
+            && p.message.contains("rules/bad.yaml")
+            && p.message.contains("rule broken.bad is not registered")),
+        "{progress:#?}"
+    );
     server.stop().await;
 }
 on_both_backends!(a_failing_member_installs_nothing);
@@ -605,6 +620,7 @@ async fn failed_install_puts_environments_back() {
     invalid_pack(&broken, "broken", &[]);
     let mut upgrade = request(&server, &["snake@1.1.0", &path_str(&broken)]);
     upgrade.force = Some(true);
+    upgrade.strict = Some(true);
     let (progress, r) = install(&server, upgrade).await;
     assert!(!r.success);
     assert_eq!(r.errors[0].stage, "validation", "{:#?}", r.errors);

@@ -24,3 +24,4 @@ mod install;
 mod register;
 mod register_throughput;
 mod rest;
+mod stackstorm_packs;

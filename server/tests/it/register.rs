@@ -365,10 +365,10 @@ async fn invalid_packs_are_not_registered(backend: Backend) {
     ));
     let broken = write(&root.join("broken"), &broken);
     let mut client = server.client().await;
-    let r = client
-        .register_batch(request(&server, &[&broken, Path::new("/etc")]))
-        .await
-        .unwrap();
+    // Strict: the unresolved references of rules/bad.yaml are errors as well.
+    let mut strict = request(&server, &[&broken, Path::new("/etc")]);
+    strict.strict = Some(true);
+    let r = client.register_batch(strict).await.unwrap();
     assert_eq!(r.registered_packs.len(), 0);
     let f = r
         .failed_packs
@@ -392,11 +392,55 @@ async fn invalid_packs_are_not_registered(backend: Backend) {
     assert!(outside.error.contains("outside the allowed roots"));
     assert!(!base(&server).join("broken").exists());
 
-    // skip_validation registers what can be read (the stolen ref is still refused by
-    // the loader, so that file is skipped), without running the reference checks.
+    // By default the rule is only left out, but the stolen ref is a pack error.
+    let r = client
+        .register_batch(request(&server, &[&broken]))
+        .await
+        .unwrap();
+    let f = &r.failed_packs[0];
+    assert_eq!(f.error_stage, "validation");
+    assert!(f.error.contains("actions/stolen.yaml"), "{}", f.error);
+    assert!(!f.error.contains("broken.nope"), "{}", f.error);
+    assert!(!base(&server).join("broken").exists());
+
+    // Without the stolen ref the pack registers, without the rule, saying so.
+    std::fs::remove_file(broken.join("actions/stolen.yaml")).unwrap();
+    let r = client
+        .register_batch(request(&server, &[&broken]))
+        .await
+        .unwrap();
+    assert_eq!(r.registered_packs.len(), 1, "{:#?}", r.failed_packs);
+    let p = &r.registered_packs[0];
+    assert_eq!(counts(p), [2, 1, 1, 1, 1, 1]);
+    let v = p.validation_results.clone().unwrap();
+    assert!(v.valid && v.errors.is_empty(), "{v:#?}");
+    assert!(
+        v.warnings.iter().any(|w| w.file == "rules/bad.yaml"
+            && w.message
+                .contains("trigger 'broken.nope' is not defined in this pack")
+            && w.message.contains("rule broken.bad is not registered")),
+        "{v:#?}"
+    );
+    let rows = components_in_db(&server, "broken").await;
+    assert!(rows.contains(&("rule".into(), "broken.on_change".into())));
+    assert!(!rows.iter().any(|(_, r)| r == "broken.bad"), "{rows:#?}");
+    let mut forced = request(&server, &[&broken]);
+    forced.force = Some(true);
+    forced.strict = Some(true);
+    let r = client.register_batch(forced).await.unwrap();
+    assert!(
+        r.failed_packs[0]
+            .error
+            .contains("rules/bad.yaml: trigger_ref: trigger 'broken.nope'"),
+        "{:#?}",
+        r.failed_packs
+    );
+
+    // skip_validation registers what can be read, without running the reference checks.
     let mut lax = request(&server, &[&broken]);
     lax.skip_validation = Some(true);
     lax.skip_tests = Some(true);
+    lax.force = Some(true);
     let r = client.register_batch(lax).await.unwrap();
     assert_eq!(r.registered_packs.len(), 1, "{:#?}", r.failed_packs);
     assert!(r.registered_packs[0].test_result.is_none());

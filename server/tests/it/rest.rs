@@ -185,6 +185,7 @@ async fn the_four_stages_answer_the_seed_json() {
         keys(&registered["components_registered"]),
         [
             "actions",
+            "aliases",
             "policies",
             "rules",
             "sensors",
