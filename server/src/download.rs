@@ -545,7 +545,7 @@ impl Downloader {
             })
             .instrument(tracing::debug_span!("verify"))
             .await??;
-        let mut verified = fetched.verified;
+        let verified = fetched.verified;
         if let Some(resolved) = &registry {
             if manifest.pack_ref != resolved.entry_ref || manifest.version != resolved.version {
                 return Err(PackDownloadError::NotTheIndexedPack {

@@ -93,7 +93,7 @@ pub(super) fn parse(mut top: Map<String, Value>) -> Result<PackIndex, IndexError
     let mut packs = Vec::with_capacity(raw_packs.len());
     let mut warnings = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    for (i, (key, raw)) in raw_packs.into_iter().enumerate() {
+    for (key, raw) in raw_packs {
         // The name a warning gives: the ref the entry claims, else its key.
         let claimed = raw
             .get("ref")
@@ -103,16 +103,22 @@ pub(super) fn parse(mut top: Map<String, Value>) -> Result<PackIndex, IndexError
             .chars()
             .take(MAX_SHORT_TEXT_BYTES)
             .collect::<String>();
+        // Entries are keyed, not positioned: the reason names the key (and the ref
+        // the entry claims, when that differs).
+        let at = if claimed == key {
+            format!("packs[\"{}\"]", shown(&key))
+        } else {
+            format!("packs[\"{}\"] ('{}')", shown(&key), shown(&claimed))
+        };
         match parse_entry(raw) {
             Ok(entry) => {
                 if !seen.insert(entry.pack_ref.clone()) {
                     warnings.push(IndexWarning {
-                        entry: Some(i),
+                        entry: None,
                         pack_ref: Some(claimed),
                         entry_skipped: true,
                         reason: format!(
-                            "packs[\"{}\"]: duplicate ref; the first entry with this ref is used",
-                            shown_key(&key)
+                            "{at}: duplicate ref; the first entry with this ref is used"
                         ),
                     });
                     continue;
@@ -120,10 +126,10 @@ pub(super) fn parse(mut top: Map<String, Value>) -> Result<PackIndex, IndexError
                 packs.push(entry);
             }
             Err(problem) => warnings.push(IndexWarning {
-                entry: Some(i),
+                entry: None,
                 pack_ref: Some(claimed),
                 entry_skipped: true,
-                reason: format!("packs[\"{}\"]: {problem}", shown_key(&key)),
+                reason: format!("{at}: {problem}"),
             }),
         }
     }
@@ -138,8 +144,8 @@ pub(super) fn parse(mut top: Map<String, Value>) -> Result<PackIndex, IndexError
     })
 }
 
-/// A key as shown in a warning: bounded, without control characters.
-fn shown_key(key: &str) -> String {
+/// A key or name as shown in a warning: bounded, without control characters.
+fn shown(key: &str) -> String {
     key.chars()
         .filter(|c| !c.is_control())
         .take(MAX_SHORT_TEXT_BYTES)
@@ -177,7 +183,7 @@ fn parse_entry(raw: Value) -> Result<PackEntry, EntryProblem> {
         return Err(EntryProblem::InvalidRef(pack_ref));
     }
     let version = parse_version(e.version.as_deref())?;
-    let repo_url = check_source_url(e.repo_url).map_err(|problem| repo_url_problem(problem))?;
+    let repo_url = check_source_url(e.repo_url).map_err(repo_url_problem)?;
     check_no_credentials(&repo_url)
         .map_err(|e| repo_url_problem(EntryProblem::UrlCarriesCredentials(e)))?;
     let dependencies = (!e.dependencies.is_empty()).then(|| PackDependencies {
@@ -360,7 +366,7 @@ mod tests {
                     git_ref,
                     checksum,
                 },
-            ] => (url, git_ref, checksum.is_some()),
+            ] => (url.as_str(), git_ref.as_str(), checksum.is_some()),
             other => panic!("expected one git source, got {other:?}"),
         }
     }
@@ -548,9 +554,14 @@ mod tests {
         assert!(reason("refless").contains("missing `ref` or `name`"));
         assert!(reason("good").contains("duplicate"));
         assert!(
+            reason("good").starts_with("packs[\"zdup\"] ('good'): duplicate ref"),
+            "{}",
+            reason("good")
+        );
+        assert!(
             idx.warnings
                 .iter()
-                .any(|w| w.reason.contains("packs[\"notobject\"]: entry is not a JSON object"))
+                .any(|w| w.to_string() == "packs[\"notobject\"]: entry is not a JSON object")
         );
         assert_eq!(idx.warnings.len(), 18, "{:#?}", idx.warnings);
         assert!(idx.warnings.iter().all(|w| w.entry_skipped));

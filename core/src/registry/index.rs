@@ -81,7 +81,8 @@ pub struct PackIndex {
 /// Something in the index that was ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexWarning {
-    /// Position in `packs[]`, or `None` for a top-level remark.
+    /// Position in `packs[]`; `None` for a top-level remark, and for an entry of a
+    /// format whose entries are keyed (the Exchange's), whose `reason` names the key.
     pub entry: Option<usize>,
     /// The entry's `ref`, when it could be read.
     pub pack_ref: Option<String>,
