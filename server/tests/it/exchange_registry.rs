@@ -299,7 +299,7 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     // SearchPacks finds Exchange entries by a keyword of the real index.
     let found = client.search_packs("route53").await.unwrap().packs;
     let refs: Vec<&str> = found.iter().map(|p| p.pack_ref.as_str()).collect();
-    assert_eq!(refs, ["aws"], "{found:#?}");
+    assert_eq!(refs, ["aws", "aws_boto3"], "{found:#?}");
     assert_eq!(found[0].version, aws.version);
     assert_eq!(found[0].versions, [aws.version.clone()]);
     assert_eq!(found[0].index_name.as_deref(), Some("exchange"));
