@@ -163,7 +163,11 @@ fn parse_entry(raw: Value) -> Result<PackEntry, EntryProblem> {
         ("version", e.version.as_deref(), MAX_SHORT_TEXT_BYTES),
         ("author", e.author.as_deref(), MAX_SHORT_TEXT_BYTES),
         ("email", e.email.as_deref(), MAX_SHORT_TEXT_BYTES),
-        ("description", e.description.as_deref(), MAX_DESCRIPTION_BYTES),
+        (
+            "description",
+            e.description.as_deref(),
+            MAX_DESCRIPTION_BYTES,
+        ),
         ("repo_url", e.repo_url.as_deref(), MAX_URL_BYTES),
     ] {
         check_len(field, value.unwrap_or_default(), limit)?;
@@ -419,11 +423,11 @@ mod tests {
         let acos = idx.get("acos").unwrap();
         assert_eq!(acos.contents.actions.len(), 35);
         assert_eq!(acos.contents.actions[0].name, "add_slb_server");
+        assert!(idx.search("load BALANCER").any(|p| p.pack_ref == "acos"));
         assert!(
-            idx.search("load BALANCER")
-                .any(|p| p.pack_ref == "acos")
+            idx.search("amazon web services")
+                .any(|p| p.pack_ref == "aws")
         );
-        assert!(idx.search("amazon web services").any(|p| p.pack_ref == "aws"));
     }
 
     #[test]
@@ -442,8 +446,8 @@ mod tests {
         assert!(idx.packs.is_empty());
         assert_eq!(idx.last_updated, "1970-01-01T00:00:00Z");
         // Attune's format with a stray `metadata` is still Attune's.
-        let idx = PackIndex::from_value(json!({"version": "1.0", "metadata": {}, "packs": []}))
-            .unwrap();
+        let idx =
+            PackIndex::from_value(json!({"version": "1.0", "metadata": {}, "packs": []})).unwrap();
         assert_eq!(idx.format, IndexFormat::Attune);
     }
 
@@ -525,10 +529,7 @@ mod tests {
         .unwrap();
         let refs: Vec<&str> = idx.packs.iter().map(|p| p.pack_ref.as_str()).collect();
         assert_eq!(refs, ["good", "oddcontent"], "{:#?}", idx.warnings);
-        assert_eq!(
-            idx.get("oddcontent").unwrap().contents.sensors[0].name,
-            "s"
-        );
+        assert_eq!(idx.get("oddcontent").unwrap().contents.sensors[0].name, "s");
         let reason = |r: &str| {
             idx.skipped_entry(r)
                 .unwrap_or_else(|| panic!("{r} not skipped: {:#?}", idx.warnings))

@@ -8,7 +8,7 @@ pub mod index;
 pub mod version;
 
 pub use index::{
-    ComponentSummary, EntryProblem, IndexError, IndexFormat, IndexWarning, InstallSource, PackContents,
-    PackDependencies, PackEntry, PackIndex, Release,
+    ComponentSummary, EntryProblem, IndexError, IndexFormat, IndexWarning, InstallSource,
+    PackContents, PackDependencies, PackEntry, PackIndex, Release,
 };
 pub use version::{PackRequirement, RequirementError, SelectorError, VersionSelector};

@@ -1955,7 +1955,9 @@ mod tests {
         assert_eq!(err.kind(), FailureKind::Unavailable);
         let text = err.to_string();
         assert!(
-            text.contains("set `trust: unverified` on registry 'exchange' in the registries configuration"),
+            text.contains(
+                "set `trust: unverified` on registry 'exchange' in the registries configuration"
+            ),
             "{text}"
         );
         assert!(text.contains("stackstorm-exchange-v1"), "{text}");
@@ -2000,7 +2002,10 @@ mod tests {
             .resolve("foo", &sel("1.0.0"), None, true)
             .await
             .unwrap_err();
-        assert!(matches!(err, RegistryError::VersionNotFound { .. }), "{err}");
+        assert!(
+            matches!(err, RegistryError::VersionNotFound { .. }),
+            "{err}"
+        );
         let hits = trusted.search("WIDGET").await.unwrap();
         assert_eq!(hits.len(), 1, "{hits:?}");
         assert_eq!(hits[0].pack_ref, "foo");

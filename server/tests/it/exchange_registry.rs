@@ -49,8 +49,7 @@ struct Exchange {
 
 impl Exchange {
     async fn start(refs: &[&str]) -> Exchange {
-        let mut index: Value =
-            serde_json::from_slice(&std::fs::read(REAL_INDEX).unwrap()).unwrap();
+        let mut index: Value = serde_json::from_slice(&std::fs::read(REAL_INDEX).unwrap()).unwrap();
         let repos = tempfile::tempdir().unwrap();
         let smart = HttpGitServer::start(repos.path(), HttpOptions::default());
         let mut packs = Vec::new();
@@ -159,7 +158,8 @@ async fn row_provenance(
     pack_ref: &str,
 ) -> (bool, Option<String>, Option<String>) {
     use attune_packs_server::store::Db;
-    const SQL: &str = "SELECT checksum_verified, git_commit, registry_url FROM packs WHERE ref = $1";
+    const SQL: &str =
+        "SELECT checksum_verified, git_commit, registry_url FROM packs WHERE ref = $1";
     match &server.state.db {
         Db::Sqlite(pool) => {
             let r = sqlx::query(SQL)
@@ -257,11 +257,7 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     );
     assert_eq!(
         row_provenance(&server, "aws").await,
-        (
-            false,
-            Some(aws.tagged.clone()),
-            Some(exchange.index_url())
-        )
+        (false, Some(aws.tagged.clone()), Some(exchange.index_url()))
     );
 
     // Install sees one version per Exchange pack and installs the tag, unverified.
@@ -289,11 +285,7 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     );
     assert_eq!(
         row_provenance(&server, "acos").await,
-        (
-            false,
-            Some(acos.tagged.clone()),
-            Some(exchange.index_url())
-        )
+        (false, Some(acos.tagged.clone()), Some(exchange.index_url()))
     );
 
     // SearchPacks finds Exchange entries by a keyword of the real index.
@@ -314,11 +306,8 @@ on_both_backends!(an_unverified_exchange_registry_downloads_registers_installs_a
 async fn without_trust_unverified_an_exchange_registry_is_refused_naming_the_setting() {
     let _net = net_shared();
     let exchange = Exchange::start(&["aws"]).await;
-    let server = TestServer::start_with(
-        Backend::Sqlite,
-        exchange.configure(RegistryTrust::Verified),
-    )
-    .await;
+    let server =
+        TestServer::start_with(Backend::Sqlite, exchange.configure(RegistryTrust::Verified)).await;
     let mut client = server.client().await;
     let dest = root(&server).join("dl");
     let r = client
@@ -354,9 +343,6 @@ async fn without_trust_unverified_an_exchange_registry_is_refused_naming_the_set
     assert!(refused.contains("trust: unverified"), "{refused}");
     assert!(!server.packs_dir().join("aws").exists());
     let search = client.search_packs("route53").await.unwrap_err();
-    assert!(
-        search.to_string().contains("trust: unverified"),
-        "{search}"
-    );
+    assert!(search.to_string().contains("trust: unverified"), "{search}");
     server.stop().await;
 }
