@@ -293,7 +293,7 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     let refs: Vec<&str> = found.iter().map(|p| p.pack_ref.as_str()).collect();
     assert_eq!(refs, ["aws", "aws_boto3"], "{found:#?}");
     assert_eq!(found[0].version, aws.version);
-    assert_eq!(found[0].versions, [aws.version.clone()]);
+    assert_eq!(found[0].versions, std::slice::from_ref(&aws.version));
     assert_eq!(found[0].index_name.as_deref(), Some("exchange"));
     assert_eq!(found[0].author, "StackStorm, Inc.");
     let all = client.search_packs("").await.unwrap().packs;
