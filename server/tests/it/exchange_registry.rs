@@ -152,14 +152,14 @@ fn failure<'a>(r: &'a pb::DownloadResult, source: &str) -> &'a str {
 }
 
 /// What the pack row records about where `pack_ref` came from:
-/// (checksum_verified, git_commit, registry_url).
+/// (checksum_verified, registry_trust, git_commit, registry_url).
 async fn row_provenance(
     server: &TestServer,
     pack_ref: &str,
-) -> (bool, Option<String>, Option<String>) {
+) -> (bool, Option<String>, Option<String>, Option<String>) {
     use attune_packs_server::store::Db;
-    const SQL: &str =
-        "SELECT checksum_verified, git_commit, registry_url FROM packs WHERE ref = $1";
+    const SQL: &str = "SELECT checksum_verified, registry_trust, git_commit, registry_url \
+                       FROM packs WHERE ref = $1";
     match &server.state.db {
         Db::Sqlite(pool) => {
             let r = sqlx::query(SQL)
@@ -167,7 +167,7 @@ async fn row_provenance(
                 .fetch_one(pool)
                 .await
                 .unwrap();
-            (r.get(0), r.get(1), r.get(2))
+            (r.get(0), r.get(1), r.get(2), r.get(3))
         }
         Db::Postgres(pool) => {
             let r = sqlx::query(SQL)
@@ -175,7 +175,7 @@ async fn row_provenance(
                 .fetch_one(pool)
                 .await
                 .unwrap();
-            (r.get(0), r.get(1), r.get(2))
+            (r.get(0), r.get(1), r.get(2), r.get(3))
         }
     }
 }
@@ -257,7 +257,12 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     );
     assert_eq!(
         row_provenance(&server, "aws").await,
-        (false, Some(aws.tagged.clone()), Some(exchange.index_url()))
+        (
+            false,
+            Some("unverified".to_string()),
+            Some(aws.tagged.clone()),
+            Some(exchange.index_url())
+        )
     );
 
     // Install sees one version per Exchange pack and installs the tag, unverified.
@@ -285,7 +290,12 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
     );
     assert_eq!(
         row_provenance(&server, "acos").await,
-        (false, Some(acos.tagged.clone()), Some(exchange.index_url()))
+        (
+            false,
+            Some("unverified".to_string()),
+            Some(acos.tagged.clone()),
+            Some(exchange.index_url())
+        )
     );
 
     // SearchPacks finds Exchange entries by a keyword of the real index.
