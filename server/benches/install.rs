@@ -117,6 +117,7 @@ async fn main() {
         priority: 1,
         enabled: true,
         headers: Default::default(),
+        trust: Default::default(),
     }];
     let state = state::open(config).await.unwrap();
     let packs: Vec<String> = (0..ROOTS)

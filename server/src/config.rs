@@ -451,6 +451,11 @@ pub struct IndexEntryConfig {
     /// Sent only to this index (e.g. Authorization); never logged.
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, Secret>,
+    /// `verified` (default): every install source must carry a checksum that is
+    /// verified. `unverified`: the index may also be in a format without checksums
+    /// (the StackStorm Exchange); its packs are installed unverified and recorded so.
+    #[serde(default)]
+    pub trust: crate::registry::RegistryTrust,
 }
 
 impl RegistrySection {
@@ -471,6 +476,7 @@ impl RegistrySection {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.expose().to_string()))
                         .collect(),
+                    trust: i.trust,
                 })
                 .collect(),
             cache_ttl: self.cache_ttl,
@@ -981,6 +987,38 @@ mod tests {
         assert_eq!(c.download.git.https_token.unwrap().expose(), "tok");
         assert_eq!(c.registry.indices[0].priority, 1);
         assert!(c.registry.indices[0].enabled);
+        assert_eq!(
+            c.registry.indices[0].trust,
+            crate::registry::RegistryTrust::Verified
+        );
+    }
+
+    #[test]
+    fn registry_trust_is_per_index() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "ATTUNE_PACKS_REGISTRY__INDICES",
+                "[{url: 'https://a.example/index.json', trust: unverified}, \
+                  {url: 'https://b.example/index.json', trust: verified}]",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let trust: Vec<_> = c.registry.indices.iter().map(|i| i.trust).collect();
+        use crate::registry::RegistryTrust::{Unverified, Verified};
+        assert_eq!(trust, [Unverified, Verified]);
+        assert_eq!(c.registry.client_config().indices[0].trust, Unverified);
+        let err = Config::load(
+            None,
+            env(&[(
+                "ATTUNE_PACKS_REGISTRY__INDICES",
+                "[{url: 'https://a.example/index.json', trust: none}]",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unverified"), "{err}");
     }
 
     #[test]

@@ -545,7 +545,7 @@ impl Downloader {
             })
             .instrument(tracing::debug_span!("verify"))
             .await??;
-        let mut verified = fetched.verified;
+        let verified = fetched.verified;
         if let Some(resolved) = &registry {
             if manifest.pack_ref != resolved.entry_ref || manifest.version != resolved.version {
                 return Err(PackDownloadError::NotTheIndexedPack {
@@ -559,7 +559,21 @@ impl Downloader {
                     }),
                 });
             }
-            verified |= fetched.kind == SourceKind::Git;
+            if !verified {
+                reporter.warn(
+                    Stage::Verify,
+                    format!(
+                        "{} {} is not verified: registry {} gives no checksum for it \
+                         (trust: {}); installed from {} at {}",
+                        resolved.entry_ref,
+                        resolved.version,
+                        redact_url(&resolved.index_url),
+                        resolved.trust,
+                        fetched.url.as_deref().unwrap_or("?"),
+                        fetched.git_commit.as_deref().unwrap_or("?"),
+                    ),
+                );
+            }
         }
         let checksum = checksum::checksum_prefixed(&checksum_hex);
         reporter.info(Stage::Verify, format!("checksum {checksum}"));
@@ -587,6 +601,7 @@ impl Downloader {
             git_commit: fetched.git_commit.clone(),
             checksum: checksum.clone(),
             registry_url: registry.as_ref().map(|r| r.index_url.clone()),
+            registry_trust: registry.as_ref().map(|r| r.trust.as_str().to_string()),
             checksum_verified: verified,
             downloaded_at: crate::auth::unix_now() as i64 * 1000,
         };
@@ -628,7 +643,9 @@ impl Downloader {
     }
 
     /// Tries an index entry's sources in order (git first, as listed by the index),
-    /// each verified against its checksum; the first that succeeds wins.
+    /// each verified against its checksum when the index gives one (a git source of an
+    /// index without checksums is taken as checked out, unverified); the first that
+    /// succeeds wins.
     #[tracing::instrument(name = "fetch_install_sources", level = "debug", skip_all, fields(sources = sources.len()))]
     async fn fetch_registry_sources(
         &self,
@@ -647,11 +664,15 @@ impl Downloader {
                     git_ref,
                     checksum,
                 } => {
-                    match self
-                        .fetch_git(url, Some(git_ref), &slot, request, reporter, deadline)
-                        .await
-                    {
-                        Ok(mut fetched) => {
+                    match (
+                        self.fetch_git(url, Some(git_ref), &slot, request, reporter, deadline)
+                            .await,
+                        checksum,
+                    ) {
+                        // The index gives no checksum (an unverified registry): the
+                        // checkout is taken as is and recorded as unverified.
+                        (Ok(fetched), None) => Ok(fetched),
+                        (Ok(mut fetched), Some(expected)) => {
                             let root = fetched.pack_root.clone();
                             let actual = match slot
                                 .blocking(move || checksum::directory_checksum(&root))
@@ -662,13 +683,13 @@ impl Downloader {
                             };
                             match actual {
                                 Ok(actual)
-                                    if checksum.to_string()
+                                    if expected.to_string()
                                         == checksum::checksum_prefixed(&actual) =>
                                 {
                                     reporter.info(
                                         Stage::Verify,
                                         format!(
-                                            "directory checksum matches the index ({checksum})"
+                                            "directory checksum matches the index ({expected})"
                                         ),
                                     );
                                     fetched.checksum_hex = Some(actual);
@@ -678,13 +699,13 @@ impl Downloader {
                                 Ok(actual) => Err(PackDownloadError::CheckoutChecksumMismatch {
                                     url: url.clone(),
                                     git_ref: git_ref.clone(),
-                                    expected: Box::new(*checksum),
+                                    expected: Box::new(*expected),
                                     actual,
                                 }),
                                 Err(e) => Err(e),
                             }
                         }
-                        Err(e) => Err(e),
+                        (Err(e), _) => Err(e),
                     }
                 }
                 InstallSource::Archive { url, checksum } => {

@@ -33,6 +33,12 @@ pub struct Provenance {
     pub checksum: String,
     /// The index that resolved a registry ref.
     pub registry_url: Option<String>,
+    /// For registry refs, the trust configured for that index: `verified`, or
+    /// `unverified` (an index without checksums may have served it; then
+    /// `checksum_verified` is false and `git_commit` is what was installed).
+    /// Absent in sidecars written before the field existed.
+    #[serde(default)]
+    pub registry_trust: Option<String>,
     /// The index's checksum was compared and matched.
     pub checksum_verified: bool,
     /// Unix milliseconds.

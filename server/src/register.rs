@@ -1231,6 +1231,7 @@ fn pack_row(
         git_commit: provenance.and_then(|p| p.git_commit.clone()),
         checksum: Some(checksum::checksum_prefixed(checksum_hex)),
         checksum_verified: provenance.is_some_and(|p| p.checksum_verified),
+        registry_trust: provenance.and_then(|p| p.registry_trust.clone()),
         installed_by,
     }
 }

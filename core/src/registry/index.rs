@@ -8,6 +8,9 @@
 //!   in [`PackIndex::warnings`] instead of failing the whole index;
 //! * only a malformed top level (not an object, no `packs` array, an unknown
 //!   format major version) is an error.
+//!
+//! A document whose `packs` is an object and which has `metadata` is the StackStorm
+//! Exchange index, read by [`super::exchange`] into the same model.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -26,9 +29,43 @@ pub const SUPPORTED_FORMAT_MAJOR: u64 = 1;
 /// The newest format version this client knows about (1.1 = `releases[]`).
 pub const NEWEST_KNOWN_FORMAT: &str = "1.1";
 
+/// Which document format an index was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexFormat {
+    /// Attune's format (1.0 and the 1.1 `releases[]` extension): every source has a
+    /// checksum.
+    Attune,
+    /// The StackStorm Exchange `index.json`: git repositories and versions, no
+    /// checksums. Only usable from a registry configured with `trust: unverified`.
+    StackStormExchange,
+}
+
+impl IndexFormat {
+    /// The name used in messages and documentation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attune => "attune",
+            Self::StackStormExchange => "stackstorm-exchange-v1",
+        }
+    }
+
+    /// Whether the format carries checksums for every install source.
+    pub fn has_checksums(self) -> bool {
+        matches!(self, Self::Attune)
+    }
+}
+
+impl fmt::Display for IndexFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A parsed registry index.
 #[derive(Debug, Clone)]
 pub struct PackIndex {
+    /// The document format it was read from.
+    pub format: IndexFormat,
     pub registry_name: String,
     pub registry_url: String,
     /// The `version` field of the index ("1.0", "1.1"); "1.0" when absent.
@@ -44,7 +81,8 @@ pub struct PackIndex {
 /// Something in the index that was ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexWarning {
-    /// Position in `packs[]`, or `None` for a top-level remark.
+    /// Position in `packs[]`; `None` for a top-level remark, and for an entry of a
+    /// format whose entries are keyed (the Exchange's), whose `reason` names the key.
     pub entry: Option<usize>,
     /// The entry's `ref`, when it could be read.
     pub pack_ref: Option<String>,
@@ -73,6 +111,16 @@ pub enum IndexError {
     NotAnObject,
     #[error("there is no `packs` array at the top level")]
     NoPacks,
+    #[error(
+        "`packs` is an object but there is no `metadata` object: this is neither Attune's format \
+         (a `packs` array) nor the StackStorm Exchange format (`metadata` and a `packs` object)"
+    )]
+    UnrecognisedShape,
+    #[error(
+        "the index lists {count} packs, more than the limit of {limit}; it is refused as a whole \
+         (dropping some would hand their refs to lower-priority indices)"
+    )]
+    TooManyPacks { count: usize, limit: usize },
     #[error(
         "unsupported index format version '{0}' (this client understands 1.x, newest known {NEWEST_KNOWN_FORMAT})"
     )]
@@ -175,11 +223,13 @@ impl PackEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallSource {
     /// `git clone <url>` then checkout `git_ref`; `checksum` is the
-    /// attune-pack-file-v1 directory checksum.
+    /// attune-pack-file-v1 directory checksum. Always present in Attune's format;
+    /// `None` only for formats without checksums (the StackStorm Exchange), whose
+    /// checkouts are recorded as unverified.
     Git {
         url: String,
         git_ref: String,
-        checksum: Digest,
+        checksum: Option<Digest>,
     },
     /// Download `url`; `checksum` is the digest of the archive bytes.
     Archive { url: String, checksum: Digest },
@@ -191,9 +241,11 @@ impl InstallSource {
             Self::Git { url, .. } | Self::Archive { url, .. } => url,
         }
     }
-    pub fn checksum(&self) -> &Digest {
+    /// The digest the download must match; `None` when the index gave none.
+    pub fn checksum(&self) -> Option<&Digest> {
         match self {
-            Self::Git { checksum, .. } | Self::Archive { checksum, .. } => checksum,
+            Self::Git { checksum, .. } => checksum.as_ref(),
+            Self::Archive { checksum, .. } => Some(checksum),
         }
     }
     /// `"git"` or `"archive"`, as in the index.
@@ -320,6 +372,12 @@ impl PackIndex {
         let Value::Object(mut top) = v else {
             return Err(IndexError::NotAnObject);
         };
+        if top.get("packs").is_some_and(Value::is_object) {
+            if !top.get("metadata").is_some_and(Value::is_object) {
+                return Err(IndexError::UnrecognisedShape);
+            }
+            return super::exchange::parse(top);
+        }
         let mut warnings = Vec::new();
         let format_version = match top.get("version") {
             None | Some(Value::Null) => {
@@ -387,6 +445,7 @@ impl PackIndex {
             }
         }
         Ok(Self {
+            format: IndexFormat::Attune,
             registry_name: text("registry_name"),
             registry_url: text("registry_url"),
             format_version,
@@ -525,7 +584,7 @@ fn parse_release(raw: Value) -> Result<Release, EntryProblem> {
     })
 }
 
-fn parse_version(v: Option<&str>) -> Result<Version, EntryProblem> {
+pub(super) fn parse_version(v: Option<&str>) -> Result<Version, EntryProblem> {
     let v = v.ok_or(EntryProblem::Missing("version"))?;
     Version::parse(v).map_err(|source| EntryProblem::InvalidVersion {
         version: v.to_string(),
@@ -533,7 +592,7 @@ fn parse_version(v: Option<&str>) -> Result<Version, EntryProblem> {
     })
 }
 
-fn check_dependencies(d: Option<&PackDependencies>) -> Result<(), EntryProblem> {
+pub(super) fn check_dependencies(d: Option<&PackDependencies>) -> Result<(), EntryProblem> {
     for p in d.map(|d| d.packs.as_slice()).unwrap_or_default() {
         PackRequirement::parse(p).map_err(EntryProblem::Dependency)?;
     }
@@ -575,7 +634,7 @@ fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
             Ok(InstallSource::Git {
                 url: check_source_url(g.url)?,
                 git_ref,
-                checksum: parse_checksum(g.checksum)?,
+                checksum: Some(parse_checksum(g.checksum)?),
             })
         }
         "archive" => {
@@ -595,7 +654,7 @@ fn parse_checksum(c: Option<String>) -> Result<Digest, EntryProblem> {
 
 /// Structural checks only: the downloader applies the full outbound policy
 /// (https-only for git, host approval, …) when it fetches.
-fn check_source_url(u: Option<String>) -> Result<String, EntryProblem> {
+pub(super) fn check_source_url(u: Option<String>) -> Result<String, EntryProblem> {
     let u = u.ok_or(EntryProblem::Missing("url"))?;
     let parsed = url::Url::parse(&u).map_err(EntryProblem::InvalidUrl)?;
     if !matches!(parsed.scheme(), "https" | "http") {
@@ -657,6 +716,20 @@ pub enum EntryProblem {
     UrlCredentials,
     #[error("url has no host")]
     UrlWithoutHost,
+    #[error("url {0}")]
+    UrlCarriesCredentials(#[source] crate::source::SourceError),
+    #[error("`{field}` is {len} bytes long, more than the limit of {limit}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error("`{field}` has {count} items, more than the limit of {limit}")]
+    TooManyItems {
+        field: &'static str,
+        count: usize,
+        limit: usize,
+    },
 }
 
 #[cfg(test)]
@@ -695,6 +768,7 @@ mod tests {
     fn loads_real_fixture() {
         let bytes = std::fs::read(FIXTURE).unwrap();
         let idx = PackIndex::from_slice(&bytes).unwrap();
+        assert_eq!(idx.format, IndexFormat::Attune);
         assert_eq!(idx.packs.len(), 44);
         assert!(idx.warnings.is_empty(), "{:?}", idx.warnings);
         assert_eq!(idx.registry_name, "Attune Standard Pack Index");
@@ -709,6 +783,7 @@ mod tests {
                 git_ref,
                 checksum,
             } => {
+                let checksum = checksum.as_ref().unwrap();
                 assert_eq!(url, "https://github.com/attune-packs/activedirectory.git");
                 assert_eq!(git_ref, "0ca87f5d99b7e82c145a3d5c4ef5fb0b8228c5c2");
                 assert_eq!(
@@ -874,7 +949,7 @@ mod tests {
         );
         assert_eq!(
             PackIndex::from_str("{\"version\":\"1.0\",\"packs\":{}}").unwrap_err(),
-            IndexError::NoPacks
+            IndexError::UnrecognisedShape
         );
         assert!(matches!(
             PackIndex::from_str("{oops").unwrap_err(),

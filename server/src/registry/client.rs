@@ -8,6 +8,10 @@
 //! If that index has no matching version, or a higher-priority index cannot be
 //! fetched or parsed, resolution stops with an error instead of consulting
 //! lower-priority indices (which would allow dependency confusion).
+//!
+//! Trust is per configured index: an index whose format carries no checksums (the
+//! StackStorm Exchange's) is only used from an index configured with
+//! [`RegistryTrust::Unverified`]; anywhere else it is refused like an invalid index.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -25,7 +29,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 use url::Url;
 
-use super::index::{IndexError, InstallSource, PackDependencies, PackIndex};
+use super::index::{IndexError, IndexFormat, InstallSource, PackDependencies, PackIndex};
 use super::version::{SelectorError, VersionSelector};
 use crate::{
     failure::{Failure, FailureKind},
@@ -65,6 +69,36 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ];
 const FORBIDDEN_HEADER_PREFIXES: &[&str] = &["proxy-", "x-forwarded-"];
 
+/// What a configured index is trusted with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryTrust {
+    /// Every install source must carry a checksum, and it is verified (Attune's
+    /// format). An index in a format without checksums is refused.
+    #[default]
+    Verified,
+    /// The index may be in a format without checksums (the StackStorm Exchange):
+    /// its packs are installed from their git tags unverified, and recorded so.
+    /// Checksums an index does carry are still verified.
+    Unverified,
+}
+
+impl RegistryTrust {
+    /// `"verified"` or `"unverified"`, as configured and as recorded in provenance.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Unverified => "unverified",
+        }
+    }
+}
+
+impl fmt::Display for RegistryTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One configured index.
 #[derive(Clone)]
 pub struct IndexConfig {
@@ -76,6 +110,8 @@ pub struct IndexConfig {
     /// Sent only to this index (e.g. `Authorization`). Values are never logged
     /// nor shown by `Debug`.
     pub headers: BTreeMap<String, String>,
+    /// Whether an index format without checksums is accepted from this index.
+    pub trust: RegistryTrust,
 }
 
 impl IndexConfig {
@@ -87,6 +123,7 @@ impl IndexConfig {
             priority: 100,
             enabled: true,
             headers: BTreeMap::new(),
+            trust: RegistryTrust::Verified,
         }
     }
 }
@@ -104,6 +141,7 @@ impl fmt::Debug for IndexConfig {
             .field("priority", &self.priority)
             .field("enabled", &self.enabled)
             .field("headers", &headers)
+            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -161,6 +199,7 @@ pub struct IndexInfo {
     pub priority: u32,
     pub enabled: bool,
     pub has_headers: bool,
+    pub trust: RegistryTrust,
 }
 
 /// The outcome of resolving `ref[@selector]`.
@@ -178,6 +217,10 @@ pub struct Resolved {
     pub yanked: bool,
     pub index_url: String,
     pub index_name: Option<String>,
+    /// The trust of the index that resolved it.
+    pub trust: RegistryTrust,
+    /// The format of that index (whether its sources carry checksums).
+    pub index_format: IndexFormat,
 }
 
 /// An index as loaded for one call.
@@ -252,6 +295,24 @@ pub enum RegistryError {
         "registry index {url} is larger than the limit of {limit} bytes; refusing to fall back to lower-priority indices"
     )]
     TooLarge { url: String, limit: u64 },
+    #[error(
+        "registry index {index} is in the {format} format, which carries no checksums; \
+         refusing it because that registry is not marked unverified: set `trust: unverified` \
+         on registry {registry} in the registries configuration (registry.indices[].trust) \
+         to install its packs without checksum verification"
+    )]
+    UnverifiedIndexNotTrusted {
+        index: String,
+        /// The registry's name, else its URL, as the configuration has it.
+        registry: String,
+        format: IndexFormat,
+    },
+    #[error(
+        "the request's registry_url {url} is in the {format} format, which carries no checksums; \
+         only a configured registry with `trust: unverified` (registry.indices[].trust) may be \
+         in that format"
+    )]
+    UnverifiedRequestIndex { url: String, format: IndexFormat },
     #[error("URL {url} is not allowed: {reason}")]
     Policy { url: String, reason: String },
     #[error("header '{name}' configured for index {index} is not allowed: {reason}")]
@@ -282,8 +343,10 @@ impl Failure for RegistryError {
             | RegistryError::VersionNotFound { .. }
             | RegistryError::Policy { .. }
             | RegistryError::InvalidRef(_)
-            | RegistryError::InvalidSelector(_) => FailureKind::InvalidRequest,
+            | RegistryError::InvalidSelector(_)
+            | RegistryError::UnverifiedRequestIndex { .. } => FailureKind::InvalidRequest,
             RegistryError::IndexUnavailable { .. }
+            | RegistryError::UnverifiedIndexNotTrusted { .. }
             | RegistryError::InvalidIndex { .. }
             | RegistryError::InvalidEntry { .. }
             | RegistryError::TooLarge { .. } => FailureKind::Unavailable,
@@ -354,6 +417,7 @@ struct ConfiguredIndex {
     priority: u32,
     enabled: bool,
     headers: HeaderMap,
+    trust: RegistryTrust,
 }
 
 /// Identity of a cached document: the URL, which credentials fetched it (a
@@ -387,6 +451,7 @@ struct Target<'a> {
     /// Position in `Inner::indices` when this target sends that index's headers.
     credentials_of: Option<usize>,
     configured: bool,
+    trust: RegistryTrust,
 }
 
 impl Target<'_> {
@@ -434,6 +499,7 @@ impl RegistryClient {
                 priority: ic.priority,
                 enabled: ic.enabled,
                 headers,
+                trust: ic.trust,
             });
         }
         indices.sort_by_key(|i| i.priority);
@@ -463,6 +529,7 @@ impl RegistryClient {
                 priority: i.priority,
                 enabled: i.enabled,
                 has_headers: !i.headers.is_empty(),
+                trust: i.trust,
             })
             .collect()
     }
@@ -520,6 +587,8 @@ impl RegistryClient {
                     yanked: rel.yanked,
                     index_url: t.url.to_string(),
                     index_name: t.name.clone(),
+                    trust: t.trust,
+                    index_format: index.format,
                 });
             }
             if let Some(w) = index.skipped_entry(pack_ref) {
@@ -629,12 +698,20 @@ impl RegistryClient {
         let mut out: Vec<Target<'_>> = Vec::new();
         if let Some(raw) = extra_index.map(str::trim).filter(|s| !s.is_empty()) {
             let url = check_index_url(raw, inner.allow_http, inner.allow_file_registry_url)?;
+            // The operator's word on this exact URL (fetched the same way: no headers)
+            // holds when a request names it.
+            let trust = inner
+                .indices
+                .iter()
+                .find(|ix| ix.enabled && ix.url == url && ix.headers.is_empty())
+                .map_or(RegistryTrust::Verified, |ix| ix.trust);
             out.push(Target {
                 url,
                 name: None,
                 headers: None,
                 credentials_of: None,
                 configured: false,
+                trust,
             });
         }
         for (i, ix) in inner
@@ -650,6 +727,7 @@ impl RegistryClient {
                 headers: has_headers.then_some(&ix.headers),
                 credentials_of: has_headers.then_some(i),
                 configured: true,
+                trust: ix.trust,
             };
             if out
                 .iter()
@@ -683,10 +761,38 @@ impl RegistryClient {
         cell
     }
 
+    /// The parsed index for `t`, refused when its format carries no checksums and
+    /// `t` is not trusted with that. Checked on every use, not when caching: one
+    /// cached document may serve targets of different trust.
+    async fn load(
+        &self,
+        t: &Target<'_>,
+        verify_ssl: bool,
+    ) -> Result<Arc<PackIndex>, RegistryError> {
+        let index = self.load_cached(t, verify_ssl).await?;
+        if index.format.has_checksums() || t.trust == RegistryTrust::Unverified {
+            return Ok(index);
+        }
+        if !t.configured {
+            return Err(RegistryError::UnverifiedRequestIndex {
+                url: redact_url(t.url.as_str()),
+                format: index.format,
+            });
+        }
+        Err(RegistryError::UnverifiedIndexNotTrusted {
+            index: t.label(),
+            registry: t
+                .name
+                .as_ref()
+                .map_or_else(|| redact_url(t.url.as_str()), |n| format!("'{n}'")),
+            format: index.format,
+        })
+    }
+
     /// The parsed index for `t`, from the cache when fresh, else fetched
     /// (conditionally when a validator is known). Concurrent callers for the
     /// same index wait for one fetch instead of each fetching.
-    async fn load(
+    async fn load_cached(
         &self,
         t: &Target<'_>,
         verify_ssl: bool,
@@ -1815,5 +1921,134 @@ mod tests {
         // Every index failing is an error.
         let only_broken = RegistryClient::new(cfg(vec![idx(broken.url(), 1)])).unwrap();
         assert!(only_broken.search("x").await.is_err());
+    }
+
+    fn exchange_doc() -> String {
+        json!({
+            "metadata": {"generated_ts": 1_770_315_167, "hash": "x"},
+            "packs": {
+                "foo": {"name": "foo", "version": "1.2.3", "author": "a",
+                        "description": "Foo things", "keywords": ["widgets"],
+                        "repo_url": "https://github.com/StackStorm-Exchange/stackstorm-foo"},
+                "Only A": {"ref": "only_a", "name": "Only A", "version": "0.1.0",
+                           "repo_url": "https://github.com/StackStorm-Exchange/stackstorm-only_a"}
+            }
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_exchange_index_needs_an_unverified_registry() {
+        let exchange = serve(exchange_doc()).await;
+        let lower = serve(index_doc(vec![entry("foo", "1.2.3")])).await;
+        let mut named = idx(exchange.url(), 1);
+        named.name = Some("exchange".into());
+        let client = RegistryClient::new(cfg(vec![named.clone(), idx(lower.url(), 2)])).unwrap();
+        let err = client
+            .resolve("foo", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::UnverifiedIndexNotTrusted { .. }),
+            "{err}"
+        );
+        assert_eq!(err.kind(), FailureKind::Unavailable);
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "set `trust: unverified` on registry 'exchange' in the registries configuration"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("stackstorm-exchange-v1"), "{text}");
+        // Fail closed: the lower index listing the same ref is not consulted instead.
+        assert_eq!(lower.hits(), 0);
+        // Search skips it, as it skips an unreachable index.
+        let hits = client.search("").await.unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].index_url, lower.url());
+        assert!(client.load_all(None, true).await.is_err());
+        // Unnamed: the message names the URL.
+        let unnamed = RegistryClient::new(cfg(vec![idx(exchange.url(), 1)])).unwrap();
+        let text = unnamed
+            .resolve("foo", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(&format!("on registry {} in the registries", exchange.url())),
+            "{text}"
+        );
+
+        // Marked unverified: one version per pack, its repository at tag v<version>.
+        named.trust = RegistryTrust::Unverified;
+        let trusted = RegistryClient::new(cfg(vec![named, idx(lower.url(), 2)])).unwrap();
+        let r = trusted
+            .resolve("foo", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap();
+        assert_eq!(r.version, Version::new(1, 2, 3));
+        assert_eq!(r.trust, RegistryTrust::Unverified);
+        assert_eq!(r.index_format, IndexFormat::StackStormExchange);
+        assert_eq!(
+            r.install_sources,
+            [InstallSource::Git {
+                url: "https://github.com/StackStorm-Exchange/stackstorm-foo".into(),
+                git_ref: "v1.2.3".into(),
+                checksum: None,
+            }]
+        );
+        let err = trusted
+            .resolve("foo", &sel("1.0.0"), None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::VersionNotFound { .. }),
+            "{err}"
+        );
+        let hits = trusted.search("WIDGET").await.unwrap();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].pack_ref, "foo");
+        assert_eq!(hits[0].index_url, exchange.url());
+        assert_eq!(hits[0].versions, ["1.2.3"]);
+        let only_a = trusted
+            .resolve("only_a", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap();
+        assert_eq!(only_a.version, Version::new(0, 1, 0));
+        assert_eq!(trusted.indices()[0].trust, RegistryTrust::Unverified);
+
+        // A request's own registry_url in that format is refused, unless the operator
+        // configured that very URL as unverified.
+        let other = serve(exchange_doc()).await;
+        let err = trusted
+            .resolve("foo", &VersionSelector::Latest, Some(&other.url()), true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::UnverifiedRequestIndex { .. }),
+            "{err}"
+        );
+        assert_eq!(err.kind(), FailureKind::InvalidRequest);
+        let r = trusted
+            .resolve("foo", &VersionSelector::Latest, Some(&exchange.url()), true)
+            .await
+            .unwrap();
+        assert_eq!(r.trust, RegistryTrust::Unverified);
+    }
+
+    #[tokio::test]
+    async fn an_attune_index_under_unverified_trust_keeps_its_checksums() {
+        let a = serve(index_doc(vec![entry("foo", "1.0.0")])).await;
+        let mut ia = idx(a.url(), 1);
+        ia.trust = RegistryTrust::Unverified;
+        let client = RegistryClient::new(cfg(vec![ia])).unwrap();
+        let r = client
+            .resolve("foo", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap();
+        assert_eq!(r.trust, RegistryTrust::Unverified);
+        assert_eq!(r.index_format, IndexFormat::Attune);
+        assert!(r.install_sources.iter().all(|s| s.checksum().is_some()));
     }
 }

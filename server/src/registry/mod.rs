@@ -7,6 +7,6 @@ pub mod client;
 
 pub use attune_packs_core::registry::*;
 pub use client::{
-    IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError, Resolved,
-    SearchHit, Unreachable,
+    IndexConfig, IndexInfo, LoadedIndex, RegistryClient, RegistryConfig, RegistryError,
+    RegistryTrust, Resolved, SearchHit, Unreachable,
 };

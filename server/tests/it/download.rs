@@ -586,6 +586,7 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
                 priority: 1,
                 enabled: true,
                 headers: Default::default(),
+                trust: Default::default(),
             },
             attune_packs_server::config::IndexEntryConfig {
                 url: secondary_url.clone(),
@@ -597,6 +598,7 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
                     attune_packs_server::config::Secret::new("Bearer index-token"),
                 )]
                 .into(),
+                trust: Default::default(),
             },
         ];
     })

@@ -139,6 +139,7 @@ impl Registry {
                 priority: 1,
                 enabled: true,
                 headers: Default::default(),
+                trust: Default::default(),
             }];
         }
     }

@@ -13,6 +13,7 @@ mod crash;
 mod crash_loop;
 mod dependencies;
 mod download;
+mod exchange_registry;
 mod git;
 mod grpcurl;
 mod hostile_archive;
