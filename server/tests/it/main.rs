@@ -23,3 +23,4 @@ mod install;
 mod register;
 mod register_throughput;
 mod rest;
+mod symlinks;
