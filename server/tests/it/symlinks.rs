@@ -139,12 +139,14 @@ fn assert_no_links(dir: &Path) {
     }
 }
 
-/// Entries of `dir` (nothing half-written may be left there).
+/// Entries of `dir` but the provenance records of placed packs (`.<ref>.source.json`):
+/// nothing half-written may be left there.
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !(n.starts_with('.') && n.ends_with(".source.json")))
                 .collect()
         })
         .unwrap_or_default();
