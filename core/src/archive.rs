@@ -257,7 +257,11 @@ struct ArchiveLink {
 
 impl ArchiveLink {
     fn kind(&self) -> &'static str {
-        if self.hard { "hard link" } else { "symbolic link" }
+        if self.hard {
+            "hard link"
+        } else {
+            "symbolic link"
+        }
     }
 }
 
@@ -374,7 +378,11 @@ impl Placer<'_> {
                 stack.push(physical.to_string());
                 let names = self.children.get(physical).cloned().unwrap_or_default();
                 for name in names {
-                    self.place(&format!("{at}/{name}"), &format!("{physical}/{name}"), stack)?;
+                    self.place(
+                        &format!("{at}/{name}"),
+                        &format!("{physical}/{name}"),
+                        stack,
+                    )?;
                 }
                 stack.pop();
                 Ok(())
@@ -436,8 +444,8 @@ impl Placer<'_> {
         }
         let mut out = out.open(&to).map_err(io_at(&to))?;
         let room = self.limits.max_total_bytes - self.bytes;
-        let written = io::copy(&mut (&mut src).take(room.saturating_add(1)), &mut out)
-            .map_err(io_at(&to))?;
+        let written =
+            io::copy(&mut (&mut src).take(room.saturating_add(1)), &mut out).map_err(io_at(&to))?;
         if written > room {
             return Err(ArchiveError::TooLarge {
                 limit: self.limits.max_total_bytes,
@@ -460,7 +468,9 @@ impl Placer<'_> {
         let (kind, target) = self
             .links
             .get(link)
-            .map_or(("symbolic link", String::new()), |l| (l.kind(), l.target.clone()));
+            .map_or(("symbolic link", String::new()), |l| {
+                (l.kind(), l.target.clone())
+            });
         ArchiveError::BadLink {
             entry: shown.to_string(),
             kind,
@@ -2202,14 +2212,21 @@ mod tests {
     }
 
     /// Extracts `archive` (bytes) and places its links below the pack root.
-    fn extract_pack(name: &str, bytes: &[u8]) -> (Fx, Result<(ExtractSummary, PathBuf), ArchiveError>) {
+    fn extract_pack(
+        name: &str,
+        bytes: &[u8],
+    ) -> (Fx, Result<(ExtractSummary, PathBuf), ArchiveError>) {
         let f = fx();
         let a = f.write(name, bytes);
         let result = f.run(&a, &Limits::default()).and_then(|mut summary| {
             let root = summary.pack_root(&f.dest)?;
             Ok((summary, root))
         });
-        assert!(f.outside().is_empty(), "wrote outside dest: {:?}", f.outside());
+        assert!(
+            f.outside().is_empty(),
+            "wrote outside dest: {:?}",
+            f.outside()
+        );
         (f, result)
     }
 
@@ -2222,7 +2239,11 @@ mod tests {
             E::File("top/pack.yaml", b"ref: linked\n", 0o644),
             E::File("top/linked.yaml.example", b"full: true\n", 0o644),
             E::File("top/lib/run.sh", b"#!/bin/sh\n", 0o755),
-            E::Link("top/tests/fixtures/full.yaml", "../../linked.yaml.example", Symlink),
+            E::Link(
+                "top/tests/fixtures/full.yaml",
+                "../../linked.yaml.example",
+                Symlink,
+            ),
             E::Link("top/libdir", "lib", Symlink),
             E::Link("top/run.sh", "libdir/run.sh", Symlink),
             E::Link("top/hard.yaml", "top/linked.yaml.example", Link),
@@ -2257,7 +2278,11 @@ mod tests {
         ] {
             let meta = fs::symlink_metadata(root.join(rel)).unwrap();
             assert!(meta.is_file(), "{rel} is not a regular file");
-            assert_eq!(fs::read_to_string(root.join(rel)).unwrap(), content, "{rel}");
+            assert_eq!(
+                fs::read_to_string(root.join(rel)).unwrap(),
+                content,
+                "{rel}"
+            );
         }
         assert!(fs::symlink_metadata(root.join("libdir")).unwrap().is_dir());
         assert_eq!(mode_of(&root.join("run.sh")) & 0o111, 0o111);
@@ -2352,7 +2377,10 @@ mod tests {
             "in.tar",
             &pack(vec![E::Link("top/elsewhere", "/etc/passwd", Symlink)]),
         );
-        assert!(result.is_err(), "an absolute target is refused while extracting");
+        assert!(
+            result.is_err(),
+            "an absolute target is refused while extracting"
+        );
         drop(f);
         let (f, result) = extract_pack(
             "in.tar",
@@ -2381,7 +2409,10 @@ mod tests {
         };
         let mut summary = f.run(&a, &limits).unwrap();
         let err = summary.pack_root(&f.dest).unwrap_err();
-        assert!(matches!(err, ArchiveError::TooLarge { limit: 1500 }), "{err}");
+        assert!(
+            matches!(err, ArchiveError::TooLarge { limit: 1500 }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -2541,9 +2572,10 @@ mod tests {
         let z = zip_bytes(|w| {
             w.add_symlink("link", "/etc/passwd", zopts(0o777)).unwrap();
         });
-        expect_zip_err(z, |e| {
-            matches!(e, ArchiveError::BadLink { entry, problem: LinkProblem::Escapes, .. } if entry == "link")
-        });
+        expect_zip_err(
+            z,
+            |e| matches!(e, ArchiveError::BadLink { entry, problem: LinkProblem::Escapes, .. } if entry == "link"),
+        );
     }
 
     fn linked_zip(extra: impl FnOnce(&mut zip::ZipWriter<Cursor<Vec<u8>>>)) -> Vec<u8> {
@@ -2566,8 +2598,12 @@ mod tests {
     fn zip_links_inside_the_pack_are_stored_as_what_they_point_to() {
         let z = linked_zip(|w| {
             let o = zopts(0o777);
-            w.add_symlink("top/tests/fixtures/full.yaml", "../../linked.yaml.example", o)
-                .unwrap();
+            w.add_symlink(
+                "top/tests/fixtures/full.yaml",
+                "../../linked.yaml.example",
+                o,
+            )
+            .unwrap();
             w.add_symlink("top/libdir", "lib", o).unwrap();
             w.add_symlink("top/run.sh", "libdir/run.sh", o).unwrap();
         });
@@ -2575,7 +2611,10 @@ mod tests {
         let (summary, root) = result.unwrap();
         assert_eq!(root, f.dest.join("top"));
         for rel in ["tests/fixtures/full.yaml", "libdir/run.sh", "run.sh"] {
-            assert!(fs::symlink_metadata(root.join(rel)).unwrap().is_file(), "{rel}");
+            assert!(
+                fs::symlink_metadata(root.join(rel)).unwrap().is_file(),
+                "{rel}"
+            );
         }
         assert_eq!(
             fs::read_to_string(root.join("tests/fixtures/full.yaml")).unwrap(),
@@ -2592,7 +2631,10 @@ mod tests {
         type Add = fn(&mut zip::ZipWriter<Cursor<Vec<u8>>>);
         let cases: [(Add, &str, LinkProblem); 4] = [
             (
-                |w| w.add_symlink("top/readme", "../README.md", zopts(0o777)).unwrap(),
+                |w| {
+                    w.add_symlink("top/readme", "../README.md", zopts(0o777))
+                        .unwrap()
+                },
                 "readme",
                 LinkProblem::Escapes,
             ),
@@ -2630,7 +2672,8 @@ mod tests {
             w.write_all(b"outside the pack\n").unwrap();
             w.start_file("pack/pack.yaml", zopts(0o644)).unwrap();
             w.write_all(b"ref: p\n").unwrap();
-            w.add_symlink("pack/readme", "../README.md", zopts(0o777)).unwrap();
+            w.add_symlink("pack/readme", "../README.md", zopts(0o777))
+                .unwrap();
         });
         let (_f, result) = extract_pack("in.zip", &z);
         let err = result.unwrap_err();

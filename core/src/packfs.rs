@@ -37,8 +37,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -499,9 +499,7 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOCTTY);
 /// A handle that only names what it resolves to (for `fstat`): opening it reads
 /// nothing and cannot block.
-const PATH_FLAGS: OFlags = OFlags::PATH
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+const PATH_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// An opened pack directory (the root, or a directory below it). Everything opened
 /// through it is resolved beneath the pack root it was opened from.
@@ -1285,7 +1283,10 @@ mod tests {
         let err = dir.kind("outdir/secret.yaml").unwrap_err();
         assert!(matches!(&err, PackFsError::Link { path, .. } if path.ends_with("outdir")));
         // An inside link on the way is followed; the last component is not.
-        assert_eq!(dir.kind("inner/a.yaml").unwrap(), Some((EntryKind::File, 8)));
+        assert_eq!(
+            dir.kind("inner/a.yaml").unwrap(),
+            Some((EntryKind::File, 8))
+        );
         assert_eq!(dir.kind("inner").unwrap().unwrap().0, EntryKind::Symlink);
     }
 
@@ -1481,10 +1482,20 @@ mod tests {
             );
             // A name that is simply missing is not a link problem.
             assert!(dir.read("lib/none.yaml", cap).unwrap_err().is_not_found());
-            assert!(dir.read("libdir/none.yaml", cap).unwrap_err().is_not_found());
+            assert!(
+                dir.read("libdir/none.yaml", cap)
+                    .unwrap_err()
+                    .is_not_found()
+            );
             // The message names the link relative to the pack root.
-            let err = dir.read("dotdot", cap).unwrap_err().relative_to(pack.path());
-            assert!(err.to_string().starts_with("'dotdot' is a symbolic link to '../"));
+            let err = dir
+                .read("dotdot", cap)
+                .unwrap_err()
+                .relative_to(pack.path());
+            assert!(
+                err.to_string()
+                    .starts_with("'dotdot' is a symbolic link to '../")
+            );
         }
     }
 }

@@ -567,7 +567,11 @@ mod tests {
         let script = root.join("lib/run.sh");
         fs::write(&script, "#!/bin/sh\n").unwrap();
         fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
-        symlink("../../p.yaml.example", root.join("tests/fixtures/full.yaml")).unwrap();
+        symlink(
+            "../../p.yaml.example",
+            root.join("tests/fixtures/full.yaml"),
+        )
+        .unwrap();
         symlink("lib", root.join("libdir")).unwrap();
         symlink("libdir/run.sh", root.join("run.sh")).unwrap();
         let (result, out) = copy_with(root, &TreeLimits::DEFAULT);

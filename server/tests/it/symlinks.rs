@@ -216,7 +216,10 @@ async fn git_checkouts_store_inside_links_as_files_and_refuse_the_others() {
     assert_eq!(p.checksum.as_deref(), Some(source.as_str()));
     assert_eq!(
         source,
-        format!("sha256:{}", directory_checksum(Path::new(&p.pack_path)).unwrap())
+        format!(
+            "sha256:{}",
+            directory_checksum(Path::new(&p.pack_path)).unwrap()
+        )
     );
 
     for (name, link) in [("gescaping", Link::Escaping), ("gdangling", Link::Dangling)] {
@@ -374,7 +377,10 @@ async fn local_directories_and_registration(backend: Backend) {
         .unwrap();
     assert_eq!(r.success_count, 1, "{:#?}", r.failed_packs);
     assert_stored_as_file(Path::new(&r.downloaded_packs[0].pack_path));
-    assert_eq!(r.downloaded_packs[0].checksum.as_deref(), Some(source.as_str()));
+    assert_eq!(
+        r.downloaded_packs[0].checksum.as_deref(),
+        Some(source.as_str())
+    );
     // The source keeps its link.
     assert!(
         std::fs::symlink_metadata(inside.join(FIXTURE_LINK))
@@ -477,7 +483,10 @@ async fn a_link_target_swapped_during_a_copy_never_reads_outside_the_pack() {
             Some(_) => refused += 1,
             None => copied += 1,
         }
-        for stored in [dest(&server).join("racylink"), base(&server).join("racylink")] {
+        for stored in [
+            dest(&server).join("racylink"),
+            base(&server).join("racylink"),
+        ] {
             assert_no_outside_content(&stored);
         }
     }
