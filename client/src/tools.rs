@@ -55,9 +55,9 @@ fn open_pack(path: &Path) -> anyhow::Result<PackSource> {
         .context("sha256 was not computed")?
         .to_string();
     let dir = tempfile::tempdir()?;
-    archive::extract(path, dir.path(), &Limits::default(), &Reporter::noop())?;
+    let mut extracted = archive::extract(path, dir.path(), &Limits::default(), &Reporter::noop())?;
     Ok(PackSource {
-        root: archive::find_pack_root(dir.path())?,
+        root: extracted.pack_root(dir.path())?,
         archive_sha256: Some(sha256),
         _unpacked: Some(dir),
     })

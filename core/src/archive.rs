@@ -4,11 +4,24 @@
 //! * The archive is streamed from disk: a 256 KiB buffered reader; for tar.gz a helper
 //!   thread inflates (flate2 + zlib-rs) while the calling thread writes files, so the two
 //!   cores overlap like `tar xzf`'s separate gzip process does.
-//! * Only regular files and directories are extracted. Links (symbolic or hard),
-//!   devices, fifos, sparse files and unsafe paths are refused with an error naming the
-//!   entry. Nothing is ever written outside `dest`: paths are validated component by
-//!   component, parents are created by us (so they are real directories), and files are
-//!   created with `create_new` (an existing path is never followed or overwritten).
+//! * Only regular files and directories are written while extracting. Devices, fifos,
+//!   sparse files and unsafe paths are refused with an error naming the entry. Nothing
+//!   is ever written outside `dest`: paths are validated component by component,
+//!   parents are created by us (so they are real directories), and files are created
+//!   with `create_new` (an existing path is never followed or overwritten).
+//! * Links are never created on disk, so extraction never traverses one. A symbolic
+//!   link entry (tar, or zip with the `S_IFLNK` mode) and a tar hard link entry are
+//!   recorded with their target; an entry below a link entry is refused (an archive
+//!   writing through its own link). A symbolic link with an absolute target or one
+//!   whose `..` climbs above the archive root is refused at once; a hard link must name
+//!   an earlier regular-file entry. Once the pack root is known
+//!   ([`ExtractSummary::pack_root`]), each link below it is resolved lexically against
+//!   the archive's entries, relative to the **pack root** (a link that leads elsewhere
+//!   in the archive, outside the pack root, leaves the pack), following chains of links
+//!   (at most [`MAX_LINK_HOPS`]), and written as a copy of the file or directory it
+//!   resolves to: a stored pack holds no links. One that leaves the pack, points to
+//!   nothing or loops (including a directory link to a directory containing it) is
+//!   refused naming it. Copies count against the entry and byte limits like any entry.
 //! * Limits ([`Limits`]) count the bytes actually written, never header sizes.
 //! * Tar extension records (pax headers, GNU long names/links) are interpreted here, not
 //!   by the tar crate (which would read them whole): each is refused above
@@ -34,6 +47,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::checksum::{ChecksumError, DirectoryHasher};
+use crate::packfs::{LINKS_RULE, LinkProblem, MAX_LINK_HOPS};
 use crate::progress::{Reporter, Stage};
 
 const BUF_SIZE: usize = 256 * 1024;
@@ -213,7 +227,8 @@ impl ExtractBudget {
 /// What [`extract`] did.
 #[derive(Debug, Clone)]
 pub struct ExtractSummary {
-    /// Entries extracted (files and directories; pax/global headers not counted).
+    /// Entries extracted (files, directories, links and their copies; pax/global
+    /// headers not counted).
     pub entries: u64,
     /// File bytes written.
     pub bytes: u64,
@@ -222,16 +237,334 @@ pub struct ExtractSummary {
     pub format: ArchiveFormat,
     /// Checksums streamed while writing; use [`ExtractSummary::checksum`].
     pub content: DirectoryHasher,
+    limits: Limits,
+    /// Every entry by its archive path.
+    seen: HashMap<String, Kind>,
+    /// Link entries by their archive path, not yet on disk.
+    links: HashMap<String, ArchiveLink>,
+    /// Whether links were written below the pack root (the streamed checksum misses
+    /// them).
+    links_placed: bool,
+}
+
+/// A link entry of the archive.
+#[derive(Debug, Clone)]
+struct ArchiveLink {
+    /// A symbolic link's target text, or a hard link's (cleaned) archive path.
+    target: String,
+    hard: bool,
+}
+
+impl ArchiveLink {
+    fn kind(&self) -> &'static str {
+        if self.hard {
+            "hard link"
+        } else {
+            "symbolic link"
+        }
+    }
 }
 
 impl ExtractSummary {
     /// The "attune-pack-file-v1" checksum (bare hex) of `pack_root`, a directory at or
-    /// below `dest` (typically [`find_pack_root`]'s answer). Computed while extracting
-    /// when possible, else by re-reading `pack_root` (see [`DirectoryHasher`]). Only
-    /// valid while the extracted tree is unmodified.
+    /// below `dest` (typically [`ExtractSummary::pack_root`]'s answer). Computed while
+    /// extracting when possible, else by re-reading `pack_root` (see
+    /// [`DirectoryHasher`]). Only valid while the extracted tree is unmodified.
     pub fn checksum(&self, dest: &Path, pack_root: &Path) -> Result<String, ChecksumError> {
+        if self.links_placed {
+            return crate::checksum::directory_checksum(pack_root);
+        }
         self.content.checksum(dest, pack_root)
     }
+
+    /// Finds the pack root in `dest` (see [`find_pack_root`]) and writes each link
+    /// entry below it as a copy of the file or directory it resolves to (relative to
+    /// the pack root); a link that leaves the pack root, points to nothing or loops is
+    /// refused naming it (relative to the pack root). Links outside the pack root are
+    /// not part of the pack and are left out, like the other entries there.
+    pub fn pack_root(&mut self, dest: &Path) -> Result<PathBuf, ArchiveError> {
+        let root = find_pack_root(dest)?;
+        if self.links.is_empty() {
+            return Ok(root);
+        }
+        let root_rel: String = root
+            .strip_prefix(dest)
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        let mut links: Vec<String> = self
+            .links
+            .keys()
+            .filter(|link| is_below(&root_rel, link))
+            .cloned()
+            .collect();
+        links.sort();
+        let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+        for path in self.seen.keys() {
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            children.entry(parent).or_default().push(name);
+        }
+        for names in children.values_mut() {
+            names.sort_unstable();
+        }
+        let mut placer = Placer {
+            dest,
+            root: &root_rel,
+            seen: &self.seen,
+            links: &self.links,
+            children: &children,
+            limits: self.limits,
+            entries: self.entries,
+            bytes: self.bytes,
+            files: self.files,
+        };
+        for link in &links {
+            placer.place(link, link, &mut Vec::new())?;
+        }
+        let (entries, bytes, files) = (placer.entries, placer.bytes, placer.files);
+        self.entries = entries;
+        self.bytes = bytes;
+        self.files = files;
+        self.links_placed = !links.is_empty();
+        Ok(root)
+    }
+}
+
+/// Whether the archive path `path` is `root` or below it (`""` is the archive root).
+fn is_below(root: &str, path: &str) -> bool {
+    root.is_empty()
+        || path == root
+        || (path.starts_with(root) && path.as_bytes().get(root.len()) == Some(&b'/'))
+}
+
+/// Writes link entries as copies of what they resolve to, reading only the regular
+/// files extracted (never a copy, never a link: none exists on disk).
+struct Placer<'a> {
+    dest: &'a Path,
+    /// The pack root's archive path.
+    root: &'a str,
+    seen: &'a HashMap<String, Kind>,
+    links: &'a HashMap<String, ArchiveLink>,
+    /// Entry names by their parent's archive path.
+    children: &'a HashMap<&'a str, Vec<&'a str>>,
+    limits: Limits,
+    entries: u64,
+    bytes: u64,
+    files: u64,
+}
+
+impl Placer<'_> {
+    /// Puts at `at` the content of the entry `physical` (a file, a directory or a
+    /// link, resolved first). `stack`: the directories being copied, so that a
+    /// directory link back to one of them is a loop.
+    fn place(
+        &mut self,
+        at: &str,
+        physical: &str,
+        stack: &mut Vec<String>,
+    ) -> Result<(), ArchiveError> {
+        if at.len() > MAX_NAME_BYTES {
+            return Err(ArchiveError::UnsafePath {
+                entry: format!("{}…", at.chars().take(100).collect::<String>()),
+                reason: "a link copy would have a name longer than 4096 bytes",
+            });
+        }
+        match self.seen.get(physical).copied() {
+            Some(Kind::File) => self.copy_file(at, physical),
+            Some(Kind::Dir) => {
+                self.count_entry()?;
+                let to = self.dest.join(at);
+                fs::create_dir(&to).map_err(io_at(&to))?;
+                stack.push(physical.to_string());
+                let names = self.children.get(physical).cloned().unwrap_or_default();
+                for name in names {
+                    self.place(
+                        &format!("{at}/{name}"),
+                        &format!("{physical}/{name}"),
+                        stack,
+                    )?;
+                }
+                stack.pop();
+                Ok(())
+            }
+            Some(Kind::Link) => {
+                let (resolved, kind) = self.resolve(physical)?;
+                if kind == Kind::Dir {
+                    let parent = physical.rsplit_once('/').map_or("", |(p, _)| p);
+                    if is_below(&resolved, parent)
+                        || stack.iter().any(|dir| is_below(&resolved, dir))
+                    {
+                        return Err(self.refusal(physical, LinkProblem::Loop));
+                    }
+                }
+                self.place(at, &resolved, stack)
+            }
+            None => Err(self.refusal(physical, LinkProblem::Dangling)),
+        }
+    }
+
+    fn count_entry(&mut self) -> Result<(), ArchiveError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copies the extracted regular file `physical` to `at`, with its permissions.
+    fn copy_file(&mut self, at: &str, physical: &str) -> Result<(), ArchiveError> {
+        self.count_entry()?;
+        let from = self.dest.join(physical);
+        let to = self.dest.join(at);
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc_o_nofollow());
+        }
+        let mut src = opts.open(&from).map_err(io_at(&from))?;
+        let meta = src.metadata().map_err(io_at(&from))?;
+        if !meta.is_file() {
+            return Err(self.refusal(at, LinkProblem::Dangling));
+        }
+        if self.bytes.saturating_add(meta.len()) > self.limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_total_bytes,
+            });
+        }
+        let mut out = OpenOptions::new();
+        out.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            out.mode(meta.permissions().mode() & 0o777);
+        }
+        let mut out = out.open(&to).map_err(io_at(&to))?;
+        let room = self.limits.max_total_bytes - self.bytes;
+        let written =
+            io::copy(&mut (&mut src).take(room.saturating_add(1)), &mut out).map_err(io_at(&to))?;
+        if written > room {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_total_bytes,
+            });
+        }
+        self.bytes += written;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// The link `link` (an archive path) refused, named relative to the pack root.
+    fn refusal(&self, link: &str, problem: LinkProblem) -> ArchiveError {
+        let shown = if self.root.is_empty() {
+            link
+        } else {
+            link.strip_prefix(self.root)
+                .and_then(|l| l.strip_prefix('/'))
+                .unwrap_or(link)
+        };
+        let (kind, target) = self
+            .links
+            .get(link)
+            .map_or(("symbolic link", String::new()), |l| {
+                (l.kind(), l.target.clone())
+            });
+        ArchiveError::BadLink {
+            entry: shown.to_string(),
+            kind,
+            target,
+            problem,
+        }
+    }
+
+    /// Resolves the link entry `link` lexically against the archive's entries:
+    /// relative to its directory (a hard link: to the archive root), never above the
+    /// pack root, following further links. Returns the archive path of the file or
+    /// directory it leads to.
+    fn resolve(&self, link: &str) -> Result<(String, Kind), ArchiveError> {
+        let floor = if self.root.is_empty() {
+            0
+        } else {
+            self.root.split('/').count()
+        };
+        let mut cur: Vec<&str> = link.split('/').collect();
+        cur.pop();
+        let mut todo: std::collections::VecDeque<&str> = std::collections::VecDeque::new();
+        let mut hops = 0u32;
+        let mut next: &str = link;
+        loop {
+            // Expand the link `next`.
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return Err(self.refusal(link, LinkProblem::Loop));
+            }
+            let entry = &self.links[next];
+            if entry.hard {
+                if !is_below(self.root, &entry.target) {
+                    return Err(self.refusal(link, LinkProblem::Escapes));
+                }
+                cur.clear();
+            } else if entry.target.starts_with('/') {
+                return Err(self.refusal(link, LinkProblem::Escapes));
+            }
+            for part in entry.target.split('/').rev() {
+                todo.push_front(part);
+            }
+            let mut expanded = None;
+            while let Some(part) = todo.pop_front() {
+                match part {
+                    "" | "." => continue,
+                    ".." => {
+                        if cur.len() <= floor {
+                            return Err(self.refusal(link, LinkProblem::Escapes));
+                        }
+                        cur.pop();
+                        continue;
+                    }
+                    name => cur.push(name),
+                }
+                let key = cur.join("/");
+                match self.seen.get(&key) {
+                    Some(Kind::Dir) => {}
+                    Some(Kind::File) if todo.iter().all(|p| p.is_empty() || *p == ".") => {}
+                    Some(Kind::File) | None => {
+                        return Err(self.refusal(link, LinkProblem::Dangling));
+                    }
+                    Some(Kind::Link) => {
+                        cur.pop();
+                        expanded = Some(key);
+                        break;
+                    }
+                }
+            }
+            match expanded {
+                Some(key) => {
+                    next = self
+                        .links
+                        .get_key_value(&key)
+                        .map(|(k, _)| k.as_str())
+                        .unwrap_or(link);
+                }
+                None => break,
+            }
+        }
+        let key = cur.join("/");
+        let kind = if key.is_empty() {
+            Kind::Dir
+        } else {
+            self.seen.get(&key).copied().unwrap_or(Kind::Dir)
+        };
+        Ok((key, kind))
+    }
+}
+
+/// `O_NOFOLLOW`: the extracted tree holds no links, and a copy must not start
+/// following one.
+#[cfg(unix)]
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 /// Errors from sniffing, extraction and pack-root search.
@@ -239,10 +572,15 @@ impl ExtractSummary {
 pub enum ArchiveError {
     #[error("archive entry {entry:?} has an unsafe path: {reason}")]
     UnsafePath { entry: String, reason: &'static str },
-    #[error(
-        "archive entry {entry:?} is a link; packs may contain only regular files and directories"
-    )]
-    Link { entry: String },
+    /// `entry` is named relative to the pack root once it is known (else as in the
+    /// archive).
+    #[error("archive entry {entry:?} is a {kind} to {target:?} that {problem}; {LINKS_RULE}")]
+    BadLink {
+        entry: String,
+        kind: &'static str,
+        target: String,
+        problem: LinkProblem,
+    },
     #[error(
         "archive entry {entry:?} is a {kind}; packs may contain only regular files and directories"
     )]
@@ -688,10 +1026,12 @@ impl Read for ChannelReader {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
     Dir,
+    /// Recorded, not created (see [`ExtractSummary::pack_root`]).
+    Link,
 }
 
 /// The writing side shared by all formats: path bookkeeping, limits, progress.
@@ -709,6 +1049,7 @@ struct Sink<'a> {
     buf: Vec<u8>,
     hasher: DirectoryHasher,
     total_hint: Option<u64>,
+    links: HashMap<String, ArchiveLink>,
 }
 
 impl<'a> Sink<'a> {
@@ -731,6 +1072,7 @@ impl<'a> Sink<'a> {
             buf: vec![0u8; BUF_SIZE],
             hasher: DirectoryHasher::new(),
             total_hint: None,
+            links: HashMap::new(),
         }
     }
 
@@ -741,6 +1083,10 @@ impl<'a> Sink<'a> {
             files: self.files,
             format: self.format,
             content: self.hasher,
+            limits: *self.limits,
+            seen: self.seen,
+            links: self.links,
+            links_placed: false,
         }
     }
 
@@ -783,6 +1129,12 @@ impl<'a> Sink<'a> {
                         reason: "a parent directory was extracted as a file",
                     });
                 }
+                Some(Kind::Link) => {
+                    return Err(ArchiveError::Duplicate {
+                        entry: path.to_string(),
+                        reason: "a parent directory is a link entry; nothing is written through a link",
+                    });
+                }
                 Some(Kind::Dir) => {}
                 None => {
                     if missing_from.is_none() {
@@ -821,6 +1173,83 @@ impl<'a> Sink<'a> {
                 limit: self.limits.max_names_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Records the link entry `path` (`name` as in the archive) to `target`: a
+    /// symbolic link's text, or a hard link's archive path, which must be an earlier
+    /// regular-file entry. Refused at once when it cannot stay in any pack root.
+    fn link(
+        &mut self,
+        name: &str,
+        path: &str,
+        target: &[u8],
+        hard: bool,
+    ) -> Result<(), ArchiveError> {
+        let unsafe_target = |reason| ArchiveError::UnsafePath {
+            entry: name.to_string(),
+            reason,
+        };
+        let text = std::str::from_utf8(target)
+            .map_err(|_| unsafe_target("link target is not valid UTF-8"))?;
+        if text.len() > MAX_NAME_BYTES {
+            return Err(unsafe_target("link target is longer than 4096 bytes"));
+        }
+        if text.chars().any(|c| c < ' ' || c == '\u{7f}') {
+            return Err(unsafe_target(
+                "link target contains a control character or a NUL byte",
+            ));
+        }
+        let kind = if hard { "hard link" } else { "symbolic link" };
+        let refused = |problem| ArchiveError::BadLink {
+            entry: name.to_string(),
+            kind,
+            target: text.to_string(),
+            problem,
+        };
+        let stored = if hard {
+            // An unsafe name (absolute, `..`) cannot be an entry of the archive.
+            let cleaned = match clean_path(target) {
+                Ok(Some((cleaned, _))) => cleaned,
+                Ok(None) => return Err(refused(LinkProblem::Dangling)),
+                Err(_) => return Err(refused(LinkProblem::Escapes)),
+            };
+            if self.seen.get(&cleaned) != Some(&Kind::File) {
+                return Err(refused(LinkProblem::Dangling));
+            }
+            cleaned
+        } else {
+            if text.is_empty() {
+                return Err(refused(LinkProblem::Dangling));
+            }
+            if text.starts_with('/') {
+                return Err(refused(LinkProblem::Escapes));
+            }
+            // `..` above the archive root leaves every possible pack root.
+            let mut depth = path.matches('/').count() as i64;
+            for part in text.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => {
+                        depth -= 1;
+                        if depth < 0 {
+                            return Err(refused(LinkProblem::Escapes));
+                        }
+                    }
+                    _ => depth += 1,
+                }
+            }
+            text.to_string()
+        };
+        self.claim(path, Kind::Link)?;
+        self.remember_name(stored.len())?;
+        self.links.insert(
+            path.to_string(),
+            ArchiveLink {
+                target: stored,
+                hard,
+            },
+        );
         Ok(())
     }
 
@@ -911,13 +1340,13 @@ fn read_error(e: io::Error, limits: &Limits) -> ArchiveError {
 #[derive(Default)]
 struct TarExtensions {
     long_name: Option<Vec<u8>>,
-    long_link: bool,
+    long_link: Option<Vec<u8>>,
     pax: Option<Vec<u8>>,
 }
 
 impl TarExtensions {
     fn is_empty(&self) -> bool {
-        self.long_name.is_none() && !self.long_link && self.pax.is_none()
+        self.long_name.is_none() && self.long_link.is_none() && self.pax.is_none()
     }
 }
 
@@ -957,9 +1386,13 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
             continue;
         }
         if et.is_gnu_longlink() {
-            // Links are refused anyway; the record is only read past.
-            read_extension(&mut entry, "GNU long link entry", &limits)?;
-            pending.long_link = true;
+            let mut target = read_extension(&mut entry, "GNU long link entry", &limits)?;
+            if let Some(nul) = target.iter().position(|b| *b == 0) {
+                target.truncate(nul);
+            }
+            if pending.long_link.replace(target).is_some() {
+                return Err(corrupt("two long link entries describe the same member"));
+            }
             continue;
         }
         let ext = std::mem::take(&mut pending);
@@ -972,9 +1405,7 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
         let kind = match et {
             tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
             tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(ArchiveError::Link { entry: name });
-            }
+            tar::EntryType::Symlink | tar::EntryType::Link => Kind::Link,
             other => {
                 let kind = match other {
                     tar::EntryType::Char => "character device".to_string(),
@@ -986,7 +1417,7 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
                 return Err(ArchiveError::SpecialFile { entry: name, kind });
             }
         };
-        if ext.long_link && kind == Kind::File {
+        if ext.long_link.is_some() && kind != Kind::Link {
             return Err(corrupt(format!(
                 "{name}: a link target describes a regular file"
             )));
@@ -1002,6 +1433,10 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
         };
         match kind {
             Kind::Dir => sink.dir(&path)?,
+            Kind::Link => {
+                let target = link_target(&entry, &ext)?;
+                sink.link(&name, &path, &target, et == tar::EntryType::Link)?;
+            }
             Kind::File => {
                 let mode = header.mode().map_err(corrupt)?;
                 let written = sink.file(&path, mode & 0o111 != 0, header_size, &mut entry)?;
@@ -1017,6 +1452,30 @@ fn extract_tar<R: Read>(reader: R, sink: &mut Sink<'_>) -> Result<(), ArchiveErr
         ));
     }
     Ok(())
+}
+
+/// A link member's target: a pax `linkpath` record, else a GNU long link, else the
+/// header's.
+fn link_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    ext: &TarExtensions,
+) -> Result<Vec<u8>, ArchiveError> {
+    if let Some(pax) = &ext.pax {
+        for record in tar::PaxExtensions::new(pax) {
+            let record = record.map_err(|e| corrupt(format!("pax header: {e}")))?;
+            if record.key_bytes() == b"linkpath" {
+                return Ok(record.value_bytes().to_vec());
+            }
+        }
+    }
+    if let Some(long) = &ext.long_link {
+        return Ok(long.clone());
+    }
+    Ok(entry
+        .header()
+        .link_name_bytes()
+        .map(|b| b.into_owned())
+        .unwrap_or_default())
 }
 
 /// Reads an extension record's body after checking its declared size.
@@ -1138,7 +1597,20 @@ fn extract_zip<R: Read + Seek>(mut reader: R, sink: &mut Sink<'_>) -> Result<(),
         let mode = f.unix_mode();
         let fmt = mode.map(|m| m & S_IFMT).unwrap_or(0);
         if f.is_symlink() || fmt == S_IFLNK {
-            return Err(ArchiveError::Link { entry: name });
+            let Some((path, _)) = cleaned else {
+                return Err(ArchiveError::UnsafePath {
+                    entry: name,
+                    reason: "a link entry names the archive root",
+                });
+            };
+            // The entry's content is the target; read no more than a name can be.
+            let mut target = Vec::new();
+            (&mut f)
+                .take(MAX_NAME_BYTES as u64 + 1)
+                .read_to_end(&mut target)
+                .map_err(corrupt)?;
+            sink.link(&name, &path, &target, false)?;
+            continue;
         }
         if fmt != 0 && fmt != S_IFREG && fmt != S_IFDIR {
             let kind = match fmt {
@@ -1690,11 +2162,18 @@ mod tests {
     }
 
     #[test]
-    fn tar_symlinks_and_hardlinks() {
+    fn tar_links_that_leave_the_archive_are_refused_while_extracting() {
         use tar::EntryType::{Link, Symlink};
+        let bad = |entry: &str, problem: LinkProblem| {
+            let entry = entry.to_string();
+            move |e: &ArchiveError| {
+                matches!(e, ArchiveError::BadLink { entry: got, problem: p, .. }
+                    if *got == entry && *p == problem)
+            }
+        };
         expect_tar_err(
             &[E::Link("passwd", "/etc/passwd", Symlink)],
-            |e| matches!(e, ArchiveError::Link { entry } if entry == "passwd"),
+            bad("passwd", LinkProblem::Escapes),
         );
         // Symlink escape followed by a write through it.
         expect_tar_err(
@@ -1702,11 +2181,237 @@ mod tests {
                 E::Link("esc", "..", Symlink),
                 E::File("esc/evil", b"pwned", 0o644),
             ],
-            |e| matches!(e, ArchiveError::Link { entry } if entry == "esc"),
+            bad("esc", LinkProblem::Escapes),
         );
         expect_tar_err(
-            &[E::File("a", b"x", 0o644), E::Link("hard", "a", Link)],
-            |e| matches!(e, ArchiveError::Link { entry } if entry == "hard"),
+            &[E::Link("a/b/esc", "../../../x", Symlink)],
+            bad("a/b/esc", LinkProblem::Escapes),
+        );
+        // Nothing is written through a link entry, even one that stays inside.
+        expect_tar_err(
+            &[
+                E::Dir("lib/"),
+                E::Link("inner", "lib", Symlink),
+                E::File("inner/evil", b"x", 0o644),
+            ],
+            |e| matches!(e, ArchiveError::Duplicate { entry, .. } if entry == "inner/evil"),
+        );
+        // A hard link must name an earlier regular file.
+        expect_tar_err(
+            &[E::Link("hard", "a", Link), E::File("a", b"x", 0o644)],
+            bad("hard", LinkProblem::Dangling),
+        );
+        expect_tar_err(
+            &[E::Dir("d/"), E::Link("hard", "d", Link)],
+            bad("hard", LinkProblem::Dangling),
+        );
+        expect_tar_err(
+            &[E::Link("hard", "../etc/passwd", Link)],
+            bad("hard", LinkProblem::Escapes),
+        );
+    }
+
+    /// Extracts `archive` (bytes) and places its links below the pack root.
+    fn extract_pack(
+        name: &str,
+        bytes: &[u8],
+    ) -> (Fx, Result<(ExtractSummary, PathBuf), ArchiveError>) {
+        let f = fx();
+        let a = f.write(name, bytes);
+        let result = f.run(&a, &Limits::default()).and_then(|mut summary| {
+            let root = summary.pack_root(&f.dest)?;
+            Ok((summary, root))
+        });
+        assert!(
+            f.outside().is_empty(),
+            "wrote outside dest: {:?}",
+            f.outside()
+        );
+        (f, result)
+    }
+
+    /// Every link kind that stays in the pack, as a tar: a file link from a
+    /// subdirectory up to the root, a directory link, a chain, a hard link.
+    fn linked_tar() -> Vec<u8> {
+        use tar::EntryType::{Link, Symlink};
+        tar_bytes(&[
+            E::Dir("top/"),
+            E::File("top/pack.yaml", b"ref: linked\n", 0o644),
+            E::File("top/linked.yaml.example", b"full: true\n", 0o644),
+            E::File("top/lib/run.sh", b"#!/bin/sh\n", 0o755),
+            E::Link(
+                "top/tests/fixtures/full.yaml",
+                "../../linked.yaml.example",
+                Symlink,
+            ),
+            E::Link("top/libdir", "lib", Symlink),
+            E::Link("top/run.sh", "libdir/run.sh", Symlink),
+            E::Link("top/hard.yaml", "top/linked.yaml.example", Link),
+        ])
+    }
+
+    /// The same pack written without links.
+    fn resolved_tree() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let w = |rel: &str, b: &[u8]| {
+            let p = t.path().join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b).unwrap();
+        };
+        w("pack.yaml", b"ref: linked\n");
+        w("linked.yaml.example", b"full: true\n");
+        w("lib/run.sh", b"#!/bin/sh\n");
+        w("tests/fixtures/full.yaml", b"full: true\n");
+        w("libdir/run.sh", b"#!/bin/sh\n");
+        w("run.sh", b"#!/bin/sh\n");
+        w("hard.yaml", b"full: true\n");
+        t
+    }
+
+    #[cfg(unix)]
+    fn assert_links_stored_as_files(root: &Path) {
+        for (rel, content) in [
+            ("tests/fixtures/full.yaml", "full: true\n"),
+            ("libdir/run.sh", "#!/bin/sh\n"),
+            ("run.sh", "#!/bin/sh\n"),
+            ("hard.yaml", "full: true\n"),
+        ] {
+            let meta = fs::symlink_metadata(root.join(rel)).unwrap();
+            assert!(meta.is_file(), "{rel} is not a regular file");
+            assert_eq!(
+                fs::read_to_string(root.join(rel)).unwrap(),
+                content,
+                "{rel}"
+            );
+        }
+        assert!(fs::symlink_metadata(root.join("libdir")).unwrap().is_dir());
+        assert_eq!(mode_of(&root.join("run.sh")) & 0o111, 0o111);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn tar_links_inside_the_pack_are_stored_as_what_they_point_to() {
+        for (name, bytes) in [("in.tar", linked_tar()), ("in.tar.gz", gz(&linked_tar()))] {
+            let (f, result) = extract_pack(name, &bytes);
+            let (summary, root) = result.unwrap();
+            assert_eq!(root, f.dest.join("top"));
+            assert_links_stored_as_files(&root);
+            let expected = directory_checksum(resolved_tree().path()).unwrap();
+            assert_eq!(summary.checksum(&f.dest, &root).unwrap(), expected);
+            assert_eq!(directory_checksum(&root).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn tar_links_leaving_the_pack_root_dangling_or_looping_are_refused_naming_them() {
+        use tar::EntryType::{Link, Symlink};
+        let pack = |extra: Vec<E<'static>>| {
+            let mut entries = vec![
+                E::File("top/README.md", b"not the pack\n", 0o644),
+                E::File("top/pack/pack.yaml", b"ref: p\n", 0o644),
+                E::File("top/pack/lib/a.py", b"a\n", 0o644),
+            ];
+            entries.extend(extra);
+            tar_bytes(&entries)
+        };
+        for (extra, entry, problem) in [
+            // Inside the archive, outside the pack root.
+            (
+                vec![E::Link("top/pack/readme", "../README.md", Symlink)],
+                "readme",
+                LinkProblem::Escapes,
+            ),
+            (
+                vec![E::Link("top/pack/lib/readme", "../../README.md", Symlink)],
+                "lib/readme",
+                LinkProblem::Escapes,
+            ),
+            (
+                vec![E::Link("top/pack/hard", "top/README.md", Link)],
+                "hard",
+                LinkProblem::Escapes,
+            ),
+            (
+                vec![
+                    E::Link("top/pack/a", "b", Symlink),
+                    E::Link("top/pack/b", "../README.md", Symlink),
+                ],
+                "a",
+                LinkProblem::Escapes,
+            ),
+            (
+                vec![E::Link("top/pack/gone", "lib/missing.py", Symlink)],
+                "gone",
+                LinkProblem::Dangling,
+            ),
+            (
+                vec![E::Link("top/pack/through", "lib/a.py/x", Symlink)],
+                "through",
+                LinkProblem::Dangling,
+            ),
+            (
+                vec![
+                    E::Link("top/pack/l1", "l2", Symlink),
+                    E::Link("top/pack/l2", "l1", Symlink),
+                ],
+                "l1",
+                LinkProblem::Loop,
+            ),
+            (
+                vec![E::Link("top/pack/lib/up", "..", Symlink)],
+                "lib/up",
+                LinkProblem::Loop,
+            ),
+        ] {
+            let (_f, result) = extract_pack("in.tar", &pack(extra));
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, ArchiveError::BadLink { entry: got, problem: p, .. }
+                    if got == entry && *p == problem),
+                "{entry}: {err}"
+            );
+            assert!(err.to_string().contains(&problem.to_string()), "{err}");
+        }
+        // A link outside the pack root is not part of the pack.
+        let (f, result) = extract_pack(
+            "in.tar",
+            &pack(vec![E::Link("top/elsewhere", "/etc/passwd", Symlink)]),
+        );
+        assert!(
+            result.is_err(),
+            "an absolute target is refused while extracting"
+        );
+        drop(f);
+        let (f, result) = extract_pack(
+            "in.tar",
+            &pack(vec![E::Link("top/elsewhere", "pack/lib", Symlink)]),
+        );
+        let (_, root) = result.unwrap();
+        assert_eq!(root, f.dest.join("top/pack"));
+        assert!(fs::symlink_metadata(f.dest.join("top/elsewhere")).is_err());
+    }
+
+    #[test]
+    fn link_copies_count_against_the_limits() {
+        use tar::EntryType::Symlink;
+        let big = vec![b'x'; 600];
+        let bytes = tar_bytes(&[
+            E::File("pack.yaml", b"ref: p\n", 0o644),
+            E::File("lib/big", &big, 0o644),
+            E::Link("l1", "lib", Symlink),
+            E::Link("l2", "lib", Symlink),
+        ]);
+        let f = fx();
+        let a = f.write("in.tar", &bytes);
+        let limits = Limits {
+            max_total_bytes: 1500,
+            ..Limits::default()
+        };
+        let mut summary = f.run(&a, &limits).unwrap();
+        let err = summary.pack_root(&f.dest).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::TooLarge { limit: 1500 }),
+            "{err}"
         );
     }
 
@@ -1869,7 +2574,112 @@ mod tests {
         });
         expect_zip_err(
             z,
-            |e| matches!(e, ArchiveError::Link { entry } if entry == "link"),
+            |e| matches!(e, ArchiveError::BadLink { entry, problem: LinkProblem::Escapes, .. } if entry == "link"),
+        );
+    }
+
+    fn linked_zip(extra: impl FnOnce(&mut zip::ZipWriter<Cursor<Vec<u8>>>)) -> Vec<u8> {
+        zip_bytes(|w| {
+            for (name, content, mode) in [
+                ("top/pack.yaml", &b"ref: linked\n"[..], 0o644),
+                ("top/linked.yaml.example", b"full: true\n", 0o644),
+                ("top/lib/run.sh", b"#!/bin/sh\n", 0o755),
+                ("top/README.md", b"readme\n", 0o644),
+            ] {
+                w.start_file(name, zopts(mode)).unwrap();
+                w.write_all(content).unwrap();
+            }
+            extra(w);
+        })
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn zip_links_inside_the_pack_are_stored_as_what_they_point_to() {
+        let z = linked_zip(|w| {
+            let o = zopts(0o777);
+            w.add_symlink(
+                "top/tests/fixtures/full.yaml",
+                "../../linked.yaml.example",
+                o,
+            )
+            .unwrap();
+            w.add_symlink("top/libdir", "lib", o).unwrap();
+            w.add_symlink("top/run.sh", "libdir/run.sh", o).unwrap();
+        });
+        let (f, result) = extract_pack("in.zip", &z);
+        let (summary, root) = result.unwrap();
+        assert_eq!(root, f.dest.join("top"));
+        for rel in ["tests/fixtures/full.yaml", "libdir/run.sh", "run.sh"] {
+            assert!(
+                fs::symlink_metadata(root.join(rel)).unwrap().is_file(),
+                "{rel}"
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(root.join("tests/fixtures/full.yaml")).unwrap(),
+            "full: true\n"
+        );
+        assert_eq!(
+            summary.checksum(&f.dest, &root).unwrap(),
+            directory_checksum(&root).unwrap()
+        );
+    }
+
+    #[test]
+    fn zip_links_leaving_the_pack_dangling_or_looping_are_refused() {
+        type Add = fn(&mut zip::ZipWriter<Cursor<Vec<u8>>>);
+        let cases: [(Add, &str, LinkProblem); 4] = [
+            (
+                |w| {
+                    w.add_symlink("top/readme", "../README.md", zopts(0o777))
+                        .unwrap()
+                },
+                "readme",
+                LinkProblem::Escapes,
+            ),
+            (
+                |w| w.add_symlink("top/gone", "missing", zopts(0o777)).unwrap(),
+                "gone",
+                LinkProblem::Dangling,
+            ),
+            (
+                |w| {
+                    w.add_symlink("top/l1", "l2", zopts(0o777)).unwrap();
+                    w.add_symlink("top/l2", "l1", zopts(0o777)).unwrap();
+                },
+                "l1",
+                LinkProblem::Loop,
+            ),
+            (
+                |w| w.add_symlink("top/out", "../../x", zopts(0o777)).unwrap(),
+                "top/out",
+                LinkProblem::Escapes,
+            ),
+        ];
+        for (add, entry, problem) in cases {
+            let (_f, result) = extract_pack("in.zip", &linked_zip(add));
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, ArchiveError::BadLink { entry: got, problem: p, .. }
+                    if got == entry && *p == problem),
+                "{entry}: {err}"
+            );
+        }
+        // A link from the pack root to elsewhere in the archive leaves the pack.
+        let z = zip_bytes(|w| {
+            w.start_file("README.md", zopts(0o644)).unwrap();
+            w.write_all(b"outside the pack\n").unwrap();
+            w.start_file("pack/pack.yaml", zopts(0o644)).unwrap();
+            w.write_all(b"ref: p\n").unwrap();
+            w.add_symlink("pack/readme", "../README.md", zopts(0o777))
+                .unwrap();
+        });
+        let (_f, result) = extract_pack("in.zip", &z);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::BadLink { entry, problem: LinkProblem::Escapes, .. } if entry == "readme"),
+            "{err}"
         );
     }
 

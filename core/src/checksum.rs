@@ -10,8 +10,15 @@
 //! # The "attune-pack-file-v1" scheme
 //!
 //! Regular files only (directories are not hashed, so empty directories do not count);
-//! any symlink, device, fifo or socket anywhere is an error; entries named `.git` are
-//! skipped at any depth below the root (directory or file). Each file's path relative
+//! any device, fifo or socket anywhere is an error; entries named `.git` are skipped at
+//! any depth below the root (directory or file). A symbolic link whose target stays
+//! inside the directory (resolved from the link's place, following further links, see
+//! [`crate::packfs`]) is hashed as the file it resolves to, at the link's path, or as
+//! the directory it resolves to (its files hashed below the link's path). So a
+//! directory with such links and a copy of it in which every link was replaced by what
+//! it points to (which is how packs are stored) have the same checksum. A link that
+//! leaves the directory, points to nothing or is a loop (including a directory link to
+//! a directory that contains it) is an error naming it. Each file's path relative
 //! to the root is its components joined with `/`, every component valid UTF-8.
 //!
 //! Files are hashed in **component-wise order** (compare the paths component by
@@ -51,8 +58,6 @@ const BUFFERS_IN_FLIGHT: usize = 8;
 pub enum ChecksumError {
     #[error("{path}: not a directory")]
     NotADirectory { path: PathBuf },
-    #[error("{path}: symbolic links are not allowed in a pack")]
-    Symlink { path: PathBuf },
     #[error("{path}: {kind} files are not allowed in a pack (regular files and directories only)")]
     SpecialFile { path: PathBuf, kind: &'static str },
     #[error("{path}: file name is not valid UTF-8")]
@@ -114,9 +119,10 @@ fn hex_digest(sha: Sha256) -> String {
 
 /// The "attune-pack-file-v1" checksum of `dir` (64 lowercase hex characters).
 ///
-/// See the module documentation for the exact definition. Any symlink (including
-/// `dir` itself), device, fifo or socket is an error naming it; so is a file whose size
-/// changes while it is read.
+/// See the module documentation for the exact definition. `dir` itself must not be a
+/// link; a link inside it is hashed as what it resolves to, or is an error naming it
+/// when it leaves `dir`, dangles or loops. A device, fifo or socket is an error naming
+/// it; so is a file whose size changes while it is read.
 ///
 /// Implementation: one walk (using `d_type`, no extra `stat` per entry), a sort with
 /// [`compare_paths`], then a reading thread that opens files in order and reads them in
@@ -131,7 +137,8 @@ pub fn directory_checksum(dir: &Path) -> Result<String, ChecksumError> {
         limits: crate::packfs::tree_limits(),
         entries: 0,
     };
-    walk_state.walk(&root, 0, &mut rel, &mut files)?;
+    let mut ancestors = vec![root.identity().map_err(refused)?];
+    walk_state.walk(&root, 0, &mut rel, &mut files, &mut ancestors)?;
     files.sort_unstable_by(|a, b| compare_paths(a, b));
     if files.len() <= SMALL_TREE_FILES {
         hash_files_sequentially(&root, &files)
@@ -143,7 +150,6 @@ pub fn directory_checksum(dir: &Path) -> Result<String, ChecksumError> {
 /// The checksum's own error for what the pack's descriptor refused.
 fn refused(e: PackFsError) -> ChecksumError {
     match e {
-        PackFsError::Symlink { path } => ChecksumError::Symlink { path },
         PackFsError::Special { path, kind } => ChecksumError::SpecialFile { path, kind },
         PackFsError::NotADirectory { path } => ChecksumError::NotADirectory { path },
         other => ChecksumError::Unreadable(other),
@@ -286,14 +292,17 @@ struct Walk {
 
 impl Walk {
     /// Collects the regular files below `dir` (at `depth` below the root), each
-    /// directory opened relative to its parent's descriptor (a directory swapped for
-    /// a link is refused, not followed).
+    /// directory opened beneath the root's descriptor (a directory swapped for a link
+    /// out of the pack is refused, not followed). A link is collected as what it
+    /// resolves to; `ancestors` are the directories being walked (device, inode), so
+    /// that a directory link back to one of them is refused as a loop.
     fn walk(
         &mut self,
         dir: &PackDir,
         depth: u64,
         rel: &mut String,
         out: &mut Vec<String>,
+        ancestors: &mut Vec<(u64, u64)>,
     ) -> Result<(), ChecksumError> {
         let listed = dir
             .entries_within(&self.limits, self.entries)
@@ -312,14 +321,24 @@ impl Walk {
                 rel.push('/');
             }
             rel.push_str(name);
-            match entry.kind {
+            let kind = match entry.kind {
+                EntryKind::Symlink => dir.resolve_kind(name).map_err(refused)?.0,
+                other => other,
+            };
+            match kind {
                 EntryKind::File => out.push(rel.clone()),
                 EntryKind::Dir => {
                     if depth + 1 > self.limits.depth.value {
                         return Err(refused(self.limits.too_deep(path)));
                     }
                     let sub = dir.open_dir(name).map_err(refused)?;
-                    self.walk(&sub, depth + 1, rel, out)?;
+                    let id = sub.identity().map_err(refused)?;
+                    if ancestors.contains(&id) {
+                        return Err(refused(dir.loop_at(name)));
+                    }
+                    ancestors.push(id);
+                    self.walk(&sub, depth + 1, rel, out, ancestors)?;
+                    ancestors.pop();
                 }
                 other => return Err(refused(other.refusal(path))),
             }
@@ -801,21 +820,98 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn symlink_is_an_error() {
+    fn a_link_leaving_the_pack_is_an_error_naming_it() {
+        use crate::packfs::LinkProblem;
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "pack.yaml", b"x");
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("sub-link")).unwrap();
         let e = directory_checksum(d.path()).unwrap_err();
-        assert!(matches!(&e, ChecksumError::Symlink { path } if path.ends_with("sub-link")));
-        assert!(e.to_string().contains("sub-link"));
-        // The root itself being a symlink is also refused.
+        assert!(
+            matches!(
+                &e,
+                ChecksumError::Unreadable(PackFsError::Link {
+                    path,
+                    problem: LinkProblem::Escapes,
+                    ..
+                }) if path.ends_with("sub-link")
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("sub-link"), "{e}");
+        assert!(e.to_string().contains("leaves the pack"), "{e}");
+        fs::remove_file(d.path().join("sub-link")).unwrap();
+        std::os::unix::fs::symlink("../outside", d.path().join("up")).unwrap();
+        let e = directory_checksum(d.path()).unwrap_err();
+        assert!(e.to_string().contains("up' is a symbolic link"), "{e}");
+        fs::remove_file(d.path().join("up")).unwrap();
+        std::os::unix::fs::symlink("nothing.yaml", d.path().join("dangling")).unwrap();
+        let e = directory_checksum(d.path()).unwrap_err();
+        assert!(e.to_string().contains("dangling"), "{e}");
+        assert!(e.to_string().contains("points to nothing"), "{e}");
+        // The root itself being a symlink is refused.
         let l = tempfile::tempdir().unwrap();
         let link = l.path().join("root");
         std::os::unix::fs::symlink(a_dir(&d), &link).unwrap();
         assert!(matches!(
             directory_checksum(&link),
-            Err(ChecksumError::Symlink { .. })
+            Err(ChecksumError::SpecialFile {
+                kind: "symbolic link",
+                ..
+            })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_inside_the_pack_is_hashed_as_what_it_points_to() {
+        use std::os::unix::fs::symlink;
+        let linked = tempfile::tempdir().unwrap();
+        let d = linked.path();
+        write(d, "pack.yaml", b"ref: x\n");
+        write(d, "x.yaml.example", b"full: true\n");
+        write(d, "lib/a.py", b"a = 1\n");
+        write(d, "lib/sub/b.py", b"b = 2\n");
+        fs::create_dir_all(d.join("tests/fixtures")).unwrap();
+        symlink("../../x.yaml.example", d.join("tests/fixtures/full.yaml")).unwrap();
+        symlink("lib", d.join("lib2")).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let c = copy.path();
+        write(c, "pack.yaml", b"ref: x\n");
+        write(c, "x.yaml.example", b"full: true\n");
+        write(c, "lib/a.py", b"a = 1\n");
+        write(c, "lib/sub/b.py", b"b = 2\n");
+        write(c, "tests/fixtures/full.yaml", b"full: true\n");
+        write(c, "lib2/a.py", b"a = 1\n");
+        write(c, "lib2/sub/b.py", b"b = 2\n");
+        assert_eq!(
+            directory_checksum(d).unwrap(),
+            directory_checksum(c).unwrap()
+        );
+        // The link is hashed by its path, not its target's: without it the sum differs.
+        fs::remove_file(d.join("tests/fixtures/full.yaml")).unwrap();
+        assert_ne!(
+            directory_checksum(d).unwrap(),
+            directory_checksum(c).unwrap()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_link_to_its_own_ancestor_is_a_loop() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "pack.yaml", b"x");
+        write(d.path(), "lib/a.py", b"a");
+        std::os::unix::fs::symlink("..", d.path().join("lib/up")).unwrap();
+        let e = directory_checksum(d.path()).unwrap_err();
+        assert!(e.to_string().contains("lib/up"), "{e}");
+        assert!(e.to_string().contains("is a loop"), "{e}");
+        fs::remove_file(d.path().join("lib/up")).unwrap();
+        // Two directories linking to each other.
+        write(d.path(), "b/b.txt", b"b");
+        std::os::unix::fs::symlink("../b", d.path().join("lib/to_b")).unwrap();
+        std::os::unix::fs::symlink("../lib", d.path().join("b/to_lib")).unwrap();
+        let e = directory_checksum(d.path()).unwrap_err();
+        assert!(e.to_string().contains("is a loop"), "{e}");
     }
 
     fn a_dir(d: &tempfile::TempDir) -> PathBuf {

@@ -7,16 +7,29 @@
 //! root is opened once ([`PackDir::open`], after [`crate::paths::PathPolicy::confine`]
 //! judged its path) and everything below it is opened relative to that descriptor:
 //!
-//! * with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`
-//!   where the kernel has it, otherwise by walking the components with
-//!   `openat(O_NOFOLLOW)` from each directory's descriptor;
+//! * every name is resolved beneath the pack root's descriptor, with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` where the kernel has it,
+//!   otherwise by walking the components with `openat(O_NOFOLLOW)` and reading each
+//!   link met with `readlinkat`;
 //! * files with `O_NONBLOCK` (a FIFO cannot block the open) and then `fstat`ed: only
-//!   regular files are read; FIFOs, devices, sockets and links are refused, naming the
-//!   path;
+//!   regular files are read; FIFOs, devices and sockets are refused, naming the path;
 //! * read into memory under a cap ([`ReadCap`]) that names its setting.
 //!
-//! The policy on links lives in one place ([`LINKS_REFUSED`] and the resolve flags
-//! below): a pack may not contain links at all today.
+//! # Links
+//!
+//! The policy on links lives here ([`LinkProblem`], [`LINKS_RULE`] and the resolver):
+//! a symbolic link is followed when its target, resolved from the link's directory
+//! and following further links, stays beneath the **pack root** (not merely beneath
+//! the directory a [`PackDir`] was opened as). A link with an absolute target, one
+//! whose `..` climbs above the root, one that points to nothing and one that takes
+//! more than [`MAX_LINK_HOPS`] hops are refused, and the error names the link (the one
+//! on the path that was asked for, relative to the root) and why. With `openat2` the
+//! kernel enforces this (`EXDEV`: escapes, `ENOENT`: dangling, `ELOOP`: loop); a
+//! failed resolution is then walked again in user space to find the link to blame.
+//! Walks over a tree ([`PackDir::entries`] lists links as links) decide what to do
+//! with a link entry: the copies and the checksum treat it as the file or directory
+//! it resolves to, and refuse a directory link that leads back to a directory being
+//! walked (a cycle) as a loop.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -24,8 +37,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -35,8 +48,14 @@ use rustix::io::Errno;
 pub enum PackFsError {
     #[error("'{path}' does not exist")]
     NotFound { path: PathBuf },
-    #[error("'{path}' is a symbolic link or goes through one; {LINKS_REFUSED}")]
-    Symlink { path: PathBuf },
+    /// A symbolic link that cannot be followed; `path` is the link (on the path that
+    /// was asked for), `target` its text.
+    #[error("'{path}' is a symbolic link to '{}' that {problem}; {LINKS_RULE}", target.display())]
+    Link {
+        path: PathBuf,
+        target: PathBuf,
+        problem: LinkProblem,
+    },
     #[error(
         "'{path}' is a {kind}; packs may contain only regular files and directories, so it is not read"
     )]
@@ -81,7 +100,7 @@ impl PackFsError {
     pub fn path(&self) -> &Path {
         match self {
             PackFsError::NotFound { path }
-            | PackFsError::Symlink { path }
+            | PackFsError::Link { path, .. }
             | PackFsError::Special { path, .. }
             | PackFsError::IsADirectory { path }
             | PackFsError::NotADirectory { path }
@@ -98,7 +117,7 @@ impl PackFsError {
     pub fn relative_to(mut self, root: &Path) -> Self {
         let path = match &mut self {
             PackFsError::NotFound { path }
-            | PackFsError::Symlink { path }
+            | PackFsError::Link { path, .. }
             | PackFsError::Special { path, .. }
             | PackFsError::IsADirectory { path }
             | PackFsError::NotADirectory { path }
@@ -126,9 +145,12 @@ impl PackFsError {
     pub fn reason(&self) -> String {
         match self {
             PackFsError::NotFound { .. } => "does not exist".into(),
-            PackFsError::Symlink { .. } => {
-                format!("is a symbolic link or goes through one; {LINKS_REFUSED}")
-            }
+            PackFsError::Link {
+                target, problem, ..
+            } => format!(
+                "is a symbolic link to '{}' that {problem}; {LINKS_RULE}",
+                target.display()
+            ),
             PackFsError::Special { kind, .. } => format!(
                 "is a {kind}; packs may contain only regular files and directories, so it is not read"
             ),
@@ -161,11 +183,34 @@ impl PackFsError {
     }
 }
 
-/// Why links are refused, for messages. Allowing links that stay inside the pack
-/// would mean dropping `RESOLVE_NO_SYMLINKS` (keeping `RESOLVE_BENEATH`) and
-/// following links in the component walk while checking they stay beneath the root.
-pub const LINKS_REFUSED: &str =
-    "symbolic links are refused in a pack (a pack must not make the server read outside it)";
+/// The rule on links, for messages.
+pub const LINKS_RULE: &str = "a link in a pack must point to a file or directory inside the pack";
+
+/// Links followed to resolve one name, at most (Linux's `MAXSYMLINKS`, what
+/// `openat2` allows too); one more is a loop.
+pub const MAX_LINK_HOPS: u32 = 40;
+
+/// Why a symbolic link of a pack is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkProblem {
+    /// Absolute target, `..` above the pack root, or a chain that does either.
+    Escapes,
+    /// Resolves to nothing (or through a file as if it were a directory).
+    Dangling,
+    /// More than [`MAX_LINK_HOPS`] links, or a directory link back to a directory
+    /// that contains it.
+    Loop,
+}
+
+impl std::fmt::Display for LinkProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkProblem::Escapes => "leaves the pack",
+            LinkProblem::Dangling => "points to nothing",
+            LinkProblem::Loop => "is a loop",
+        })
+    }
+}
 
 /// How many bytes a read into memory may take, and the setting that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +436,6 @@ impl EntryKind {
     /// The refusal of an entry that is neither a regular file nor a directory.
     pub fn refusal(self, path: PathBuf) -> PackFsError {
         match self {
-            EntryKind::Symlink => PackFsError::Symlink { path },
             EntryKind::Dir => PackFsError::IsADirectory { path },
             other => PackFsError::Special {
                 path,
@@ -436,11 +480,10 @@ const RESOLVER_WALK: u8 = 2;
 /// Learnt on the first `openat2` call of the process.
 static RESOLVER: AtomicU8 = AtomicU8::new(RESOLVER_UNKNOWN);
 
-/// Links are refused at every component; `BENEATH` also stops `..` and absolute
-/// paths from leaving the root.
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
+/// `BENEATH` keeps every step of the resolution, links included, beneath the root
+/// (`..` above it and absolute targets fail with `EXDEV`); links are followed
+/// otherwise, `/proc`-style magic links never.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
@@ -454,30 +497,59 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC)
     .union(OFlags::NONBLOCK)
     .union(OFlags::NOCTTY);
+/// A handle that only names what it resolves to (for `fstat`): opening it reads
+/// nothing and cannot block.
+const PATH_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// An opened pack directory (the root, or a directory below it). Everything opened
-/// through it stays beneath it.
+/// through it is resolved beneath the pack root it was opened from.
 #[derive(Debug)]
 pub struct PackDir {
     fd: OwnedFd,
+    /// The pack root, which every name is resolved beneath.
+    root: Arc<OwnedFd>,
+    /// The root's path, for messages only.
+    root_path: PathBuf,
+    /// This directory relative to the root, as it was asked for (it may go through
+    /// links inside the pack).
+    prefix: PathBuf,
     /// For messages only: never used to open anything.
     path: PathBuf,
     resolver: Resolver,
 }
 
+/// A name being resolved by the walk: from the path asked for, or from a link's
+/// target.
+struct Step {
+    name: OsString,
+    asked: bool,
+}
+
 impl PackDir {
-    /// Opens the directory `path` (already confined by the caller). Its last
-    /// component must not be a link.
+    /// Opens the directory `path` (already confined by the caller) as a pack root.
+    /// Its last component must not be a link.
     pub fn open(path: &Path) -> Result<PackDir, PackFsError> {
         Self::open_with(path, Resolver::current())
     }
 
     fn open_with(path: &Path, resolver: Resolver) -> Result<PackDir, PackFsError> {
         match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => Ok(PackDir {
-                fd,
+            Ok(fd) => {
+                let root = rustix::io::fcntl_dupfd_cloexec(&fd, 0)
+                    .map_err(|e| io_error(path.to_path_buf(), e))?;
+                Ok(PackDir {
+                    fd,
+                    root: Arc::new(root),
+                    root_path: path.to_path_buf(),
+                    prefix: PathBuf::new(),
+                    path: path.to_path_buf(),
+                    resolver,
+                })
+            }
+            // The root is named by path: a link there is not the pack's to resolve.
+            Err(Errno::LOOP) => Err(PackFsError::Special {
                 path: path.to_path_buf(),
-                resolver,
+                kind: "symbolic link",
             }),
             Err(errno) => Err(classify_open_error(errno, path, || {
                 rustix::fs::statat(rustix::fs::CWD, path, AtFlags::SYMLINK_NOFOLLOW)
@@ -490,26 +562,42 @@ impl PackDir {
         &self.path
     }
 
+    /// The path of the pack root this directory was opened from (for messages).
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
     /// Where the opened directory is now, as the kernel names it; `None` without
     /// `/proc`.
     pub fn real_path(&self) -> Option<PathBuf> {
         std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()
     }
 
-    /// Opens the directory `rel` below this one.
+    /// The device and inode of the opened directory: two directories reached by
+    /// different names (through links) are the same when these are.
+    pub fn identity(&self) -> Result<(u64, u64), PackFsError> {
+        let stat = rustix::fs::fstat(&self.fd).map_err(|e| io_error(self.path.clone(), e))?;
+        Ok((stat.st_dev as u64, stat.st_ino as u64))
+    }
+
+    /// Opens the directory `rel` below this one, following links inside the pack.
     pub fn open_dir(&self, rel: impl AsRef<Path>) -> Result<PackDir, PackFsError> {
         let rel = rel.as_ref();
         let path = self.path.join(rel);
         let fd = self.open_beneath(rel, DIR_FLAGS)?;
         Ok(PackDir {
             fd,
+            root: self.root.clone(),
+            root_path: self.root_path.clone(),
+            prefix: self.prefix.join(rel),
             path,
             resolver: self.resolver,
         })
     }
 
-    /// Opens the regular file `rel` below this directory; anything else (FIFO,
-    /// device, socket, directory, link) is refused without blocking.
+    /// Opens the regular file `rel` below this directory, following links inside the
+    /// pack; anything else (FIFO, device, socket, directory) is refused without
+    /// blocking.
     pub fn open_file(&self, rel: impl AsRef<Path>) -> Result<PackFile, PackFsError> {
         let rel = rel.as_ref();
         let fd = self.open_beneath(rel, FILE_FLAGS)?;
@@ -523,6 +611,21 @@ impl PackDir {
             len: u64::try_from(stat.st_size).unwrap_or(0),
             mode: stat.st_mode & 0o7777,
         })
+    }
+
+    /// What `rel` resolves to, following links inside the pack (a link that cannot
+    /// be followed is an error naming it), and its size for a regular file.
+    pub fn resolve_kind(&self, rel: impl AsRef<Path>) -> Result<(EntryKind, u64), PackFsError> {
+        let rel = rel.as_ref();
+        let fd = self.open_beneath(rel, PATH_FLAGS)?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_error(self.path.join(rel), e))?;
+        let kind = EntryKind::of(FileType::from_raw_mode(stat.st_mode));
+        let len = if kind == EntryKind::File {
+            u64::try_from(stat.st_size).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok((kind, len))
     }
 
     /// Reads the regular file `rel` whole, refusing it if it holds more than
@@ -568,9 +671,10 @@ impl PackDir {
         Ok(text)
     }
 
-    /// What `rel` is, without following links; `None` when it does not exist (or a
-    /// directory on the way does not). A link on the way is reported as the link it
-    /// is, with the path up to it.
+    /// What `rel` is, without following a link at its last component (directories
+    /// on the way are followed through links inside the pack); `None` when it does
+    /// not exist (or a directory on the way does not). A link on the way that cannot
+    /// be followed is an error naming it.
     pub fn kind(&self, rel: impl AsRef<Path>) -> Result<Option<(EntryKind, u64)>, PackFsError> {
         let rel = rel.as_ref();
         let parts = components(rel).ok_or_else(|| PackFsError::NotInside {
@@ -579,37 +683,18 @@ impl PackDir {
         let Some((last, dirs)) = parts.split_last() else {
             return Ok(Some((EntryKind::Dir, 0)));
         };
-        let mut so_far = PathBuf::new();
-        let mut owned: Option<OwnedFd> = None;
-        for part in dirs {
-            so_far.push(part);
-            let dir = owned.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
-            match rustix::fs::statat(dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) => match EntryKind::of(FileType::from_raw_mode(stat.st_mode)) {
-                    EntryKind::Dir => {}
-                    EntryKind::Symlink => {
-                        return Err(PackFsError::Symlink {
-                            path: self.path.join(&so_far),
-                        });
-                    }
-                    _ => return Ok(None),
-                },
-                Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
-                Err(e) => return Err(io_error(self.path.join(&so_far), e)),
-            }
-            let next =
-                rustix::fs::openat(dir, part.as_os_str(), DIR_FLAGS, Mode::empty()).map_err(|e| {
-                    classify_open_error(e, &self.path.join(&so_far), || Err(Errno::NOENT))
-                });
-            match next {
-                Ok(fd) => owned = Some(fd),
+        let parent: Option<OwnedFd> = if dirs.is_empty() {
+            None
+        } else {
+            match self.open_beneath(&dirs.iter().collect::<PathBuf>(), DIR_FLAGS) {
+                Ok(fd) => Some(fd),
                 Err(PackFsError::NotFound { .. } | PackFsError::NotADirectory { .. }) => {
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
             }
-        }
-        let dir = owned.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
+        };
+        let dir = parent.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
         match rustix::fs::statat(dir, last.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => Ok(Some((
                 EntryKind::of(FileType::from_raw_mode(stat.st_mode)),
@@ -622,9 +707,9 @@ impl PackDir {
 
     /// The entries of this directory (without `.` and `..`), in the order the file
     /// system gives them, each judged by `fstatat(AT_SYMLINK_NOFOLLOW)` on this
-    /// directory's descriptor. An entry removed while listing is left out. A directory
-    /// with more entries than the process's `pack_files.max_entries` is refused after
-    /// reading one more than that.
+    /// directory's descriptor (a link is listed as a link). An entry removed while
+    /// listing is left out. A directory with more entries than the process's
+    /// `pack_files.max_entries` is refused after reading one more than that.
     pub fn entries(&self) -> Result<Vec<DirEntry>, PackFsError> {
         let limits = tree_limits();
         self.entries_within(&limits, 0)
@@ -690,6 +775,20 @@ impl PackDir {
             .map_err(|e| io_error(self.path.join(rel), e))
     }
 
+    /// The refusal of the directory link `rel` (below this directory) that leads back
+    /// to a directory containing it, for walks that find such a cycle.
+    pub fn loop_at(&self, rel: impl AsRef<Path>) -> PackFsError {
+        let rel = rel.as_ref();
+        PackFsError::Link {
+            path: self.path.join(rel),
+            target: self.read_link(rel).unwrap_or_default(),
+            problem: LinkProblem::Loop,
+        }
+    }
+
+    /// Opens `rel` (below this directory) beneath the pack root. `flags` always
+    /// carry `O_NOFOLLOW`, which the walk needs; `openat2` follows a link at the
+    /// last component too (only `BENEATH` it).
     fn open_beneath(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd, PackFsError> {
         let parts = components(rel).ok_or_else(|| PackFsError::NotInside {
             path: self.path.join(rel),
@@ -700,8 +799,10 @@ impl PackDir {
             });
         }
         if self.resolver == Resolver::Openat2 {
-            let joined: PathBuf = parts.iter().collect();
-            match rustix::fs::openat2(&self.fd, &joined, flags, Mode::empty(), RESOLVE) {
+            let mut full = self.prefix.clone();
+            full.extend(&parts);
+            let followed = flags.difference(OFlags::NOFOLLOW);
+            match rustix::fs::openat2(&*self.root, &full, followed, Mode::empty(), RESOLVE) {
                 Ok(fd) => {
                     note_openat2_works();
                     return Ok(fd);
@@ -709,10 +810,13 @@ impl PackDir {
                 Err(Errno::NOSYS | Errno::PERM) if !Resolver::openat2_known_to_work() => {
                     RESOLVER.store(RESOLVER_WALK, Ordering::Relaxed);
                 }
+                // A link that escapes, dangles or loops, or simply a missing name:
+                // the walk finds which, and names the link to blame.
+                Err(Errno::XDEV | Errno::LOOP | Errno::NOENT | Errno::NOTDIR) => {}
                 Err(errno) => {
                     let path = self.path.join(rel);
                     return Err(classify_open_error(errno, &path, || {
-                        rustix::fs::statat(&self.fd, &joined, AtFlags::SYMLINK_NOFOLLOW)
+                        rustix::fs::statat(&*self.root, &full, AtFlags::SYMLINK_NOFOLLOW)
                     }));
                 }
             }
@@ -720,26 +824,133 @@ impl PackDir {
         self.walk(&parts, flags)
     }
 
-    /// Opens `parts` one component at a time, each relative to the directory opened
-    /// before it, never following a link.
+    /// Resolves `self.prefix` then `parts` from the root one component at a time,
+    /// each opened with `O_NOFOLLOW` relative to the directory opened before it. A
+    /// link met is read (`readlinkat`) and its target's components are resolved in
+    /// its place: an absolute target or a `..` above the root escapes, a missing
+    /// name dangles, more than [`MAX_LINK_HOPS`] links loop. Errors caused by a link
+    /// name the link met on the path asked for (a chain is blamed on its first link).
     fn walk(&self, parts: &[&Path], flags: OFlags) -> Result<OwnedFd, PackFsError> {
+        let mut todo: std::collections::VecDeque<Step> = self
+            .prefix
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name.to_os_string()),
+                _ => None,
+            })
+            .chain(parts.iter().map(|p| p.as_os_str().to_os_string()))
+            .map(|name| Step { name, asked: true })
+            .collect();
+        // Directories opened below the root, innermost last.
+        let mut stack: Vec<OwnedFd> = Vec::new();
+        // The asked-for components consumed, for messages.
         let mut so_far = PathBuf::new();
-        let mut current: Option<OwnedFd> = None;
-        for (i, part) in parts.iter().enumerate() {
-            so_far.push(part);
-            let last = i + 1 == parts.len();
-            let dir = current.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
-            let step_flags = if last { flags } else { DIR_FLAGS };
-            match rustix::fs::openat(dir, part.as_os_str(), step_flags, Mode::empty()) {
-                Ok(fd) => current = Some(fd),
-                Err(errno) => {
-                    return Err(classify_open_error(errno, &self.path.join(&so_far), || {
-                        rustix::fs::statat(dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    }));
+        // The link being expanded (on the asked-for path) and its target.
+        let mut blame: Option<(PathBuf, PathBuf)> = None;
+        let mut hops = 0u32;
+        let link_error = |blame: &Option<(PathBuf, PathBuf)>, problem| {
+            let (link, target) = blame.clone().unwrap_or_default();
+            PackFsError::Link {
+                path: self.root_path.join(link),
+                target,
+                problem,
+            }
+        };
+        while let Some(step) = todo.pop_front() {
+            if step.asked {
+                so_far.push(&step.name);
+                blame = None;
+            }
+            if step.name == "." {
+                continue;
+            }
+            if step.name == ".." {
+                if stack.pop().is_none() {
+                    return Err(link_error(&blame, LinkProblem::Escapes));
                 }
+                continue;
+            }
+            let last = todo.is_empty();
+            let dir = stack.last().map_or(self.root.as_fd(), |fd| fd.as_fd());
+            let step_flags = if last { flags } else { DIR_FLAGS };
+            let opened = rustix::fs::openat(dir, step.name.as_os_str(), step_flags, Mode::empty());
+            // An `O_PATH | O_NOFOLLOW` open of a link opens the link itself.
+            let opened_link = match &opened {
+                Ok(fd) if step_flags.contains(OFlags::PATH) => rustix::fs::fstat(fd)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink),
+                _ => false,
+            };
+            let errno = match opened {
+                Ok(fd) if !opened_link => {
+                    stack.push(fd);
+                    continue;
+                }
+                Ok(_) => Errno::LOOP,
+                // `O_NOFOLLOW` met a link (or `O_DIRECTORY` a non-directory).
+                Err(errno @ (Errno::LOOP | Errno::NOTDIR | Errno::MLINK)) => errno,
+                Err(errno) => {
+                    return Err(self.step_error(errno, dir, &step, &so_far, &blame));
+                }
+            };
+            let target = match rustix::fs::readlinkat(dir, step.name.as_os_str(), Vec::new()) {
+                Ok(target) => PathBuf::from(OsString::from_vec(target.into_bytes())),
+                Err(_) => return Err(self.step_error(errno, dir, &step, &so_far, &blame)),
+            };
+            if step.asked {
+                blame = Some((so_far.clone(), target.clone()));
+            }
+            hops += 1;
+            if hops > MAX_LINK_HOPS {
+                return Err(link_error(&blame, LinkProblem::Loop));
+            }
+            if target.as_os_str().is_empty() {
+                return Err(link_error(&blame, LinkProblem::Dangling));
+            }
+            if target.is_absolute() {
+                return Err(link_error(&blame, LinkProblem::Escapes));
+            }
+            for component in target.components().rev() {
+                let name = match component {
+                    Component::Normal(name) => name.to_os_string(),
+                    Component::ParentDir => OsString::from(".."),
+                    Component::CurDir => OsString::from("."),
+                    Component::RootDir | Component::Prefix(_) => {
+                        return Err(link_error(&blame, LinkProblem::Escapes));
+                    }
+                };
+                todo.push_front(Step { name, asked: false });
             }
         }
-        Ok(current.expect("parts is not empty"))
+        match stack.pop() {
+            Some(fd) => Ok(fd),
+            // The name resolved to the root itself.
+            None => rustix::io::fcntl_dupfd_cloexec(&*self.root, 0)
+                .map_err(|e| io_error(self.root_path.clone(), e)),
+        }
+    }
+
+    /// The error of a walk step that failed on something other than a link: a
+    /// missing name while expanding a link means the link dangles.
+    fn step_error(
+        &self,
+        errno: Errno,
+        dir: std::os::fd::BorrowedFd<'_>,
+        step: &Step,
+        so_far: &Path,
+        blame: &Option<(PathBuf, PathBuf)>,
+    ) -> PackFsError {
+        if let Some((link, target)) = blame
+            && matches!(errno, Errno::NOENT | Errno::NOTDIR)
+        {
+            return PackFsError::Link {
+                path: self.root_path.join(link),
+                target: target.clone(),
+                problem: LinkProblem::Dangling,
+            };
+        }
+        classify_open_error(errno, &self.root_path.join(so_far), || {
+            rustix::fs::statat(dir, step.name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+        })
     }
 
     #[cfg(test)]
@@ -801,12 +1012,8 @@ fn classify_open_error(
     let path = path.to_path_buf();
     match errno {
         Errno::NOENT => PackFsError::NotFound { path },
-        // ELOOP: O_NOFOLLOW met a link, or RESOLVE_NO_SYMLINKS did on the way.
-        // EXDEV: RESOLVE_BENEATH refused a way out.
-        Errno::LOOP | Errno::XDEV => PackFsError::Symlink { path },
         Errno::NOTDIR => match lstat() {
             Ok(stat) => match EntryKind::of(FileType::from_raw_mode(stat.st_mode)) {
-                EntryKind::Symlink => PackFsError::Symlink { path },
                 EntryKind::Dir => PackFsError::NotADirectory { path },
                 EntryKind::File => PackFsError::NotADirectory { path },
                 other => other.refusal(path),
@@ -894,25 +1101,37 @@ mod tests {
                     .unwrap(),
                 "name: a\n"
             );
-            for name in [
-                "link.yaml",
-                "zero.yaml",
-                "outdir/secret.yaml",
-                "inner/a.yaml",
-            ] {
+            for name in ["link.yaml", "zero.yaml", "outdir/secret.yaml"] {
                 let err = dir.read(name, cap).unwrap_err();
                 assert!(
-                    matches!(err, PackFsError::Symlink { .. }),
+                    matches!(
+                        err,
+                        PackFsError::Link {
+                            problem: LinkProblem::Escapes,
+                            ..
+                        }
+                    ),
                     "{resolver:?} {name}: {err}"
                 );
-                // The walk names the link it met; openat2 names the whole path.
+                // The error names the link met, not the whole path.
                 let first = name.split('/').next().unwrap();
-                assert!(err.to_string().contains(first), "{err}");
+                assert!(
+                    matches!(&err, PackFsError::Link { path, .. } if path.ends_with(first)),
+                    "{err}"
+                );
+                assert!(err.to_string().contains("leaves the pack"), "{err}");
             }
-            for name in ["outdir", "inner"] {
-                let err = dir.open_dir(name).unwrap_err();
-                assert!(matches!(err, PackFsError::Symlink { .. }), "{name}: {err}");
-            }
+            // A link that stays inside is followed.
+            assert_eq!(dir.read_text("inner/a.yaml", cap).unwrap(), "name: a\n");
+            assert_eq!(
+                dir.open_dir("inner")
+                    .unwrap()
+                    .read_text("a.yaml", cap)
+                    .unwrap(),
+                "name: a\n"
+            );
+            let err = dir.open_dir("outdir").unwrap_err();
+            assert!(matches!(err, PackFsError::Link { .. }), "{err}");
             let started = Instant::now();
             let err = dir.read("fifo.yaml", cap).unwrap_err();
             assert!(started.elapsed() < Duration::from_secs(1));
@@ -1062,14 +1281,29 @@ mod tests {
             EntryKind::Symlink
         );
         let err = dir.kind("outdir/secret.yaml").unwrap_err();
-        assert!(matches!(&err, PackFsError::Symlink { path } if path.ends_with("outdir")));
+        assert!(matches!(&err, PackFsError::Link { path, .. } if path.ends_with("outdir")));
+        // An inside link on the way is followed; the last component is not.
+        assert_eq!(
+            dir.kind("inner/a.yaml").unwrap(),
+            Some((EntryKind::File, 8))
+        );
+        assert_eq!(dir.kind("inner").unwrap().unwrap().0, EntryKind::Symlink);
     }
 
     #[test]
     fn the_root_itself_must_not_be_a_link_or_a_file() {
         let (pack, outside) = hostile_pack();
         let err = PackDir::open(&pack.path().join("outdir")).unwrap_err();
-        assert!(matches!(err, PackFsError::Symlink { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PackFsError::Special {
+                    kind: "symbolic link",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = PackDir::open(&pack.path().join("pack.yaml")).unwrap_err();
         assert!(matches!(err, PackFsError::NotADirectory { .. }), "{err}");
         let err = PackDir::open(&pack.path().join("missing")).unwrap_err();
@@ -1092,7 +1326,11 @@ mod tests {
                 .read("actions/secret.yaml", PackReadLimits::default().other())
                 .unwrap_err();
             assert!(
-                matches!(err, PackFsError::Symlink { .. }),
+                matches!(
+                    &err,
+                    PackFsError::Link { path, problem: LinkProblem::Escapes, .. }
+                        if path.ends_with("actions")
+                ),
                 "{resolver:?}: {err}"
             );
             std::fs::remove_file(pack.path().join("actions")).unwrap();
@@ -1112,5 +1350,152 @@ mod tests {
             .unwrap();
         assert_eq!(opened.len, 10);
         assert_eq!(opened.mode, 0o4755);
+    }
+
+    /// A pack with links of every kind: inside (file, directory, chain, from a
+    /// subdirectory up to the root), escaping (absolute, `..`, chain), dangling, loops.
+    fn linked_pack() -> (tempfile::TempDir, tempfile::TempDir) {
+        let pack = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = pack.path();
+        std::fs::write(outside.path().join("secret"), "SECRET\n").unwrap();
+        std::fs::write(root.join("pack.yaml"), "ref: linked\n").unwrap();
+        std::fs::write(root.join("linked.yaml.example"), "full\n").unwrap();
+        std::fs::create_dir_all(root.join("tests/fixtures")).unwrap();
+        symlink(
+            "../../linked.yaml.example",
+            root.join("tests/fixtures/full.yaml"),
+        )
+        .unwrap();
+        std::fs::create_dir(root.join("lib")).unwrap();
+        std::fs::write(root.join("lib/util.py"), "x = 1\n").unwrap();
+        symlink("lib", root.join("libdir")).unwrap();
+        symlink("chain2", root.join("chain1")).unwrap();
+        symlink("./tests/fixtures/full.yaml", root.join("chain2")).unwrap();
+        symlink(outside.path().join("secret"), root.join("absolute")).unwrap();
+        let up = format!(
+            "../{}/secret",
+            outside.path().file_name().unwrap().to_str().unwrap()
+        );
+        symlink(&up, root.join("dotdot")).unwrap();
+        symlink("absolute", root.join("via_absolute")).unwrap();
+        symlink("lib/../../x", root.join("climbs")).unwrap();
+        symlink("missing.yaml", root.join("dangling")).unwrap();
+        symlink("pack.yaml/x", root.join("through_file")).unwrap();
+        symlink("loop2", root.join("loop1")).unwrap();
+        symlink("loop1", root.join("loop2")).unwrap();
+        symlink("selfish", root.join("selfish")).unwrap();
+        // `..` from lib/ is the root: inside.
+        symlink("../pack.yaml", root.join("lib/up.yaml")).unwrap();
+        symlink("../../x", root.join("lib/out.yaml")).unwrap();
+        (pack, outside)
+    }
+
+    #[track_caller]
+    fn assert_link(err: &PackFsError, link: &str, problem: LinkProblem) {
+        match err {
+            PackFsError::Link {
+                path, problem: p, ..
+            } => {
+                assert!(path.ends_with(link), "{err} should name {link}");
+                assert_eq!(*p, problem, "{err}");
+            }
+            other => panic!("expected a link error naming {link}, got {other:?}"),
+        }
+        let words = problem.to_string();
+        assert!(err.to_string().contains(&words), "{err}");
+        assert!(err.reason().contains(&words), "{}", err.reason());
+        assert!(err.to_string().contains(link), "{err}");
+    }
+
+    #[test]
+    fn links_inside_the_pack_are_followed_on_both_resolvers() {
+        let (pack, _outside) = linked_pack();
+        let cap = PackReadLimits::default().other();
+        for dir in both(pack.path()) {
+            let resolver = dir.resolver();
+            assert_eq!(
+                dir.read_text("tests/fixtures/full.yaml", cap).unwrap(),
+                "full\n",
+                "{resolver:?}"
+            );
+            assert_eq!(dir.read_text("chain1", cap).unwrap(), "full\n");
+            assert_eq!(dir.read_text("libdir/util.py", cap).unwrap(), "x = 1\n");
+            assert_eq!(dir.read_text("lib/up.yaml", cap).unwrap(), "ref: linked\n");
+            // From a subdirectory, a link may climb above it as long as it stays
+            // beneath the pack root.
+            let lib = dir.open_dir("libdir").unwrap();
+            assert_eq!(lib.read_text("up.yaml", cap).unwrap(), "ref: linked\n");
+            let fixtures = dir.open_dir("tests/fixtures").unwrap();
+            assert_eq!(fixtures.read_text("full.yaml", cap).unwrap(), "full\n");
+            assert_eq!(
+                dir.resolve_kind("tests/fixtures/full.yaml").unwrap(),
+                (EntryKind::File, 5)
+            );
+            assert_eq!(dir.resolve_kind("libdir").unwrap().0, EntryKind::Dir);
+            let opened = dir.open_file("chain1").unwrap();
+            assert_eq!(opened.len, 5);
+            assert_eq!(
+                dir.open_dir("libdir").unwrap().identity().unwrap(),
+                dir.open_dir("lib").unwrap().identity().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_dangling_and_looping_links_are_refused_naming_the_link_on_both_resolvers() {
+        let (pack, _outside) = linked_pack();
+        let cap = PackReadLimits::default().other();
+        for dir in both(pack.path()) {
+            for (name, link, problem) in [
+                ("absolute", "absolute", LinkProblem::Escapes),
+                ("dotdot", "dotdot", LinkProblem::Escapes),
+                ("via_absolute", "via_absolute", LinkProblem::Escapes),
+                ("climbs", "climbs", LinkProblem::Escapes),
+                ("lib/out.yaml", "lib/out.yaml", LinkProblem::Escapes),
+                ("libdir/out.yaml", "libdir/out.yaml", LinkProblem::Escapes),
+                ("dangling", "dangling", LinkProblem::Dangling),
+                ("through_file", "through_file", LinkProblem::Dangling),
+                ("loop1", "loop1", LinkProblem::Loop),
+                ("selfish", "selfish", LinkProblem::Loop),
+            ] {
+                let err = dir.read(name, cap).unwrap_err();
+                assert_link(&err, link, problem);
+                let err = dir.resolve_kind(name).unwrap_err();
+                assert_link(&err, link, problem);
+            }
+            // Seen from a subdirectory, the link is still named from the root.
+            let lib = dir.open_dir("lib").unwrap();
+            assert_link(
+                &lib.read("out.yaml", cap).unwrap_err(),
+                "lib/out.yaml",
+                LinkProblem::Escapes,
+            );
+            assert_link(
+                &dir.open_dir("dotdot").unwrap_err(),
+                "dotdot",
+                LinkProblem::Escapes,
+            );
+            assert!(
+                !format!("{:?}", dir.read("dotdot", cap)).contains("SECRET"),
+                "outside content read"
+            );
+            // A name that is simply missing is not a link problem.
+            assert!(dir.read("lib/none.yaml", cap).unwrap_err().is_not_found());
+            assert!(
+                dir.read("libdir/none.yaml", cap)
+                    .unwrap_err()
+                    .is_not_found()
+            );
+            // The message names the link relative to the pack root.
+            let err = dir
+                .read("dotdot", cap)
+                .unwrap_err()
+                .relative_to(pack.path());
+            assert!(
+                err.to_string()
+                    .starts_with("'dotdot' is a symbolic link to '../")
+            );
+        }
     }
 }

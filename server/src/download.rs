@@ -29,7 +29,7 @@ use crate::{
     journal::{self, Journal, WorkKind},
     locks::PackLocks,
     manifest::{Manifest, ManifestError},
-    packfs::{PackReadLimits, TreeLimit, TreeLimits},
+    packfs::{PackDir, PackReadLimits, TreeLimit, TreeLimits},
     paths::{PathError, PathPolicy},
     progress::{Reporter, Stage},
     provenance::{self, Provenance},
@@ -782,8 +782,20 @@ impl Downloader {
             .await??;
         let (checkout, tree) = checkout;
         reporter.info(Stage::Extract, format!("checked out {}", checkout.commit));
+        // The checkout may hold links: a pack is stored without them, each link
+        // inside the pack copied as what it points to (the others refuse the pack).
+        let resolved = staging.path().join("resolved");
         let pack_root = staging
-            .blocking(move || archive::find_pack_root(&tree))
+            .blocking(move || {
+                let root = archive::find_pack_root(&tree)?;
+                let opened = PackDir::open(&root).map_err(FetchError::Read)?;
+                let limits = crate::packfs::tree_limits();
+                if !fetch::has_links(&opened, &limits)? {
+                    return Ok::<_, PackDownloadError>(root);
+                }
+                fetch::copy_tree(&opened, &resolved, &limits, &Reporter::noop())?;
+                Ok(resolved)
+            })
             .await??;
         Ok(FetchedPack {
             pack_root,
@@ -868,7 +880,7 @@ impl Downloader {
             .blocking(move || {
                 // Released when the extraction stops, even after its caller left.
                 let _permit = permit;
-                let summary =
+                let mut summary =
                     archive::extract_file(opened, &file, &tree, &limits, &extract_reporter)?;
                 tracing::debug!(files = summary.files, "extracted");
                 extract_reporter.count(
@@ -877,7 +889,8 @@ impl Downloader {
                     summary.files,
                     Some(summary.files),
                 );
-                let root = archive::find_pack_root(&tree)?;
+                // Links in the archive are written as copies of what they point to.
+                let root = summary.pack_root(&tree)?;
                 let checksum = summary.checksum(&tree, &root)?;
                 Ok::<_, PackDownloadError>((root, checksum))
             })

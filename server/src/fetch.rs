@@ -278,19 +278,23 @@ fn describe_reqwest_error(e: &reqwest::Error) -> String {
 }
 
 /// Copies the opened pack directory `src` into `dst` (which must not exist). Only
-/// regular files and directories are copied; a symlink or special file anywhere is an
-/// error (a pack must not point the server at files outside it). `.git` is skipped.
+/// regular files and directories are written: a symbolic link that stays inside the
+/// pack is copied as the file or directory it resolves to (the copy holds no links);
+/// one that leaves the pack, points to nothing or is a loop (a directory link back to
+/// a directory being copied, too) is an error naming it, and so is a special file.
+/// `.git` is skipped.
 ///
-/// The walk goes by descriptor: each directory is opened relative to its parent's
-/// descriptor without following links and each file is checked after it is opened,
-/// so a directory swapped for a link while the copy runs is refused, never followed.
-/// Set-user-ID, set-group-ID and sticky bits are not copied.
+/// The walk goes by descriptor: every name is resolved beneath the pack root's
+/// descriptor (see [`PackDir`]) and each file is checked after it is opened, so a
+/// directory swapped for a link out of the pack while the copy runs is refused, never
+/// followed. Set-user-ID, set-group-ID and sticky bits are not copied.
 ///
 /// `limits` bound the copy: entries are counted as they are listed, a directory
 /// nested deeper than `limits.depth` is refused before it is opened, and a file is
 /// refused by its `fstat` size before a byte of it is written (a sparse 100 GiB file
 /// costs nothing); bytes are counted while copying too, so a file that grows while
-/// it is copied stops at the cap. Directories still to be copied are remembered by
+/// it is copied stops at the cap. What a link resolves to counts again, like any
+/// entry. Directories still to be copied are remembered by
 /// name under their parent's descriptor, so the descriptors held at once are bounded
 /// by the depth, not by how many directories a listing holds. On error `dst` may
 /// hold a partial copy: the caller deletes it.
@@ -312,10 +316,6 @@ pub fn copy_tree(
             .display()
             .to_string();
         match e {
-            PackFsError::Symlink { .. } => FetchError::SpecialFile {
-                path: shown,
-                kind: "symbolic link",
-            },
             PackFsError::Special { kind, .. } => FetchError::SpecialFile { path: shown, kind },
             other => FetchError::Read(other.relative_to(src.path())),
         }
@@ -326,6 +326,8 @@ pub fn copy_tree(
         name: OsString,
         to: PathBuf,
         depth: u64,
+        /// The directories above it (device, inode), for links leading back.
+        ancestors: Rc<Vec<(u64, u64)>>,
     }
     fs::create_dir(dst).map_err(io_err(dst))?;
     let mut files = 0u64;
@@ -338,15 +340,22 @@ pub fn copy_tree(
             return Err(FetchError::Cancelled);
         }
         // The root is listed first, through the caller's descriptor.
-        let (opened, to, depth) = if !root_done {
+        let (opened, to, depth, ancestors) = if !root_done {
             root_done = true;
-            (None, dst.to_path_buf(), 0)
+            let root = vec![src.identity().map_err(refused)?];
+            (None, dst.to_path_buf(), 0, Rc::new(root))
         } else {
             let Some(next) = stack.pop() else { break };
             let parent = next.parent.as_deref().unwrap_or(src);
             let sub = parent.open_dir(&next.name).map_err(refused)?;
+            let id = sub.identity().map_err(refused)?;
+            if next.ancestors.contains(&id) {
+                return Err(refused(parent.loop_at(&next.name)));
+            }
+            let mut ancestors = (*next.ancestors).clone();
+            ancestors.push(id);
             fs::create_dir(&next.to).map_err(io_err(&next.to))?;
-            (Some(Rc::new(sub)), next.to, next.depth)
+            (Some(Rc::new(sub)), next.to, next.depth, Rc::new(ancestors))
         };
         let from_dir: &PackDir = opened.as_deref().unwrap_or(src);
         let mut listed = from_dir.entries_within(limits, entries).map_err(refused)?;
@@ -358,7 +367,11 @@ pub fn copy_tree(
                 continue;
             }
             let target = to.join(&entry.name);
-            match entry.kind {
+            let kind = match entry.kind {
+                EntryKind::Symlink => from_dir.resolve_kind(&entry.name).map_err(refused)?.0,
+                other => other,
+            };
+            match kind {
                 EntryKind::Dir => {
                     if depth + 1 > limits.depth.value {
                         return Err(refused(limits.too_deep(from_dir.path().join(&entry.name))));
@@ -368,6 +381,7 @@ pub fn copy_tree(
                         name: entry.name,
                         to: target,
                         depth: depth + 1,
+                        ancestors: ancestors.clone(),
                     });
                 }
                 EntryKind::File => {
@@ -402,6 +416,38 @@ pub fn copy_tree(
     }
     reporter.count(Stage::Fetch, "files copied", files, Some(files));
     Ok(files)
+}
+
+/// Whether the tree below the opened directory holds a symbolic link (`.git`
+/// skipped), looked for within `limits`.
+pub fn has_links(src: &PackDir, limits: &TreeLimits) -> Result<bool, FetchError> {
+    let refused = |e: PackFsError| FetchError::Read(e.relative_to(src.path()));
+    let mut entries = 0u64;
+    let mut todo: Vec<(PathBuf, u64)> = vec![(PathBuf::new(), 0)];
+    while let Some((rel, depth)) = todo.pop() {
+        let opened;
+        let dir = if rel.as_os_str().is_empty() {
+            src
+        } else {
+            opened = src.open_dir(&rel).map_err(refused)?;
+            &opened
+        };
+        let listed = dir.entries_within(limits, entries).map_err(refused)?;
+        entries += listed.len() as u64;
+        for entry in listed {
+            match entry.kind {
+                EntryKind::Symlink => return Ok(true),
+                EntryKind::Dir if entry.name != ".git" => {
+                    if depth + 1 > limits.depth.value {
+                        return Err(refused(limits.too_deep(dir.path().join(&entry.name))));
+                    }
+                    todo.push((rel.join(&entry.name), depth + 1));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Writes at most `cap + 1` bytes of the opened file to the new file `target` with
@@ -471,11 +517,25 @@ mod tests {
             )
             .unwrap()
         };
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("sub")).unwrap();
+        make_link(&src.path().join("sub/link"));
+        let out = tempfile::tempdir().unwrap();
+        let opened = PackDir::open(src.path()).unwrap();
+        let err = copy_tree(
+            &opened,
+            &out.path().join("copy"),
+            &TreeLimits::DEFAULT,
+            &Reporter::noop(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, FetchError::Read(PackFsError::Link { path, .. }) if path == Path::new("sub/link")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("leaves the pack"), "{err}");
         type Make<'a> = &'a dyn Fn(&Path);
-        let cases: [(&str, Make, &str); 2] = [
-            ("sub/link", &make_link, "symbolic link"),
-            ("sub/pipe", &make_fifo, "fifo"),
-        ];
+        let cases: [(&str, Make, &str); 1] = [("sub/pipe", &make_fifo, "fifo")];
         for (name, make, kind) in cases {
             let src = tempfile::tempdir().unwrap();
             fs::create_dir(src.path().join("sub")).unwrap();
@@ -493,6 +553,68 @@ mod tests {
                 matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn links_inside_the_pack_are_copied_as_what_they_point_to() {
+        use std::os::unix::fs::symlink;
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path();
+        fs::create_dir_all(root.join("tests/fixtures")).unwrap();
+        fs::create_dir_all(root.join("lib")).unwrap();
+        fs::write(root.join("p.yaml.example"), "full\n").unwrap();
+        let script = root.join("lib/run.sh");
+        fs::write(&script, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
+        symlink(
+            "../../p.yaml.example",
+            root.join("tests/fixtures/full.yaml"),
+        )
+        .unwrap();
+        symlink("lib", root.join("libdir")).unwrap();
+        symlink("libdir/run.sh", root.join("run.sh")).unwrap();
+        let (result, out) = copy_with(root, &TreeLimits::DEFAULT);
+        assert_eq!(result.unwrap(), 5);
+        let copy = out.path().join("copy");
+        for (path, content) in [
+            ("tests/fixtures/full.yaml", "full\n"),
+            ("libdir/run.sh", "#!/bin/sh\n"),
+            ("run.sh", "#!/bin/sh\n"),
+        ] {
+            let meta = fs::symlink_metadata(copy.join(path)).unwrap();
+            assert!(meta.is_file(), "{path} is not a regular file");
+            assert_eq!(fs::read_to_string(copy.join(path)).unwrap(), content);
+        }
+        assert!(fs::symlink_metadata(copy.join("libdir")).unwrap().is_dir());
+        assert_eq!(mode(&copy.join("run.sh")), 0o750);
+        assert_eq!(
+            crate::checksum::directory_checksum(root).unwrap(),
+            crate::checksum::directory_checksum(&copy).unwrap()
+        );
+        // What a directory link copies counts against the limits again.
+        let (result, _out) = copy_with(root, &limits(1 << 20, 8, 1 << 20, 8));
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("more than 8 entries"), "{err}");
+    }
+
+    #[test]
+    fn dangling_and_looping_links_are_refused_naming_them() {
+        use std::os::unix::fs::symlink;
+        for (name, target, problem) in [
+            ("lib/gone", "../missing", "points to nothing"),
+            ("lib/up", "..", "is a loop"),
+            ("lib/me", "me", "is a loop"),
+            ("lib/out", "../../x", "leaves the pack"),
+        ] {
+            let src = tempfile::tempdir().unwrap();
+            fs::create_dir(src.path().join("lib")).unwrap();
+            fs::write(src.path().join("lib/a"), "a").unwrap();
+            symlink(target, src.path().join(name)).unwrap();
+            let (result, _out) = copy_with(src.path(), &TreeLimits::DEFAULT);
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains(&format!("'{name}'")), "{err}");
+            assert!(err.contains(problem), "{err}");
         }
     }
 

@@ -1,15 +1,15 @@
-//! Reading files of a pack without following symbolic links or leaving the pack: every
-//! name is opened through the pack's directory descriptor ([`PackDir`]).
+//! Reading files of a pack without leaving it: every name is opened through the pack's
+//! directory descriptor ([`PackDir`]), which follows a symbolic link only when it
+//! stays inside the pack and otherwise refuses it, naming it.
 
 use std::path::Path;
 
 use crate::packfs::{self, PackDir, PackFsError};
 
-/// What a directory entry is, judged without following symlinks.
+/// What a directory entry is (a link inside the pack judged as what it points to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum EntryKind {
     File,
-    Symlink,
     Dir,
     /// A FIFO, socket or device: "fifo", "socket", ...
     Other(&'static str),
@@ -32,10 +32,34 @@ pub(super) struct Listing {
     /// (relative path, message)
     pub errors: Vec<(String, String)>,
     pub warnings: Vec<(String, String)>,
+    /// Links that cannot be followed: (the link relative to the pack root, message).
+    pub links: Vec<(String, String)>,
 }
 
-pub(super) const SYMLINK_REFUSED: &str =
-    "is a symbolic link; refused (a pack must not make the server read outside it)";
+/// The link that `e` refuses, relative to the pack root, with the message; `None`
+/// when `e` is not about a link.
+pub(super) fn link_refusal(pack: &PackDir, e: &PackFsError) -> Option<LinkRefusal> {
+    match e {
+        PackFsError::Link { path, .. } => Some(LinkRefusal {
+            link: path
+                .strip_prefix(pack.root_path())
+                .unwrap_or(path)
+                .display()
+                .to_string(),
+            reason: e.reason(),
+        }),
+        _ => None,
+    }
+}
+
+/// A symbolic link that leaves the pack, points to nothing or loops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LinkRefusal {
+    /// Relative to the pack root.
+    pub link: String,
+    /// "is a symbolic link to '...' that leaves the pack; ..."
+    pub reason: String,
+}
 
 /// Lists the `*.yaml`/`*.yml` entries directly inside `dir_rel` of the pack, sorted by
 /// name. A missing directory is empty.
@@ -44,9 +68,10 @@ pub(super) fn list_yaml(pack: &PackDir, dir_rel: &str) -> Listing {
     let dir = match pack.open_dir(dir_rel) {
         Ok(dir) => dir,
         Err(e) if e.is_not_found() => return out,
-        Err(PackFsError::Symlink { .. }) => {
-            out.errors
-                .push((dir_rel.to_string(), SYMLINK_REFUSED.to_string()));
+        Err(e @ PackFsError::Link { .. }) => {
+            if let Some(refusal) = link_refusal(pack, &e) {
+                out.links.push((refusal.link, refusal.reason));
+            }
             return out;
         }
         Err(PackFsError::NotADirectory { .. } | PackFsError::Special { .. }) => {
@@ -95,9 +120,21 @@ pub(super) fn list_yaml(pack: &PackDir, dir_rel: &str) -> Listing {
             continue;
         }
         let kind = match entry.kind {
+            packfs::EntryKind::Symlink => match dir.resolve_kind(&name) {
+                Ok((kind, _)) => kind,
+                Err(e) => {
+                    match link_refusal(pack, &e) {
+                        Some(refusal) => out.links.push((refusal.link, refusal.reason)),
+                        None => out.errors.push((rel, e.reason())),
+                    }
+                    continue;
+                }
+            },
+            other => other,
+        };
+        let kind = match kind {
             packfs::EntryKind::File => EntryKind::File,
             packfs::EntryKind::Dir => EntryKind::Dir,
-            packfs::EntryKind::Symlink => EntryKind::Symlink,
             other => EntryKind::Other(other.describe()),
         };
         out.entries.push(YamlEntry { name, rel, kind });
@@ -120,8 +157,8 @@ pub(super) enum PathProblem {
     Escapes,
     /// Relative path (to the pack root) that was looked for.
     Missing(String),
-    /// The first component of the path that is a symlink.
-    Symlink(String),
+    /// A symbolic link on the way that cannot be followed.
+    Symlink(LinkRefusal),
     NotAFile(String),
     Io(String, String),
 }
@@ -138,8 +175,8 @@ impl PathProblem {
             PathProblem::Missing(rel) => {
                 format!("{key} '{value}' does not exist (looked for {rel})")
             }
-            PathProblem::Symlink(rel) => {
-                format!("{key} '{value}' goes through the symbolic link {rel}; refused")
+            PathProblem::Symlink(refusal) => {
+                format!("{key} '{value}': '{}' {}", refusal.link, refusal.reason)
             }
             PathProblem::NotAFile(rel) => format!("{key} '{value}' ({rel}) is not a regular file"),
             PathProblem::Io(rel, e) => format!("{key} '{value}': cannot read {rel}: {e}"),
@@ -149,8 +186,8 @@ impl PathProblem {
 
 /// Resolves `rel` (as written in a component) against the pack directory `base` (e.g.
 /// `actions`), lexically, refusing absolute paths and `..` leaving the pack, then checks
-/// through the pack's descriptor, component by component without following symlinks,
-/// that it is a regular file. Returns the path relative to the pack root.
+/// through the pack's descriptor (following links only inside the pack) that it is a
+/// regular file. Returns the path relative to the pack root.
 pub(super) fn resolve_in_pack(
     pack: &PackDir,
     base: &str,
@@ -184,19 +221,15 @@ pub(super) fn resolve_in_pack(
         return Err(PathProblem::NotAFile(".".to_string()));
     }
     let joined = parts.join("/");
-    match pack.kind(&joined) {
-        Ok(None) => Err(PathProblem::Missing(joined)),
-        Ok(Some((packfs::EntryKind::File, _))) => Ok(joined),
-        Ok(Some((packfs::EntryKind::Symlink, _))) => Err(PathProblem::Symlink(joined)),
-        Ok(Some(_)) => Err(PathProblem::NotAFile(joined)),
-        Err(PackFsError::Symlink { path }) => {
-            let link = path
-                .strip_prefix(pack.path())
-                .unwrap_or(&path)
-                .display()
-                .to_string();
-            Err(PathProblem::Symlink(link))
+    match pack.resolve_kind(&joined) {
+        Ok((packfs::EntryKind::File, _)) => Ok(joined),
+        Ok(_) => Err(PathProblem::NotAFile(joined)),
+        Err(PackFsError::NotFound { .. } | PackFsError::NotADirectory { .. }) => {
+            Err(PathProblem::Missing(joined))
         }
-        Err(e) => Err(PathProblem::Io(joined, e.reason())),
+        Err(e) => match link_refusal(pack, &e) {
+            Some(refusal) => Err(PathProblem::Symlink(refusal)),
+            None => Err(PathProblem::Io(joined, e.reason())),
+        },
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::packfs::{PackDir, PackFsError, ReadCap};
 
-use super::fsutil::{self, EntryKind, PathProblem, SYMLINK_REFUSED, YamlEntry};
+use super::fsutil::{self, EntryKind, PathProblem, YamlEntry};
 use super::names::{attune_compatible, is_template, is_valid_name, qualify_reference};
 use super::{
     CONCURRENCY_METHODS, Component, ComponentKind, ComponentReference, LoadedPack, OUTPUT_FORMATS,
@@ -98,7 +98,7 @@ struct Loader<'a> {
     /// Action-linked workflow files already processed (pack-relative path) → the ref of
     /// the Workflow component created for it, if any.
     workflow_files: HashMap<String, Option<String>>,
-    /// Symlinks already reported.
+    /// Links already refused (relative to the pack root).
     refused: HashSet<String>,
 }
 
@@ -107,12 +107,11 @@ impl Loader<'_> {
 
     fn listing(&mut self, dir_rel: &str) -> Vec<YamlEntry> {
         let listing = fsutil::list_yaml(self.pack_dir, dir_rel);
+        for (link, message) in listing.links {
+            self.refuse(&link, message);
+        }
         for (file, message) in listing.errors {
-            if message == SYMLINK_REFUSED {
-                self.refuse(&file);
-            } else {
-                self.out.error(file, message);
-            }
+            self.out.error(file, message);
         }
         for (file, message) in listing.warnings {
             self.out.warn(file, message);
@@ -121,7 +120,6 @@ impl Loader<'_> {
         for e in listing.entries {
             match e.kind {
                 EntryKind::File => files.push(e),
-                EntryKind::Symlink => self.refuse(&e.rel),
                 EntryKind::Dir => self.out.warn(
                     &e.rel,
                     "is a directory; skipped (component directories are not read recursively)",
@@ -137,17 +135,19 @@ impl Loader<'_> {
         files
     }
 
-    fn refuse(&mut self, rel: &str) {
-        if self.refused.insert(rel.to_string()) {
-            self.out.error(rel, SYMLINK_REFUSED);
+    fn refuse(&mut self, link: &str, message: String) {
+        if self.refused.insert(link.to_string()) {
+            self.out.error(link, message);
         }
     }
 
     fn read_doc(&mut self, rel: &str) -> Option<Doc> {
         let text = match self.pack_dir.read_text(rel, self.cap) {
             Ok(t) => t,
-            Err(PackFsError::Symlink { .. }) => {
-                self.refuse(rel);
+            Err(e @ PackFsError::Link { .. }) => {
+                if let Some(refusal) = fsutil::link_refusal(self.pack_dir, &e) {
+                    self.refuse(&refusal.link, refusal.reason);
+                }
                 return None;
             }
             Err(e) => {
@@ -242,8 +242,8 @@ impl Loader<'_> {
     fn linked_workflow(&mut self, action: &Component, path: &str) -> Option<String> {
         let rel = match fsutil::resolve_in_pack(self.pack_dir, "actions", path) {
             Ok(rel) => rel,
-            Err(PathProblem::Symlink(link)) => {
-                self.refuse(&link);
+            Err(PathProblem::Symlink(refusal)) => {
+                self.refuse(&refusal.link, refusal.reason);
                 return None;
             }
             Err(_) => return None,

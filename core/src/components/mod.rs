@@ -38,10 +38,11 @@
 //! * Only regular `*.yaml`/`*.yml` files directly inside each component directory are
 //!   read (no recursion), sorted by file name. Names starting with `.` are skipped with a
 //!   warning (editor and macOS `._*` droppings).
-//! * Symbolic links are refused with an error naming the file, both for component files
-//!   and for files reached through `entry_point`/`workflow_file` (a pack must not make
-//!   the server read outside it). A component directory that is itself a symlink is
-//!   refused the same way. Other non-regular files (FIFOs, devices) are errors;
+//! * A symbolic link that stays inside the pack is read as the file (or directory) it
+//!   points to; one that leaves the pack, points to nothing or is a loop is refused with
+//!   an error naming the link and why, both for component files and for files reached
+//!   through `entry_point`/`workflow_file` (a pack must not make the server read outside
+//!   it). A component directory that is itself such a link is refused the same way. Other non-regular files (FIFOs, devices) are errors;
 //!   directories named `*.yaml` are skipped with a warning.
 //! * Files are opened through the pack's directory descriptor ([`PackDir`]). Files
 //!   larger than the `pack_files.max_component_bytes` setting (1 MiB by default, as

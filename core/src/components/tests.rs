@@ -468,7 +468,36 @@ fn empty_and_non_mapping_files_are_errors() {
 
 #[cfg(unix)]
 #[test]
-fn symlinks_are_refused() {
+fn links_inside_the_pack_are_read_as_what_they_point_to() {
+    let dir = write_pack(&[
+        ("actions/ok.yaml", "ref: p.ok\nrunner_type: noop\n"),
+        (
+            "shared/run.yaml",
+            "ref: p.run\nrunner_type: local-shell-script\nentry_point: run.sh\n",
+        ),
+        ("shared/run.sh", "#!/bin/sh\n"),
+        ("shared/gone.yaml", "ref: p.gone\nrunner_type: noop\n"),
+    ]);
+    let d = dir.path();
+    std::os::unix::fs::symlink("../shared/run.yaml", d.join("actions/run.yaml")).unwrap();
+    std::os::unix::fs::symlink("../shared/run.sh", d.join("actions/run.sh")).unwrap();
+    std::os::unix::fs::symlink("../shared/missing.yaml", d.join("actions/dangling.yaml")).unwrap();
+    std::os::unix::fs::symlink("../../gone.yaml", d.join("actions/escaping.yaml")).unwrap();
+    let loaded = check(d, "p");
+    assert_eq!(
+        refs(&loaded, Action),
+        ["p.ok", "p.run"],
+        "{:#?}",
+        loaded.errors
+    );
+    assert_issue(&loaded.errors, "actions/dangling.yaml", "points to nothing");
+    assert_issue(&loaded.errors, "actions/escaping.yaml", "leaves the pack");
+    assert_eq!(loaded.errors.len(), 2, "{:#?}", loaded.errors);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_out_of_the_pack_are_refused() {
     let outside = write_pack(&[("secret.yaml", "ref: p.secret\nrunner_type: noop\n")]);
     let dir = write_pack(&[
         ("actions/ok.yaml", "ref: p.ok\nrunner_type: noop\n"),
@@ -491,21 +520,14 @@ fn symlinks_are_refused() {
     let loaded = check(d, "p");
     assert_eq!(refs(&loaded, Action), ["p.ok", "p.run", "p.wf"]);
     assert_eq!(loaded.count(Workflow), 0);
-    assert_issue(
-        &loaded.errors,
-        "actions/evil.yaml",
-        "is a symbolic link; refused",
-    );
-    assert_issue(
-        &loaded.errors,
-        "actions/linked",
-        "is a symbolic link; refused",
-    );
-    assert_issue(&loaded.errors, "rules", "is a symbolic link; refused");
+    assert_issue(&loaded.errors, "actions/evil.yaml", "is a symbolic link to");
+    assert_issue(&loaded.errors, "actions/evil.yaml", "that leaves the pack");
+    assert_issue(&loaded.errors, "actions/linked", "that leaves the pack");
+    assert_issue(&loaded.errors, "rules", "that leaves the pack");
     assert_issue(
         &loaded.errors,
         "actions/run.yaml",
-        "entry_point 'run.sh' goes through the symbolic link actions/run.sh; refused",
+        "entry_point 'run.sh': 'actions/run.sh' is a symbolic link to",
     );
     assert_eq!(loaded.errors.len(), 4, "{:#?}", loaded.errors);
 }

@@ -26,3 +26,4 @@ mod register;
 mod register_throughput;
 mod rest;
 mod stackstorm_packs;
+mod symlinks;
