@@ -46,8 +46,8 @@ fn open_pack(path: &Path) -> anyhow::Result<PackSource> {
         let root = archive::find_pack_root(path)?;
         // `.` and `..` have a name only once resolved.
         let top = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let dir_name = dir_name::inside(path, &root)
-            .or_else(|| dir_name::of_path(&top).map(str::to_string));
+        let dir_name =
+            dir_name::inside(path, &root).or_else(|| dir_name::of_path(&top).map(str::to_string));
         return Ok(PackSource {
             dir_name,
             root,

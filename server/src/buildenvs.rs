@@ -207,10 +207,12 @@ impl EnvBuilder {
             Err(e) => return unknown(&e),
         };
         let manifest = match self.paths.open_confined(&dir) {
-            Ok(opened) => match Manifest::read(&opened, dir_name::of_path(&dir), self.paths.read_limits()) {
-                Ok(manifest) => manifest,
-                Err(e) => return unknown(&e),
-            },
+            Ok(opened) => {
+                match Manifest::read(&opened, dir_name::of_path(&dir), self.paths.read_limits()) {
+                    Ok(manifest) => manifest,
+                    Err(e) => return unknown(&e),
+                }
+            }
             Err(e) => return unknown(&e),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);

@@ -107,7 +107,9 @@ pub enum PolicyProblem {
         name: String,
         known: String,
     },
-    #[error("parameters.{name}: {found} is not allowed for policy type {policy_type}; expected {expected}")]
+    #[error(
+        "parameters.{name}: {found} is not allowed for policy type {policy_type}; expected {expected}"
+    )]
     WrongValue {
         policy_type: &'static str,
         name: &'static str,
@@ -236,12 +238,18 @@ mod tests {
     #[test]
     fn each_mistake_is_named() {
         assert_eq!(
-            messages(json!({"policy_type": "action.retry", "parameters": {"retry_on": "sometimes"}})),
-            ["parameters.retry_on: 'sometimes' is not allowed for policy type action.retry; \
-              expected one of failure, timeout"]
+            messages(
+                json!({"policy_type": "action.retry", "parameters": {"retry_on": "sometimes"}})
+            ),
+            [
+                "parameters.retry_on: 'sometimes' is not allowed for policy type action.retry; \
+              expected one of failure, timeout"
+            ]
         );
         assert_eq!(
-            messages(json!({"policy_type": "action.concurrency", "parameters": {"threshold": -1, "treshold": 2}})),
+            messages(
+                json!({"policy_type": "action.concurrency", "parameters": {"threshold": -1, "treshold": 2}})
+            ),
             [
                 "parameters.threshold: -1 is not allowed for policy type action.concurrency; \
                  expected a whole number ≥ 0",
@@ -251,7 +259,9 @@ mod tests {
         );
         assert_eq!(
             messages(json!({"policy_type": "action.concurrency"})),
-            ["parameters.threshold is required by policy type action.concurrency (a whole number ≥ 0)"]
+            [
+                "parameters.threshold is required by policy type action.concurrency (a whole number ≥ 0)"
+            ]
         );
         assert_eq!(
             messages(json!({"policy_type": "action.concurrency.attr",
@@ -271,8 +281,10 @@ mod tests {
         );
         assert_eq!(
             messages(json!({"policy_type": "action.throttle", "parameters": {}})),
-            ["policy_type: 'action.throttle' is not a built-in policy type (known: \
-              action.concurrency, action.concurrency.attr, action.retry)"]
+            [
+                "policy_type: 'action.throttle' is not a built-in policy type (known: \
+              action.concurrency, action.concurrency.attr, action.retry)"
+            ]
         );
     }
 }

@@ -43,9 +43,6 @@ pub const JSON_SCHEMA_TYPES: [&str; 7] = [
     "array", "boolean", "integer", "null", "number", "object", "string",
 ];
 
-/// StackStorm's keys in a parameter definition, beyond draft 4.
-const STACKSTORM_KEYS: [&str; 4] = ["secret", "required", "immutable", "position"];
-
 /// Draft 4, every key listed and no other allowed, with StackStorm's keys.
 const META_SCHEMA: &str = r##"{
   "$schema": "http://json-schema.org/draft-04/schema#",
@@ -209,8 +206,10 @@ pub fn component_problems(c: &Component) -> Vec<SchemaProblem> {
 }
 
 fn trigger_schemas(prefix: &str, def: &Map<String, Value>, out: &mut Vec<SchemaProblem>) {
-    for (documented, normalised) in [("parameters_schema", "parameters"), ("payload_schema", "output")]
-    {
+    for (documented, normalised) in [
+        ("parameters_schema", "parameters"),
+        ("payload_schema", "output"),
+    ] {
         for key in spellings(def, documented, normalised) {
             check_declared(&format!("{prefix}{key}"), &def[key], false, out);
         }
@@ -278,9 +277,7 @@ fn check_definitions(
                 continue;
             }
         }
-        if positions
-            && let Some(position) = definition.get("position").and_then(Value::as_f64)
-        {
+        if positions && let Some(position) = definition.get("position").and_then(Value::as_f64) {
             match seen_positions.iter().find(|(p, _)| *p == position) {
                 Some((_, other)) => out.push(SchemaProblem::DuplicatePosition {
                     path: at,
@@ -325,18 +322,21 @@ fn meta_validator() -> &'static Validator {
     static META: OnceLock<Validator> = OnceLock::new();
     META.get_or_init(|| {
         let meta: Value = serde_json::from_str(META_SCHEMA).expect("the meta-schema is JSON");
+        // Formats on: `pattern` must be a valid regular expression.
         options()
+            .should_validate_formats(true)
             .build(&meta)
             .expect("the meta-schema is a valid draft 4 schema")
     })
 }
 
-/// Draft 4, formats checked, and a retriever that refuses everything: a schema from a
-/// pack never makes the server read a file or open a connection.
+/// Draft 4 and a retriever that refuses everything: a schema from a pack never makes
+/// the server read a file or open a connection. Formats are not asserted (StackStorm
+/// does not check a default's `format` either).
 fn options() -> jsonschema::ValidationOptions<'static> {
     jsonschema::options()
         .with_draft(Draft::Draft4)
-        .should_validate_formats(true)
+        .should_validate_formats(false)
         .with_retriever(NeverFetch)
 }
 
@@ -394,9 +394,9 @@ fn translate(base: &str, error: &ValidationError<'_>, out: &mut Vec<SchemaProble
             let right_type = || {
                 context.iter().find(|branch| {
                     !branch.is_empty()
-                        && !branch.iter().any(|e| {
-                            own(e) && matches!(e.kind(), ValidationErrorKind::Type { .. })
-                        })
+                        && !branch
+                            .iter()
+                            .any(|e| own(e) && matches!(e.kind(), ValidationErrorKind::Type { .. }))
                 })
             };
             match deeper_only.or_else(right_type) {
@@ -464,7 +464,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// Every key a definition may have.
+/// Every key a definition may have (StackStorm's included).
 fn known_keys() -> impl Iterator<Item = &'static str> {
     static KEYS: OnceLock<Vec<String>> = OnceLock::new();
     KEYS.get_or_init(|| {
@@ -476,7 +476,6 @@ fn known_keys() -> impl Iterator<Item = &'static str> {
     })
     .iter()
     .map(String::as_str)
-    .chain(STACKSTORM_KEYS)
 }
 
 /// The known key closest to a misspelt one (`typ` → `type`), if one is close.
@@ -652,10 +651,7 @@ fn config_schema_file(pack_dir: &PackDir, cap: ReadCap) -> Vec<Issue> {
         Ok(value) => config_schema_problems(&value),
         Err(problem) => return vec![issue(problem.to_string())],
     };
-    problems
-        .into_iter()
-        .map(|p| issue(p.to_string()))
-        .collect()
+    problems.into_iter().map(|p| issue(p.to_string())).collect()
 }
 
 /// The problems of a parsed `config.schema.yaml`.
@@ -709,7 +705,7 @@ mod tests {
     #[test]
     fn stackstorm_shapes_pass() {
         // The shapes of StackStorm's core pack and of Exchange packs.
-        let http_like = r#"
+        let http_like = r##"
 name: http
 runner_type: http-request
 parameters:
@@ -726,9 +722,9 @@ parameters:
   port: {type: integer, default: "{{ config_context.port }}"}
   channel: {type: string, default: null}
   token: {type: string, secret: true, required: false}
-"#;
+"##;
         assert_eq!(action(http_like), Vec::<String>::new());
-        let output_schema = r#"
+        let output_schema = r##"
 name: with_output
 runner_type: python-script
 entry_point: run.py
@@ -744,9 +740,9 @@ output_schema:
       items: {type: array, items: [{type: string}, {type: integer}], additionalItems: false}
     required: [ok]
     additionalProperties: {type: string}
-"#;
+"##;
         assert_eq!(action(output_schema), Vec::<String>::new());
-        let sensor = r#"
+        let sensor = r##"
 class_name: WatchSensor
 entry_point: watch.py
 trigger_types:
@@ -764,9 +760,12 @@ trigger_types:
         unit: {enum: [weeks, days, hours, minutes, seconds], default: seconds}
         delta: {type: integer, required: true}
       additionalProperties: false
-"#;
-        assert_eq!(messages(ComponentKind::Sensor, sensor), Vec::<String>::new());
-        let trigger = r#"
+"##;
+        assert_eq!(
+            messages(ComponentKind::Sensor, sensor),
+            Vec::<String>::new()
+        );
+        let trigger = r##"
 name: webhook
 parameters_schema:
   type: object
@@ -777,8 +776,11 @@ parameters_schema:
   definitions:
     kind: {type: string, enum: [a, b]}
 payload_schema: {type: object}
-"#;
-        assert_eq!(messages(ComponentKind::Trigger, trigger), Vec::<String>::new());
+"##;
+        assert_eq!(
+            messages(ComponentKind::Trigger, trigger),
+            Vec::<String>::new()
+        );
         // Attune's own spellings.
         let attune = "ref: p.echo\nparameters:\n  message: {type: string, required: true}\noutput:\n  stdout: {type: string}\n";
         assert_eq!(action(attune), Vec::<String>::new());
@@ -786,14 +788,21 @@ payload_schema: {type: object}
 
     #[test]
     fn unknown_type_names_the_file_field_and_the_types() {
-        let found = report_of("actions/post.yaml", "name: post\nparameters:\n  channel: {type: stringa}\n");
-        assert_eq!(
-            found,
-            ["actions/post.yaml: parameters.channel.type: \"stringa\" is not a JSON Schema \
-              type (one of array, boolean, integer, null, number, object, string)"]
+        let found = report_of(
+            "actions/post.yaml",
+            "name: post\nparameters:\n  channel: {type: stringa}\n",
         );
         assert_eq!(
-            action("parameters:\n  a: {type: [string, strin]}\n  b: {type: raw_string}\n  c: {type: 5}\n"),
+            found,
+            [
+                "actions/post.yaml: parameters.channel.type: \"stringa\" is not a JSON Schema \
+              type (one of array, boolean, integer, null, number, object, string)"
+            ]
+        );
+        assert_eq!(
+            action(
+                "parameters:\n  a: {type: [string, strin]}\n  b: {type: raw_string}\n  c: {type: 5}\n"
+            ),
             [
                 "parameters.a.type[1]: \"strin\" is not a JSON Schema type (one of array, \
                  boolean, integer, null, number, object, string)",
@@ -844,14 +853,20 @@ payload_schema: {type: object}
     #[test]
     fn defaults_must_fit_their_definition() {
         assert_eq!(
-            action("parameters:\n  level: {type: string, enum: [info, warning], default: critical}\n"),
-            ["parameters.level.default: \"critical\" is not valid under its own definition: \
-              \"critical\" is not one of \"info\" or \"warning\""]
+            action(
+                "parameters:\n  level: {type: string, enum: [info, warning], default: critical}\n"
+            ),
+            [
+                "parameters.level.default: \"critical\" is not valid under its own definition: \
+              \"critical\" is not one of \"info\" or \"warning\""
+            ]
         );
         let found = action("parameters:\n  count: {type: integer, default: ten}\n");
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
-            found[0].starts_with("parameters.count.default: \"ten\" is not valid under its own definition: "),
+            found[0].starts_with(
+                "parameters.count.default: \"ten\" is not valid under its own definition: "
+            ),
             "{found:?}"
         );
         let found = action(
@@ -862,8 +877,13 @@ payload_schema: {type: object}
             found[0].starts_with("parameters.opts.properties.n.default: 0 is not valid"),
             "{found:?}"
         );
-        let found = action("parameters:\n  opts: {type: object, default: {a: 1}, properties: {a: {type: string}}}\n");
-        assert!(found[0].contains("default: {\"a\":1} is not valid under its own definition: a: "), "{found:?}");
+        let found = action(
+            "parameters:\n  opts: {type: object, default: {a: 1}, properties: {a: {type: string}}}\n",
+        );
+        assert!(
+            found[0].contains("default: {\"a\":1} is not valid under its own definition: a: "),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -879,7 +899,10 @@ payload_schema: {type: object}
             "parameters.a.required: expected true or false (or, for an object, a list of \
              property names), found \"yes\""
         );
-        assert!(found[1].starts_with("parameters.b.minLength: -1 is less than the minimum of 0"), "{found:?}");
+        assert!(
+            found[1].starts_with("parameters.b.minLength: -1 is less than the minimum of 0"),
+            "{found:?}"
+        );
         assert!(found[2].starts_with("parameters.c.pattern: "), "{found:?}");
         assert_eq!(
             found[3],
@@ -910,7 +933,10 @@ payload_schema: {type: object}
             "parameters:\n  a:\n    id: \"http://127.0.0.1:9/base.json\"\n    $ref: \"#/definitions/missing\"\n",
         );
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("parameters.a: the schema cannot be used: "), "{found:?}");
+        assert!(
+            found[0].starts_with("parameters.a: the schema cannot be used: "),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -922,14 +948,18 @@ payload_schema: {type: object}
                 .collect()
         };
         assert_eq!(
-            parse("api_token: {type: string, secret: true, required: true}\nregion: {type: string, default: us-east-1}\n"),
+            parse(
+                "api_token: {type: string, secret: true, required: true}\nregion: {type: string, default: us-east-1}\n"
+            ),
             Vec::<String>::new()
         );
         for empty in ["", "{}\n", "# nothing\n"] {
             assert_eq!(
                 parse(empty),
-                ["the file is empty; expected a mapping of option names to their definitions \
-                  (delete the file if the pack has no configuration)"],
+                [
+                    "the file is empty; expected a mapping of option names to their definitions \
+                  (delete the file if the pack has no configuration)"
+                ],
                 "{empty:?}"
             );
         }

@@ -68,8 +68,14 @@ mod tests {
     #[test]
     fn git_repository_names() {
         for (url, name) in [
-            ("https://github.com/StackStorm-Exchange/stackstorm-slack.git", "slack"),
-            ("https://github.com/StackStorm-Exchange/stackstorm-slack", "slack"),
+            (
+                "https://github.com/StackStorm-Exchange/stackstorm-slack.git",
+                "slack",
+            ),
+            (
+                "https://github.com/StackStorm-Exchange/stackstorm-slack",
+                "slack",
+            ),
             ("https://example.com/org/my_pack/", "my_pack"),
             ("git@github.com:org/stackstorm-aws.git", "aws"),
             ("ssh://git@host:2222/org/pack-x.git", "pack-x"),
@@ -78,9 +84,15 @@ mod tests {
         ] {
             assert_eq!(of_git_repository(url).as_deref(), Some(name), "{url}");
         }
-        assert_eq!(of_git_repository("https://example.com/"), Some("example.com".into()));
+        assert_eq!(
+            of_git_repository("https://example.com/"),
+            Some("example.com".into())
+        );
         assert_eq!(of_git_repository(""), None);
-        assert_eq!(of_git_repository("https://example.com/org/stackstorm-"), None);
+        assert_eq!(
+            of_git_repository("https://example.com/org/stackstorm-"),
+            None
+        );
     }
 
     #[test]
@@ -88,7 +100,10 @@ mod tests {
         let top = Path::new("/stage/tree");
         assert_eq!(inside(top, top), None);
         assert_eq!(inside(top, &top.join("pack")), None);
-        assert_eq!(inside(top, &top.join("slack-1.2.0")).as_deref(), Some("slack-1.2.0"));
+        assert_eq!(
+            inside(top, &top.join("slack-1.2.0")).as_deref(),
+            Some("slack-1.2.0")
+        );
         assert_eq!(inside(top, &top.join("repo/pack")).as_deref(), Some("repo"));
         assert_eq!(inside(top, Path::new("/elsewhere/x")), None);
     }

@@ -546,7 +546,10 @@ keywords: [old, style]
         );
 
         // `ref` always wins, silently.
-        let m = parse_in("ref: chosen\nname: my_pack\nversion: 1.0.0\n", Some("dirname_pack"));
+        let m = parse_in(
+            "ref: chosen\nname: my_pack\nversion: 1.0.0\n",
+            Some("dirname_pack"),
+        );
         assert_eq!(m.pack_ref, "chosen");
         assert!(m.warnings.is_empty());
 
@@ -568,7 +571,9 @@ keywords: [old, style]
     #[test]
     fn stackstorm_version_must_be_a_specifier() {
         for ok in [">=2.9.0", ">=3.0.0,<4", ">=1.8.0, <2.2.0", ">1.6.0", "3.4"] {
-            let m = parse(&format!("ref: pk\nversion: 1.0.0\nstackstorm_version: \"{ok}\"\n"));
+            let m = parse(&format!(
+                "ref: pk\nversion: 1.0.0\nstackstorm_version: \"{ok}\"\n"
+            ));
             assert_eq!(m.stackstorm_version.as_deref(), Some(ok));
         }
         let found = issues("ref: pk\nversion: 1.0.0\nstackstorm_version: latest\n");
@@ -579,7 +584,12 @@ keywords: [old, style]
                 .starts_with("\"latest\" is not a version specifier (`latest`: "),
             "{issue}"
         );
-        assert!(issue.message.ends_with("write e.g. \">=3.0.0\" or \">=3.0.0, <4\""), "{issue}");
+        assert!(
+            issue
+                .message
+                .ends_with("write e.g. \">=3.0.0\" or \">=3.0.0, <4\""),
+            "{issue}"
+        );
         let found = issues("ref: pk\nversion: 1.0.0\nstackstorm_version: \">=3.0.0,\"\n");
         issue_for(&found, "stackstorm_version");
         let found = issues("ref: pk\nversion: 1.0.0\nattune_version: \">=x\"\n");
@@ -590,7 +600,8 @@ keywords: [old, style]
     fn python_versions_are_2_or_3() {
         let m = parse("ref: pk\nversion: 1.0.0\npython_versions: [\"2\", 3]\n");
         assert!(m.python.unwrap().matches(&ver("2.7.18")));
-        let found = issues("ref: pk\nversion: 1.0.0\npython_versions: [\"3\", \"3.9\", 4, \"3\"]\n");
+        let found =
+            issues("ref: pk\nversion: 1.0.0\npython_versions: [\"3\", \"3.9\", 4, \"3\"]\n");
         assert_eq!(
             issue_for(&found, "python_versions[1]").message,
             "\"3.9\" is not allowed: StackStorm accepts only \"2\" and \"3\" here (use \
@@ -697,7 +708,8 @@ testing:
         assert_eq!(found.len(), expected.len(), "{found:#?}");
 
         // The error's Display lists them all, one per line, as `<file>: <key>: <message>`.
-        let err = Manifest::parse("ref: 12\ntags: a\nversion: [1]\n", Path::new(FILE), None).unwrap_err();
+        let err =
+            Manifest::parse("ref: 12\ntags: a\nversion: [1]\n", Path::new(FILE), None).unwrap_err();
         let text = err.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");

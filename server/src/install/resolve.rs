@@ -66,9 +66,12 @@ impl Installer<'_> {
             );
             for pack in self.download(request, work, to_fetch, reporter).await? {
                 let path = Path::new(&pack.pack_path);
-                let manifest =
-                    Manifest::load(path, dir_name::of_path(path), self.state.paths.read_limits())
-                        .map_err(|e| vec![failure(&pack.source, Stage::Fetch, e)])?;
+                let manifest = Manifest::load(
+                    path,
+                    dir_name::of_path(path),
+                    self.state.paths.read_limits(),
+                )
+                .map_err(|e| vec![failure(&pack.source, Stage::Fetch, e)])?;
                 if roots.iter().any(|(r, _)| *r == manifest.pack_ref) {
                     return Err(vec![failure(
                         &pack.source,
