@@ -572,20 +572,19 @@ fn defaults(path: &str, schema: &Value, out: &mut Vec<SchemaProblem>) {
         && !has_template(default)
         && !has_ref(schema)
         && let Ok(validator) = compile(schema)
+        && let Some(error) = validator.iter_errors(default).next()
     {
-        if let Some(error) = validator.iter_errors(default).next() {
-            let inner = instance_path("", &error);
-            let message = if inner.is_empty() {
-                error.to_string()
-            } else {
-                format!("{inner}: {error}")
-            };
-            out.push(SchemaProblem::BadDefault {
-                path: path.to_string(),
-                value: short(default),
-                message,
-            });
-        }
+        let inner = instance_path("", &error);
+        let message = if inner.is_empty() {
+            error.to_string()
+        } else {
+            format!("{inner}: {error}")
+        };
+        out.push(SchemaProblem::BadDefault {
+            path: path.to_string(),
+            value: short(default),
+            message,
+        });
     }
     if let Some(Value::Object(properties)) = schema.get("properties") {
         for (name, sub) in properties {
