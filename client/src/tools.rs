@@ -15,7 +15,7 @@ use attune_packs_core::{
     archive::{self, Limits},
     checksum::{self, DigestWriter},
     components::{self, ComponentKind},
-    manifest::Manifest,
+    manifest::{Manifest, dir_name},
     packfs::{PackDir, PackReadLimits},
     progress::Reporter,
     registry::PackIndex,
@@ -34,6 +34,8 @@ pub struct Checksums {
 /// A pack directory, or a pack archive unpacked into a temporary directory.
 struct PackSource {
     root: PathBuf,
+    /// What names the pack when its pack.yaml has no `ref`.
+    dir_name: Option<String>,
     archive_sha256: Option<String>,
     _unpacked: Option<tempfile::TempDir>,
 }
@@ -41,8 +43,14 @@ struct PackSource {
 fn open_pack(path: &Path) -> anyhow::Result<PackSource> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
+        let root = archive::find_pack_root(path)?;
+        // `.` and `..` have a name only once resolved.
+        let top = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir_name =
+            dir_name::inside(path, &root).or_else(|| dir_name::of_path(&top).map(str::to_string));
         return Ok(PackSource {
-            root: archive::find_pack_root(path)?,
+            dir_name,
+            root,
             archive_sha256: None,
             _unpacked: None,
         });
@@ -56,8 +64,10 @@ fn open_pack(path: &Path) -> anyhow::Result<PackSource> {
         .to_string();
     let dir = tempfile::tempdir()?;
     let mut extracted = archive::extract(path, dir.path(), &Limits::default(), &Reporter::noop())?;
+    let root = extracted.pack_root(dir.path())?;
     Ok(PackSource {
-        root: extracted.pack_root(dir.path())?,
+        dir_name: dir_name::inside(dir.path(), &root),
+        root,
         archive_sha256: Some(sha256),
         _unpacked: Some(dir),
     })
@@ -104,7 +114,7 @@ pub fn index_entry(path: &Path, sources: &Sources) -> anyhow::Result<Value> {
     let pack = open_pack(path)?;
     let limits = PackReadLimits::default();
     let opened = PackDir::open(&pack.root)?;
-    let m = Manifest::read(&opened, &limits)?;
+    let m = Manifest::read(&opened, pack.dir_name.as_deref(), &limits)?;
     let dir_sum = checksum::checksum_prefixed(&checksum::directory_checksum(&pack.root)?);
     let mut install = Vec::new();
     if let Some(url) = &sources.git_url {

@@ -17,7 +17,7 @@ use crate::{
     config::BuildSection,
     envs::{self, BuildOptions, EnvSettings, NodeEnv, PythonEnv},
     locks::PackLocks,
-    manifest::Manifest,
+    manifest::{Manifest, dir_name},
     paths::PathPolicy,
     progress::{Level, Reporter, Stage},
 };
@@ -208,10 +208,12 @@ impl EnvBuilder {
             Err(e) => return unknown(&e),
         };
         let manifest = match self.paths.open_confined(&dir) {
-            Ok(opened) => match Manifest::read(&opened, self.paths.read_limits()) {
-                Ok(manifest) => manifest,
-                Err(e) => return unknown(&e),
-            },
+            Ok(opened) => {
+                match Manifest::read(&opened, dir_name::of_path(&dir), self.paths.read_limits()) {
+                    Ok(manifest) => manifest,
+                    Err(e) => return unknown(&e),
+                }
+            }
             Err(e) => return unknown(&e),
         };
         let progress = reporter.with_subject(&manifest.pack_ref);

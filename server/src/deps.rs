@@ -18,7 +18,7 @@ use tracing::instrument;
 use crate::{
     dependency::{self, Cycle, Graph},
     failure::{Failure, FailureKind},
-    manifest::{Manifest, ManifestError, PackDependency, RuntimeRequirement},
+    manifest::{Manifest, ManifestError, PackDependency, RuntimeRequirement, dir_name},
     paths::{PathError, PathPolicy},
     progress::{Level, Reporter, Stage},
     runtimes::{self, Detected},
@@ -263,7 +263,7 @@ fn read_pack<'a>(
         return Err(AnalysisProblem::NotADirectory { given });
     }
     let opened = paths.open_confined(&dir)?;
-    let manifest = Manifest::read(&opened, paths.read_limits())?;
+    let manifest = Manifest::read(&opened, dir_name::of_path(&dir), paths.read_limits())?;
     tracing::Span::current().record("pack_ref", manifest.pack_ref.as_str());
     Ok((dir, manifest))
 }

@@ -28,7 +28,7 @@ use crate::{
     git::{self, GitCredentials, GitError},
     journal::{self, Journal, WorkKind},
     locks::PackLocks,
-    manifest::{Manifest, ManifestError},
+    manifest::{Manifest, ManifestError, dir_name},
     packfs::{PackDir, PackReadLimits, TreeLimit, TreeLimits},
     paths::{PathError, PathPolicy},
     progress::{Reporter, Stage},
@@ -257,6 +257,9 @@ struct FetchedPack {
     checksum_hex: Option<String>,
     /// A registry checksum that was checked (archive bytes, before extraction).
     verified: bool,
+    /// What names the pack when its pack.yaml has no `ref` (see
+    /// `manifest::dir_name`).
+    dir_name: Option<String>,
 }
 
 type PackResult = Result<DownloadedPack, PackDownloadError>;
@@ -533,9 +536,10 @@ impl Downloader {
         let pack_root = fetched.pack_root.clone();
         let known_checksum = fetched.checksum_hex.clone();
         let limits = *self.paths.read_limits();
+        let named = fetched.dir_name.clone();
         let (manifest, checksum_hex) = staging
             .blocking(move || {
-                let manifest = Manifest::load(&pack_root, &limits)?;
+                let manifest = Manifest::load(&pack_root, named.as_deref(), &limits)?;
                 let checksum = match known_checksum {
                     Some(c) => c,
                     None => checksum::directory_checksum(&pack_root)?,
@@ -785,19 +789,22 @@ impl Downloader {
         // The checkout may hold links: a pack is stored without them, each link
         // inside the pack copied as what it points to (the others refuse the pack).
         let resolved = staging.path().join("resolved");
-        let pack_root = staging
+        let top = tree.clone();
+        let (pack_root, found_root) = staging
             .blocking(move || {
                 let root = archive::find_pack_root(&tree)?;
                 let opened = PackDir::open(&root).map_err(FetchError::Read)?;
                 let limits = crate::packfs::tree_limits();
                 if !fetch::has_links(&opened, &limits)? {
-                    return Ok::<_, PackDownloadError>(root);
+                    return Ok::<_, PackDownloadError>((root.clone(), root));
                 }
                 fetch::copy_tree(&opened, &resolved, &limits, &Reporter::noop())?;
-                Ok(resolved)
+                Ok((resolved, root))
             })
             .await??;
         Ok(FetchedPack {
+            dir_name: dir_name::inside(&top, &found_root)
+                .or_else(|| dir_name::of_git_repository(url)),
             pack_root,
             kind: SourceKind::Git,
             url: Some(git::redact_url(url)),
@@ -876,6 +883,7 @@ impl Downloader {
             }
         };
         reporter.info(Stage::Extract, "extracting");
+        let top = tree.clone();
         let (pack_root, checksum_hex) = staging
             .blocking(move || {
                 // Released when the extraction stops, even after its caller left.
@@ -896,6 +904,7 @@ impl Downloader {
             })
             .await??;
         Ok(FetchedPack {
+            dir_name: dir_name::inside(&top, &pack_root),
             pack_root,
             kind: SourceKind::LocalArchive,
             url: None,
@@ -951,6 +960,7 @@ impl Downloader {
         let src = path.clone();
         let paths = self.paths.clone();
         let copy_limits = local_copy_limits(&self.settings);
+        let top = tree.clone();
         let pack_root = staging
             .blocking(move || {
                 let src = paths.open_confined(&src)?;
@@ -959,6 +969,8 @@ impl Downloader {
             })
             .await??;
         Ok(FetchedPack {
+            dir_name: dir_name::inside(&top, &pack_root)
+                .or_else(|| dir_name::of_path(&path).map(str::to_string)),
             pack_root,
             kind: SourceKind::LocalDirectory,
             url: Some(path.display().to_string()),
@@ -1070,7 +1082,9 @@ fn place(
             } else if !force {
                 return Err(PlaceError::Differs {
                     target: target.to_path_buf(),
-                    existing_version: Manifest::load(target, limits).ok().map(|m| m.version),
+                    existing_version: Manifest::load(target, dir_name::of_path(target), limits)
+                        .ok()
+                        .map(|m| m.version),
                 });
             } else {
                 let backup = journal::work_path(

@@ -27,7 +27,7 @@ use crate::{
     fetch::{self, FetchError},
     journal::{self, Intent, Journal, JournalError, SwapEntry, WorkKind},
     locks::PackLocks,
-    manifest::{Manifest, ManifestError},
+    manifest::{Manifest, ManifestError, dir_name},
     packtest::{self, PackTestResult, TestRunOptions, TestStatus},
     paths::{PathError, PathPolicy},
     progress::{Level, Reporter, Stage},
@@ -1097,7 +1097,7 @@ fn read_pack(
         Err(e) => return Err(RegisterPackError::Path(e)),
     };
     let opened = paths.open_confined(&dir).map_err(RegisterPackError::Path)?;
-    let manifest = Manifest::read(&opened, paths.read_limits())?;
+    let manifest = Manifest::read(&opened, dir_name::of_path(&dir), paths.read_limits())?;
     tracing::Span::current().record("pack", manifest.pack_ref.as_str());
     reporter
         .with_subject(&manifest.pack_ref)

@@ -39,6 +39,8 @@ pub(super) fn load(pack_dir: &PackDir, pack: &str, cap: ReadCap) -> LoadedPack {
     l.dir(ComponentKind::Sensor);
     let mut out = l.out;
     out.components.sort_by_key(|c| c.kind.order());
+    super::schema::report(&mut out, pack_dir, cap);
+    super::policy_types::report(&mut out);
     out
 }
 

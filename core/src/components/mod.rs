@@ -143,6 +143,8 @@
 mod fsutil;
 mod load;
 mod names;
+pub mod policy_types;
+pub mod schema;
 mod validate;
 mod yaml;
 

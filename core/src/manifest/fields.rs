@@ -52,8 +52,14 @@ const DEPENDENCY_OBJECT_KEYS: &[&str] = &[
     "packs",
 ];
 
-/// Reads a manifest; `None` when there are errors (they are in `cx`).
-pub(super) fn read_manifest(map: &Mapping, cx: &mut Ctx<'_>) -> Option<Manifest> {
+/// Reads a manifest; `None` when there are errors (they are in `cx`). `dir_name` is
+/// the name of the pack's directory, when it has a meaningful one (see
+/// [`Manifest::parse`]).
+pub(super) fn read_manifest(
+    map: &Mapping,
+    dir_name: Option<&str>,
+    cx: &mut Ctx<'_>,
+) -> Option<Manifest> {
     let name = optional_string(map, "name", cx);
     let label = optional_string(map, "label", cx);
     let label = reconcile(
@@ -62,7 +68,7 @@ pub(super) fn read_manifest(map: &Mapping, cx: &mut Ctx<'_>) -> Option<Manifest>
         |s| format!("\"{s}\""),
         cx,
     );
-    let pack_ref = read_ref(map, name.as_deref(), cx);
+    let pack_ref = read_ref(map, name.as_deref(), dir_name, cx);
     if label.as_deref().is_some_and(|l| l.trim().is_empty()) {
         cx.error("label", "must not be empty");
     }
@@ -127,9 +133,7 @@ pub(super) fn read_manifest(map: &Mapping, cx: &mut Ctx<'_>) -> Option<Manifest>
     let contributors = optional_string_list(map, "contributors", cx);
     let system = get(map, "system").and_then(|v| cx.bool(v, "system"));
     let enabled = get(map, "enabled").and_then(|v| cx.bool(v, "enabled"));
-    let stackstorm_version = get(map, "stackstorm_version")
-        .and_then(|v| cx.version_text(v, "stackstorm_version", &[Seg::Key("stackstorm_version")]))
-        .map(|(text, _)| text);
+    let stackstorm_version = read_stackstorm_version(map, cx);
     let extra = read_extra(map, cx);
 
     if !cx.errors.is_empty() {
@@ -218,21 +222,52 @@ fn show_json(value: &serde_json::Value) -> String {
     }
 }
 
-fn read_ref(map: &Mapping, name: Option<&str>, cx: &mut Ctx<'_>) -> Option<String> {
+/// `ref`; without it, StackStorm's rule: the directory name when it is a valid ref,
+/// else `name` when it is one, with a warning saying which was used.
+fn read_ref(
+    map: &Mapping,
+    name: Option<&str>,
+    dir_name: Option<&str>,
+    cx: &mut Ctx<'_>,
+) -> Option<String> {
     let Some(value) = get(map, "ref") else {
+        if let Some(dir) = dir_name.filter(|d| is_valid_pack_ref(d)) {
+            cx.warn(
+                "ref",
+                format!(
+                    "missing; using the directory name \"{dir}\" as the pack ref \
+                     (StackStorm's rule; set ref to choose it)"
+                ),
+            );
+            return Some(dir.to_string());
+        }
+        let no_dir = match dir_name {
+            Some(dir) => format!("the directory name \"{dir}\" is not a valid pack ref"),
+            None => "the directory has no name to use".to_string(),
+        };
         return match name {
             Some(name) if is_valid_pack_ref(name) => {
                 cx.warn(
                     "ref",
-                    format!("missing; using `name` (\"{name}\") as the pack ref"),
+                    format!(
+                        "missing; using `name` (\"{name}\") as the pack ref ({no_dir}; set ref \
+                         to choose it)"
+                    ),
                 );
                 Some(name.to_string())
             }
             Some(name) => {
-                cx.error(
-                    "ref",
-                    format!("required key is missing, and `name` (\"{name}\") is not a valid ref to use instead"),
-                );
+                let message = match dir_name {
+                    Some(dir) => format!(
+                        "required key is missing, and neither the directory name \"{dir}\" nor \
+                         `name` (\"{name}\") is a valid ref to use instead"
+                    ),
+                    None => format!(
+                        "required key is missing, and `name` (\"{name}\") is not a valid ref to \
+                         use instead"
+                    ),
+                };
+                cx.error("ref", message);
                 None
             }
             None => {
@@ -254,6 +289,27 @@ fn read_ref(map: &Mapping, name: Option<&str>, cx: &mut Ctx<'_>) -> Option<Strin
         return None;
     }
     Some(pack_ref)
+}
+
+/// StackStorm's `stackstorm_version`, kept as written once it parses as a version
+/// requirement (`>=3.0.0`, `>=2.9.0, <4`).
+fn read_stackstorm_version(map: &Mapping, cx: &mut Ctx<'_>) -> Option<String> {
+    let key = "stackstorm_version";
+    let value = get(map, key)?;
+    let (text, _) = cx.version_text(value, key, &[Seg::Key(key)])?;
+    match RuntimeRequirement::parse(&text) {
+        Ok(_) => Some(text),
+        Err(problem) => {
+            cx.error(
+                key,
+                format!(
+                    "\"{text}\" is not a version specifier ({problem}); write e.g. \">=3.0.0\" \
+                     or \">=3.0.0, <4\""
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn read_version(map: &Mapping, cx: &mut Ctx<'_>) -> Option<Version> {
@@ -437,6 +493,9 @@ fn read_runtime(
         .ok()
 }
 
+/// What StackStorm accepts in `python_versions`.
+const PYTHON_VERSION_FAMILIES: &[&str] = &["2", "3"];
+
 /// StackStorm's `python_versions: ["2", "3"]`: OR-ed version families.
 fn read_python_versions(map: &Mapping, cx: &mut Ctx<'_>) -> Option<RuntimeRequirement> {
     let value = get(map, "python_versions")?;
@@ -448,15 +507,33 @@ fn read_python_versions(map: &Mapping, cx: &mut Ctx<'_>) -> Option<RuntimeRequir
         );
         return None;
     };
-    let mut entries = Vec::new();
+    let mut entries: Vec<String> = Vec::new();
+    let mut usable = true;
     for (i, item) in items.iter().enumerate() {
         let key = format!("python_versions[{i}]");
         let path = [Seg::Key("python_versions"), Seg::Index(i)];
-        if let Some((text, _)) = cx.version_text(item, &key, &path) {
-            entries.push(text);
+        let Some((text, _)) = cx.version_text(item, &key, &path) else {
+            usable = false;
+            continue;
+        };
+        let family = text.trim();
+        if !PYTHON_VERSION_FAMILIES.contains(&family) {
+            cx.error(
+                &key,
+                format!(
+                    "\"{text}\" is not allowed: StackStorm accepts only \"2\" and \"3\" here \
+                     (use `python` for a finer requirement such as \">=3.9\")"
+                ),
+            );
+            usable = false;
+        } else if entries.iter().any(|e| e == family) {
+            cx.error(&key, format!("\"{family}\" is listed twice"));
+            usable = false;
+        } else {
+            entries.push(family.to_string());
         }
     }
-    if entries.len() != items.len() {
+    if !usable {
         return None;
     }
     RuntimeRequirement::from_version_families(&entries)

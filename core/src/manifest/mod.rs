@@ -23,6 +23,7 @@
 //! * Every problem is reported, not only the first: [`ManifestError::Invalid`] carries
 //!   all issues. Suspicious but usable input gives [`Manifest::warnings`] instead.
 
+pub mod dir_name;
 mod fields;
 mod reader;
 pub mod requirement;
@@ -64,9 +65,9 @@ pub fn is_valid_pack_ref(s: &str) -> bool {
 /// A validated `pack.yaml`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
-    /// `ref`. StackStorm packs sometimes have no `ref`, only `name`: when `ref` is absent
-    /// and `name` is a valid ref, `name` is used as the ref (and as the label), with a
-    /// warning.
+    /// `ref`. StackStorm packs sometimes have no `ref`: then the directory name is the
+    /// ref when it is a valid one, else `name` (also the label) when it is, with a
+    /// warning (see [`Manifest::parse`]).
     pub pack_ref: String,
     /// `label`, or legacy `name`; defaults to the ref.
     pub label: String,
@@ -111,7 +112,8 @@ pub struct Manifest {
     pub system: Option<bool>,
     /// `enabled` (documented by Attune, not acted upon).
     pub enabled: Option<bool>,
-    /// StackStorm's `stackstorm_version` requirement, kept as written (not checked).
+    /// StackStorm's `stackstorm_version` requirement, kept as written once it parses as
+    /// a version requirement (it is not compared with anything).
     pub stackstorm_version: Option<String>,
     /// Every other top-level key, converted to JSON (`worker_selector`, inline
     /// `actions`, ...).
@@ -121,17 +123,27 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and validates `<pack_dir>/pack.yaml`; issues name that path as their file.
     /// The directory is opened and the file read through [`PackDir`] (no links, no
-    /// FIFOs or devices, at most `limits.manifest_bytes`).
-    pub fn load(pack_dir: &Path, limits: &PackReadLimits) -> Result<Manifest, ManifestError> {
+    /// FIFOs or devices, at most `limits.manifest_bytes`). `dir_name`: see
+    /// [`Manifest::parse`].
+    pub fn load(
+        pack_dir: &Path,
+        dir_name: Option<&str>,
+        limits: &PackReadLimits,
+    ) -> Result<Manifest, ManifestError> {
         let dir = PackDir::open(pack_dir).map_err(|source| ManifestError::Unreadable {
             path: pack_dir.join(MANIFEST_FILE),
             source,
         })?;
-        Manifest::read(&dir, limits)
+        Manifest::read(&dir, dir_name, limits)
     }
 
-    /// Reads and validates `pack.yaml` of the opened pack directory `dir`.
-    pub fn read(dir: &PackDir, limits: &PackReadLimits) -> Result<Manifest, ManifestError> {
+    /// Reads and validates `pack.yaml` of the opened pack directory `dir`. `dir_name`:
+    /// see [`Manifest::parse`].
+    pub fn read(
+        dir: &PackDir,
+        dir_name: Option<&str>,
+        limits: &PackReadLimits,
+    ) -> Result<Manifest, ManifestError> {
         let path = dir.path().join(MANIFEST_FILE);
         let text = dir
             .read_text(MANIFEST_FILE, limits.manifest())
@@ -145,11 +157,21 @@ impl Manifest {
                     }
                 }
             })?;
-        Manifest::parse(&text, &path)
+        Manifest::parse(&text, &path, dir_name)
     }
 
     /// Parses and validates manifest text; `file` is only used in messages.
-    pub fn parse(text: &str, file: &Path) -> Result<Manifest, ManifestError> {
+    ///
+    /// `dir_name` is the name of the pack's directory where it has a meaningful one (the
+    /// directory given, a git repository's name, an archive's top directory; see
+    /// [`dir_name`]), `None` where it has not (a staging directory). Without `ref`, it
+    /// is the pack ref when it is a valid one, else `name` is (StackStorm's rule), with
+    /// a warning either way.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        dir_name: Option<&str>,
+    ) -> Result<Manifest, ManifestError> {
         let syntax = |e: serde_yaml::Error| ManifestError::Syntax {
             path: file.to_path_buf(),
             line: e.location().map(|l| l.line()),
@@ -165,7 +187,7 @@ impl Manifest {
 
         let mut cx = reader::Ctx::new(text, file);
         let manifest = match &value {
-            Value::Mapping(map) => fields::read_manifest(map, &mut cx),
+            Value::Mapping(map) => fields::read_manifest(map, dir_name, &mut cx),
             other => {
                 cx.error(
                     "",
@@ -291,11 +313,11 @@ mod tests {
     const FILE: &str = "packs/x/pack.yaml";
 
     fn parse(text: &str) -> Manifest {
-        Manifest::parse(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"))
+        Manifest::parse(text, Path::new(FILE), None).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn issues(text: &str) -> Vec<ManifestIssue> {
-        match Manifest::parse(text, Path::new(FILE)) {
+        match Manifest::parse(text, Path::new(FILE), None) {
             Err(ManifestError::Invalid { issues, path }) => {
                 assert_eq!(path, Path::new(FILE));
                 issues
@@ -489,6 +511,111 @@ keywords: [old, style]
     }
 
     #[test]
+    fn the_directory_name_is_the_ref_when_ref_is_missing() {
+        let parse_in = |text: &str, dir: Option<&str>| {
+            Manifest::parse(text, Path::new(FILE), dir).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let m = parse_in("name: Other Name\nversion: 1.0.0\n", Some("dirname_pack"));
+        assert_eq!(m.pack_ref, "dirname_pack");
+        assert_eq!(m.label, "Other Name");
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert_eq!(
+            m.warnings[0].to_string(),
+            "packs/x/pack.yaml: ref: missing; using the directory name \"dirname_pack\" as the \
+             pack ref (StackStorm's rule; set ref to choose it)"
+        );
+        // The directory wins over a valid `name` too, as in StackStorm.
+        let m = parse_in("name: my_pack\nversion: 1.0.0\n", Some("my-pack"));
+        assert_eq!(m.pack_ref, "my-pack");
+
+        // A directory name that is no ref gives way to `name`, and the warning says why.
+        let m = parse_in("name: my_pack\nversion: 1.0.0\n", Some("My Pack"));
+        assert_eq!(m.pack_ref, "my_pack");
+        assert_eq!(
+            m.warnings[0].message,
+            "missing; using `name` (\"my_pack\") as the pack ref (the directory name \
+             \"My Pack\" is not a valid pack ref; set ref to choose it)"
+        );
+        let m = parse_in("name: my_pack\nversion: 1.0.0\n", None);
+        assert!(
+            m.warnings[0]
+                .message
+                .ends_with("(the directory has no name to use; set ref to choose it)"),
+            "{}",
+            m.warnings[0]
+        );
+
+        // `ref` always wins, silently.
+        let m = parse_in(
+            "ref: chosen\nname: my_pack\nversion: 1.0.0\n",
+            Some("dirname_pack"),
+        );
+        assert_eq!(m.pack_ref, "chosen");
+        assert!(m.warnings.is_empty());
+
+        let found = match Manifest::parse(
+            "name: Other Name\nversion: 1.0.0\n",
+            Path::new(FILE),
+            Some("Not A Ref"),
+        ) {
+            Err(e) => e.issues().to_vec(),
+            Ok(m) => panic!("{m:?}"),
+        };
+        assert_eq!(
+            issue_for(&found, "ref").message,
+            "required key is missing, and neither the directory name \"Not A Ref\" nor `name` \
+             (\"Other Name\") is a valid ref to use instead"
+        );
+    }
+
+    #[test]
+    fn stackstorm_version_must_be_a_specifier() {
+        for ok in [">=2.9.0", ">=3.0.0,<4", ">=1.8.0, <2.2.0", ">1.6.0", "3.4"] {
+            let m = parse(&format!(
+                "ref: pk\nversion: 1.0.0\nstackstorm_version: \"{ok}\"\n"
+            ));
+            assert_eq!(m.stackstorm_version.as_deref(), Some(ok));
+        }
+        let found = issues("ref: pk\nversion: 1.0.0\nstackstorm_version: latest\n");
+        let issue = issue_for(&found, "stackstorm_version");
+        assert!(
+            issue
+                .message
+                .starts_with("\"latest\" is not a version specifier (`latest`: "),
+            "{issue}"
+        );
+        assert!(
+            issue
+                .message
+                .ends_with("write e.g. \">=3.0.0\" or \">=3.0.0, <4\""),
+            "{issue}"
+        );
+        let found = issues("ref: pk\nversion: 1.0.0\nstackstorm_version: \">=3.0.0,\"\n");
+        issue_for(&found, "stackstorm_version");
+        let found = issues("ref: pk\nversion: 1.0.0\nattune_version: \">=x\"\n");
+        assert!(issue_for(&found, "attune_version").message.contains(">=x"));
+    }
+
+    #[test]
+    fn python_versions_are_2_or_3() {
+        let m = parse("ref: pk\nversion: 1.0.0\npython_versions: [\"2\", 3]\n");
+        assert!(m.python.unwrap().matches(&ver("2.7.18")));
+        let found =
+            issues("ref: pk\nversion: 1.0.0\npython_versions: [\"3\", \"3.9\", 4, \"3\"]\n");
+        assert_eq!(
+            issue_for(&found, "python_versions[1]").message,
+            "\"3.9\" is not allowed: StackStorm accepts only \"2\" and \"3\" here (use \
+             `python` for a finer requirement such as \">=3.9\")"
+        );
+        issue_for(&found, "python_versions[2]");
+        assert_eq!(
+            issue_for(&found, "python_versions[3]").message,
+            "\"3\" is listed twice"
+        );
+        assert_eq!(found.len(), 3, "{found:#?}");
+    }
+
+    #[test]
     fn label_defaults_to_ref() {
         let m = parse("ref: core\nversion: 1.0.0\n");
         assert_eq!(m.label, "core");
@@ -581,7 +708,8 @@ testing:
         assert_eq!(found.len(), expected.len(), "{found:#?}");
 
         // The error's Display lists them all, one per line, as `<file>: <key>: <message>`.
-        let err = Manifest::parse("ref: 12\ntags: a\nversion: [1]\n", Path::new(FILE)).unwrap_err();
+        let err =
+            Manifest::parse("ref: 12\ntags: a\nversion: [1]\n", Path::new(FILE), None).unwrap_err();
         let text = err.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
@@ -924,7 +1052,7 @@ enabled: true
     #[test]
     fn yaml_syntax_error_reports_the_line() {
         let text = "ref: pk\nversion: 1.0.0\ntags: [a, b\ndescription: x\n";
-        match Manifest::parse(text, Path::new(FILE)) {
+        match Manifest::parse(text, Path::new(FILE), None) {
             Err(ManifestError::Syntax {
                 path,
                 line,
@@ -936,7 +1064,7 @@ enabled: true
             other => panic!("expected a syntax error, got {other:?}"),
         }
         let text = "ref: pk\nversion: 1.0.0\n  bad indent: [\n";
-        let err = Manifest::parse(text, Path::new(FILE)).unwrap_err();
+        let err = Manifest::parse(text, Path::new(FILE), None).unwrap_err();
         assert!(
             matches!(err, ManifestError::Syntax { line: Some(_), .. }),
             "{err:?}"
@@ -966,7 +1094,7 @@ enabled: true
     #[test]
     fn load_reads_pack_yaml_from_the_pack_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap_err();
+        let missing = Manifest::load(dir.path(), None, &PackReadLimits::default()).unwrap_err();
         let expected_path = dir.path().join(MANIFEST_FILE);
         assert!(
             matches!(&missing, ManifestError::NotFound { path } if *path == expected_path),
@@ -976,11 +1104,11 @@ enabled: true
         assert!(missing.to_string().contains("pack manifest not found"));
 
         std::fs::write(&expected_path, ATTUNE_PACK).unwrap();
-        let m = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap();
+        let m = Manifest::load(dir.path(), None, &PackReadLimits::default()).unwrap();
         assert_eq!(m.pack_ref, "slack");
 
         std::fs::write(&expected_path, "ref: pk\n").unwrap();
-        let err = Manifest::load(dir.path(), &PackReadLimits::default()).unwrap_err();
+        let err = Manifest::load(dir.path(), None, &PackReadLimits::default()).unwrap_err();
         let issue = &err.issues()[0];
         assert_eq!(issue.file, expected_path);
         assert_eq!(issue.key, "version");
@@ -996,7 +1124,7 @@ enabled: true
         let nested = dir.path().join("nested");
         std::fs::create_dir_all(nested.join(MANIFEST_FILE)).unwrap();
         assert!(matches!(
-            Manifest::load(&nested, &PackReadLimits::default()),
+            Manifest::load(&nested, None, &PackReadLimits::default()),
             Err(ManifestError::Unreadable {
                 source: PackFsError::IsADirectory { .. },
                 ..

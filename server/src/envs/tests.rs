@@ -64,7 +64,7 @@ impl Fixture {
     }
 
     fn manifest(&self) -> Manifest {
-        Manifest::load(&self.pack, &Default::default()).unwrap()
+        Manifest::load(&self.pack, None, &Default::default()).unwrap()
     }
 
     fn settings(&self) -> EnvSettings {
@@ -272,7 +272,7 @@ async fn python_build_reuse_rebuild_failure_and_move() {
     // ...and the moved pack, with the same inputs, reuses it.
     let envs = build_pack_envs(
         &moved,
-        &Manifest::load(&moved, &Default::default()).unwrap(),
+        &Manifest::load(&moved, None, &Default::default()).unwrap(),
         &fx.settings(),
         &fx.options(),
         &fx.locks,

@@ -11,7 +11,7 @@ use super::{Action, Failures, Lock, Member, PackProblem, SourceKind, failure};
 use crate::{
     dependency,
     download::DownloadedPack,
-    manifest::Manifest,
+    manifest::{Manifest, dir_name},
     packfs::PackReadLimits,
     progress::{Reporter, Stage},
     store::RegisteredSource,
@@ -220,7 +220,8 @@ pub(super) fn verify_fetched(
             ));
             continue;
         }
-        let manifest = match Manifest::load(Path::new(&fetched.pack_path), limits) {
+        let path = Path::new(&fetched.pack_path);
+        let manifest = match Manifest::load(path, dir_name::of_path(path), limits) {
             Ok(m) => m,
             Err(e) => {
                 errors.push(failure(&m.pack_ref, Stage::Fetch, e));

@@ -20,7 +20,7 @@ use crate::{
         solver::{self, Root, SolveError},
     },
     download::DownloadedPack,
-    manifest::Manifest,
+    manifest::{Manifest, dir_name},
     progress::{Reporter, Stage},
     registry::VersionSelector,
     source::PackSource,
@@ -65,9 +65,13 @@ impl Installer<'_> {
                 format!("downloading {} requested source(s)", to_fetch.len()),
             );
             for pack in self.download(request, work, to_fetch, reporter).await? {
-                let manifest =
-                    Manifest::load(Path::new(&pack.pack_path), self.state.paths.read_limits())
-                        .map_err(|e| vec![failure(&pack.source, Stage::Fetch, e)])?;
+                let path = Path::new(&pack.pack_path);
+                let manifest = Manifest::load(
+                    path,
+                    dir_name::of_path(path),
+                    self.state.paths.read_limits(),
+                )
+                .map_err(|e| vec![failure(&pack.source, Stage::Fetch, e)])?;
                 if roots.iter().any(|(r, _)| *r == manifest.pack_ref) {
                     return Err(vec![failure(
                         &pack.source,

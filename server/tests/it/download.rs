@@ -181,6 +181,74 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     server.stop().await;
 }
 
+/// A pack.yaml without `ref` is named as StackStorm names it: after its directory (a
+/// local directory, an archive's top directory, a git repository without its
+/// `stackstorm-` prefix), else after `name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_without_ref_are_named_after_their_directory() {
+    let _net = net_shared();
+    let no_ref = |name: &str| {
+        vec![(
+            "pack.yaml".to_string(),
+            format!("name: {name}\ndescription: No ref\nversion: \"1.0.0\"\n"),
+        )]
+    };
+    let server = TestServer::start(Backend::Sqlite).await;
+    let root = server.root.path().canonicalize().unwrap();
+    write_tree(&root.join("src/dirname_pack"), &no_ref("Other Name"));
+    std::fs::write(
+        root.join("top.tar.gz"),
+        archives::tar_gz_in(Some("archived_pack"), &no_ref("Other Name")),
+    )
+    .unwrap();
+    // No directory inside the archive: only `name` can name it.
+    std::fs::write(
+        root.join("flat.tar.gz"),
+        archives::tar_gz_in(None, &no_ref("flat_by_name")),
+    )
+    .unwrap();
+    let repos = tempfile::tempdir().unwrap();
+    create_repo(
+        repos.path(),
+        "stackstorm-gitnamed.git",
+        &no_ref("Other Name"),
+        None,
+    );
+    let daemon = GitDaemon::start(repos.path());
+    let mut client = server.client().await;
+    let sources = [
+        path_str(&root.join("src/dirname_pack")),
+        path_str(&root.join("top.tar.gz")),
+        path_str(&root.join("flat.tar.gz")),
+        daemon.url("stackstorm-gitnamed.git"),
+    ];
+    let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let r = client.download(request(&server, &refs)).await.unwrap();
+    assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
+    let mut placed: Vec<(&str, &str)> = r
+        .downloaded_packs
+        .iter()
+        .map(|p| (p.source.as_str(), p.pack_ref.as_str()))
+        .collect();
+    placed.sort();
+    let mut expected = vec![
+        (sources[0].as_str(), "dirname_pack"),
+        (sources[1].as_str(), "archived_pack"),
+        (sources[2].as_str(), "flat_by_name"),
+        (sources[3].as_str(), "gitnamed"),
+    ];
+    expected.sort();
+    assert_eq!(placed, expected);
+    let dirs: Vec<String> = listing(&dest(&server))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(
+        dirs,
+        ["archived_pack", "dirname_pack", "flat_by_name", "gitnamed"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_packs_are_reused_refused_or_replaced() {
     let server = TestServer::start(Backend::Sqlite).await;
