@@ -15,13 +15,13 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::index::{
     ComponentSummary, EntryProblem, IndexError, IndexFormat, IndexWarning, InstallSource,
     PackContents, PackDependencies, PackEntry, PackIndex, Release, check_dependencies,
-    check_source_url, parse_version,
+    check_source_url, null_as_default, parse_version,
 };
 use crate::manifest::is_valid_pack_ref;
 use crate::source::check_no_credentials;
@@ -42,14 +42,6 @@ pub const MAX_CONTENT_ITEMS: usize = 4096;
 /// The `content` kinds that have a place in [`PackContents`]; others (`tests`,
 /// `aliases`, `policies`) are ignored.
 const CONTENT_KINDS: &[&str] = &["actions", "sensors", "triggers", "rules", "workflows"];
-
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 #[derive(Deserialize, Default)]
 #[serde(default)]

@@ -22,9 +22,10 @@ fn make_wheel(dir: &Path, name: &str, version: &str, value: &str) {
     assert!(status.success());
 }
 
-fn import_value(venv: &str) -> String {
+/// `<package>.VALUE` as the virtualenv's interpreter prints it.
+pub(crate) fn import_value(venv: &str, package: &str) -> String {
     let out = Command::new(Path::new(venv).join("bin/python"))
-        .args(["-c", "import tinypkg; print(tinypkg.VALUE)"])
+        .args(["-c", &format!("import {package}; print({package}.VALUE)")])
         .output()
         .unwrap();
     assert!(
@@ -124,7 +125,7 @@ async fn environments_are_built_reused_and_survive_registration() {
         py.python_version
     );
     assert_eq!(py.virtualenv_path, path_str(&base.join(".envs/pyp/python")));
-    assert_eq!(import_value(&py.virtualenv_path), "42");
+    assert_eq!(import_value(&py.virtualenv_path, "tinypkg"), "42");
     let node = r.built_environments[1]
         .environments
         .clone()
@@ -170,7 +171,7 @@ async fn environments_are_built_reused_and_survive_registration() {
     );
     assert!(failure.error.contains("nosuchpkg"), "{}", failure.error);
     assert_eq!(r.summary.unwrap().failure_count, 1);
-    assert_eq!(import_value(&py.virtualenv_path), "42");
+    assert_eq!(import_value(&py.virtualenv_path, "tinypkg"), "42");
     std::fs::write(pack.join("requirements.txt"), "tinypkg==1.0\n").unwrap();
 
     // detect_only builds nothing; an interpreter that is not there is a failure naming
@@ -204,7 +205,7 @@ async fn environments_are_built_reused_and_survive_registration() {
     let tests = registered.registered_packs[0].test_result.clone().unwrap();
     assert_eq!((tests.status.as_str(), tests.passed), ("passed", 1));
     std::fs::remove_dir_all(&pack).unwrap();
-    assert_eq!(import_value(&py.virtualenv_path), "42");
+    assert_eq!(import_value(&py.virtualenv_path, "tinypkg"), "42");
     let r = client
         .build_envs(request(&[&base.join("pyp")]))
         .await

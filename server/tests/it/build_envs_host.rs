@@ -82,19 +82,6 @@ async fn private_index(wheel_name: &str, wheel: Vec<u8>) -> FileServer {
     server
 }
 
-fn import_value(venv: &str) -> String {
-    let out = Command::new(Path::new(venv).join("bin/python"))
-        .args(["-c", &format!("import {PACKAGE}; print({PACKAGE}.VALUE)")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_use_the_hosts_pip_index_and_ca_bundle_unless_isolated() {
     if !python_with_venv() {
@@ -169,7 +156,10 @@ async fn builds_use_the_hosts_pip_index_and_ca_bundle_unless_isolated() {
         .python
         .unwrap();
     assert!(py.requirements_installed);
-    assert_eq!(import_value(&py.virtualenv_path), "7");
+    assert_eq!(
+        crate::build_envs::import_value(&py.virtualenv_path, PACKAGE),
+        "7"
+    );
     let wheel_path = format!("/packages/{wheel_name}");
     assert_eq!(index.hits(&wheel_path), 1, "the wheel came from the index");
     assert!(

@@ -120,17 +120,7 @@ fn tagged_repo(base: &Path, name: &str, pack_ref: &str, version: &str) -> (Strin
     );
     git(&work, &["commit", "-q", "-am", "after the release"]);
     let tip = git(&work, &["rev-parse", "HEAD"]);
-    let bare = base.join(name);
-    git(
-        base,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
+    crate::support::git::publish_bare(base, &work, name);
     std::fs::remove_dir_all(&work).unwrap();
     (tagged, tip)
 }

@@ -177,17 +177,7 @@ fn linked_repo(repos: &Path, work: &Path, name: &str, link: Link) -> PathBuf {
     git(&dir, &["init", "-q"]);
     git(&dir, &["add", "-A"]);
     git(&dir, &["commit", "-q", "-m", "pack"]);
-    let bare = repos.join(format!("{name}.git"));
-    git(
-        repos,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            dir.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
+    crate::support::git::publish_bare(repos, &dir, &format!("{name}.git"));
     dir
 }
 

@@ -125,17 +125,7 @@ pub fn create_fixture_repo(base: &Path, name: &str) -> FixtureCommits {
     git(&work, &["branch", "both", &c2]);
     git(&work, &["tag", "both", &c1]);
     let annotated_tag_object = git(&work, &["rev-parse", "v1.0.0"]);
-    let bare = base.join(name);
-    git(
-        base,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
+    publish_bare(base, &work, name);
     std::fs::remove_dir_all(&work).unwrap();
     FixtureCommits {
         c1,
@@ -166,17 +156,7 @@ pub fn create_big_repo(base: &Path, name: &str, size: usize) -> String {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-q", "-m", "big"]);
     let commit = git(&work, &["rev-parse", "HEAD"]);
-    let bare = base.join(name);
-    git(
-        base,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
+    publish_bare(base, &work, name);
     std::fs::remove_dir_all(&work).unwrap();
     commit
 }
@@ -200,6 +180,13 @@ pub fn create_repo<N: AsRef<str>, D: AsRef<[u8]>>(
         git(&work, &["tag", tag]);
     }
     let commit = git(&work, &["rev-parse", "HEAD"]);
+    publish_bare(base, &work, name);
+    std::fs::remove_dir_all(&work).unwrap();
+    commit
+}
+
+/// Publishes the working repository `work` as the bare repository `<base>/<name>`.
+pub fn publish_bare(base: &Path, work: &Path, name: &str) {
     let bare = base.join(name);
     git(
         base,
@@ -211,8 +198,6 @@ pub fn create_repo<N: AsRef<str>, D: AsRef<[u8]>>(
             bare.to_str().unwrap(),
         ],
     );
-    std::fs::remove_dir_all(&work).unwrap();
-    commit
 }
 
 fn wait_for_port(port: u16, child: &mut Option<&mut Child>) -> bool {
