@@ -1091,7 +1091,14 @@ mod tests {
         );
         let (result, lines) = run_collect(&spec).await;
         let finished = result.unwrap();
-        assert_eq!(lines[0].1, "before [REDACTED] after");
+        // stdout and stderr are read concurrently: either line may arrive first.
+        let stdout: Vec<&str> = lines
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        assert_eq!(stdout, ["before [REDACTED] after"]);
+        assert!(lines.iter().all(|(_, l)| !l.contains("secret-value")));
         assert!(!finished.stdout_tail.contains("secret-value"));
         assert_eq!(finished.stderr_tail, "[REDACTED]\n");
     }

@@ -374,7 +374,9 @@ async fn progress_as_server_sent_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_issues_tokens_both_doors_accept() {
-    let server = TestServer::start(Backend::Sqlite).await;
+    // A wait long enough that a loaded machine still sends the next attempt within it.
+    const WAIT: Duration = Duration::from_secs(2);
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.login.base_delay = WAIT).await;
     attune_packs_server::users::add_user(
         &server.state.db,
         "Ops@Example.com",
@@ -466,7 +468,7 @@ async fn login_issues_tokens_both_doors_accept() {
         .await;
     assert_eq!(status, 429, "{body}");
     assert!(body["message"].as_str().unwrap().contains("retry in"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(WAIT + Duration::from_millis(200)).await;
     let (status, _) = api
         .post(
             "/api/v1/auth/login",
