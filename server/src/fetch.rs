@@ -506,8 +506,30 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let secret = outside.path().join("secret");
         fs::write(&secret, "s").unwrap();
-        let make_link = |path: &Path| std::os::unix::fs::symlink(&secret, path).unwrap();
-        let make_fifo = |path: &Path| {
+        // Copies a pack whose only file is `sub/<name>`, made by `make`.
+        let copy_with = |name: &str, make: &dyn Fn(&Path)| {
+            let src = tempfile::tempdir().unwrap();
+            fs::create_dir(src.path().join("sub")).unwrap();
+            make(&src.path().join("sub").join(name));
+            let out = tempfile::tempdir().unwrap();
+            let opened = PackDir::open(src.path()).unwrap();
+            copy_tree(
+                &opened,
+                &out.path().join("copy"),
+                &TreeLimits::DEFAULT,
+                &Reporter::noop(),
+            )
+            .unwrap_err()
+        };
+        let err = copy_with("link", &|path| {
+            std::os::unix::fs::symlink(&secret, path).unwrap()
+        });
+        assert!(
+            matches!(&err, FetchError::Read(PackFsError::Link { path, .. }) if path == Path::new("sub/link")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("leaves the pack"), "{err}");
+        let err = copy_with("pipe", &|path| {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
                 path,
@@ -516,44 +538,11 @@ mod tests {
                 0,
             )
             .unwrap()
-        };
-        let src = tempfile::tempdir().unwrap();
-        fs::create_dir(src.path().join("sub")).unwrap();
-        make_link(&src.path().join("sub/link"));
-        let out = tempfile::tempdir().unwrap();
-        let opened = PackDir::open(src.path()).unwrap();
-        let err = copy_tree(
-            &opened,
-            &out.path().join("copy"),
-            &TreeLimits::DEFAULT,
-            &Reporter::noop(),
-        )
-        .unwrap_err();
+        });
         assert!(
-            matches!(&err, FetchError::Read(PackFsError::Link { path, .. }) if path == Path::new("sub/link")),
+            matches!(&err, FetchError::SpecialFile { path, kind } if path == "sub/pipe" && *kind == "fifo"),
             "{err}"
         );
-        assert!(err.to_string().contains("leaves the pack"), "{err}");
-        type Make<'a> = &'a dyn Fn(&Path);
-        let cases: [(&str, Make, &str); 1] = [("sub/pipe", &make_fifo, "fifo")];
-        for (name, make, kind) in cases {
-            let src = tempfile::tempdir().unwrap();
-            fs::create_dir(src.path().join("sub")).unwrap();
-            make(&src.path().join(name));
-            let out = tempfile::tempdir().unwrap();
-            let opened = PackDir::open(src.path()).unwrap();
-            let err = copy_tree(
-                &opened,
-                &out.path().join("copy"),
-                &TreeLimits::DEFAULT,
-                &Reporter::noop(),
-            )
-            .unwrap_err();
-            assert!(
-                matches!(&err, FetchError::SpecialFile { path, kind: k } if path == name && *k == kind),
-                "{err}"
-            );
-        }
     }
 
     #[test]

@@ -374,7 +374,14 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 fn read_config_file(path: &Path) -> Option<String> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Opened without blocking (a FIFO named by a config variable must not hang the
+    // start) and judged by `fstat` of what was opened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .ok()?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
@@ -717,6 +724,29 @@ mod tests {
         // /dev/null: pip reads no file.
         let env = HostEnvironment::new([("PIP_CONFIG_FILE", "/dev/null")], Some(h.to_path_buf()));
         assert!(HostConfig::capture(&env).pip.is_empty());
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_config_file_is_skipped_without_blocking() {
+        let home = tempfile::tempdir().unwrap();
+        for name in [".npmrc", "pip.fifo"] {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                home.path().join(name),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o644),
+                0,
+            )
+            .unwrap();
+        }
+        let fifo = home.path().join("pip.fifo");
+        let env = HostEnvironment::new(
+            [("PIP_CONFIG_FILE", fifo.to_str().unwrap())],
+            Some(home.path().to_path_buf()),
+        );
+        let config = HostConfig::capture(&env);
+        assert!(config.pip.is_empty(), "{:?}", config.pip);
+        assert!(config.npm.is_empty(), "{:?}", config.npm);
     }
 
     #[test]
