@@ -21,6 +21,7 @@ pub mod dependency;
 pub mod deps;
 pub mod download;
 pub mod envs;
+pub mod events;
 pub mod fault;
 pub mod fetch;
 pub mod git;

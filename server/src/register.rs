@@ -24,6 +24,7 @@ use crate::{
     checksum::{self, ChecksumError},
     components::{self, ComponentKind, Issue, LoadedPack, Strictness},
     config::RegisterSection,
+    events::PackEvent,
     fetch::{self, FetchError},
     journal::{self, Intent, Journal, JournalError, SwapEntry, WorkKind},
     locks::PackLocks,
@@ -628,6 +629,7 @@ impl Registrar {
             components: component_rows(&loaded),
             counts: ComponentCounts::of(&loaded),
             pack_version: manifest.version.to_string(),
+            runtime_names: manifest.runtime_deps.clone(),
             pack_ref,
             target,
             staged,
@@ -902,6 +904,16 @@ async fn write_pack(
             .insert_test_result(pack_id, &test_row(result), now)
             .await?;
     }
+    let event = PackEvent::Registered {
+        pack_id,
+        pack_ref: p.pack_ref.clone(),
+        version: p.pack_version.clone(),
+        runtime_names: p.runtime_names.clone(),
+    };
+    write
+        .append_event(&event, now)
+        .await
+        .map_err(|e| RegisterPackError::Refused(WriteError::Store(e)))?;
     Ok(pack_id)
 }
 
@@ -915,6 +927,8 @@ struct BatchMember {
 struct Prepared {
     pack_ref: String,
     pack_version: String,
+    /// `runtime_deps` as declared: the `runtime_names` of `pack.registered`.
+    runtime_names: Vec<String>,
     target: PathBuf,
     /// `None` when the pack already is at its final place.
     staged: Option<StagedDir>,

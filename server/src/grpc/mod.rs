@@ -8,6 +8,9 @@
 
 mod convert;
 mod decode_status;
+mod events;
+mod lifecycle_read;
+mod lifecycle_write;
 pub mod status;
 
 pub use decode_status::malformed_requests_are_invalid_arguments;
@@ -203,6 +206,59 @@ impl PackService for PackServiceImpl {
     type BuildEnvsStream = EventStream<BuildEnvsEvent>;
     type RegisterBatchStream = EventStream<RegisterBatchEvent>;
     type InstallStream = EventStream<InstallEvent>;
+    type VerifyPacksStream = EventStream<pb::VerifyPacksEvent>;
+    type RemovePacksStream = EventStream<pb::RemovePacksEvent>;
+    type RollbackPackStream = EventStream<pb::RollbackPackEvent>;
+    type WatchEventsStream = EventStream<pb::PackEvent>;
+
+    async fn list_packs(
+        &self,
+        request: Request<pb::ListPacksRequest>,
+    ) -> Result<Response<pb::ListPacksResponse>, Status> {
+        lifecycle_read::list_packs(self, request).await
+    }
+
+    async fn get_pack(
+        &self,
+        request: Request<pb::GetPackRequest>,
+    ) -> Result<Response<pb::PackDetail>, Status> {
+        lifecycle_read::get_pack(self, request).await
+    }
+
+    async fn verify_packs(
+        &self,
+        request: Request<pb::VerifyPacksRequest>,
+    ) -> Result<Response<Self::VerifyPacksStream>, Status> {
+        lifecycle_read::verify_packs(self, request).await
+    }
+
+    async fn remove_packs(
+        &self,
+        request: Request<pb::RemovePacksRequest>,
+    ) -> Result<Response<Self::RemovePacksStream>, Status> {
+        lifecycle_write::remove_packs(self, request).await
+    }
+
+    async fn pack_history(
+        &self,
+        request: Request<pb::PackHistoryRequest>,
+    ) -> Result<Response<pb::PackHistoryResponse>, Status> {
+        lifecycle_write::pack_history(self, request).await
+    }
+
+    async fn rollback_pack(
+        &self,
+        request: Request<pb::RollbackPackRequest>,
+    ) -> Result<Response<Self::RollbackPackStream>, Status> {
+        lifecycle_write::rollback_pack(self, request).await
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        events::watch_events(self, request).await
+    }
 
     async fn install(
         &self,

@@ -28,6 +28,8 @@ macro_rules! on_tx {
     };
 }
 
+pub mod history;
+mod outbox;
 pub mod packs;
 mod recovery;
 
