@@ -24,7 +24,7 @@ pub use graph::{Cycle, Graph};
 use pubgrub::Ranges;
 use semver::{BuildMetadata, Comparator, Op, Prerelease, Version, VersionReq};
 
-use crate::manifest::PackDependency;
+use crate::{manifest::PackDependency, store::RegisteredPackRow};
 
 /// The name of the caller's request where a pack's dependents are listed
 /// (`required_by`) and in failures that concern the request as a whole.
@@ -233,4 +233,33 @@ mod tests {
         let refs: Vec<String> = recorded(&entries).map(|d| d.pack_ref).collect();
         assert_eq!(refs, ["core"]);
     }
+}
+
+/// An installed pack that declares a dependency on another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependent {
+    pub pack_ref: String,
+    pub version: String,
+    /// The requirement as declared, parsed.
+    pub requirement: PackDependency,
+}
+
+/// The installed packs (of `installed`) that declare a dependency on `pack_ref`, in
+/// ref order.
+pub fn direct_dependents(installed: &[RegisteredPackRow], pack_ref: &str) -> Vec<Dependent> {
+    let mut found: Vec<Dependent> = installed
+        .iter()
+        .filter(|p| p.pack_ref != pack_ref)
+        .flat_map(|p| {
+            recorded(&p.dependencies)
+                .filter(|d| d.pack_ref == pack_ref)
+                .map(|requirement| Dependent {
+                    pack_ref: p.pack_ref.clone(),
+                    version: p.version.clone(),
+                    requirement,
+                })
+        })
+        .collect();
+    found.sort_by(|a, b| a.pack_ref.cmp(&b.pack_ref));
+    found
 }
