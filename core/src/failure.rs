@@ -19,6 +19,10 @@ pub enum FailureKind {
     Unavailable,
     /// A fault on the server's side: not the caller's doing.
     Internal,
+    /// The caller did not prove who it is (no token, a bad one, a malformed claim).
+    Unauthenticated,
+    /// The caller is known but lacks the grant the call needs.
+    PermissionDenied,
 }
 
 /// An error that ends a whole call.

@@ -1,5 +1,6 @@
 //! Bearer-token authentication: HS256 JWTs signed with the secret the main Attune API
-//! uses, checked for signature and expiry.
+//! uses, checked for signature and expiry, carrying the caller's grants (see
+//! [`crate::grants`]) in a `grants` claim.
 //!
 //! Transport-neutral: the gRPC interceptor and the REST layer both call
 //! [`Authenticator::verify_header`] and map [`AuthError`] to their own status.
@@ -15,7 +16,7 @@ use std::{
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::{config::Secret, grants::GrantSet};
 
 /// File in the data dir holding the generated secret when none is configured.
 pub const SECRET_FILE: &str = "jwt-secret";
@@ -24,7 +25,14 @@ pub const SECRET_FILE: &str = "jwt-secret";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
+    /// What the token allows; `None` for a token without a `grants` claim (issued
+    /// before grants existed, or by a signer that does not know them), which may do
+    /// everything only while `auth.legacy_tokens_full_access` is true.
+    pub grants: Option<GrantSet>,
 }
+
+/// The most grants a token may list (there are four; duplicates are tolerated).
+const MAX_GRANT_CLAIMS: usize = 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -33,6 +41,53 @@ struct Claims {
     iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
+    /// Kept raw so that a claim that is present but not a list of known grants is
+    /// refused with its own reason, and told apart from an absent one.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    grants: Option<serde_json::Value>,
+}
+
+/// `Some` whenever the claim is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
+/// The `grants` claim read strictly: a signed token is still refused when the claim is
+/// not a list of known grant names, rather than read as more or less than it says.
+fn grants_claim(claim: Option<&serde_json::Value>) -> Result<Option<GrantSet>, AuthError> {
+    let Some(claim) = claim else {
+        return Ok(None);
+    };
+    let serde_json::Value::Array(items) = claim else {
+        return Err(AuthError::Invalid(
+            "the `grants` claim must be a list of grant names such as \"packs:read\"".into(),
+        ));
+    };
+    if items.len() > MAX_GRANT_CLAIMS {
+        return Err(AuthError::Invalid(format!(
+            "the `grants` claim lists {} entries; at most {MAX_GRANT_CLAIMS} are accepted",
+            items.len()
+        )));
+    }
+    let names = items
+        .iter()
+        .map(|item| {
+            item.as_str().ok_or_else(|| {
+                AuthError::Invalid(format!(
+                    "the `grants` claim holds {item}, which is not a grant name such as \"packs:read\""
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GrantSet::parse(&names)
+        .map(Some)
+        .map_err(|e| AuthError::Invalid(format!("the `grants` claim names an {e}")))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -135,61 +190,77 @@ impl Authenticator {
                     other => AuthError::Invalid(format!("{other:?}")),
                 })?;
         check_subject(&data.claims.sub)?;
+        let grants = grants_claim(data.claims.grants.as_ref())?;
         Ok(Principal {
             subject: data.claims.sub,
+            grants,
         })
     }
 
-    /// Signs a token for `subject`, valid for `ttl`.
+    /// Signs a token for `subject` with every grant, valid for `ttl`.
     pub fn issue(&self, subject: &str, ttl: Duration) -> String {
+        self.issue_with_grants(subject, ttl, &GrantSet::all())
+    }
+
+    /// Signs a token for `subject` carrying exactly `grants`, valid for `ttl`.
+    pub fn issue_with_grants(&self, subject: &str, ttl: Duration, grants: &GrantSet) -> String {
         let now = unix_now();
-        let claims = Claims {
+        self.sign(&Claims {
             sub: subject.to_string(),
             iat: now,
             exp: now + ttl.as_secs(),
             nbf: None,
-        };
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.inner.encoding,
-        )
-        .expect("HS256 signing with an in-memory key cannot fail")
+            grants: Some(grants.names().into()),
+        })
+    }
+
+    /// Signs a token with whatever `grants` claim is given, or none (tests of tokens
+    /// issued before grants existed, and of malformed claims).
+    #[doc(hidden)]
+    pub fn issue_with_raw_grants(
+        &self,
+        subject: &str,
+        ttl: Duration,
+        grants: Option<serde_json::Value>,
+    ) -> String {
+        let now = unix_now();
+        self.sign(&Claims {
+            sub: subject.to_string(),
+            iat: now,
+            exp: now + ttl.as_secs(),
+            nbf: None,
+            grants,
+        })
     }
 
     /// Signs a token with explicit timestamps (tests of expiry).
     #[doc(hidden)]
     pub fn issue_with_times(&self, subject: &str, iat: u64, exp: u64) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: subject.to_string(),
             iat,
             exp,
             nbf: None,
-        };
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.inner.encoding,
-        )
-        .expect("HS256 signing with an in-memory key cannot fail")
+            grants: Some(GrantSet::all().names().into()),
+        })
     }
 
     /// Signs a token that is not valid before `nbf` (tests of `nbf`).
     #[doc(hidden)]
     pub fn issue_not_before(&self, subject: &str, nbf: u64, ttl: Duration) -> String {
         let now = unix_now();
-        let claims = Claims {
+        self.sign(&Claims {
             sub: subject.to_string(),
             iat: now,
             exp: now.max(nbf) + ttl.as_secs(),
             nbf: Some(nbf),
-        };
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.inner.encoding,
-        )
-        .expect("HS256 signing with an in-memory key cannot fail")
+            grants: Some(GrantSet::all().names().into()),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.inner.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail")
     }
 }
 
@@ -294,6 +365,8 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn auth(secret: &str) -> Authenticator {
@@ -332,6 +405,45 @@ mod tests {
             a.verify_header(Some(&format!("Bearer {foreign}"))),
             Err(AuthError::BadSignature)
         );
+    }
+
+    #[test]
+    fn grants_travel_in_the_token_and_an_absent_claim_is_told_apart() {
+        let a = auth("one");
+        let read = GrantSet::parse(&["packs:read"]).unwrap();
+        let p = a
+            .verify_token(&a.issue_with_grants("ro", Duration::from_secs(60), &read))
+            .unwrap();
+        assert_eq!(p.grants, Some(read));
+        let p = a
+            .verify_token(&a.issue("all", Duration::from_secs(60)))
+            .unwrap();
+        assert_eq!(p.grants, Some(GrantSet::all()));
+        let p = a
+            .verify_token(&a.issue_with_raw_grants("old", Duration::from_secs(60), None))
+            .unwrap();
+        assert_eq!(p.grants, None);
+        let empty = a.issue_with_raw_grants("none", Duration::from_secs(60), Some(json!([])));
+        assert_eq!(a.verify_token(&empty).unwrap().grants, Some(GrantSet::none()));
+    }
+
+    #[test]
+    fn a_malformed_grants_claim_is_refused_naming_the_problem() {
+        let a = auth("one");
+        let many = json!(vec!["packs:read"; MAX_GRANT_CLAIMS + 1]);
+        for (claim, expected) in [
+            (json!("packs:read"), "must be a list"),
+            (json!(null), "must be a list"),
+            (json!({"packs": "read"}), "must be a list"),
+            (json!(["packs:read", 7]), "holds 7"),
+            (json!(["packs:read", "packs:write"]), "unknown grant `packs:write`"),
+            (many, "at most 16"),
+        ] {
+            let token = a.issue_with_raw_grants("x", Duration::from_secs(60), Some(claim.clone()));
+            let err = a.verify_token(&token).unwrap_err();
+            assert!(matches!(err, AuthError::Invalid(_)), "{claim}: {err}");
+            assert!(err.to_string().contains(expected), "{claim}: {err}");
+        }
     }
 
     #[test]

@@ -109,6 +109,26 @@ pub struct Config {
     pub database_connect_timeout: Duration,
     pub sandbox: SandboxSection,
     pub pack_files: PackFilesSection,
+    pub auth: AuthSection,
+}
+
+/// `auth:` — who may do what with a valid token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Tokens without a `grants` claim (issued before grants existed, or by the main
+    /// Attune API) may call every RPC. True by default so that upgrading the server
+    /// does not lock out every existing client at once; set it to false once every
+    /// token in use has been reissued with grants.
+    pub legacy_tokens_full_access: bool,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            legacy_tokens_full_access: true,
+        }
+    }
 }
 
 /// Upper bound of `pack_files.max_depth`: walks recurse (or hold a descriptor) per
@@ -607,6 +627,7 @@ impl Default for Config {
             login: LoginSection::default(),
             database_connect_timeout: Duration::from_secs(5),
             sandbox: SandboxSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }

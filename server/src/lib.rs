@@ -25,6 +25,7 @@ pub mod events;
 pub mod fault;
 pub mod fetch;
 pub mod git;
+pub mod grants;
 pub mod grpc;
 pub mod install;
 pub mod journal;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use attune_packs_server::{
     auth::{Authenticator, load_or_create_secret},
     config::{Config, ENV_CONFIG_FILE, Overrides},
+    grants::{Grant, GrantSet},
     server, state, store, telemetry, users,
 };
 use clap::{Args, Parser, Subcommand};
@@ -66,6 +67,10 @@ enum UserCommand {
     Add {
         #[arg(long)]
         email: String,
+        /// What the user's login tokens allow: packs:read, packs:install, packs:delete,
+        /// packs:configure. Repeat for several. Default: all four.
+        #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
+        grants: Vec<Grant>,
     },
 }
 
@@ -79,7 +84,25 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 12h, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// What the token allows: packs:read, packs:install, packs:delete,
+        /// packs:configure. Repeat for several (`--grant packs:read` mints a read-only
+        /// token). Default: all four, as tokens had before grants existed.
+        #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
+        grants: Vec<Grant>,
     },
+}
+
+fn parse_grant(text: &str) -> Result<Grant, String> {
+    text.parse().map_err(|e: attune_packs_server::grants::GrantError| e.to_string())
+}
+
+/// The grants named on the command line, or all of them when none is.
+fn chosen_grants(named: Vec<Grant>) -> GrantSet {
+    if named.is_empty() {
+        GrantSet::all()
+    } else {
+        named.into_iter().collect()
+    }
 }
 
 fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
@@ -102,6 +125,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => {
             let config = load_config(&cli.global, listen)?;
             telemetry::init(config.log_format);
+            if config.auth.legacy_tokens_full_access {
+                tracing::warn!(
+                    "auth.legacy_tokens_full_access is true: tokens without a `grants` claim \
+                     may do everything; reissue them with `token issue --grant …`, then set it \
+                     to false"
+                );
+            }
             // SAFETY: no thread has used libgit2 yet.
             unsafe { attune_packs_server::git::init() }.context("cannot set up git")?;
             let listen = config.listen;
@@ -134,8 +164,9 @@ async fn main() -> anyhow::Result<()> {
             println!("database is up to date");
         }
         Command::User {
-            command: UserCommand::Add { email },
+            command: UserCommand::Add { email, grants },
         } => {
+            let grants = chosen_grants(grants);
             let config = load_config(&cli.global, None)?;
             let password = read_new_password()?;
             let db = store::Db::connect_with_timeout(
@@ -144,20 +175,36 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             db.migrate().await?;
-            users::add_user(&db, &email, &password).await?;
+            users::add_user_with_grants(&db, &email, &password, &grants).await?;
             db.close().await;
-            println!("user {} added", email.trim().to_lowercase());
+            println!(
+                "user {} added with grants {grants}",
+                email.trim().to_lowercase()
+            );
         }
         Command::Token {
-            command: TokenCommand::Issue { subject, ttl },
+            command: TokenCommand::Issue {
+                subject,
+                ttl,
+                grants,
+            },
         } => {
+            let grants = chosen_grants(grants);
             let config = load_config(&cli.global, None)?;
             let data_dir = config.data_dir_absolute();
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
             let secret = load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
             anyhow::ensure!(!subject.trim().is_empty(), "--subject must not be empty");
-            println!("{}", Authenticator::new(&secret).issue(&subject, ttl));
+            // On stderr: scripts take the token from stdout's last line.
+            eprintln!(
+                "token for {} with grants {grants}",
+                attune_packs_server::auth::escape_for_log(&subject)
+            );
+            println!(
+                "{}",
+                Authenticator::new(&secret).issue_with_grants(&subject, ttl, &grants)
+            );
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
 //! Users who log in with email and password (the REST gateway's `/api/v1/auth/login`).
+//! Each user has grants (`users.grants`); login mints tokens carrying exactly those.
 //!
 //! Passwords are stored as argon2id hashes. An unknown email and a wrong password get
 //! the same answer after the same work (a dummy hash is verified for unknown emails).
@@ -41,6 +42,7 @@ use tokio::sync::Semaphore;
 use crate::{
     auth::Authenticator,
     config::LoginSection,
+    grants::GrantSet,
     store::{Db, StoreError},
 };
 
@@ -69,6 +71,8 @@ pub enum UserError {
     Busy,
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    #[error("the stored grants of this user are not a list of grant names ({reason}); fix users.grants")]
+    StoredGrants { reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -133,8 +137,19 @@ fn verify_password(phc: &str, password: &str) -> bool {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("attune-packs timing equaliser").unwrap_or_default());
 
-/// Adds a user. The email is normalised to lowercase.
+/// Adds a user with every grant. The email is normalised to lowercase.
 pub async fn add_user(db: &Db, email: &str, password: &str) -> Result<(), UserError> {
+    add_user_with_grants(db, email, password, &GrantSet::all()).await
+}
+
+/// Adds a user whose logins get tokens carrying `grants`. The email is normalised to
+/// lowercase.
+pub async fn add_user_with_grants(
+    db: &Db,
+    email: &str,
+    password: &str,
+    grants: &GrantSet,
+) -> Result<(), UserError> {
     let email = normalise(email)?;
     if password.chars().count() < 8 {
         return Err(UserError::Invalid(
@@ -145,7 +160,8 @@ pub async fn add_user(db: &Db, email: &str, password: &str) -> Result<(), UserEr
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| UserError::Hash(e.to_string()))??;
-    if db.create_user(&email, &hash).await? {
+    let grants = serde_json::to_string(&grants.names()).expect("a list of strings serialises");
+    if db.create_user_with_grants(&email, &hash, &grants).await? {
         Ok(())
     } else {
         Err(UserError::Exists(email))
@@ -472,20 +488,47 @@ impl LoginGate {
         self.throttle
             .admit(&keys)
             .map_err(|retry_after| UserError::Throttled { retry_after })?;
-        let stored = db.password_hash(&email).await?;
+        let (stored, grants) = db.login_record(&email).await?.unzip();
         let known = stored.is_some();
         let valid = self.hashes.verify(stored, password.to_string()).await? && known;
         if !valid {
             return Err(UserError::InvalidCredentials);
         }
         self.throttle.succeeded(&keys);
-        Ok((auth.issue(&email, TOKEN_TTL), TOKEN_TTL))
+        let grants = parse_stored_grants(grants.as_deref().unwrap_or_default())?;
+        Ok((
+            auth.issue_with_grants(&email, TOKEN_TTL, &grants),
+            TOKEN_TTL,
+        ))
     }
+}
+
+/// `users.grants` as stored: a JSON array of grant names.
+fn parse_stored_grants(text: &str) -> Result<GrantSet, UserError> {
+    let names: Vec<String> = serde_json::from_str(text).map_err(|e| UserError::StoredGrants {
+        reason: e.to_string(),
+    })?;
+    GrantSet::parse(&names).map_err(|e| UserError::StoredGrants {
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_grants_are_read_strictly() {
+        assert_eq!(
+            parse_stored_grants(r#"["packs:read","packs:delete"]"#).unwrap(),
+            GrantSet::parse(&["packs:read", "packs:delete"]).unwrap()
+        );
+        assert_eq!(parse_stored_grants("[]").unwrap(), GrantSet::none());
+        for bad in ["", "packs:read", r#"["packs:root"]"#, "{}"] {
+            let err = parse_stored_grants(bad).unwrap_err();
+            assert!(err.to_string().contains("users.grants"), "{bad}: {err}");
+        }
+    }
 
     fn settings() -> LoginSection {
         LoginSection {

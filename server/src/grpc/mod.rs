@@ -29,7 +29,7 @@ use tracing::{Instrument, Span};
 use self::status::status;
 use crate::{
     auth::{Authenticator, Principal},
-    deps, install,
+    deps, grants, install,
     progress::{ProgressEvent, Reporter},
     shutdown::Stopping,
     state::AppState,
@@ -58,9 +58,30 @@ impl PackServiceImpl {
     pub fn stopping(&self) -> &Stopping {
         &self.stopping
     }
+
+    /// Who may do what, checked once for both doors: every RPC below starts here, the
+    /// gRPC interceptor and the REST gateway having put the caller's [`Principal`] in
+    /// the request. `rpc` is the method name `grants::RPC_GRANTS` is keyed by.
+    fn allow<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<(), Status> {
+        let principal = request.extensions().get::<Principal>();
+        grants::authorize(
+            principal,
+            rpc,
+            self.state.config.auth.legacy_tokens_full_access,
+        )
+        .map_err(|e| {
+            let subject = principal
+                .map(|p| crate::auth::escape_for_log(&p.subject))
+                .unwrap_or_default();
+            tracing::info!(rpc, subject = %subject, reason = %e, "refused a call");
+            status(&e)
+        })
+    }
 }
 
-/// Checks the bearer token of every PackService call. Health and reflection are
+/// Checks the bearer token of every PackService call and hands the caller, with its
+/// grants, to the service, which checks them per RPC ([`PackServiceImpl::allow`]:
+/// the interceptor does not see which method is called). Health and reflection are
 /// separate services and stay open.
 pub fn auth_interceptor(
     auth: Authenticator,
@@ -215,6 +236,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::ListPacksRequest>,
     ) -> Result<Response<pb::ListPacksResponse>, Status> {
+        self.allow(&request, "ListPacks")?;
         lifecycle_read::list_packs(self, request).await
     }
 
@@ -222,6 +244,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::GetPackRequest>,
     ) -> Result<Response<pb::PackDetail>, Status> {
+        self.allow(&request, "GetPack")?;
         lifecycle_read::get_pack(self, request).await
     }
 
@@ -229,6 +252,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::VerifyPacksRequest>,
     ) -> Result<Response<Self::VerifyPacksStream>, Status> {
+        self.allow(&request, "VerifyPacks")?;
         lifecycle_read::verify_packs(self, request).await
     }
 
@@ -236,6 +260,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::RemovePacksRequest>,
     ) -> Result<Response<Self::RemovePacksStream>, Status> {
+        self.allow(&request, "RemovePacks")?;
         lifecycle_write::remove_packs(self, request).await
     }
 
@@ -243,6 +268,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::PackHistoryRequest>,
     ) -> Result<Response<pb::PackHistoryResponse>, Status> {
+        self.allow(&request, "PackHistory")?;
         lifecycle_write::pack_history(self, request).await
     }
 
@@ -250,6 +276,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::RollbackPackRequest>,
     ) -> Result<Response<Self::RollbackPackStream>, Status> {
+        self.allow(&request, "RollbackPack")?;
         lifecycle_write::rollback_pack(self, request).await
     }
 
@@ -257,6 +284,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.allow(&request, "WatchEvents")?;
         events::watch_events(self, request).await
     }
 
@@ -264,6 +292,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::InstallRequest>,
     ) -> Result<Response<Self::InstallStream>, Status> {
+        self.allow(&request, "Install")?;
         let call = Call::start(&request, "Install");
         let subject = request
             .extensions()
@@ -293,6 +322,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::DownloadRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
+        self.allow(&request, "Download")?;
         let call = Call::start(&request, "Download");
         let stage_request = convert::download_request(request.into_inner())?;
         let downloader = self.state.downloader.clone();
@@ -318,6 +348,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::DependenciesRequest>,
     ) -> Result<Response<Self::DependenciesStream>, Status> {
+        self.allow(&request, "Dependencies")?;
         let call = Call::start(&request, "Dependencies");
         let stage_request = convert::dependencies_request(request.into_inner())?;
         let state = self.state.clone();
@@ -342,6 +373,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::BuildEnvsRequest>,
     ) -> Result<Response<Self::BuildEnvsStream>, Status> {
+        self.allow(&request, "BuildEnvs")?;
         let call = Call::start(&request, "BuildEnvs");
         let stage_request = convert::build_envs_request(request.into_inner())?;
         let builder = self.state.env_builder.clone();
@@ -367,6 +399,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::ListRegistriesRequest>,
     ) -> Result<Response<pb::ListRegistriesResponse>, Status> {
+        self.allow(&request, "ListRegistries")?;
         let _call = Call::start(&request, "ListRegistries");
         let registries = self
             .state
@@ -389,6 +422,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::SearchPacksRequest>,
     ) -> Result<Response<pb::SearchPacksResponse>, Status> {
+        self.allow(&request, "SearchPacks")?;
         let call = Call::start(&request, "SearchPacks");
         let keyword = request.into_inner().keyword;
         let hits = self
@@ -421,6 +455,7 @@ impl PackService for PackServiceImpl {
         &self,
         request: Request<pb::RegisterBatchRequest>,
     ) -> Result<Response<Self::RegisterBatchStream>, Status> {
+        self.allow(&request, "RegisterBatch")?;
         let call = Call::start(&request, "RegisterBatch");
         let subject = request
             .extensions()

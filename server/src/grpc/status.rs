@@ -17,5 +17,7 @@ fn code(kind: FailureKind) -> Code {
         FailureKind::Cancelled => Code::Cancelled,
         FailureKind::Unavailable => Code::Unavailable,
         FailureKind::Internal => Code::Internal,
+        FailureKind::Unauthenticated => Code::Unauthenticated,
+        FailureKind::PermissionDenied => Code::PermissionDenied,
     }
 }

@@ -5,6 +5,11 @@
 //! events become one `{"data": …}` response, or server-sent events when the caller
 //! asks for `text/event-stream`. Errors use the seed's shape
 //! `{"error", "message", "status"}`; gRPC codes map to HTTP by google.rpc.Code.
+//!
+//! Who may do what is not decided here: a handler authenticates the caller
+//! ([`authenticated`]) and hands the [`Principal`] to the service in the request, and
+//! the service checks the grant the RPC needs, as it does for gRPC callers. A call
+//! that reaches the service without a principal is refused there.
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
 
@@ -26,7 +31,7 @@ use serde_json::{Value, json};
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 
 use crate::{
-    auth::{AuthError, Authenticator},
+    auth::{AuthError, Authenticator, Principal},
     grpc::PackServiceImpl,
     store::Db,
     users::{self, LoginGate, UserError},
@@ -216,6 +221,31 @@ fn wants_sse(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/event-stream"))
 }
 
+/// The caller the `Authorization` header proves, or a 401 saying what is wrong.
+pub fn authenticate(state: &RestState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let header = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::from(AuthError::Malformed("not printable ASCII".into())))?,
+        ),
+    };
+    Ok(state.auth.verify_header(header)?)
+}
+
+/// A service request on behalf of `principal`, whose grants the service checks, with
+/// the caller's request id when it sent one.
+pub fn authenticated<T>(principal: Principal, headers: &HeaderMap, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.extensions_mut().insert(principal);
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && let Ok(value) = id.parse()
+    {
+        request.metadata_mut().insert("x-request-id", value);
+    }
+    request
+}
+
 type EventStream<E> = Pin<Box<dyn Stream<Item = Result<E, Status>> + Send>>;
 
 /// Authenticates, parses, calls the service, and answers JSON or server-sent events.
@@ -233,22 +263,9 @@ where
     F: FnOnce(Arc<PackServiceImpl>, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<EventStream<E>>, Status>>,
 {
-    let header = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::from(AuthError::Malformed("not printable ASCII".into())))?,
-        ),
-    };
-    let principal = state.auth.verify_header(header)?;
+    let principal = authenticate(&state, &headers)?;
     let message: Req = parse_body(&body, required)?;
-    let mut request = tonic::Request::new(message);
-    request.extensions_mut().insert(principal);
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
-        && let Ok(value) = id.parse()
-    {
-        request.metadata_mut().insert("x-request-id", value);
-    }
+    let request = authenticated(principal, &headers, message);
     let stream = rpc(state.service.clone(), request).await?.into_inner();
 
     if wants_sse(&headers) {

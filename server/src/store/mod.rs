@@ -281,6 +281,38 @@ impl Db {
         Ok(rows == 1)
     }
 
+    /// Adds a user with `grants` (the JSON array `users.grants` holds); `false` when
+    /// the email is already taken.
+    pub async fn create_user_with_grants(
+        &self,
+        email: &str,
+        password_hash: &str,
+        grants: &str,
+    ) -> Result<bool, StoreError> {
+        const SQL: &str = "INSERT INTO users (email, password_hash, created_at, grants) \
+                           VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING";
+        let now = crate::auth::unix_now() as i64 * 1000;
+        let rows = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now)
+            .bind(grants)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(rows == 1)
+    }
+
+    /// The stored password hash and grants (JSON array) of `email`, if such a user
+    /// exists.
+    pub async fn login_record(&self, email: &str) -> Result<Option<(String, String)>, StoreError> {
+        const SQL: &str = "SELECT password_hash, grants FROM users WHERE email = $1";
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(email)
+            .fetch_optional(pool)
+            .await?))
+    }
+
     /// The stored password hash of `email`, if such a user exists.
     pub async fn password_hash(&self, email: &str) -> Result<Option<String>, StoreError> {
         const SQL: &str = "SELECT password_hash FROM users WHERE email = $1";
