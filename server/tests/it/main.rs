@@ -15,6 +15,7 @@ mod dependencies;
 mod download;
 mod exchange_registry;
 mod git;
+mod grants;
 mod grpcurl;
 mod hostile_archive;
 mod hostile_doors;
