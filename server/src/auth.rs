@@ -424,7 +424,10 @@ mod tests {
             .unwrap();
         assert_eq!(p.grants, None);
         let empty = a.issue_with_raw_grants("none", Duration::from_secs(60), Some(json!([])));
-        assert_eq!(a.verify_token(&empty).unwrap().grants, Some(GrantSet::none()));
+        assert_eq!(
+            a.verify_token(&empty).unwrap().grants,
+            Some(GrantSet::none())
+        );
     }
 
     #[test]
@@ -436,7 +439,10 @@ mod tests {
             (json!(null), "must be a list"),
             (json!({"packs": "read"}), "must be a list"),
             (json!(["packs:read", 7]), "holds 7"),
-            (json!(["packs:read", "packs:write"]), "unknown grant `packs:write`"),
+            (
+                json!(["packs:read", "packs:write"]),
+                "unknown grant `packs:write`",
+            ),
             (many, "at most 16"),
         ] {
             let token = a.issue_with_raw_grants("x", Duration::from_secs(60), Some(claim.clone()));

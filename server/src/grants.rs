@@ -292,7 +292,10 @@ mod tests {
         assert_eq!(GrantSet::none().to_string(), "no grants");
         for bad in ["packs:write", "PACKS:READ", "packs", "", "packs:read "] {
             let err = GrantSet::parse(&[bad]).unwrap_err();
-            assert!(err.to_string().contains("packs:read, packs:install"), "{err}");
+            assert!(
+                err.to_string().contains("packs:read, packs:install"),
+                "{err}"
+            );
         }
         let err = "x\ny".parse::<Grant>().unwrap_err();
         assert!(err.to_string().contains("x\\ny"), "{err}");
@@ -305,9 +308,15 @@ mod tests {
         let err = authorize(Some(&read_only), "RemovePacks", true).unwrap_err();
         assert_eq!(err.kind(), FailureKind::PermissionDenied);
         let message = err.to_string();
-        assert!(message.contains("needs the grant `packs:delete`"), "{message}");
+        assert!(
+            message.contains("needs the grant `packs:delete`"),
+            "{message}"
+        );
         assert!(message.contains("the token has packs:read"), "{message}");
-        assert!(message.contains("token issue --grant packs:delete"), "{message}");
+        assert!(
+            message.contains("token issue --grant packs:delete"),
+            "{message}"
+        );
         let err = authorize(Some(&read_only), "Unheard", true).unwrap_err();
         assert!(matches!(err, AccessError::Unmapped { .. }));
         assert_eq!(

@@ -93,7 +93,8 @@ enum TokenCommand {
 }
 
 fn parse_grant(text: &str) -> Result<Grant, String> {
-    text.parse().map_err(|e: attune_packs_server::grants::GrantError| e.to_string())
+    text.parse()
+        .map_err(|e: attune_packs_server::grants::GrantError| e.to_string())
 }
 
 /// The grants named on the command line, or all of them when none is.
@@ -183,11 +184,12 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Token {
-            command: TokenCommand::Issue {
-                subject,
-                ttl,
-                grants,
-            },
+            command:
+                TokenCommand::Issue {
+                    subject,
+                    ttl,
+                    grants,
+                },
         } => {
             let grants = chosen_grants(grants);
             let config = load_config(&cli.global, None)?;

@@ -71,7 +71,9 @@ pub enum UserError {
     Busy,
     #[error("cannot hash the password: {0}")]
     Hash(String),
-    #[error("the stored grants of this user are not a list of grant names ({reason}); fix users.grants")]
+    #[error(
+        "the stored grants of this user are not a list of grant names ({reason}); fix users.grants"
+    )]
     StoredGrants { reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -235,7 +235,11 @@ pub fn authenticate(state: &RestState, headers: &HeaderMap) -> Result<Principal,
 
 /// A service request on behalf of `principal`, whose grants the service checks, with
 /// the caller's request id when it sent one.
-pub fn authenticated<T>(principal: Principal, headers: &HeaderMap, message: T) -> tonic::Request<T> {
+pub fn authenticated<T>(
+    principal: Principal,
+    headers: &HeaderMap,
+    message: T,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.extensions_mut().insert(principal);
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())

@@ -29,7 +29,9 @@ struct Bearer(MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -44,10 +46,7 @@ async fn raw(server: &TestServer, token: &str) -> Raw {
         .connect()
         .await
         .unwrap();
-    PackServiceClient::with_interceptor(
-        channel,
-        Bearer(format!("Bearer {token}").parse().unwrap()),
-    )
+    PackServiceClient::with_interceptor(channel, Bearer(format!("Bearer {token}").parse().unwrap()))
 }
 
 fn token_with(server: &TestServer, grants: &[&str]) -> String {
@@ -173,7 +172,11 @@ async fn read_only_tokens_read_and_are_refused_every_change(backend: Backend) {
     let server = TestServer::start(backend).await;
     let src = install_alpha(&server).await;
     let root = server.root.path().canonicalize().unwrap();
-    let beta = write_pack(&root.join("src"), "beta", &simple_pack("beta", "1.0.0", &[]));
+    let beta = write_pack(
+        &root.join("src"),
+        "beta",
+        &simple_pack("beta", "1.0.0", &[]),
+    );
     let installed = server.state.config.packs_base_dir().join("alpha");
     assert!(installed.join("pack.yaml").exists());
     let before = snapshot(&server).await;
@@ -182,9 +185,15 @@ async fn read_only_tokens_read_and_are_refused_every_change(backend: Backend) {
     let mut ro = raw(&server, &token_with(&server, &["packs:read"])).await;
 
     // Everything that only reads is allowed.
-    assert_allowed(ro.list_packs(pb::ListPacksRequest::default()).await, "ListPacks");
     assert_allowed(
-        ro.get_pack(pb::GetPackRequest { r#ref: "alpha".into() }).await,
+        ro.list_packs(pb::ListPacksRequest::default()).await,
+        "ListPacks",
+    );
+    assert_allowed(
+        ro.get_pack(pb::GetPackRequest {
+            r#ref: "alpha".into(),
+        })
+        .await,
         "GetPack",
     );
     assert_allowed(
@@ -213,7 +222,8 @@ async fn read_only_tokens_read_and_are_refused_every_change(backend: Backend) {
         "WatchEvents",
     );
     assert_allowed(
-        ro.list_registries(pb::ListRegistriesRequest::default()).await,
+        ro.list_registries(pb::ListRegistriesRequest::default())
+            .await,
         "ListRegistries",
     );
     assert_allowed(
@@ -294,7 +304,11 @@ async fn read_only_tokens_read_and_are_refused_every_change(backend: Backend) {
         "RollbackPack",
         "packs:delete",
     );
-    assert_eq!(snapshot(&server).await, before, "a refused call changed something");
+    assert_eq!(
+        snapshot(&server).await,
+        before,
+        "a refused call changed something"
+    );
 
     // The same calls over REST: every operation the OpenAPI document describes.
     let api = Rest::new(&server);
@@ -322,7 +336,11 @@ async fn read_only_tokens_read_and_are_refused_every_change(backend: Backend) {
             );
         }
     }
-    assert_eq!(snapshot(&server).await, before, "a refused request changed something");
+    assert_eq!(
+        snapshot(&server).await,
+        before,
+        "a refused request changed something"
+    );
     server.stop().await;
 }
 on_both_backends!(read_only_tokens_read_and_are_refused_every_change);
@@ -340,8 +358,7 @@ struct Operation {
 /// Every operation that needs a token. Each must say which grant it needs
 /// (`x-required-grant`): an endpoint added without one fails here.
 fn secured_operations() -> Vec<Operation> {
-    let spec: Value =
-        serde_json::from_str(include_str!("../../src/rest/openapi.json")).unwrap();
+    let spec: Value = serde_json::from_str(include_str!("../../src/rest/openapi.json")).unwrap();
     let mut out = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -389,10 +406,7 @@ fn example(spec: &Value, schema: &Value) -> Value {
             let mut object = serde_json::Map::new();
             for name in schema["required"].as_array().into_iter().flatten() {
                 let name = name.as_str().unwrap();
-                object.insert(
-                    name.to_string(),
-                    example(spec, &schema["properties"][name]),
-                );
+                object.insert(name.to_string(), example(spec, &schema["properties"][name]));
             }
             Value::Object(object)
         }
@@ -452,8 +466,8 @@ impl Rest {
 /// serves, with whether it streams its answer.
 fn service_methods() -> Vec<(String, bool)> {
     use prost::Message;
-    let set = prost_types::FileDescriptorSet::decode(attune_packs_proto::FILE_DESCRIPTOR_SET)
-        .unwrap();
+    let set =
+        prost_types::FileDescriptorSet::decode(attune_packs_proto::FILE_DESCRIPTOR_SET).unwrap();
     set.file
         .iter()
         .filter(|f| f.package() == "attune.packs.v1")
@@ -473,8 +487,7 @@ async fn call_any(server: &TestServer, token: &str, method: &str, streaming: boo
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path =
-        PathAndQuery::from_str(&format!("/attune.packs.v1.PackService/{method}")).unwrap();
+    let path = PathAndQuery::from_str(&format!("/attune.packs.v1.PackService/{method}")).unwrap();
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
     let mut request = Request::new(());
     request
@@ -549,7 +562,11 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
     assert!(server.state.config.auth.legacy_tokens_full_access);
     let legacy = legacy_token(&server);
     let root = server.root.path().canonicalize().unwrap();
-    let alpha = write_pack(&root.join("src"), "alpha", &simple_pack("alpha", "1.0.0", &[]));
+    let alpha = write_pack(
+        &root.join("src"),
+        "alpha",
+        &simple_pack("alpha", "1.0.0", &[]),
+    );
     let mut old = raw(&server, &legacy).await;
     drained(
         old.register_batch(pb::RegisterBatchRequest {
@@ -571,7 +588,11 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
     })
     .await;
     let root = server.root.path().canonicalize().unwrap();
-    let alpha = write_pack(&root.join("src"), "alpha", &simple_pack("alpha", "1.0.0", &[]));
+    let alpha = write_pack(
+        &root.join("src"),
+        "alpha",
+        &simple_pack("alpha", "1.0.0", &[]),
+    );
     let legacy = legacy_token(&server);
     let mut old = raw(&server, &legacy).await;
     for result in [
@@ -586,7 +607,12 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
         .map(drop),
     ] {
         let status = result.unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{}",
+            status.message()
+        );
         assert!(
             status.message().contains("auth.legacy_tokens_full_access")
                 && status.message().contains("no `grants` claim"),
@@ -594,7 +620,10 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
             status.message()
         );
     }
-    assert_eq!(server.state.db.registered_version("alpha").await.unwrap(), None);
+    assert_eq!(
+        server.state.db.registered_version("alpha").await.unwrap(),
+        None
+    );
     // Over REST too.
     let (status, body) = Rest::new(&server)
         .send(
@@ -608,7 +637,12 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
         )
         .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("auth.legacy_tokens_full_access"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth.legacy_tokens_full_access")
+    );
     // Tokens with grants are not affected.
     let mut current = raw(&server, &server.token()).await;
     assert_allowed(
@@ -642,7 +676,10 @@ async fn a_malformed_grants_claim_is_unauthenticated_naming_the_problem() {
     };
     for (claim, expected) in [
         (json!("packs:read"), "must be a list of grant names"),
-        (json!({ "packs": ["read"] }), "must be a list of grant names"),
+        (
+            json!({ "packs": ["read"] }),
+            "must be a list of grant names",
+        ),
         (json!(["packs:read", 1]), "holds 1"),
         (json!(["packs:read", "packs:*"]), "unknown grant `packs:*`"),
     ] {
@@ -656,7 +693,11 @@ async fn a_malformed_grants_claim_is_unauthenticated_naming_the_problem() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{claim}");
-        assert!(status.message().contains(expected), "{claim}: {}", status.message());
+        assert!(
+            status.message().contains(expected),
+            "{claim}: {}",
+            status.message()
+        );
         let (status, body) = api.send(&dependencies, &token).await;
         assert_eq!(status, 401, "{claim}: {body}");
         assert!(
@@ -705,10 +746,16 @@ async fn login_users_get_the_grants_stored_with_them(backend: Backend) {
 
     // The reader's token reads and is refused a change, on both doors.
     let root = server.root.path().canonicalize().unwrap();
-    let alpha = write_pack(&root.join("src"), "alpha", &simple_pack("alpha", "1.0.0", &[]));
+    let alpha = write_pack(
+        &root.join("src"),
+        "alpha",
+        &simple_pack("alpha", "1.0.0", &[]),
+    );
     let mut client = raw(&server, &reader).await;
     assert_allowed(
-        client.list_registries(pb::ListRegistriesRequest::default()).await,
+        client
+            .list_registries(pb::ListRegistriesRequest::default())
+            .await,
         "ListRegistries",
     );
     assert_denied(
@@ -778,7 +825,11 @@ fn token_issue_mints_the_grants_it_is_given_and_refuses_unknown_ones() {
         run(&args, &data)
     };
     let verify = |out: &std::process::Output| {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let secret = std::fs::read_to_string(data.join("jwt-secret")).unwrap();
         let token = String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -852,7 +903,11 @@ fn user_add_stores_the_grants_it_is_given_and_refuses_unknown_ones() {
         child.wait_with_output().unwrap()
     };
     let out = add("ro@example.com", &["packs:read"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("with grants packs:read"),
         "{}",
