@@ -888,6 +888,26 @@ mod tests {
     }
 
     #[test]
+    fn legacy_tokens_keep_full_access_until_the_setting_is_turned_off() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(c.auth.legacy_tokens_full_access);
+        let c = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_AUTH__LEGACY_TOKENS_FULL_ACCESS", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.auth.legacy_tokens_full_access);
+        let err = Config::load(
+            None,
+            env(&[("ATTUNE_PACKS_AUTH__LEGACY_TOKENS", "false")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("legacy_tokens"), "{err}");
+    }
+
+    #[test]
     fn defaults_use_sqlite_in_data_dir() {
         let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");

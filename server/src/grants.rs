@@ -167,8 +167,8 @@ pub const LEGACY_SETTING: &str = "auth.legacy_tokens_full_access";
 pub enum AccessError {
     #[error(
         "this call ({rpc}) needs the grant `{needed}`; the token has {held} (mint one with \
-         `attune-packs-server token issue --grant {needed}`, or give the login user that grant \
-         with `attune-packs-server user add --grant {needed}`)"
+         `attune-packs-server token issue --grant {needed}`; a login user gets it with \
+         `attune-packs-server user grants --email <email> --grant {needed} …` and a new login)"
     )]
     MissingGrant {
         rpc: String,

@@ -72,6 +72,15 @@ enum UserCommand {
         #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
         grants: Vec<Grant>,
     },
+    /// Replace what a user's login tokens allow (tokens already issued keep theirs until
+    /// they expire, at most an hour).
+    Grants {
+        #[arg(long)]
+        email: String,
+        /// The user's grants from now on; repeat for several.
+        #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant, required = true)]
+        grants: Vec<Grant>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +189,24 @@ async fn main() -> anyhow::Result<()> {
             db.close().await;
             println!(
                 "user {} added with grants {grants}",
+                email.trim().to_lowercase()
+            );
+        }
+        Command::User {
+            command: UserCommand::Grants { email, grants },
+        } => {
+            let grants = chosen_grants(grants);
+            let config = load_config(&cli.global, None)?;
+            let db = store::Db::connect_with_timeout(
+                &config.database_url(),
+                config.database_connect_timeout,
+            )
+            .await?;
+            db.migrate().await?;
+            users::set_grants(&db, &email, &grants).await?;
+            db.close().await;
+            println!(
+                "user {} now has grants {grants}",
                 email.trim().to_lowercase()
             );
         }

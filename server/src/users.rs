@@ -57,6 +57,8 @@ pub enum UserError {
     InvalidCredentials,
     #[error("a user with email '{0}' already exists")]
     Exists(String),
+    #[error("there is no user with email '{0}'")]
+    NoSuchUser(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the email is {len} bytes long; at most {MAX_EMAIL_BYTES} are accepted")]
@@ -162,12 +164,30 @@ pub async fn add_user_with_grants(
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| UserError::Hash(e.to_string()))??;
-    let grants = serde_json::to_string(&grants.names()).expect("a list of strings serialises");
-    if db.create_user_with_grants(&email, &hash, &grants).await? {
+    if db
+        .create_user_with_grants(&email, &hash, &stored_grants(grants))
+        .await?
+    {
         Ok(())
     } else {
         Err(UserError::Exists(email))
     }
+}
+
+/// Replaces what `email`'s logins may do; tokens already minted keep their grants
+/// until they expire (at most [`TOKEN_TTL`]).
+pub async fn set_grants(db: &Db, email: &str, grants: &GrantSet) -> Result<(), UserError> {
+    let email = normalise(email)?;
+    if db.set_user_grants(&email, &stored_grants(grants)).await? {
+        Ok(())
+    } else {
+        Err(UserError::NoSuchUser(email))
+    }
+}
+
+/// `users.grants` as stored: a JSON array of grant names.
+fn stored_grants(grants: &GrantSet) -> String {
+    serde_json::to_string(&grants.names()).expect("a list of strings serialises")
 }
 
 fn normalise(email: &str) -> Result<String, UserError> {

@@ -303,6 +303,18 @@ impl Db {
         Ok(rows == 1)
     }
 
+    /// Replaces the grants (JSON array) of `email`; `false` when there is no such user.
+    pub async fn set_user_grants(&self, email: &str, grants: &str) -> Result<bool, StoreError> {
+        const SQL: &str = "UPDATE users SET grants = $1 WHERE email = $2";
+        let rows = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(grants)
+            .bind(email)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(rows == 1)
+    }
+
     /// The stored password hash and grants (JSON array) of `email`, if such a user
     /// exists.
     pub async fn login_record(&self, email: &str) -> Result<Option<(String, String)>, StoreError> {

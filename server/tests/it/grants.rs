@@ -917,6 +917,33 @@ fn user_add_stores_the_grants_it_is_given_and_refuses_unknown_ones() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown grant `packs:root`"));
 
+    // `user grants` replaces them; it needs a user and at least one grant.
+    let grants = |email: &str, grants: &[&str]| {
+        let mut args = vec!["user", "grants", "--email", email];
+        for g in grants {
+            args.extend(["--grant", g]);
+        }
+        run(&args, &data)
+    };
+    let out = grants("RO@example.com", &["packs:delete", "packs:read"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ro@example.com now has grants packs:read, packs:delete")
+    );
+    let out = grants("nobody@example.com", &["packs:read"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no user with email 'nobody@example.com'")
+    );
+    let out = grants("ro@example.com", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grant"));
+
     // The stored grants are what login mints (the REST login in a real server process
     // is covered by login_users_get_the_grants_stored_with_them).
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -928,7 +955,7 @@ fn user_add_stores_the_grants_it_is_given_and_refuses_unknown_ones() {
         .await
         .unwrap();
         let (_, grants) = db.login_record("ro@example.com").await.unwrap().unwrap();
-        assert_eq!(grants, r#"["packs:read"]"#);
+        assert_eq!(grants, r#"["packs:read","packs:delete"]"#);
         assert!(db.login_record("bad@example.com").await.unwrap().is_none());
         db.close().await;
     });
