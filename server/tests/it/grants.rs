@@ -379,9 +379,14 @@ fn secured_operations() -> Vec<Operation> {
             let body = op
                 .pointer("/requestBody/content/application~1json/schema")
                 .map(|schema| example(&spec, schema));
+            let query = required_query(&spec, op);
             out.push(Operation {
                 method: method.to_uppercase(),
-                path: path.clone(),
+                path: if query.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{path}?{query}")
+                },
                 grant: grant.to_string(),
                 body,
             });
@@ -389,6 +394,30 @@ fn secured_operations() -> Vec<Operation> {
     }
     assert!(out.len() >= 5, "{out:?}");
     out
+}
+
+/// The operation's required query parameters, each with a plain value of its type.
+fn required_query(spec: &Value, op: &Value) -> String {
+    let mut pairs = Vec::new();
+    for parameter in op["parameters"].as_array().into_iter().flatten() {
+        let parameter = match parameter["$ref"].as_str() {
+            Some(reference) => {
+                let name = reference.trim_start_matches("#/components/parameters/");
+                &spec["components"]["parameters"][name]
+            }
+            None => parameter,
+        };
+        if parameter["in"] != "query" || parameter["required"] != true {
+            continue;
+        }
+        let value = match parameter["schema"]["type"].as_str() {
+            Some("integer") | Some("number") => "1",
+            Some("boolean") => "false",
+            _ => "alpha",
+        };
+        pairs.push(format!("{}={value}", parameter["name"].as_str().unwrap()));
+    }
+    pairs.join("&")
 }
 
 /// A value of `schema` holding its required fields only, so that a request gets past
