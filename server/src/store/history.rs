@@ -62,14 +62,22 @@ macro_rules! bind_history {
             .bind(&$row.to.checksum)
             .bind(&$row.actor)
             .bind($now)
-            .bind(if $row.succeeded { "succeeded" } else { "failed" })
+            .bind(if $row.succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            })
             .bind(&$row.detail)
     };
 }
 
 impl PackWrite {
     /// Records `row` inside this write (a succeeded change commits with its row).
-    pub async fn append_history(&mut self, row: &HistoryRow, now_ms: i64) -> Result<i64, StoreError> {
+    pub async fn append_history(
+        &mut self,
+        row: &HistoryRow,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
         let id: i64 = on_tx!(self, tx => bind_history!(sqlx::query_scalar(INSERT_HISTORY), row, now_ms)
             .fetch_one(&mut **tx)
             .await?);
