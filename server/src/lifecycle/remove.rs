@@ -225,15 +225,14 @@ pub fn checked_refs(refs: &[String]) -> Result<Vec<String>, RemoveError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(refs.len());
     for (index, given) in refs.iter().enumerate() {
-        let trimmed = given.trim();
-        if !is_valid_pack_ref(trimmed) {
+        if !is_valid_pack_ref(given) {
             return Err(RemoveError::InvalidRef {
                 index,
                 shown: shown(given),
             });
         }
-        if seen.insert(trimmed) {
-            out.push(trimmed.to_string());
+        if seen.insert(given.as_str()) {
+            out.push(given.clone());
         }
     }
     Ok(out)
