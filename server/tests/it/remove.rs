@@ -482,3 +482,80 @@ async fn kill_nine_during_a_removal_settles_all_or_nothing(backend: Backend) {
     server.stop().await;
 }
 on_both_backends!(kill_nine_during_a_removal_settles_all_or_nothing);
+
+/// Makes the database refuse a removal's history row inside its transaction, so that
+/// the write fails after the packs were moved aside.
+async fn refuse_removal_rows(db: &Db) {
+    match db {
+        Db::Sqlite(pool) => {
+            sqlx::query(
+                "CREATE TRIGGER refuse_removal BEFORE INSERT ON pack_history \
+                 WHEN NEW.action = 'remove' AND NEW.outcome = 'succeeded' \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "CREATE FUNCTION refuse_removal() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF NEW.action = 'remove' AND NEW.outcome = 'succeeded' THEN \
+                 RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER refuse_removal BEFORE INSERT ON pack_history \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_removal()",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// A removal whose transaction fails after the packs were moved aside puts every file
+/// and environment back, keeps every row, announces nothing, and records a failed
+/// history row per pack.
+async fn a_failed_write_puts_everything_back_and_records_the_failure(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    install_chain(&server, &mut client).await;
+    let base_dir = server.state.config.packs_base_dir();
+    let envs = base_dir.join(".envs").join("base");
+    let before = snapshot(&server).await;
+    let env_tree = tree(&envs);
+    assert!(!env_tree.is_empty());
+    refuse_removal_rows(&server.state.db).await;
+
+    let failed = remove(&mut client, &["base"], true, false, false).await;
+    assert!(!failed.success, "{failed:?}");
+    assert!(failed.removed.is_empty());
+    assert_eq!(failed.errors.len(), 1);
+    assert_eq!(failed.errors[0].reason, "failed");
+    assert!(
+        failed.errors[0].message.contains("nothing was removed")
+            && failed.errors[0].message.contains("injected failure"),
+        "{}",
+        failed.errors[0].message
+    );
+    let after = snapshot(&server).await;
+    assert_eq!(after.packs, before.packs);
+    assert_eq!(after.components, before.components);
+    assert_eq!(after.events, before.events, "a failed removal announces nothing");
+    assert_eq!(after.files, before.files);
+    assert_eq!(tree(&envs), env_tree);
+    assert!(envs.join("python").join("bin").join("python").exists());
+    assert_nothing_left(&server.state.config.data_dir_absolute(), &base_dir);
+    let history = strings(
+        &server.state.db,
+        "SELECT pack_ref || ' ' || outcome FROM pack_history WHERE action = 'remove' ORDER BY id",
+    )
+    .await;
+    assert_eq!(history, ["app failed", "lib failed", "base failed"]);
+    server.stop().await;
+}
+on_both_backends!(a_failed_write_puts_everything_back_and_records_the_failure);
