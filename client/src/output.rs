@@ -420,7 +420,14 @@ pub fn print_remove(r: &pb::RemovePacksResult) {
         println!(
             "{}",
             table(
-                &["PACK", "VERSION", "WHY", "ENVS", "KEPT VERSIONS", "STORED AT"],
+                &[
+                    "PACK",
+                    "VERSION",
+                    "WHY",
+                    "ENVS",
+                    "KEPT VERSIONS",
+                    "STORED AT"
+                ],
                 &rows
             )
         );

@@ -30,8 +30,13 @@
 //! Process groups a dead server left running are killed first
 //! ([`kill_orphaned_groups`]), so that nothing writes into what is being settled.
 //!
+//! Removals (RemovePacks) have intents of their own (`remove.*.json`, [`RemovalEntry`]):
+//! a removed pack's directory and environments are renamed aside before its rows are
+//! deleted, and the row's id is the token: no row with that id means the removal
+//! committed (the asides are deleted), a row means it did not (they go back).
+//!
 //! Work directories (download staging, staged copies, install work directories, swap
-//! backups) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
+//! backups, removal asides) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
 //! `<boot id>-<pid>-<process start time>`: at start, one whose owner is no longer a
 //! live process is removed (or, for a backup, put back or deleted as its journal says).
 
@@ -1644,7 +1649,11 @@ mod tests {
                     if commit {
                         assert!(!target.exists() && !envs.exists(), "{context}");
                     } else {
-                        assert_eq!(version(&target).as_deref(), Some("version: 1\n"), "{context}");
+                        assert_eq!(
+                            version(&target).as_deref(),
+                            Some("version: 1\n"),
+                            "{context}"
+                        );
                         assert_eq!(envs.exists(), with_envs, "{context}");
                     }
                     for dir in [base.path(), &base.path().join(".envs")] {

@@ -203,9 +203,9 @@ pub enum RemoveError {
 impl Failure for RemoveError {
     fn kind(&self) -> FailureKind {
         match self {
-            RemoveError::NoRefs | RemoveError::TooManyRefs { .. } | RemoveError::InvalidRef { .. } => {
-                FailureKind::InvalidRequest
-            }
+            RemoveError::NoRefs
+            | RemoveError::TooManyRefs { .. }
+            | RemoveError::InvalidRef { .. } => FailureKind::InvalidRequest,
             RemoveError::Store(_) => FailureKind::Internal,
         }
     }
@@ -404,7 +404,9 @@ impl Planned {
     fn check_storage_path(&self) -> Result<(), RemovalFailure> {
         let storage = Path::new(&self.row.storage_path);
         let named = storage.is_absolute()
-            && storage.file_name().is_some_and(|n| n == self.row.pack_ref.as_str())
+            && storage
+                .file_name()
+                .is_some_and(|n| n == self.row.pack_ref.as_str())
             && storage.parent().is_some_and(|p| p != Path::new("/"));
         if named {
             Ok(())
@@ -507,7 +509,10 @@ impl Remover {
             ..Default::default()
         };
         for _ in 0..ATTEMPTS {
-            reporter.info(Stage::Analyze, "reading the installed packs and their dependents");
+            reporter.info(
+                Stage::Analyze,
+                "reading the installed packs and their dependents",
+            );
             let installed = self.db.registered_packs().await?;
             let (members, cycle) = match plan(&installed, &refs, request.cascade, request.force) {
                 Ok(planned) => planned,
@@ -524,7 +529,9 @@ impl Remover {
             if let Some(cycle) = cycle {
                 reporter.warn(
                     Stage::Analyze,
-                    format!("installed packs depend on each other ({cycle}); they are removed together"),
+                    format!(
+                        "installed packs depend on each other ({cycle}); they are removed together"
+                    ),
                 );
             }
             let Some(planned) = self.describe(members).await? else {
@@ -533,9 +540,10 @@ impl Remover {
             };
             if request.dry_run {
                 for p in &planned {
-                    reporter
-                        .with_subject(&p.row.pack_ref)
-                        .info(Stage::Analyze, format!("would remove {} {}", p.row.pack_ref, p.row.version));
+                    reporter.with_subject(&p.row.pack_ref).info(
+                        Stage::Analyze,
+                        format!("would remove {} {}", p.row.pack_ref, p.row.version),
+                    );
                 }
                 report.removed = planned.iter().map(Planned::removed).collect();
                 return Ok(report);
@@ -549,7 +557,10 @@ impl Remover {
                     return Ok(report);
                 }
             }
-            match self.commit(planned.clone(), &refs, &request, reporter).await {
+            match self
+                .commit(planned.clone(), &refs, &request, reporter)
+                .await
+            {
                 Ok(removed) => {
                     report.removed = removed;
                     return Ok(report);
@@ -635,15 +646,13 @@ impl Remover {
             actor: request.requested_by.clone(),
             reporter: reporter.clone(),
         };
-        tokio::spawn(critical.run())
-            .await
-            .unwrap_or_else(|e| {
-                Err(NotRemoved::Failed {
-                    pack_ref: first,
-                    failure: RemovalFailure::Task(e),
-                    undone: false,
-                })
+        tokio::spawn(critical.run()).await.unwrap_or_else(|e| {
+            Err(NotRemoved::Failed {
+                pack_ref: first,
+                failure: RemovalFailure::Task(e),
+                undone: false,
             })
+        })
     }
 }
 
@@ -683,7 +692,10 @@ impl Critical {
         // This process's concurrent registrations and builds of these packs wait;
         // other processes are held off by the database locks and `flock`.
         let targets: Vec<PathBuf> = planned.iter().map(Planned::target).collect();
-        let _dirs = self.locks.lock_all(targets.iter().map(PathBuf::as_path)).await;
+        let _dirs = self
+            .locks
+            .lock_all(targets.iter().map(PathBuf::as_path))
+            .await;
         let _envs = self.lock_environments().await?;
 
         let refs: Vec<&str> = planned.iter().map(|p| p.row.pack_ref.as_str()).collect();
@@ -712,7 +724,10 @@ impl Critical {
                     p.row.pack_id,
                     &p.target(),
                     &p.envs,
-                    p.kept.iter().map(|k| PathBuf::from(&k.files_path)).collect(),
+                    p.kept
+                        .iter()
+                        .map(|k| PathBuf::from(&k.files_path))
+                        .collect(),
                 )
             })
             .collect();
@@ -730,7 +745,10 @@ impl Critical {
 
         self.reporter.info(
             Stage::Place,
-            format!("moving {} pack(s) and their environments aside", planned.len()),
+            format!(
+                "moving {} pack(s) and their environments aside",
+                planned.len()
+            ),
         );
         let moving = intent.entries().to_vec();
         let moved = tokio::task::spawn_blocking(move || {
@@ -838,7 +856,11 @@ impl Critical {
     }
 
     /// Every pack's rows, a history row and a `pack.deleted` event each.
-    async fn delete_rows(&self, write: &mut PackWrite, now: i64) -> Result<(), (String, StoreError)> {
+    async fn delete_rows(
+        &self,
+        write: &mut PackWrite,
+        now: i64,
+    ) -> Result<(), (String, StoreError)> {
         for p in &self.planned {
             let pack_ref = &p.row.pack_ref;
             let with_ref = |e: StoreError| (pack_ref.clone(), e);
@@ -988,7 +1010,10 @@ mod tests {
         let packs = installed(&[("base", &[]), ("lib", &["base"])]);
         let refused = plan(&packs, &refs(&["nope", "base"]), false, false).unwrap_err();
         let reasons: Vec<_> = refused.iter().map(|r| (r.pack_ref(), r.reason())).collect();
-        assert_eq!(reasons, [("nope", "not_installed"), ("base", "has_dependents")]);
+        assert_eq!(
+            reasons,
+            [("nope", "not_installed"), ("base", "has_dependents")]
+        );
         assert_eq!(refused[0].to_string(), "pack 'nope' is not installed");
     }
 
@@ -1019,7 +1044,10 @@ mod tests {
         let err = checked_refs(&refs(&["ok", &long])).unwrap_err();
         assert!(matches!(err, RemoveError::InvalidRef { index: 1, .. }));
         assert!(err.to_string().len() < 300, "{err}");
-        assert_eq!(checked_refs(&refs(&["aa", "bb", "aa"])).unwrap(), ["aa", "bb"]);
+        assert_eq!(
+            checked_refs(&refs(&["aa", "bb", "aa"])).unwrap(),
+            ["aa", "bb"]
+        );
         let many: Vec<String> = (0..=MAX_REFS).map(|i| format!("p{i}")).collect();
         assert!(matches!(
             checked_refs(&many),

@@ -125,7 +125,10 @@ impl PackWrite {
     }
 
     /// Where `pack_ref` is stored, if it is registered, read inside this write.
-    pub async fn pack_storage_path(&mut self, pack_ref: &str) -> Result<Option<String>, StoreError> {
+    pub async fn pack_storage_path(
+        &mut self,
+        pack_ref: &str,
+    ) -> Result<Option<String>, StoreError> {
         Ok(on_tx!(self, tx => sqlx::query_scalar(STORAGE_PATH)
             .bind(pack_ref)
             .fetch_optional(&mut **tx)

@@ -58,7 +58,13 @@ async fn register(client: &mut Client, packs: &[&Path]) {
     assert!(result.failed_packs.is_empty(), "{:?}", result.failed_packs);
 }
 
-async fn remove(client: &mut Client, refs: &[&str], cascade: bool, force: bool, dry_run: bool) -> pb::RemovePacksResult {
+async fn remove(
+    client: &mut Client,
+    refs: &[&str],
+    cascade: bool,
+    force: bool,
+    dry_run: bool,
+) -> pb::RemovePacksResult {
     client
         .remove_packs(pb::RemovePacksRequest {
             refs: refs.iter().map(|r| r.to_string()).collect(),
@@ -100,7 +106,9 @@ fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             out.push(path.strip_prefix(dir).unwrap().display().to_string());
@@ -174,7 +182,10 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
     install_chain(&server, &mut client).await;
     let base_dir = server.state.config.packs_base_dir();
     let envs = base_dir.join(".envs").join("base");
-    assert!(envs.join("python").exists(), "Install built base's environment");
+    assert!(
+        envs.join("python").exists(),
+        "Install built base's environment"
+    );
     let before = snapshot(&server).await;
 
     // Refused: the error names the dependent and the fix; nothing changed.
@@ -183,7 +194,10 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
     assert!(refused.removed.is_empty());
     assert_eq!(refused.errors.len(), 1);
     let error = &refused.errors[0];
-    assert_eq!((error.r#ref.as_str(), error.reason.as_str()), ("base", "has_dependents"));
+    assert_eq!(
+        (error.r#ref.as_str(), error.reason.as_str()),
+        ("base", "has_dependents")
+    );
     assert_eq!(error.dependents, ["lib"]);
     assert!(
         error.message.contains("'lib'") || error.message.contains("lib"),
@@ -210,7 +224,11 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
             })
             .await
             .unwrap_err();
-        assert_eq!(err.status().unwrap().code(), tonic::Code::InvalidArgument, "{err}");
+        assert_eq!(
+            err.status().unwrap().code(),
+            tonic::Code::InvalidArgument,
+            "{err}"
+        );
     }
 
     // Dry run: exactly what would go, nothing changed.
@@ -234,9 +252,16 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
     let order: Vec<&str> = removed.removed.iter().map(|p| p.r#ref.as_str()).collect();
     assert_eq!(order, ["app", "lib", "base"]);
     let db = &server.state.db;
-    assert_eq!(strings(db, "SELECT ref FROM packs ORDER BY ref").await, ["other"]);
+    assert_eq!(
+        strings(db, "SELECT ref FROM packs ORDER BY ref").await,
+        ["other"]
+    );
     for id in &ids {
-        let left = scalar(db, &format!("SELECT COUNT(*) FROM components WHERE pack_id = {id}")).await;
+        let left = scalar(
+            db,
+            &format!("SELECT COUNT(*) FROM components WHERE pack_id = {id}"),
+        )
+        .await;
         assert_eq!(left, 0, "components of pack {id}");
     }
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM components").await, 1);
@@ -268,7 +293,10 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
         "SELECT payload FROM event_outbox WHERE event_type = 'pack.deleted' ORDER BY id",
     )
     .await;
-    let events: Vec<Value> = events.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert_eq!(events.len(), 3);
     for ((event, pack), id) in events.iter().zip(["app", "lib", "base"]).zip(&ids) {
         assert_eq!(event["pack_ref"], pack);
@@ -295,9 +323,16 @@ async fn force_removes_and_leaves_the_dependent(backend: Backend) {
     assert_eq!(forced.removed[0].left_dependents, ["lib"]);
     let db = &server.state.db;
     assert_eq!(strings(db, "SELECT ref FROM packs").await, ["lib"]);
-    let detail = strings(db, "SELECT detail FROM pack_history WHERE action = 'remove'").await;
+    let detail = strings(
+        db,
+        "SELECT detail FROM pack_history WHERE action = 'remove'",
+    )
+    .await;
     assert_eq!(detail.len(), 1);
-    assert!(detail[0].contains("forced") && detail[0].contains("lib"), "{detail:?}");
+    assert!(
+        detail[0].contains("forced") && detail[0].contains("lib"),
+        "{detail:?}"
+    );
     let base_dir = server.state.config.packs_base_dir();
     assert!(!base_dir.join("base").exists());
     assert!(base_dir.join("lib").exists());
@@ -385,7 +420,10 @@ async fn refs_in(setup: &Setup) -> BTreeSet<String> {
 async fn seed(process: &Process, setup: &Setup, n: usize) {
     for work in [Work::Register, Work::Install] {
         assert!(
-            crash_loop::call(process, setup, work, n).await.await.unwrap(),
+            crash_loop::call(process, setup, work, n)
+                .await
+                .await
+                .unwrap(),
             "seed {work:?}: {}",
             setup.log_text()
         );
@@ -452,7 +490,10 @@ async fn kill_nine_during_a_removal_settles_all_or_nothing(backend: Backend) {
         if installed.is_empty() {
             gone += 1;
             for pack in &all {
-                assert!(!setup.base().join(pack).exists(), "{context}: {pack}'s files");
+                assert!(
+                    !setup.base().join(pack).exists(),
+                    "{context}: {pack}'s files"
+                );
                 assert!(
                     !setup.base().join(".envs").join(pack).exists(),
                     "{context}: {pack}'s environments"
@@ -464,8 +505,14 @@ async fn kill_nine_during_a_removal_settles_all_or_nothing(backend: Backend) {
             kept += 1;
         }
     }
-    eprintln!("{backend:?}: {KILLS} kills; {kept} kept, {gone} removed, {settled} settled at restart");
-    assert!(settled >= 1, "no kill landed inside a removal:\n{}", setup.log_text());
+    eprintln!(
+        "{backend:?}: {KILLS} kills; {kept} kept, {gone} removed, {settled} settled at restart"
+    );
+    assert!(
+        settled >= 1,
+        "no kill landed inside a removal:\n{}",
+        setup.log_text()
+    );
     // Afterwards a removal runs to its end.
     let mut client = process.client().await;
     let done = client
@@ -545,7 +592,10 @@ async fn a_failed_write_puts_everything_back_and_records_the_failure(backend: Ba
     let after = snapshot(&server).await;
     assert_eq!(after.packs, before.packs);
     assert_eq!(after.components, before.components);
-    assert_eq!(after.events, before.events, "a failed removal announces nothing");
+    assert_eq!(
+        after.events, before.events,
+        "a failed removal announces nothing"
+    );
     assert_eq!(after.files, before.files);
     assert_eq!(tree(&envs), env_tree);
     assert!(envs.join("python").join("bin").join("python").exists());
