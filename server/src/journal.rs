@@ -1343,6 +1343,15 @@ impl RemovalEntry {
 pub async fn remove_unused_kept(db: &Db, entry: &RemovalEntry) -> Result<Vec<String>, StoreError> {
     let mut problems = Vec::new();
     for kept in &entry.kept {
+        // Only a directory below some other one: never `/` or a relative path.
+        if !kept.is_absolute() || kept.parent().is_none_or(|p| p == Path::new("/")) {
+            problems.push(format!(
+                "not deleting '{}', recorded as a kept version of '{}': not a kept-version directory",
+                kept.display(),
+                entry.pack_ref
+            ));
+            continue;
+        }
         if db.kept_files_in_use(&kept.to_string_lossy()).await? {
             continue;
         }

@@ -609,3 +609,50 @@ async fn a_failed_write_puts_everything_back_and_records_the_failure(backend: Ba
     server.stop().await;
 }
 on_both_backends!(a_failed_write_puts_everything_back_and_records_the_failure);
+
+/// The versions kept for a pack's rollback go with it: rows and directories; its
+/// history stays.
+async fn kept_versions_go_with_the_pack(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut client = server.client().await;
+    let root = server.root.path().canonicalize().unwrap();
+    let base = pack_source(&root, "base", &[], false);
+    register(&mut client, &[&base]).await;
+    // A kept version as rollback leaves one: a row naming a copy of the files.
+    let kept = root.join("kept").join("base-0.9.0");
+    write_tree(&kept, &[("pack.yaml", "ref: base\nversion: \"0.9.0\"\n")]);
+    let insert = "INSERT INTO pack_versions (pack_ref, version, files_path, pack_row, components, \
+                  kept_at) VALUES ('base', '0.9.0', $1, '{}', '[]', 0)";
+    match &server.state.db {
+        Db::Sqlite(pool) => {
+            sqlx::query(insert)
+                .bind(path_str(&kept))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Db::Postgres(pool) => {
+            sqlx::query(insert)
+                .bind(path_str(&kept))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    let dry = remove(&mut client, &["base"], false, false, true).await;
+    assert_eq!(dry.removed[0].kept_versions, ["0.9.0"]);
+    assert!(kept.exists());
+    let removed = remove(&mut client, &["base"], false, false, false).await;
+    assert!(removed.success, "{removed:?}");
+    assert!(!kept.exists(), "the kept version's files");
+    let db = &server.state.db;
+    assert_eq!(scalar(db, "SELECT COUNT(*) FROM pack_versions").await, 0);
+    let history = strings(
+        db,
+        "SELECT action FROM pack_history WHERE pack_ref = 'base' ORDER BY id",
+    )
+    .await;
+    assert_eq!(history.last().map(String::as_str), Some("remove"));
+    server.stop().await;
+}
+on_both_backends!(kept_versions_go_with_the_pack);
