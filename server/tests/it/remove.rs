@@ -656,3 +656,72 @@ async fn kept_versions_go_with_the_pack(backend: Backend) {
     server.stop().await;
 }
 on_both_backends!(kept_versions_go_with_the_pack);
+
+/// Removal asides a dead server left without an intent here (another server sharing
+/// the packs directory): the rows decide at start. A registered pack whose directory
+/// is missing gets it back; an aside of a pack without a row is deleted.
+async fn a_start_settles_removal_asides_without_an_intent(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = server.root.path().canonicalize().unwrap().join("crash");
+    let database_url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(
+            server
+                .state
+                .config
+                .database_url
+                .as_ref()
+                .unwrap()
+                .expose()
+                .to_string(),
+        ),
+    };
+    let setup = Setup::at(root, database_url, &[]);
+    let process = setup.start();
+    seed(&process, &setup, 1).await;
+    drop(process);
+    let boot = attune_packs_server::journal::owner_marker()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
+    let dead = format!("{boot}-999999999-1");
+    let base = setup.base();
+    // alpha: moved aside, row kept (the removal never committed).
+    let alpha_aside = base.join(format!(".attune-removed.{dead}.aa.alpha"));
+    fs::rename(base.join("alpha"), &alpha_aside).unwrap();
+    // gamma: files and environments aside, row gone (the removal committed).
+    let gamma_aside = base.join(format!(".attune-removed.{dead}.bb.gamma"));
+    let gamma_envs_aside = base
+        .join(".envs")
+        .join(format!(".attune-removed.{dead}.cc.gamma"));
+    fs::rename(base.join("gamma"), &gamma_aside).unwrap();
+    fs::rename(base.join(".envs").join("gamma"), &gamma_envs_aside).unwrap();
+    let db = setup.db().await;
+    match &db {
+        Db::Sqlite(pool) => {
+            sqlx::query("DELETE FROM packs WHERE ref = 'gamma'")
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Db::Postgres(pool) => {
+            sqlx::query("DELETE FROM packs WHERE ref = 'gamma'")
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+    db.close().await;
+
+    let process = setup.start();
+    let expected: BTreeSet<String> = ["alpha", "beta"].map(String::from).into();
+    assert_eq!(refs_in(&setup).await, expected);
+    crash_loop::assert_consistent(&setup, &expected, false, "restarted").await;
+    assert_nothing_left(&setup.data, &base);
+    assert!(base.join("alpha").join("pack.yaml").exists());
+    assert!(!gamma_aside.exists() && !gamma_envs_aside.exists());
+    drop(process);
+    server.stop().await;
+}
+on_both_backends!(a_start_settles_removal_asides_without_an_intent);
