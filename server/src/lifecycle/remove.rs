@@ -567,16 +567,11 @@ impl Remover {
                 }
                 Err(NotRemoved::Changed) => continue,
                 Err(NotRemoved::Failed {
-                    pack_ref,
-                    failure,
-                    undone,
+                    pack_ref, failure, ..
                 }) => {
                     reporter
                         .with_subject(&pack_ref)
                         .error(Stage::Register, format!("removal failed: {failure}"));
-                    if undone {
-                        self.record_failure(&planned, &request, &failure).await;
-                    }
                     report.refused.push(Refusal::Failed {
                         pack_ref,
                         source: failure,
@@ -603,22 +598,6 @@ impl Remover {
             planned.push(Planned::new(member, row, kept));
         }
         Ok(Some(planned))
-    }
-
-    /// A failed history row per pack of a removal that failed in its critical section.
-    async fn record_failure(
-        &self,
-        planned: &[Planned],
-        request: &RemoveRequest,
-        failure: &RemovalFailure,
-    ) {
-        let now = now_ms();
-        for p in planned {
-            let row = p.history(request.requested_by.as_ref(), Err(failure.to_string()));
-            if let Err(e) = self.db.append_history(&row, now).await {
-                tracing::error!(pack = %p.row.pack_ref, error = %e, "cannot record a failed removal");
-            }
-        }
     }
 
     /// The critical section, in a task of its own: a caller that leaves (or a server
@@ -675,8 +654,29 @@ struct Critical {
 }
 
 impl Critical {
+    /// The critical section; a failure known to have changed nothing is recorded as a
+    /// failed history row per pack (here, so that a departed caller does not skip it).
     #[instrument(name = "remove", skip_all, fields(packs = ?self.refs))]
     async fn run(self) -> Result<Vec<RemovedPack>, NotRemoved> {
+        let outcome = self.attempt().await;
+        if let Err(NotRemoved::Failed {
+            failure,
+            undone: true,
+            ..
+        }) = &outcome
+        {
+            let now = now_ms();
+            for p in &self.planned {
+                let row = p.history(self.actor.as_ref(), Err(failure.to_string()));
+                if let Err(e) = self.db.append_history(&row, now).await {
+                    tracing::error!(pack = %p.row.pack_ref, error = %e, "cannot record a failed removal");
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn attempt(&self) -> Result<Vec<RemovedPack>, NotRemoved> {
         let _running = &self.running;
         let planned = &self.planned;
         let failed = |pack_ref: &str, failure: RemovalFailure| NotRemoved::Failed {
