@@ -232,4 +232,19 @@ impl Client {
     ) -> Result<pb::InstallResult, ClientError> {
         finish(self.install_stream(request).await?, |_| {}).await
     }
+
+    /// Removes installed packs: files, rows, environments; all or nothing.
+    pub async fn remove_packs_stream(
+        &mut self,
+        request: pb::RemovePacksRequest,
+    ) -> Result<EventStream<pb::RemovePacksResult>, ClientError> {
+        Ok(events(self.inner.remove_packs(request).await?.into_inner()))
+    }
+
+    pub async fn remove_packs(
+        &mut self,
+        request: pb::RemovePacksRequest,
+    ) -> Result<pb::RemovePacksResult, ClientError> {
+        finish(self.remove_packs_stream(request).await?, |_| {}).await
+    }
 }

@@ -185,6 +185,22 @@ enum Command {
         #[command(subcommand)]
         command: IndexCommand,
     },
+    /// Remove installed packs: files, rows, environments and kept versions, all or
+    /// nothing. Refused while other installed packs depend on them.
+    Remove {
+        /// Refs of installed packs.
+        #[arg(required = true)]
+        refs: Vec<String>,
+        /// Also remove the installed packs that depend on these, dependents first.
+        #[arg(long)]
+        cascade: bool,
+        /// Remove even though installed packs depend on these (they stay, broken).
+        #[arg(long)]
+        force: bool,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -466,6 +482,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = client.list_registries().await?;
             View::new(format, output::print_registries).print(&result)?;
             Ok(exit_code(true))
+        }
+        Command::Remove {
+            refs,
+            cascade,
+            force,
+            dry_run,
+        } => {
+            let stream = client
+                .remove_packs_stream(pb::RemovePacksRequest {
+                    refs,
+                    cascade,
+                    force,
+                    dry_run,
+                })
+                .await?;
+            let view = View::new(format, output::print_remove);
+            progress.show(stream, view, |r| r.success).await
         }
         Command::Checksum { .. } | Command::Index { .. } => unreachable!("handled by run_local"),
         Command::Deps {

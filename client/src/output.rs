@@ -393,3 +393,52 @@ pub fn print_install(r: &pb::InstallResult) {
         println!("nothing was installed ({} ms)", s.duration_ms);
     }
 }
+
+pub fn print_remove(r: &pb::RemovePacksResult) {
+    if !r.removed.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .removed
+            .iter()
+            .map(|p| {
+                let why = if p.dependent {
+                    "dependent (cascade)".to_string()
+                } else if !p.left_dependents.is_empty() {
+                    format!("forced; left: {}", p.left_dependents.join(", "))
+                } else {
+                    "requested".to_string()
+                };
+                vec![
+                    p.r#ref.clone(),
+                    p.version.clone(),
+                    why,
+                    p.environments.len().to_string(),
+                    p.kept_versions.join(", "),
+                    p.storage_path.clone(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(
+                &[
+                    "PACK",
+                    "VERSION",
+                    "WHY",
+                    "ENVS",
+                    "KEPT VERSIONS",
+                    "STORED AT"
+                ],
+                &rows
+            )
+        );
+    }
+    for e in &r.errors {
+        println!("refused ({}): {}: {}", e.reason, e.r#ref, e.message);
+    }
+    println!();
+    match (r.success, r.dry_run) {
+        (true, true) => println!("dry run: {} pack(s) would be removed", r.removed.len()),
+        (true, false) => println!("{} pack(s) removed", r.removed.len()),
+        (false, _) => println!("nothing was removed"),
+    }
+}

@@ -670,3 +670,65 @@ fn search_and_registries_show_the_configured_indices() {
         .collect();
     assert_eq!(refs, ["aws", "slack"]);
 }
+
+#[test]
+fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
+    let server = Server::start();
+    let base = server.pack("src/base", "ref: base\nversion: 1.0.0\n");
+    let lib = server.pack(
+        "src/lib",
+        "ref: lib\nversion: 1.0.0\ndependencies: [\"base\"]\n",
+    );
+    let out = server.cli(
+        &server.token,
+        &["-q", "register", "--skip-tests", &base, &lib],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Refused: exit 1, the dependent and the fix named.
+    let out = server.cli(&server.token, &["-q", "remove", "base"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("refused (has_dependents): base:") && stdout.contains("--cascade"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing was removed"), "{stdout}");
+
+    let out = server.cli(
+        &server.token,
+        &["-q", "--json", "remove", "--cascade", "--dry-run", "base"],
+    );
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["dry_run"], true);
+    assert_eq!(json["removed"][0]["ref"], "lib");
+    assert_eq!(json["removed"][0]["dependent"], true);
+    assert_eq!(json["removed"][1]["ref"], "base");
+
+    let out = server.cli(&server.token, &["remove", "--cascade", "base"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 pack(s) removed"), "{stdout}");
+    assert!(stderr.contains("removed lib 1.0.0"), "{stderr}");
+    let table: Vec<&str> = stdout.lines().collect();
+    assert!(table[0].starts_with("PACK"), "{stdout}");
+    assert!(
+        table[2].starts_with("lib") && table[3].starts_with("base"),
+        "{stdout}"
+    );
+
+    // Gone: removing again says so.
+    let out = server.cli(&server.token, &["-q", "remove", "lib"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pack 'lib' is not installed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -30,8 +30,13 @@
 //! Process groups a dead server left running are killed first
 //! ([`kill_orphaned_groups`]), so that nothing writes into what is being settled.
 //!
+//! Removals (RemovePacks) have intents of their own (`remove.*.json`, [`RemovalEntry`]):
+//! a removed pack's directory and environments are renamed aside before its rows are
+//! deleted, and the row's id is the token: no row with that id means the removal
+//! committed (the asides are deleted), a row means it did not (they go back).
+//!
 //! Work directories (download staging, staged copies, install work directories, swap
-//! backups) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
+//! backups, removal asides) are named `.attune-<kind>.<owner>.<random>[.<ref>]`, where `<owner>` is
 //! `<boot id>-<pid>-<process start time>`: at start, one whose owner is no longer a
 //! live process is removed (or, for a backup, put back or deleted as its journal says).
 
@@ -63,6 +68,8 @@ const GROUPS_DIR: &str = "groups";
 const INTENT_PREFIX: &str = "intent.";
 /// Intents of environment switches (Install's), beside the swap intents.
 const ENV_INTENT_PREFIX: &str = "envs.";
+/// Intents of removals (RemovePacks), beside the swap intents.
+pub const REMOVAL_INTENT_PREFIX: &str = "remove.";
 const INTENT_FORMAT: u32 = 1;
 
 /// The kinds of work directory; the part after `.attune-` in their names.
@@ -78,15 +85,19 @@ pub enum WorkKind {
     InstallWork,
     /// The directory a forced Download moved aside while placing its replacement.
     Replaced,
+    /// A pack directory, or a pack's environments directory, moved aside by a removal
+    /// until its rows are deleted (journal-managed, see [`RemovalEntry`]).
+    Removed,
 }
 
 impl WorkKind {
-    const ALL: [WorkKind; 5] = [
+    const ALL: [WorkKind; 6] = [
         WorkKind::DownloadStaging,
         WorkKind::Staged,
         WorkKind::Previous,
         WorkKind::InstallWork,
         WorkKind::Replaced,
+        WorkKind::Removed,
     ];
 
     fn tag(self) -> &'static str {
@@ -96,6 +107,7 @@ impl WorkKind {
             WorkKind::Previous => "previous",
             WorkKind::InstallWork => "install",
             WorkKind::Replaced => "replaced",
+            WorkKind::Removed => "removed",
         }
     }
 }
@@ -880,6 +892,10 @@ pub struct Recovered {
     pub envs_kept: Vec<String>,
     /// Packs whose interrupted environment switch was undone.
     pub envs_restored: Vec<String>,
+    /// Packs whose interrupted removal had committed and is now finished.
+    pub removals_finished: Vec<String>,
+    /// Packs whose interrupted removal had not committed and is now undone.
+    pub removals_undone: Vec<String>,
     /// What could not be settled (left in place, logged).
     pub problems: Vec<String>,
 }
@@ -946,6 +962,7 @@ pub async fn recover(
     };
     let mut intents = Vec::new();
     let mut env_intents = Vec::new();
+    let mut removal_intents = Vec::new();
     match fs::read_dir(&journal.dir) {
         Ok(entries) => {
             for entry in entries {
@@ -955,6 +972,8 @@ pub async fn recover(
                     intents.push(entry.path());
                 } else if name.starts_with(ENV_INTENT_PREFIX) {
                     env_intents.push(entry.path());
+                } else if name.starts_with(REMOVAL_INTENT_PREFIX) {
+                    removal_intents.push(entry.path());
                 }
             }
         }
@@ -1005,6 +1024,9 @@ pub async fn recover(
         }
     }
 
+    removal_intents.sort();
+    let pending_removals = settle_removal_intents(db, removal_intents, &mut recovered).await?;
+
     let swaps_settled = started.elapsed();
     env_intents.sort();
     for path in env_intents {
@@ -1025,6 +1047,13 @@ pub async fn recover(
             scan.push(parent.to_path_buf());
         }
     }
+    // Removals move environments aside inside the environment root.
+    let envs_roots: Vec<PathBuf> = scan
+        .iter()
+        .map(|d| crate::buildenvs::envs_root(d))
+        .filter(|d| d.is_dir())
+        .collect();
+    scan.extend(envs_roots);
     let mut seen = HashSet::new();
     let mut backups = Vec::new();
     for dir in scan {
@@ -1032,6 +1061,14 @@ pub async fn recover(
             backups.extend(sweep(&dir, &mut recovered));
         }
     }
+    let (removed_asides, backups): (Vec<_>, Vec<_>) =
+        backups.into_iter().partition(|(_, _, aside)| {
+            aside
+                .file_name()
+                .and_then(|n| WorkName::parse(&n.to_string_lossy()))
+                .is_some_and(|w| w.kind == WorkKind::Removed)
+        });
+    settle_stale_removals(db, removed_asides, &pending_removals, &mut recovered).await?;
     // Backups without an intent here: left by another server sharing the packs
     // directory, or by a server that kept no journal. The rows decide, under the lock.
     for (target, pack_ref, backup) in backups {
@@ -1063,6 +1100,13 @@ pub async fn recover(
             finished = ?recovered.finished,
             undone = ?recovered.undone,
             "settled registrations a crash interrupted"
+        );
+    }
+    if !(recovered.removals_finished.is_empty() && recovered.removals_undone.is_empty()) {
+        tracing::warn!(
+            finished = ?recovered.removals_finished,
+            undone = ?recovered.removals_undone,
+            "settled removals a crash interrupted"
         );
     }
     if !(recovered.envs_kept.is_empty() && recovered.envs_restored.is_empty()) {
@@ -1135,8 +1179,9 @@ async fn settle_env_intent(
 
 /// Removes the work directories of dead owners in `dir`. A Download backup whose pack
 /// directory is missing is the only copy of that pack and is put back instead.
-/// Registration backups (`previous`) are returned as `(target, ref, backup)`: intents
-/// were settled before, so these have none here and the rows must decide.
+/// Registration backups (`previous`) and removal asides (`removed`) are returned as
+/// `(target, ref, backup)`: intents were settled before, so these have none here (or
+/// one that could not be settled) and the rows must decide.
 fn sweep(dir: &Path, recovered: &mut Recovered) -> Vec<(PathBuf, String, PathBuf)> {
     let mut backups = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
@@ -1151,7 +1196,7 @@ fn sweep(dir: &Path, recovered: &mut Recovered) -> Vec<(PathBuf, String, PathBuf
             continue;
         }
         let path = entry.path();
-        if work.kind == WorkKind::Previous {
+        if matches!(work.kind, WorkKind::Previous | WorkKind::Removed) {
             if let Some(pack_ref) = work.pack_ref {
                 backups.push((dir.join(&pack_ref), pack_ref, path));
             }
@@ -1181,6 +1226,294 @@ fn sweep(dir: &Path, recovered: &mut Recovered) -> Vec<(PathBuf, String, PathBuf
         }
     }
     backups
+}
+
+/// One pack of an intended removal (RemovePacks). The pack's row id is the commit
+/// token: row ids are never reused, so once the removal's transaction committed no row
+/// has it and the moved-aside directories are deleted; while a row has it, they go
+/// back. Each move is a rename inside one directory (the pack's beside the pack, its
+/// environments' inside the environment root), so nothing is copied and a crash
+/// leaves every directory whole, at its place or aside.
+///
+/// | state | target, envs | asides |
+/// |---|---|---|
+/// | R0, before | present (or never existed) | absent |
+/// | R1, aside | absent | present |
+/// | R2, committed and finished | absent (or a pack registered since) | absent |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalEntry {
+    pub pack_ref: String,
+    /// The id of the row the removal deletes: the commit token.
+    pub pack_id: i64,
+    /// The pack's directory (`storage_path`).
+    pub target: PathBuf,
+    pub target_aside: PathBuf,
+    /// `<envs_root>/<ref>`: every environment build of the pack.
+    pub envs: PathBuf,
+    pub envs_aside: PathBuf,
+    /// Directories of the pack's versions kept for rollback, deleted after the commit
+    /// (their rows go with the pack's).
+    #[serde(default)]
+    pub kept: Vec<PathBuf>,
+}
+
+impl RemovalEntry {
+    /// A removal of `target` and `envs`, with fresh names for the places they move to.
+    pub fn new(
+        pack_ref: &str,
+        pack_id: i64,
+        target: &Path,
+        envs: &Path,
+        kept: Vec<PathBuf>,
+    ) -> Self {
+        let beside = |p: &Path| {
+            work_path(
+                p.parent().unwrap_or(Path::new("/")),
+                WorkKind::Removed,
+                Some(pack_ref),
+            )
+        };
+        RemovalEntry {
+            pack_ref: pack_ref.to_string(),
+            pack_id,
+            target: target.to_path_buf(),
+            target_aside: beside(target),
+            envs: envs.to_path_buf(),
+            envs_aside: beside(envs),
+            kept,
+        }
+    }
+
+    fn pairs(&self) -> [(&Path, &Path); 2] {
+        [
+            (&self.target, &self.target_aside),
+            (&self.envs, &self.envs_aside),
+        ]
+    }
+
+    /// R0 → R1: the pack's directory and its environments aside (what does not exist
+    /// is skipped). On failure the caller undoes every entry.
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
+    pub fn move_aside(&self) -> Result<(), JournalError> {
+        for (from, aside) in self.pairs() {
+            if exists(from) && !exists(aside) {
+                fs::rename(from, aside).map_err(|source| JournalError::MoveAside {
+                    target: from.to_path_buf(),
+                    source,
+                })?;
+            }
+            crate::fault::pause("remove: moved aside");
+        }
+        Ok(())
+    }
+
+    /// Back to R0 from any state before the commit.
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
+    pub fn undo(&self) -> std::io::Result<()> {
+        for (from, aside) in self.pairs() {
+            if !exists(aside) {
+                continue;
+            }
+            if exists(from) {
+                return Err(std::io::Error::other(format!(
+                    "'{}' and '{}' both exist; leaving them for an operator",
+                    from.display(),
+                    aside.display()
+                )));
+            }
+            fs::rename(aside, from)?;
+        }
+        Ok(())
+    }
+
+    /// R1 → R2, after the commit: the moved-aside directories are deleted. The target
+    /// is never touched: a pack registered since the commit may be there.
+    #[tracing::instrument(skip(self), fields(pack = %self.pack_ref))]
+    pub fn finish(&self) -> std::io::Result<()> {
+        for (_, aside) in self.pairs() {
+            remove_all(aside)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the kept-version directories of a committed removal that no
+/// `pack_versions` row names any more (a version kept again since, by a pack
+/// registered under the same ref, keeps its files). Returns what could not be deleted.
+pub async fn remove_unused_kept(db: &Db, entry: &RemovalEntry) -> Result<Vec<String>, StoreError> {
+    let mut problems = Vec::new();
+    for kept in &entry.kept {
+        // Only a directory below some other one: never `/` or a relative path.
+        if !kept.is_absolute() || kept.parent().is_none_or(|p| p == Path::new("/")) {
+            problems.push(format!(
+                "not deleting '{}', recorded as a kept version of '{}': not a kept-version directory",
+                kept.display(),
+                entry.pack_ref
+            ));
+            continue;
+        }
+        if db.kept_files_in_use(&kept.to_string_lossy()).await? {
+            continue;
+        }
+        if let Err(e) = remove_all(kept) {
+            problems.push(format!(
+                "cannot delete the kept version '{}' of removed pack '{}': {e}",
+                kept.display(),
+                entry.pack_ref
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RemovalIntentFile {
+    format: u32,
+    owner: String,
+    entries: Vec<RemovalEntry>,
+}
+
+/// A written removal intent; [`RemovalIntent::complete`] removes it once every entry
+/// was finished or undone. Dropped without that, it stays for recovery.
+#[derive(Debug)]
+pub struct RemovalIntent {
+    path: PathBuf,
+    entries: Vec<RemovalEntry>,
+}
+
+impl RemovalIntent {
+    pub fn entries(&self) -> &[RemovalEntry] {
+        &self.entries
+    }
+
+    pub fn complete(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Journal {
+    /// Writes the intent of a removal (fsync'd) before anything moves: a torn intent
+    /// describes nothing done and recovery discards it.
+    pub fn begin_removal(&self, entries: Vec<RemovalEntry>) -> Result<RemovalIntent, JournalError> {
+        let path = self.write_new_intent(
+            REMOVAL_INTENT_PREFIX,
+            &RemovalIntentFile {
+                format: INTENT_FORMAT,
+                owner: owner_marker().to_string(),
+                entries: entries.clone(),
+            },
+        )?;
+        Ok(RemovalIntent { path, entries })
+    }
+}
+
+/// Settles the removal intents of dead owners: under the packs' write locks, an entry
+/// whose row is gone committed (its asides and unused kept versions are deleted),
+/// any other is undone (its directories go back). Returns the asides of intents left
+/// unsettled (or still running), which the sweep must not touch.
+async fn settle_removal_intents(
+    db: &Db,
+    paths: Vec<PathBuf>,
+    recovered: &mut Recovered,
+) -> Result<HashSet<PathBuf>, JournalError> {
+    let mut pending = HashSet::new();
+    let protect = |pending: &mut HashSet<PathBuf>, entries: &[RemovalEntry]| {
+        for e in entries {
+            pending.insert(e.target_aside.clone());
+            pending.insert(e.envs_aside.clone());
+        }
+    };
+    for path in paths {
+        let Ok(text) = fs::read(&path) else { continue };
+        let Ok(intent) = serde_json::from_slice::<RemovalIntentFile>(&text) else {
+            tracing::warn!(path = %path.display(), "discarding an unreadable removal intent");
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        if owner_alive(&intent.owner) {
+            protect(&mut pending, &intent.entries);
+            continue;
+        }
+        let refs: Vec<&str> = intent.entries.iter().map(|e| e.pack_ref.as_str()).collect();
+        let mut locked = db.begin_packs_write(&refs).await?;
+        let mut settled = true;
+        let mut committed_entries = Vec::new();
+        for entry in &intent.entries {
+            let committed = !locked.pack_id_exists(entry.pack_id).await?;
+            let outcome = if committed {
+                entry.finish()
+            } else {
+                entry.undo()
+            };
+            match outcome {
+                Ok(()) if committed => {
+                    recovered.removals_finished.push(entry.pack_ref.clone());
+                    committed_entries.push(entry);
+                }
+                Ok(()) => recovered.removals_undone.push(entry.pack_ref.clone()),
+                Err(e) => {
+                    settled = false;
+                    recovered.problems.push(format!(
+                        "cannot {} the interrupted removal of '{}': {e}",
+                        if committed { "finish" } else { "undo" },
+                        entry.pack_ref
+                    ));
+                }
+            }
+        }
+        locked.rollback().await;
+        for entry in committed_entries {
+            recovered
+                .problems
+                .extend(remove_unused_kept(db, entry).await?);
+        }
+        if settled {
+            let _ = fs::remove_file(&path);
+        } else {
+            protect(&mut pending, &intent.entries);
+        }
+    }
+    Ok(pending)
+}
+
+/// Removal asides a dead process left without an intent here (another server sharing
+/// the packs directory crashed): under the pack's write lock, no row for the ref means
+/// the removal committed and the aside is deleted; a row whose directory is missing
+/// means it did not, and the aside goes back; anything else is left for an operator.
+async fn settle_stale_removals(
+    db: &Db,
+    asides: Vec<(PathBuf, String, PathBuf)>,
+    pending: &HashSet<PathBuf>,
+    recovered: &mut Recovered,
+) -> Result<(), JournalError> {
+    for (target, pack_ref, aside) in asides {
+        if pending.contains(&aside) {
+            continue;
+        }
+        let is_envs = aside
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == ".envs");
+        let mut locked = db.begin_packs_write(&[pack_ref.as_str()]).await?;
+        let storage = locked.pack_storage_path(&pack_ref).await?;
+        let outcome = match storage {
+            None => remove_all(&aside).map(|()| recovered.removed.push(aside.clone())),
+            Some(storage) if !exists(&target) && (is_envs || Path::new(&storage) == target) => {
+                fs::rename(&aside, &target).map(|()| recovered.restored.push(target.clone()))
+            }
+            Some(_) => Err(std::io::Error::other(
+                "the pack is registered and its place is taken; leaving it for an operator",
+            )),
+        };
+        locked.rollback().await;
+        if let Err(e) = outcome {
+            recovered.problems.push(format!(
+                "cannot settle the removed '{}' of '{pack_ref}': {e}",
+                aside.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Held while a critical section (swap + commit) runs; see [`Journal::enter_critical`].
@@ -1285,6 +1618,62 @@ mod tests {
                         .filter(|n| n != "demo")
                         .collect();
                     assert!(left.is_empty(), "{left:?}");
+                }
+            }
+        }
+    }
+
+    /// Every state a removal can stop in (nothing moved, the pack aside, both aside),
+    /// undone and finished, twice (idempotence); a pack without environments too.
+    #[test]
+    fn every_removal_state_recovers_both_ways() {
+        for with_envs in [true, false] {
+            for moved in 0..3 {
+                for commit in [true, false] {
+                    let base = tempfile::tempdir().unwrap();
+                    let target = base.path().join("demo");
+                    let envs = base.path().join(".envs").join("demo");
+                    pack(&target, "1");
+                    fs::create_dir_all(base.path().join(".envs")).unwrap();
+                    if with_envs {
+                        pack(&envs, "env");
+                    }
+                    let e = RemovalEntry::new("demo", 7, &target, &envs, Vec::new());
+                    if moved >= 1 {
+                        fs::rename(&target, &e.target_aside).unwrap();
+                    }
+                    if moved >= 2 && with_envs {
+                        fs::rename(&envs, &e.envs_aside).unwrap();
+                    }
+                    for _ in 0..2 {
+                        if commit {
+                            // A commit follows every move.
+                            e.move_aside().unwrap();
+                            e.finish().unwrap();
+                        } else {
+                            e.undo().unwrap();
+                        }
+                    }
+                    let context = format!("envs {with_envs} moved {moved} commit {commit}");
+                    if commit {
+                        assert!(!target.exists() && !envs.exists(), "{context}");
+                    } else {
+                        assert_eq!(
+                            version(&target).as_deref(),
+                            Some("version: 1\n"),
+                            "{context}"
+                        );
+                        assert_eq!(envs.exists(), with_envs, "{context}");
+                    }
+                    for dir in [base.path(), &base.path().join(".envs")] {
+                        let left: Vec<_> = fs::read_dir(dir)
+                            .unwrap()
+                            .flatten()
+                            .map(|d| d.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n.starts_with(".attune"))
+                            .collect();
+                        assert!(left.is_empty(), "{context}: {left:?}");
+                    }
                 }
             }
         }

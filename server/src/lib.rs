@@ -29,6 +29,7 @@ pub mod grants;
 pub mod grpc;
 pub mod install;
 pub mod journal;
+pub mod lifecycle;
 pub mod locks;
 pub mod packtest;
 pub mod process;

@@ -37,6 +37,8 @@ use crate::{
     users::{self, LoginGate, UserError},
 };
 
+mod remove;
+
 /// The OpenAPI description of this gateway.
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -58,6 +60,11 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
         .route("/api/v1/packs/install", post(install))
+        .route("/api/v1/packs/remove", post(remove::remove_packs))
+        .route(
+            "/api/v1/packs/{ref}",
+            axum::routing::delete(remove::delete_pack),
+        )
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

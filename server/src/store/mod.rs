@@ -32,6 +32,7 @@ pub mod history;
 mod outbox;
 pub mod packs;
 mod recovery;
+pub mod remove;
 
 use std::{str::FromStr, time::Duration};
 

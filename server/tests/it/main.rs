@@ -25,6 +25,7 @@ mod hostile_yaml;
 mod install;
 mod register;
 mod register_throughput;
+mod remove;
 mod rest;
 mod stackstorm_packs;
 mod symlinks;

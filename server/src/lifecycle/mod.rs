@@ -1,0 +1,3 @@
+//! The lifecycle of installed packs: removal, history and rollback.
+
+pub mod remove;
