@@ -13,14 +13,13 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Path, Query, State, rejection::QueryRejection},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, RestState, call};
-use crate::auth::AuthError;
 
 /// The options of `DELETE /api/v1/packs/{ref}`.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -51,32 +50,23 @@ pub(super) async fn delete_pack(
     Path(pack_ref): Path<String>,
     options: Result<Query<DeleteOptions>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let header = match headers.get(header::AUTHORIZATION) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::from(AuthError::Malformed("not printable ASCII".into())))?,
-        ),
-    };
-    let principal = s.auth.verify_header(header)?;
+    let principal = super::authenticate(&s, &headers)?;
     let Query(options) = options.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid query: {}", e.body_text()),
         )
     })?;
-    let mut request = tonic::Request::new(pb::RemovePacksRequest {
-        refs: vec![pack_ref.clone()],
-        cascade: options.cascade,
-        force: options.force,
-        dry_run: options.dry_run,
-    });
-    request.extensions_mut().insert(principal);
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
-        && let Ok(value) = id.parse()
-    {
-        request.metadata_mut().insert("x-request-id", value);
-    }
+    let request = super::authenticated(
+        principal,
+        &headers,
+        pb::RemovePacksRequest {
+            refs: vec![pack_ref.clone()],
+            cascade: options.cascade,
+            force: options.force,
+            dry_run: options.dry_run,
+        },
+    );
     let mut stream = s.service.remove_packs(request).await?.into_inner();
     let mut result = None;
     while let Some(item) = stream.next().await {
