@@ -19,6 +19,10 @@ pub enum FailureKind {
     Unavailable,
     /// A fault on the server's side: not the caller's doing.
     Internal,
+    /// The request names a position outside what exists (an event cursor older than
+    /// retention kept, or newer than the newest event): the caller must start again
+    /// from a valid one.
+    OutOfRange,
 }
 
 /// An error that ends a whole call.

@@ -109,6 +109,7 @@ pub struct Config {
     pub database_connect_timeout: Duration,
     pub sandbox: SandboxSection,
     pub pack_files: PackFilesSection,
+    pub events: EventsSection,
 }
 
 /// Upper bound of `pack_files.max_depth`: walks recurse (or hold a descriptor) per
@@ -393,6 +394,104 @@ impl BuildSection {
     }
 }
 
+/// `events:` — pack events: the outbox the relay publishes to RabbitMQ and
+/// WatchEvents reads (see docs/lifecycle-events.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// `amqp://user:password@host:port/vhost` of the broker events are published to.
+    /// Unset (the default): no broker; events are kept in the outbox for WatchEvents.
+    pub amqp_url: Option<Secret>,
+    /// The topic exchange events are published to (declared durable; routing key =
+    /// event type).
+    pub exchange: String,
+    /// The first wait after the broker could not be reached or refused a message; it
+    /// doubles with each further failure, up to `retry_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_max: Duration,
+    /// How long connecting to the broker, and waiting for its confirm of a batch, may
+    /// take before the attempt counts as failed.
+    #[serde(with = "humantime_serde_compat")]
+    pub publish_timeout: Duration,
+    /// Events committed by another server process sharing the database are noticed
+    /// within this long (those of this process at once).
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// Events read from the outbox at once, by the relay and by each WatchEvents call.
+    pub batch_size: u32,
+    /// Events older than this are deleted once published (or at once, without a
+    /// broker); the newest event is always kept.
+    #[serde(with = "humantime_serde_compat")]
+    pub retain: Duration,
+    /// At most this many events are kept; older ones are deleted first, under the
+    /// same rule as `retain`.
+    pub retain_max_events: u64,
+    /// WatchEvents calls (and REST event streams) followed at once; more are refused
+    /// with UNAVAILABLE.
+    pub max_watchers: u32,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            amqp_url: None,
+            exchange: "attune.packs".into(),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(2),
+            batch_size: 100,
+            retain: Duration::from_secs(7 * 24 * 3600),
+            retain_max_events: 100_000,
+            max_watchers: 256,
+        }
+    }
+}
+
+/// Largest `events.batch_size`: a batch is held in memory per reader.
+const MAX_EVENT_BATCH: u32 = 1000;
+
+impl EventsSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.amqp_url {
+            crate::events::relay::BrokerAddress::parse(url.expose())
+                .map_err(|e| ConfigError::Invalid(format!("events.amqp_url: {e}")))?;
+        }
+        crate::events::relay::check_exchange_name(&self.exchange)
+            .map_err(|e| ConfigError::Invalid(format!("events.exchange: {e}")))?;
+        for (key, value) in [
+            ("retry_initial", self.retry_initial),
+            ("retry_max", self.retry_max),
+            ("publish_timeout", self.publish_timeout),
+            ("poll_interval", self.poll_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "events.{key} must be longer than zero"
+                )));
+            }
+        }
+        if self.retry_max < self.retry_initial {
+            return Err(ConfigError::Invalid(
+                "events.retry_max must be at least events.retry_initial".into(),
+            ));
+        }
+        if !(1..=MAX_EVENT_BATCH).contains(&self.batch_size) {
+            return Err(ConfigError::Invalid(format!(
+                "events.batch_size must be between 1 and {MAX_EVENT_BATCH}"
+            )));
+        }
+        if self.retain_max_events == 0 || self.max_watchers == 0 {
+            return Err(ConfigError::Invalid(
+                "events.retain_max_events and events.max_watchers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `register:` — RegisterBatch.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -607,6 +706,7 @@ impl Default for Config {
             login: LoginSection::default(),
             database_connect_timeout: Duration::from_secs(5),
             sandbox: SandboxSection::default(),
+            events: EventsSection::default(),
         }
     }
 }
@@ -713,6 +813,7 @@ impl Config {
                 "pack_files.max_depth must be between 1 and {MAX_PACK_DEPTH}"
             )));
         }
+        self.events.validate()?;
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
                 return Err(ConfigError::Invalid(

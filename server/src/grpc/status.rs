@@ -17,5 +17,6 @@ fn code(kind: FailureKind) -> Code {
         FailureKind::Cancelled => Code::Cancelled,
         FailureKind::Unavailable => Code::Unavailable,
         FailureKind::Internal => Code::Internal,
+        FailureKind::OutOfRange => Code::OutOfRange,
     }
 }
