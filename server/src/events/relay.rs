@@ -103,6 +103,11 @@ impl BrokerAddress {
         &self.target
     }
 
+    /// The parsed URI, credentials included (what lapin connects with).
+    pub fn uri(&self) -> AMQPUri {
+        self.uri.clone()
+    }
+
     /// The password, for the log scrubber.
     pub fn password(&self) -> &str {
         &self.uri.authority.userinfo.password

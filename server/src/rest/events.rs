@@ -202,17 +202,21 @@ fn sse_events(
 mod tests {
     use super::*;
 
+    fn ok<T>(result: Result<T, ApiError>) -> T {
+        result.unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
     #[test]
     fn queries() {
         assert_eq!(
-            parse_query(None).unwrap(),
+            ok(parse_query(None)),
             Query {
                 follow: true,
                 ..Default::default()
             }
         );
         assert_eq!(
-            parse_query(Some("after=7&only_new=false&follow=false&limit=3")).unwrap(),
+            ok(parse_query(Some("after=7&only_new=false&follow=false&limit=3"))),
             Query {
                 after: 7,
                 only_new: false,
@@ -229,7 +233,9 @@ mod tests {
             ("after=1&after=2", "twice"),
             ("cursor=3", "unknown"),
         ] {
-            let e = parse_query(Some(bad)).unwrap_err();
+            let Err(e) = parse_query(Some(bad)) else {
+                panic!("{bad} is refused")
+            };
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(needle), "{bad}: {}", e.message);
         }
@@ -238,11 +244,11 @@ mod tests {
     #[test]
     fn last_event_ids() {
         let mut h = HeaderMap::new();
-        assert_eq!(last_event_id(&h).unwrap(), None);
+        assert_eq!(ok(last_event_id(&h)), None);
         h.insert("last-event-id", "42".parse().unwrap());
-        assert_eq!(last_event_id(&h).unwrap(), Some(42));
+        assert_eq!(ok(last_event_id(&h)), Some(42));
         h.insert("last-event-id", "".parse().unwrap());
-        assert_eq!(last_event_id(&h).unwrap(), None);
+        assert_eq!(ok(last_event_id(&h)), None);
         h.insert("last-event-id", "x1".parse().unwrap());
         assert!(last_event_id(&h).is_err());
     }
