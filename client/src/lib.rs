@@ -240,6 +240,8 @@ impl Client {
         request: pb::WatchEventsRequest,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::PackEvent, Status>> + Send>>, ClientError>
     {
-        Ok(Box::pin(self.inner.watch_events(request).await?.into_inner()))
+        Ok(Box::pin(
+            self.inner.watch_events(request).await?.into_inner(),
+        ))
     }
 }

@@ -1339,4 +1339,71 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
     }
+
+    #[test]
+    fn events_settings_are_checked_and_the_broker_password_stays_out_of_debug() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(c.events.amqp_url.is_none());
+        assert_eq!(c.events.exchange, "attune.packs");
+        assert_eq!(c.events.batch_size, 100);
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                    "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+                ),
+                ("ATTUNE_PACKS_EVENTS__EXCHANGE", "attune.events"),
+                ("ATTUNE_PACKS_EVENTS__RETRY_MAX", "1m"),
+                ("ATTUNE_PACKS_EVENTS__RETAIN", "1d"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.events.amqp_url.as_ref().unwrap().expose(),
+            "amqp://guest:hunter2@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(c.events.exchange, "attune.events");
+        assert_eq!(c.events.retry_max, Duration::from_secs(60));
+        assert_eq!(c.events.retain, Duration::from_secs(86_400));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for (key, value, needle) in [
+            (
+                "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                "amqps://u:hunter2@h/",
+                "events.amqp_url",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                "not a url hunter2",
+                "events.amqp_url",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__EXCHANGE",
+                "amq.topic",
+                "events.exchange",
+            ),
+            ("ATTUNE_PACKS_EVENTS__BATCH_SIZE", "0", "events.batch_size"),
+            (
+                "ATTUNE_PACKS_EVENTS__RETRY_INITIAL",
+                "2m",
+                "events.retry_max",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__POLL_INTERVAL",
+                "0s",
+                "events.poll_interval",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__MAX_WATCHERS",
+                "0",
+                "events.max_watchers",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{key}={value}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
 }

@@ -69,7 +69,7 @@ impl BrokerAddress {
         }
         let host = match parsed.host() {
             None => return Err(BrokerUrlError::NoHost),
-            Some(url::Host::Domain(d)) if d.is_empty() => return Err(BrokerUrlError::NoHost),
+            Some(url::Host::Domain("")) => return Err(BrokerUrlError::NoHost),
             Some(host) => host,
         };
         // Its errors may quote the whole URL, password included: only the kind is kept.
@@ -143,14 +143,14 @@ pub enum RelayError {
     Connect {
         target: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("cannot declare the topic exchange '{exchange}' at {target}: {source}")]
     Declare {
         exchange: String,
         target: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("no answer from the broker at {target} within {} s (events.publish_timeout)", timeout.as_secs_f32())]
     Timeout { target: String, timeout: Duration },
@@ -159,7 +159,7 @@ pub enum RelayError {
         cursor: i64,
         target: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     #[error("the broker at {target} refused event {cursor} (negative confirm); it is sent again")]
     Refused { cursor: i64, target: String },
@@ -229,7 +229,7 @@ impl Broker {
             .await
             .map_err(|source| RelayError::Connect {
                 target: address.target.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let declared = async {
             let channel = connection.create_channel().await?;
@@ -260,7 +260,7 @@ impl Broker {
                 Err(RelayError::Declare {
                     exchange: exchange.to_string(),
                     target: address.target.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -301,7 +301,7 @@ impl Broker {
                 .map_err(|source| RelayError::Publish {
                     cursor: event.id,
                     target: target.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             confirms.push((event.id, confirm));
         }
@@ -318,7 +318,7 @@ impl Broker {
                     return Err(RelayError::Publish {
                         cursor,
                         target: target.to_string(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -389,9 +389,7 @@ impl Relay {
                         backoff = self.settings.retry_initial;
                         match round {
                             Round::More => continue,
-                            Round::CaughtUp | Round::Leased => {
-                                (self.settings.poll_interval, true)
-                            }
+                            Round::CaughtUp | Round::Leased => (self.settings.poll_interval, true),
                         }
                     }
                     Err(error) => {
@@ -438,12 +436,10 @@ impl Relay {
                 b.close().await;
             }
             // Connected before the lease is taken: no lease waits on a dead broker.
-            let connected = tokio::time::timeout(
-                timeout,
-                Broker::connect(address, &self.settings.exchange),
-            )
-            .await
-            .map_err(|_| timed_out())??;
+            let connected =
+                tokio::time::timeout(timeout, Broker::connect(address, &self.settings.exchange))
+                    .await
+                    .map_err(|_| timed_out())??;
             *broker = Some(connected);
         }
         let broker = broker.as_ref().expect("connected above");
@@ -458,7 +454,12 @@ impl Relay {
         let mut acked = 0;
         let outcome = tokio::time::timeout(
             timeout,
-            broker.publish(&events, &self.settings.exchange, &address.target, &mut acked),
+            broker.publish(
+                &events,
+                &self.settings.exchange,
+                &address.target,
+                &mut acked,
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(timed_out()));
@@ -522,7 +523,8 @@ mod tests {
         for (bad, needle) in [
             ("amqps://u:s3cret@h/", "amqps"),
             ("http://u:s3cret@h/", "http"),
-            ("u:s3cret@h", "not a URL"),
+            ("u:s3cret@h", "scheme"),
+            ("rabbit host", "not a URL"),
             ("amqp://u:s3cret@h/?heartbeat=x", "unusable"),
         ] {
             let e = BrokerAddress::parse(bad).unwrap_err().to_string();

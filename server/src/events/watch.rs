@@ -29,9 +29,7 @@ pub enum WatchError {
          this server's event log (was the database replaced?); resume with after=0"
     )]
     Ahead { after: u64, newest: i64 },
-    #[error(
-        "{max} event streams are followed already (events.max_watchers); try again later"
-    )]
+    #[error("{max} event streams are followed already (events.max_watchers); try again later")]
     Busy { max: u32 },
     #[error("cannot read the event outbox: {0}")]
     Store(#[from] StoreError),

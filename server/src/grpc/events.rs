@@ -86,7 +86,10 @@ pub(super) async fn watch_events(
             };
             if batch.is_empty() {
                 // Only a stored-only read ends empty: caught up.
-                tracing::info!(through = watcher.cursor(), "stored events sent; watch ended");
+                tracing::info!(
+                    through = watcher.cursor(),
+                    "stored events sent; watch ended"
+                );
                 return;
             }
             let sent = batch.len() as u32;

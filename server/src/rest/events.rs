@@ -94,9 +94,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| {
-        bad("Last-Event-ID must be an event cursor (a decimal number)".into())
-    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| bad("Last-Event-ID must be an event cursor (a decimal number)".into()))?;
     let text = text.trim();
     // An empty value is how EventSource says "no event seen yet".
     if text.is_empty() {
@@ -135,7 +135,7 @@ pub(super) async fn events(
     let principal = s.auth.verify_header(header)?;
     let query = parse_query(raw.as_deref())?;
     let sse = wants_sse(&headers);
-    let resume = if sse { last_event_id(&headers)? } else { None };
+    let resume = last_event_id(&headers)?;
     let message = pb::WatchEventsRequest {
         // A reconnect resumes after the last event seen, whatever the URL says.
         after: resume.unwrap_or(query.after),
@@ -216,7 +216,9 @@ mod tests {
             }
         );
         assert_eq!(
-            ok(parse_query(Some("after=7&only_new=false&follow=false&limit=3"))),
+            ok(parse_query(Some(
+                "after=7&only_new=false&follow=false&limit=3"
+            ))),
             Query {
                 after: 7,
                 only_new: false,

@@ -43,7 +43,11 @@ impl PackWrite {
     /// committer's smaller id. A transaction-scoped advisory lock taken before the insert
     /// makes event-writing transactions commit in id order. SQLite writers are
     /// serialized by `BEGIN IMMEDIATE` already.
-    pub async fn append_event(&mut self, event: &PackEvent, now_ms: i64) -> Result<i64, StoreError> {
+    pub async fn append_event(
+        &mut self,
+        event: &PackEvent,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
         if let PackWrite::Postgres(tx) = self {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext('attune-packs:event_outbox'))")
                 .execute(&mut **tx)

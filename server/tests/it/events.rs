@@ -132,8 +132,12 @@ impl Step {
     /// `(event type, payload)`.
     async fn run(self, server: &TestServer) -> Vec<(String, Value)> {
         match self {
-            Step::Install(pack_ref, version) => vec![register(server, pack_ref, version, false).await],
-            Step::Upgrade(pack_ref, version) => vec![register(server, pack_ref, version, true).await],
+            Step::Install(pack_ref, version) => {
+                vec![register(server, pack_ref, version, false).await]
+            }
+            Step::Upgrade(pack_ref, version) => {
+                vec![register(server, pack_ref, version, true).await]
+            }
         }
     }
 }
@@ -282,11 +286,7 @@ async fn published_at(db: &Db) -> Vec<Option<i64>> {
 
 /// The messages are the expected events, in order, each carrying the outbox event's
 /// id, type, JSON content type, persistence and timestamp.
-fn assert_messages(
-    messages: &[Delivery],
-    expected: &[(String, Value)],
-    stored: &[pb::PackEvent],
-) {
+fn assert_messages(messages: &[Delivery], expected: &[(String, Value)], stored: &[pb::PackEvent]) {
     assert_eq!(messages.len(), expected.len());
     assert_eq!(stored.len(), expected.len());
     for ((message, (event_type, payload)), event) in messages.iter().zip(expected).zip(stored) {
@@ -298,7 +298,10 @@ fn assert_messages(
             p.message_id().as_ref().map(|s| s.as_str()),
             Some(event.event_id.as_str())
         );
-        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some(event_type.as_str()));
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some(event_type.as_str())
+        );
         assert_eq!(
             p.content_type().as_ref().map(|s| s.as_str()),
             Some("application/json")
@@ -360,7 +363,8 @@ async fn events_wait_for_an_unreachable_broker_and_arrive_after_a_restart(backen
         socket.local_addr().unwrap().port()
     };
     let unreachable = format!("amqp://guest:guest@127.0.0.1:{closed}/%2f");
-    let server = TestServer::start_with(backend, with_broker(&unreachable, &listener.exchange)).await;
+    let server =
+        TestServer::start_with(backend, with_broker(&unreachable, &listener.exchange)).await;
     let mut expected = Vec::new();
     for step in SEQUENCE {
         expected.extend(step.run(&server).await);
@@ -409,7 +413,12 @@ async fn a_registration_that_is_rolled_back_announces_nothing(backend: Backend) 
     assert_eq!(result.failed_packs.len(), 1, "{result:#?}");
     assert_eq!(result.failed_packs[0].error_stage, "testing");
     // A write that appended an event and then rolled back leaves no row.
-    let mut write = server.state.db.begin_packs_write(&["ev_ghost"]).await.unwrap();
+    let mut write = server
+        .state
+        .db
+        .begin_packs_write(&["ev_ghost"])
+        .await
+        .unwrap();
     write
         .append_event(
             &PackEvent::Deleted {
@@ -505,7 +514,10 @@ async fn watch_events_resumes_without_gaps_or_repeats(backend: Backend) {
     assert_eq!(cursors(&rest), cursors(&all[2..]));
     assert_eq!(
         rest.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
-        all[2..].iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>()
+        all[2..]
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect::<Vec<_>>()
     );
     // Then live: a new commit arrives on the open stream, nothing else.
     register(&server, "ev_w6", "1.0.0", false).await;
