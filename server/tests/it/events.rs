@@ -700,3 +700,36 @@ async fn the_rest_event_log_pages_and_streams_with_last_event_id(backend: Backen
     server.stop().await;
 }
 on_both_backends!(the_rest_event_log_pages_and_streams_with_last_event_id);
+
+/// Two server processes' worth of relays on one PostgreSQL database, both writing
+/// events: each event reaches the broker once, in cursor order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_sharing_postgres_publish_each_event_once_in_order() {
+    if !crate::common::postgres_available() {
+        return;
+    }
+    let Some(url) = amqp_url() else { return };
+    let mut listener = Listener::bind(&url).await;
+    let first =
+        TestServer::start_with(Backend::Postgres, with_broker(&url, &listener.exchange)).await;
+    let database_url = first.state.config.database_url();
+    let broker = with_broker(&url, &listener.exchange);
+    // Its own data dir, the first one's database (which the first one drops at the end).
+    let second = TestServer::start_with(Backend::Sqlite, move |c| {
+        broker(c);
+        c.database_url = Some(attune_packs_server::config::Secret::new(database_url));
+    })
+    .await;
+    let mut expected = Vec::new();
+    for n in 1..=6 {
+        let server = if n % 2 == 0 { &first } else { &second };
+        expected.push(register(server, &format!("ev_shared{n}"), "1.0.0", false).await);
+    }
+    let messages = listener.exactly(expected.len()).await;
+    let stored = stored_events(&first).await;
+    assert_eq!(stored_events(&second).await, stored);
+    assert_messages(&messages, &expected, &stored);
+    listener.close().await;
+    second.stop().await;
+    first.stop().await;
+}
