@@ -733,3 +733,113 @@ async fn two_servers_sharing_postgres_publish_each_event_once_in_order() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A TCP relay between the server and the broker that the test can cut: existing
+/// connections are dropped and new ones refused until it is restored.
+struct Cuttable {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Cuttable {
+    async fn start(target: std::net::SocketAddr) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (accepting, watching) = (open.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = watching.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, open, cuts }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until every outbox row is marked published.
+async fn all_published(db: &Db) {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let published = published_at(db).await;
+        if published.iter().all(Option::is_some) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all published: {published:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_broker_connection_lost_mid_sequence_loses_nothing(backend: Backend) {
+    let Some(url) = amqp_url() else { return };
+    let mut listener = Listener::bind(&url).await;
+    let uri = BrokerAddress::parse(&url).unwrap().uri();
+    let target = tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Cuttable::start(target).await;
+    let vhost: String = url::form_urlencoded::byte_serialize(uri.vhost.as_bytes()).collect();
+    let via_proxy = format!(
+        "amqp://{}:{}@127.0.0.1:{}/{vhost}",
+        uri.authority.userinfo.username, uri.authority.userinfo.password, proxy.port
+    );
+    let server = TestServer::start_with(backend, with_broker(&via_proxy, &listener.exchange)).await;
+    let (before, after) = SEQUENCE.split_at(SEQUENCE.len() / 2);
+    let mut expected = Vec::new();
+    for step in before {
+        expected.extend(step.run(&server).await);
+    }
+    let mut messages = listener.exactly(expected.len()).await;
+    all_published(&server.state.db).await;
+
+    // The connection drops; changes go on and their events wait.
+    proxy.cut();
+    let waiting = expected.len();
+    for step in after {
+        expected.extend(step.run(&server).await);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let published = published_at(&server.state.db).await;
+    assert!(
+        published[waiting..].iter().all(Option::is_none),
+        "{published:?}"
+    );
+    listener.nothing_more().await;
+
+    // Back: the relay reconnects by itself and sends the rest, in order.
+    proxy.restore();
+    messages.extend(listener.exactly(expected.len() - waiting).await);
+    assert_messages(&messages, &expected, &stored_events(&server).await);
+    all_published(&server.state.db).await;
+    listener.close().await;
+    server.stop().await;
+}
+on_both_backends!(a_broker_connection_lost_mid_sequence_loses_nothing);
