@@ -247,4 +247,15 @@ impl Client {
     ) -> Result<pb::RemovePacksResult, ClientError> {
         finish(self.remove_packs_stream(request).await?, |_| {}).await
     }
+    /// Pack events from `request.after` (0: the oldest kept), then live unless
+    /// `stored_only`. Resume with the last `cursor` seen to miss nothing.
+    pub async fn watch_events(
+        &mut self,
+        request: pb::WatchEventsRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::PackEvent, Status>> + Send>>, ClientError>
+    {
+        Ok(Box::pin(
+            self.inner.watch_events(request).await?.into_inner(),
+        ))
+    }
 }

@@ -201,6 +201,22 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Pack events (pack.registered, pack.deleted, pack.rolled_back) from a cursor; with
+    /// --follow, then live until interrupted. --json prints one event per line.
+    Events {
+        /// Events after this cursor; 0: from the oldest kept.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Skip the stored events; with --follow, only new ones.
+        #[arg(long)]
+        only_new: bool,
+        /// Keep following new events after the stored ones.
+        #[arg(long, short)]
+        follow: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
         /// Pack directories, as paths on the server.
@@ -499,6 +515,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             let view = View::new(format, output::print_remove);
             progress.show(stream, view, |r| r.success).await
+        }
+        Command::Events {
+            after,
+            only_new,
+            follow,
+            limit,
+        } => {
+            let mut stream = client
+                .watch_events(pb::WatchEventsRequest {
+                    after,
+                    only_new,
+                    stored_only: !follow,
+                    limit: limit.unwrap_or(0),
+                })
+                .await?;
+            use futures::StreamExt;
+            while let Some(event) = stream.next().await {
+                output::print_pack_event(&event?, format)?;
+            }
+            Ok(exit_code(true))
         }
         Command::Checksum { .. } | Command::Index { .. } => unreachable!("handled by run_local"),
         Command::Deps {

@@ -442,3 +442,31 @@ pub fn print_remove(r: &pb::RemovePacksResult) {
         (false, _) => println!("nothing was removed"),
     }
 }
+/// One event of `attune-packs events`: a line of text, a JSON line, or a YAML document.
+pub fn print_pack_event(e: &pb::PackEvent, format: crate::Format) -> anyhow::Result<()> {
+    let payload = serde_json::from_str::<serde_json::Value>(&e.payload_json)
+        .unwrap_or_else(|_| serde_json::Value::String(e.payload_json.clone()));
+    let value = serde_json::json!({
+        "cursor": e.cursor,
+        "event_id": e.event_id,
+        "event_type": e.event_type,
+        "payload": payload,
+        "created_at_ms": e.created_at_ms,
+    });
+    match format {
+        crate::Format::Json => println!("{}", serde_json::to_string(&value)?),
+        crate::Format::Yaml => print!("---\n{}", serde_yaml::to_string(&value)?),
+        crate::Format::Table => {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(e.created_at_ms).unwrap_or(0));
+            println!(
+                "{:>8}  {}  {:<17} {}",
+                e.cursor,
+                humantime::format_rfc3339_millis(at),
+                e.event_type,
+                serde_json::to_string(&payload)?
+            );
+        }
+    }
+    Ok(())
+}

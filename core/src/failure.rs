@@ -23,6 +23,10 @@ pub enum FailureKind {
     Unauthenticated,
     /// The caller is known but lacks the grant the call needs.
     PermissionDenied,
+    /// The request names a position outside what exists (an event cursor older than
+    /// retention kept, or newer than the newest event): the caller must start again
+    /// from a valid one.
+    OutOfRange,
 }
 
 /// An error that ends a whole call.

@@ -110,6 +110,7 @@ pub struct Config {
     pub sandbox: SandboxSection,
     pub pack_files: PackFilesSection,
     pub auth: AuthSection,
+    pub events: EventsSection,
 }
 
 /// `auth:` — who may do what with a valid token.
@@ -413,6 +414,104 @@ impl BuildSection {
     }
 }
 
+/// `events:` — pack events: the outbox the relay publishes to RabbitMQ and
+/// WatchEvents reads (see docs/lifecycle-events.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// `amqp://user:password@host:port/vhost` of the broker events are published to.
+    /// Unset (the default): no broker; events are kept in the outbox for WatchEvents.
+    pub amqp_url: Option<Secret>,
+    /// The topic exchange events are published to (declared durable; routing key =
+    /// event type).
+    pub exchange: String,
+    /// The first wait after the broker could not be reached or refused a message; it
+    /// doubles with each further failure, up to `retry_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_max: Duration,
+    /// How long connecting to the broker, and waiting for its confirm of a batch, may
+    /// take before the attempt counts as failed.
+    #[serde(with = "humantime_serde_compat")]
+    pub publish_timeout: Duration,
+    /// Events committed by another server process sharing the database are noticed
+    /// within this long (those of this process at once).
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// Events read from the outbox at once, by the relay and by each WatchEvents call.
+    pub batch_size: u32,
+    /// Events older than this are deleted once published (or at once, without a
+    /// broker); the newest event is always kept.
+    #[serde(with = "humantime_serde_compat")]
+    pub retain: Duration,
+    /// At most this many events are kept; older ones are deleted first, under the
+    /// same rule as `retain`.
+    pub retain_max_events: u64,
+    /// WatchEvents calls (and REST event streams) followed at once; more are refused
+    /// with UNAVAILABLE.
+    pub max_watchers: u32,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            amqp_url: None,
+            exchange: "attune.packs".into(),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(2),
+            batch_size: 100,
+            retain: Duration::from_secs(7 * 24 * 3600),
+            retain_max_events: 100_000,
+            max_watchers: 256,
+        }
+    }
+}
+
+/// Largest `events.batch_size`: a batch is held in memory per reader.
+const MAX_EVENT_BATCH: u32 = 1000;
+
+impl EventsSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.amqp_url {
+            crate::events::relay::BrokerAddress::parse(url.expose())
+                .map_err(|e| ConfigError::Invalid(format!("events.amqp_url: {e}")))?;
+        }
+        crate::events::relay::check_exchange_name(&self.exchange)
+            .map_err(|e| ConfigError::Invalid(format!("events.exchange: {e}")))?;
+        for (key, value) in [
+            ("retry_initial", self.retry_initial),
+            ("retry_max", self.retry_max),
+            ("publish_timeout", self.publish_timeout),
+            ("poll_interval", self.poll_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid(format!(
+                    "events.{key} must be longer than zero"
+                )));
+            }
+        }
+        if self.retry_max < self.retry_initial {
+            return Err(ConfigError::Invalid(
+                "events.retry_max must be at least events.retry_initial".into(),
+            ));
+        }
+        if !(1..=MAX_EVENT_BATCH).contains(&self.batch_size) {
+            return Err(ConfigError::Invalid(format!(
+                "events.batch_size must be between 1 and {MAX_EVENT_BATCH}"
+            )));
+        }
+        if self.retain_max_events == 0 || self.max_watchers == 0 {
+            return Err(ConfigError::Invalid(
+                "events.retain_max_events and events.max_watchers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `register:` — RegisterBatch.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -628,6 +727,7 @@ impl Default for Config {
             database_connect_timeout: Duration::from_secs(5),
             sandbox: SandboxSection::default(),
             auth: AuthSection::default(),
+            events: EventsSection::default(),
         }
     }
 }
@@ -734,6 +834,7 @@ impl Config {
                 "pack_files.max_depth must be between 1 and {MAX_PACK_DEPTH}"
             )));
         }
+        self.events.validate()?;
         if let Some(roots) = &self.allowed_roots {
             if roots.is_empty() {
                 return Err(ConfigError::Invalid(
@@ -1278,5 +1379,72 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn events_settings_are_checked_and_the_broker_password_stays_out_of_debug() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(c.events.amqp_url.is_none());
+        assert_eq!(c.events.exchange, "attune.packs");
+        assert_eq!(c.events.batch_size, 100);
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                    "amqp://guest:hunter2@127.0.0.1:5672/%2f",
+                ),
+                ("ATTUNE_PACKS_EVENTS__EXCHANGE", "attune.events"),
+                ("ATTUNE_PACKS_EVENTS__RETRY_MAX", "1m"),
+                ("ATTUNE_PACKS_EVENTS__RETAIN", "1d"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.events.amqp_url.as_ref().unwrap().expose(),
+            "amqp://guest:hunter2@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(c.events.exchange, "attune.events");
+        assert_eq!(c.events.retry_max, Duration::from_secs(60));
+        assert_eq!(c.events.retain, Duration::from_secs(86_400));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        for (key, value, needle) in [
+            (
+                "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                "amqps://u:hunter2@h/",
+                "events.amqp_url",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__AMQP_URL",
+                "not a url hunter2",
+                "events.amqp_url",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__EXCHANGE",
+                "amq.topic",
+                "events.exchange",
+            ),
+            ("ATTUNE_PACKS_EVENTS__BATCH_SIZE", "0", "events.batch_size"),
+            (
+                "ATTUNE_PACKS_EVENTS__RETRY_INITIAL",
+                "2m",
+                "events.retry_max",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__POLL_INTERVAL",
+                "0s",
+                "events.poll_interval",
+            ),
+            (
+                "ATTUNE_PACKS_EVENTS__MAX_WATCHERS",
+                "0",
+                "events.max_watchers",
+            ),
+        ] {
+            let err = Config::load(None, env(&[(key, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{key}={value}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
     }
 }

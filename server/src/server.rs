@@ -52,6 +52,12 @@ pub async fn run(
 
     let service = Arc::new(PackServiceImpl::new(state.clone()));
     let stopping = service.stopping().clone();
+    // Publishes (and prunes) the event outbox until shutdown is triggered.
+    let relay = crate::events::relay::spawn(
+        state.db.clone(),
+        crate::events::relay::RelaySettings::from_config(&state.config.events),
+        stopping.clone(),
+    );
     let packs = InterceptedService::new(
         PackServiceServer::from_arc(service.clone()),
         auth_interceptor(state.auth.clone()),
@@ -115,10 +121,14 @@ pub async fn run(
     };
     // Cancelled calls clean up as they unwind; a registration between its swap and
     // its commit runs to its end. Both are waited for, within the grace period.
+    let relay_abort = relay.abort_handle();
     let finished = async {
         serve.await?;
         stopping.calls_done().await;
         state.journal.critical_sections_done().await;
+        // A batch in flight ends within events.publish_timeout; unconfirmed events
+        // stay unpublished and go out after the next start.
+        let _ = relay.await;
         Ok::<_, ServeError>(())
     };
     tokio::select! {
@@ -129,6 +139,7 @@ pub async fn run(
             "grace period over; abandoning work still running (the next start settles it)"
         ),
     }
+    relay_abort.abort();
     state.db.close().await;
     Ok(())
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub login: Arc<LoginGate>,
     /// Swap intents and the directories holding work directories (`<data_dir>/journal`).
     pub journal: Arc<Journal>,
+    /// The event outbox as WatchEvents follows it.
+    pub events: crate::events::watch::EventLog,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             locks.clone(),
         );
         let login = Arc::new(LoginGate::new(&config.login));
+        let events = crate::events::watch::EventLog::new(db.clone(), &config.events);
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -76,6 +79,7 @@ impl AppState {
             locks,
             login,
             journal,
+            events,
         })
     }
 }
@@ -194,6 +198,15 @@ fn register_secrets(config: &Config, jwt_secret: &crate::config::Secret) {
     register_secret(jwt_secret.expose());
     if let Some(password) = url_password(&config.database_url()) {
         register_secret(password);
+    }
+    if let Some(broker) = config
+        .events
+        .amqp_url
+        .as_ref()
+        .and_then(|url| crate::events::relay::BrokerAddress::parse(url.expose()).ok())
+        && !broker.password().is_empty()
+    {
+        register_secret(broker.password());
     }
     let git = &config.download.git;
     for secret in [&git.https_token, &git.ssh_key_passphrase]

@@ -51,3 +51,27 @@ pub fn new_event_id() -> String {
     getrandom::fill(&mut bytes).expect("the OS random generator is available");
     hex::encode(bytes)
 }
+
+pub mod relay;
+pub mod watch;
+
+use std::sync::LazyLock;
+
+use tokio::sync::watch as signal;
+
+/// Bumped after every committed pack write (whether or not it appended an event), so
+/// that the relay and WatchEvents readers of this process look at the outbox at once
+/// instead of at their next poll. One per process: every server in it shares the
+/// signal, and a reader woken for another server's database just finds nothing new.
+static COMMITTED: LazyLock<signal::Sender<u64>> = LazyLock::new(|| signal::channel(0).0);
+
+/// Says that a write which may have appended events has committed.
+pub fn outbox_committed() {
+    COMMITTED.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that wakes after each [`outbox_committed`]; mark it seen
+/// (`borrow_and_update`) before reading the outbox, so that no commit is missed.
+pub fn commits() -> signal::Receiver<u64> {
+    COMMITTED.subscribe()
+}

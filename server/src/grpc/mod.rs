@@ -14,6 +14,7 @@ mod lifecycle_write;
 pub mod status;
 
 pub use decode_status::malformed_requests_are_invalid_arguments;
+pub use events::STARTS_AFTER;
 
 use std::{future::Future, pin::Pin, time::Instant};
 

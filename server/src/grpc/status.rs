@@ -19,5 +19,6 @@ fn code(kind: FailureKind) -> Code {
         FailureKind::Internal => Code::Internal,
         FailureKind::Unauthenticated => Code::Unauthenticated,
         FailureKind::PermissionDenied => Code::PermissionDenied,
+        FailureKind::OutOfRange => Code::OutOfRange,
     }
 }

@@ -38,6 +38,7 @@ use crate::{
 };
 
 mod remove;
+mod events;
 
 /// The OpenAPI description of this gateway.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -65,6 +66,7 @@ pub fn router(state: RestState) -> Router {
             "/api/v1/packs/{ref}",
             axum::routing::delete(remove::delete_pack),
         )
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -29,7 +29,7 @@ macro_rules! on_tx {
 }
 
 pub mod history;
-mod outbox;
+pub mod outbox;
 pub mod packs;
 mod recovery;
 pub mod remove;

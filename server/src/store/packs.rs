@@ -332,6 +332,8 @@ impl PackWrite {
 
     pub async fn commit(self) -> Result<(), StoreError> {
         on_tx!(self, tx => tx.commit().await?);
+        // Event readers of this process look at once (see `events::outbox_committed`).
+        crate::events::outbox_committed();
         Ok(())
     }
 

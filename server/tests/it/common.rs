@@ -56,6 +56,26 @@ pub fn postgres_available() -> bool {
     false
 }
 
+/// Environment variable with the URL of a RabbitMQ broker for the event tests
+/// (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+pub const AMQP_ENV: &str = "TEST_AMQP_URL";
+
+/// The broker of `TEST_AMQP_URL`: required under CI, otherwise the test is skipped
+/// with a notice.
+pub fn amqp_url() -> Option<String> {
+    match std::env::var(AMQP_ENV) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "{AMQP_ENV} must be set in CI: RabbitMQ tests may not be skipped there"
+            );
+            eprintln!("notice: {AMQP_ENV} is not set; skipping this RabbitMQ test");
+            None
+        }
+    }
+}
+
 /// A fresh, empty database on the PostgreSQL server named by `TEST_POSTGRES_URL`:
 /// its URL and its name.
 async fn fresh_postgres_database() -> (String, String) {
@@ -155,6 +175,41 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
             pg_database,
+        }
+    }
+
+    /// Stops this server and starts another on the same data dir and database (its
+    /// configuration changed by `adjust`), as after a restart of the process.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap();
+        }
+        self.state.db.close().await;
+        let mut config = (*self.state.config).clone();
+        adjust(&mut config);
+        let state = state::open(config).await.expect("reopen state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let serve_state = state.clone();
+        let handle = tokio::spawn(async move {
+            attune_packs_server::server::run(listener, serve_state, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server run");
+        });
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        TestServer {
+            addr,
+            state,
+            root,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            pg_database: self.pg_database.take(),
         }
     }
 

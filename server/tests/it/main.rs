@@ -13,6 +13,7 @@ mod crash;
 mod crash_loop;
 mod dependencies;
 mod download;
+mod events;
 mod exchange_registry;
 mod git;
 mod grants;
