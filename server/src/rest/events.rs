@@ -11,7 +11,7 @@ use attune_packs_proto::v1::{self as pb, pack_service_server::PackService};
 use axum::{
     Json,
     extract::{RawQuery, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{self, KeepAlive, Sse},
@@ -21,7 +21,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use super::{ApiError, RestState, wants_sse};
-use crate::{auth::AuthError, grpc::STARTS_AFTER};
+use crate::grpc::STARTS_AFTER;
 
 /// Events in one JSON page when the request names no `limit`.
 const DEFAULT_PAGE: u32 = 100;

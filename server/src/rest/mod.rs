@@ -37,8 +37,8 @@ use crate::{
     users::{self, LoginGate, UserError},
 };
 
-mod remove;
 mod events;
+mod remove;
 
 /// The OpenAPI description of this gateway.
 const OPENAPI: &str = include_str!("openapi.json");
