@@ -109,6 +109,26 @@ pub struct Config {
     pub database_connect_timeout: Duration,
     pub sandbox: SandboxSection,
     pub pack_files: PackFilesSection,
+    pub history: HistorySection,
+}
+
+/// Upper bound of `history.keep_versions`: each kept version is a whole copy of a
+/// pack's files and environments.
+pub const MAX_KEEP_VERSIONS: usize = 100;
+
+/// `history:` — previous versions kept for RollbackPack.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySection {
+    /// Previous versions of each pack kept (files, rows, environment builds) when a
+    /// registration replaces it; the oldest beyond this are deleted. 0 keeps none.
+    pub keep_versions: usize,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        Self { keep_versions: 2 }
+    }
 }
 
 /// Upper bound of `pack_files.max_depth`: walks recurse (or hold a descriptor) per
@@ -607,6 +627,7 @@ impl Default for Config {
             login: LoginSection::default(),
             database_connect_timeout: Duration::from_secs(5),
             sandbox: SandboxSection::default(),
+            history: HistorySection::default(),
         }
     }
 }
@@ -668,6 +689,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "login.hash_concurrency and login.max_tracked must be at least 1".into(),
             ));
+        }
+        if self.history.keep_versions > MAX_KEEP_VERSIONS {
+            return Err(ConfigError::Invalid(format!(
+                "history.keep_versions must be at most {MAX_KEEP_VERSIONS}"
+            )));
         }
         if self.database_connect_timeout.is_zero() {
             return Err(ConfigError::Invalid(

@@ -292,6 +292,15 @@ pub struct SwapEntry {
     pub previous: PathBuf,
     /// `sha256:…`, the checksum the transaction writes into the pack's row.
     pub checksum: String,
+    /// Where the old files go once the transaction committed, instead of being
+    /// deleted: a kept version (`history.keep_versions`). Part of the intent, so that
+    /// recovery finishes a committed swap the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<PathBuf>,
+    /// `staged` is a kept version being restored (RollbackPack): undoing puts it back
+    /// where it was instead of deleting it, since it is the only copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restores_kept: bool,
 }
 
 impl SwapEntry {
@@ -304,7 +313,15 @@ impl SwapEntry {
             staged: staged.to_path_buf(),
             previous: work_path(dir, WorkKind::Previous, Some(pack_ref)),
             checksum: checksum.to_string(),
+            keep: None,
+            restores_kept: false,
         }
+    }
+
+    /// Once committed, the old files are kept at `keep` rather than deleted.
+    pub fn keeping(mut self, keep: Option<PathBuf>) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// S0 → S2: the old directory aside (or an empty one to say there was none), then
@@ -354,6 +371,9 @@ impl SwapEntry {
                 fs::rename(&self.previous, &self.target)?;
             }
         }
+        if self.restores_kept {
+            return Ok(());
+        }
         remove_all(&self.staged)
     }
 
@@ -369,6 +389,15 @@ impl SwapEntry {
                 }
             }
             fs::rename(&self.staged, &self.target)?;
+        }
+        if let Some(keep) = &self.keep
+            && exists(&self.previous)
+            && !is_empty_dir(&self.previous)
+        {
+            if let Some(parent) = keep.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            return fs::rename(&self.previous, keep);
         }
         remove_all(&self.previous)
     }

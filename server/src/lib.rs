@@ -28,6 +28,7 @@ pub mod git;
 pub mod grpc;
 pub mod install;
 pub mod journal;
+pub mod lifecycle;
 pub mod locks;
 pub mod packtest;
 pub mod process;

@@ -63,7 +63,8 @@ impl AppState {
             paths.clone(),
             Arc::clone(&journal),
             locks.clone(),
-        );
+        )
+        .with_keep_versions(config.history.keep_versions);
         let login = Arc::new(LoginGate::new(&config.login));
         Ok(Self {
             config: Arc::new(config),

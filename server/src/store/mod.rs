@@ -31,6 +31,7 @@ macro_rules! on_tx {
 pub mod history;
 mod outbox;
 pub mod packs;
+pub mod versions;
 mod recovery;
 
 use std::{str::FromStr, time::Duration};
