@@ -232,4 +232,27 @@ impl Client {
     ) -> Result<pb::InstallResult, ClientError> {
         finish(self.install_stream(request).await?, |_| {}).await
     }
+
+    /// A pack's history, newest first, and its kept versions.
+    pub async fn pack_history(
+        &mut self,
+        request: pb::PackHistoryRequest,
+    ) -> Result<pb::PackHistoryResponse, ClientError> {
+        Ok(self.inner.pack_history(request).await?.into_inner())
+    }
+
+    /// Puts a kept version of a pack back: files, rows and environment links.
+    pub async fn rollback_pack_stream(
+        &mut self,
+        request: pb::RollbackPackRequest,
+    ) -> Result<EventStream<pb::RollbackPackResult>, ClientError> {
+        Ok(events(self.inner.rollback_pack(request).await?.into_inner()))
+    }
+
+    pub async fn rollback_pack(
+        &mut self,
+        request: pb::RollbackPackRequest,
+    ) -> Result<pb::RollbackPackResult, ClientError> {
+        finish(self.rollback_pack_stream(request).await?, |_| {}).await
+    }
 }

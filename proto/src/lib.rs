@@ -47,3 +47,4 @@ stream_event!(
     RegisterBatchResult
 );
 stream_event!(InstallEvent, install_event, InstallResult);
+stream_event!(RollbackPackEvent, rollback_pack_event, RollbackPackResult);

@@ -13,7 +13,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
@@ -524,7 +524,7 @@ async fn switch(
     let env_lock = if links_change {
         match state
             .locks
-            .lock_across_processes(&ref_dir.dir, Instant::now() + ENV_LOCK_WAIT)
+            .lock_across_processes(&ref_dir.dir, tokio::time::Instant::now() + ENV_LOCK_WAIT)
             .await
         {
             Ok(guard) => Some(guard),

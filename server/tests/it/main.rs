@@ -25,5 +25,6 @@ mod install;
 mod register;
 mod register_throughput;
 mod rest;
+mod rollback;
 mod stackstorm_packs;
 mod symlinks;
