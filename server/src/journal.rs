@@ -1319,6 +1319,60 @@ mod tests {
         }
     }
 
+    /// A swap that keeps the old files (`keep`) and one that restores a kept copy
+    /// (`restores_kept`), stopped in every state: finishing leaves the old files at
+    /// `keep`, undoing leaves the kept copy where it was; twice each.
+    #[test]
+    fn kept_versions_survive_every_intermediate_state_both_ways() {
+        for restores_kept in [false, true] {
+            for stop_after in 0..3 {
+                for commit in [true, false] {
+                    let base = tempfile::tempdir().unwrap();
+                    let mut e = entry(base.path());
+                    let keep = base.path().join(".history/demo/v.1");
+                    e = e.keeping(Some(keep.clone()));
+                    if restores_kept {
+                        e.staged = base.path().join(".history/demo/v.0");
+                        e.restores_kept = true;
+                    }
+                    pack(&e.target, "1");
+                    pack(&e.staged, "2");
+                    if stop_after >= 1 {
+                        fs::rename(&e.target, &e.previous).unwrap();
+                    }
+                    if stop_after >= 2 {
+                        fs::rename(&e.staged, &e.target).unwrap();
+                    }
+                    for _ in 0..2 {
+                        if commit {
+                            e.finish().unwrap();
+                        } else {
+                            e.undo().unwrap();
+                        }
+                    }
+                    let context = format!("restore {restores_kept} stop {stop_after} commit {commit}");
+                    let (current, kept) = if commit { ("2", "1") } else { ("1", "2") };
+                    assert_eq!(
+                        version(&e.target),
+                        Some(format!("version: {current}\n")),
+                        "{context}"
+                    );
+                    let kept_at = if commit { &keep } else { &e.staged };
+                    let expected_kept = if commit || restores_kept {
+                        Some(format!("version: {kept}\n"))
+                    } else {
+                        None
+                    };
+                    assert_eq!(version(kept_at), expected_kept, "{context}");
+                    assert!(!e.previous.exists(), "{context}");
+                    if !commit {
+                        assert!(!keep.exists(), "{context}");
+                    }
+                }
+            }
+        }
+    }
+
     /// A backup without an intent: the target's checksum against the row decides.
     #[test]
     fn stale_backups_are_settled_by_the_recorded_checksum() {
