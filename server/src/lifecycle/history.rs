@@ -169,6 +169,8 @@ pub struct PackHistory {
 pub enum HistoryError {
     #[error("'{0}' is not a valid pack ref (lowercase letters, digits, '_' and '-')")]
     InvalidRef(String),
+    #[error("limit must be between 1 and {MAX_LIMIT}, got {0}")]
+    Limit(u32),
     #[error("cannot read the history: {0}")]
     Store(#[from] StoreError),
 }
@@ -176,13 +178,15 @@ pub enum HistoryError {
 impl crate::failure::Failure for HistoryError {
     fn kind(&self) -> crate::failure::FailureKind {
         match self {
-            HistoryError::InvalidRef(_) => crate::failure::FailureKind::InvalidRequest,
+            HistoryError::InvalidRef(_) | HistoryError::Limit(_) => {
+                crate::failure::FailureKind::InvalidRequest
+            }
             HistoryError::Store(_) => crate::failure::FailureKind::Internal,
         }
     }
 }
 
-/// The history of `pack_ref`, newest first (`limit`: default 100, at most 1000), and
+/// The history of `pack_ref`, newest first (`limit`: default 100, 1 to 1000), and
 /// its kept versions. A ref with no history has an empty one: history outlives packs,
 /// so "never installed" and "nothing recorded" are the same answer.
 pub async fn pack_history(
@@ -193,7 +197,10 @@ pub async fn pack_history(
     if !crate::manifest::is_valid_pack_ref(pack_ref) {
         return Err(HistoryError::InvalidRef(pack_ref.to_string()));
     }
-    let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(HistoryError::Limit(limit));
+    }
     Ok(PackHistory {
         entries: db.pack_history(pack_ref, limit).await?,
         kept: db.kept_versions(pack_ref).await?,

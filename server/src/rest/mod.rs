@@ -32,6 +32,8 @@ use crate::{
     users::{self, LoginGate, UserError},
 };
 
+mod rollback;
+
 /// The OpenAPI description of this gateway.
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -53,6 +55,8 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
         .route("/api/v1/packs/install", post(install))
+        .route("/api/v1/packs/{ref}/history", get(rollback::history))
+        .route("/api/v1/packs/{ref}/rollback", post(rollback::rollback))
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

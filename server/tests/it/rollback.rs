@@ -581,3 +581,142 @@ async fn kill_nine_during_upgrade_and_rollback_leaves_a_consistent_state(backend
     server.stop().await;
 }
 on_both_backends!(kill_nine_during_upgrade_and_rollback_leaves_a_consistent_state);
+
+/// The REST door: history as `{"data": …}`, rollback as JSON and as server-sent
+/// events, malformed input a 400 naming the problem, no token a 401.
+async fn rest_history_and_rollback(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = server.root.path().canonicalize().unwrap();
+    register(&server, &source(&root, "door", "1.0.0", false, &[])).await;
+    register(&server, &source(&root, "door", "2.0.0", false, &[])).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.url());
+    let auth = format!("Bearer {}", server.token());
+
+    let response = http
+        .get(url("/api/v1/packs/door/history?limit=1"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let entries = body["data"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["action"], "upgrade");
+    assert_eq!(body["data"]["kept_versions"][0]["version"], "1.0.0");
+
+    for (path, expected) in [
+        ("/api/v1/packs/door/history?limit=0", "limit must be between 1 and 1000"),
+        ("/api/v1/packs/door/history?limit=5000", "limit must be between 1 and 1000"),
+        ("/api/v1/packs/Not-A-Ref/history", "not a valid pack ref"),
+    ] {
+        let response = http
+            .get(url(path))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains(expected),
+            "{path}: {body}"
+        );
+    }
+    let response = http
+        .get(url("/api/v1/packs/door/history"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http
+        .post(url("/api/v1/packs/door/rollback"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "authentication comes first");
+
+    for (body, expected) in [
+        ("[]", "must be a JSON object"),
+        ("{", "malformed JSON"),
+        (r#"{"force": "yes"}"#, "force"),
+    ] {
+        let response = http
+            .post(url("/api/v1/packs/door/rollback"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert!(
+            answer["message"].as_str().unwrap().contains(expected),
+            "{body}: {answer}"
+        );
+    }
+
+    // An empty body: the most recent kept version, as JSON.
+    let response = http
+        .post(url("/api/v1/packs/door/rollback"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["data"]["success"], true, "{body}");
+    assert_eq!(body["data"]["to_version"], "1.0.0");
+
+    // Back to 2.0.0 as server-sent events: progress, then one result.
+    let response = http
+        .post(url("/api/v1/packs/door/rollback"))
+        .header("authorization", &auth)
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"to_version": "2.0.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("event: progress"), "{text}");
+    let result = text
+        .split("\n\n")
+        .find(|block| block.contains("event: result"))
+        .expect("a result event");
+    let data: serde_json::Value = serde_json::from_str(
+        result
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data["data"]["success"], true, "{data}");
+    assert_eq!(data["data"]["to_version"], "2.0.0");
+
+    // A refusal is a 200 with success false and the reason.
+    let response = http
+        .post(url("/api/v1/packs/door/rollback"))
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(r#"{"to_version": "9.9.9"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["data"]["success"], false);
+    assert!(
+        body["data"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("no kept version 9.9.9; kept versions: 1.0.0"),
+        "{body}"
+    );
+    server.stop().await;
+}
+on_both_backends!(rest_history_and_rollback);
