@@ -1055,8 +1055,9 @@ struct Keeping<'a> {
 }
 
 /// Records the replaced version (`old`, whose files the swap moved to `previous`) as
-/// kept, when its files are there to keep, and prunes the oldest kept versions beyond
-/// `history.keep_versions`. The environment builds the kept versions name are added
+/// kept, when its files are there to keep, and then prunes the oldest kept versions
+/// beyond `history.keep_versions` (so a lowered setting, 0 included, takes effect at
+/// the ref's next replacement). The environment builds the kept versions name are added
 /// to the ref's kept-builds file before the commit; what is left to do after it is
 /// returned.
 async fn keep_previous(
@@ -1068,20 +1069,21 @@ async fn keep_previous(
     now: i64,
 ) -> Result<Option<AfterCommit>, RegisterPackError> {
     let envs_root = crate::buildenvs::envs_root(p.target.parent().unwrap_or(Path::new("/")));
-    if let (Some(old), Some(entry)) = (old, entry)
+    // A first install replaces nothing: no kept version changes.
+    let Some(old) = old else {
+        return Ok(None);
+    };
+    // An empty previous directory stands for "there were no files": nothing to keep.
+    if let Some(entry) = entry
         && let Some(keep) = &entry.keep
         && fs::read_dir(&entry.previous).is_ok_and(|mut e| e.next().is_some())
     {
-        let links = keeping.env_links_before.cloned().unwrap_or_else(|| {
-            crate::envs::EnvSnapshot::take(&envs_root, &p.pack_ref).links()
-        });
+        let links = keeping
+            .env_links_before
+            .cloned()
+            .unwrap_or_else(|| crate::envs::EnvSnapshot::take(&envs_root, &p.pack_ref).links());
         write
-            .insert_kept_version(
-                old,
-                &keep.display().to_string(),
-                &json(&links),
-                now,
-            )
+            .insert_kept_version(old, &keep.display().to_string(), &json(&links), now)
             .await?;
     }
     write
