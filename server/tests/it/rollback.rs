@@ -720,3 +720,78 @@ async fn rest_history_and_rollback(backend: Backend) {
     server.stop().await;
 }
 on_both_backends!(rest_history_and_rollback);
+
+/// `kill -9` during rollbacks that switch environment links too: after every restart
+/// the links point at builds made from the files in place (`check_envs_match`, inside
+/// `assert_consistent`), and nothing kept was lost.
+async fn kill_nine_during_a_rollback_with_environments(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let database_url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(
+            server
+                .state
+                .config
+                .database_url
+                .as_ref()
+                .expect("a PostgreSQL test server has a URL")
+                .expose()
+                .to_string(),
+        ),
+    };
+    let root = server.root.path().canonicalize().unwrap().join("crash");
+    let setup = Setup::at(root, database_url, &[(PAUSE_ENV, "250")]);
+    let mut process = setup.start();
+    let base = setup.base();
+    for version in ["1.0.0", "2.0.0"] {
+        let path = source(&setup.root, "crashy", version, true, &[]);
+        let r = process
+            .client()
+            .await
+            .install(pb::InstallRequest {
+                packs: vec![path_str(&path)],
+                packs_base_dir: Some(path_str(&base)),
+                timeout: Some(120),
+                force: Some(true),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(r.success, "{:#?}", r.errors);
+    }
+    let link = base.join(".envs/crashy/python");
+    let mut changed = 0;
+    for delay_ms in [100u64, 400, 700, 1000, 1300] {
+        let context = format!("rollback killed after {delay_ms} ms");
+        let before = std::fs::read_link(&link).unwrap();
+        let call = rollback_on(&process).await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        process.kill9();
+        let _ = call.await;
+        process = setup.start();
+        assert_consistent(
+            &setup,
+            &["crashy".to_string()].into_iter().collect(),
+            false,
+            &context,
+        )
+        .await;
+        assert_kept_versions_whole(&setup, &context, false).await;
+        if std::fs::read_link(&link).unwrap() != before {
+            changed += 1;
+        }
+        assert!(link.join("bin/python").exists(), "{context}");
+    }
+    assert!(changed >= 1 && changed < 5, "{changed} of 5 rollbacks switched");
+    assert!(rollback_on(&process).await.await.unwrap());
+    assert_consistent(
+        &setup,
+        &["crashy".to_string()].into_iter().collect(),
+        false,
+        "after the last rollback",
+    )
+    .await;
+    drop(process);
+    server.stop().await;
+}
+on_both_backends!(kill_nine_during_a_rollback_with_environments);
