@@ -28,7 +28,11 @@ fn when(at_ms: i64) -> String {
 }
 
 fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_string() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn print_history(r: &pb::PackHistoryResponse) {

@@ -246,7 +246,9 @@ impl Client {
         &mut self,
         request: pb::RollbackPackRequest,
     ) -> Result<EventStream<pb::RollbackPackResult>, ClientError> {
-        Ok(events(self.inner.rollback_pack(request).await?.into_inner()))
+        Ok(events(
+            self.inner.rollback_pack(request).await?.into_inner(),
+        ))
     }
 
     pub async fn rollback_pack(

@@ -678,7 +678,11 @@ fn history_and_rollback_from_the_command_line() {
     let v2 = server.pack("v2/kite", "ref: kite\nversion: 2.0.0\n");
     for path in [&v1, &v2] {
         let out = server.cli(&server.token, &["-q", "register", "--force", path]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let out = server.cli(&server.token, &["history", "kite"]);
@@ -694,7 +698,10 @@ fn history_and_rollback_from_the_command_line() {
     let out = server.cli(&server.token, &["-q", "rollback", "kite"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("kite rolled back from 2.0.0 to 1.0.0"), "{stdout}");
+    assert!(
+        stdout.contains("kite rolled back from 2.0.0 to 1.0.0"),
+        "{stdout}"
+    );
 
     // A refusal exits 1 and names the kept versions.
     let out = server.cli(&server.token, &["-q", "rollback", "kite", "--to", "9.9.9"]);
@@ -702,7 +709,10 @@ fn history_and_rollback_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("kept versions: 2.0.0"), "{stdout}");
 
-    let out = server.cli(&server.token, &["--json", "history", "kite", "--limit", "2"]);
+    let out = server.cli(
+        &server.token,
+        &["--json", "history", "kite", "--limit", "2"],
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let actions: Vec<&str> = json["entries"]
         .as_array()

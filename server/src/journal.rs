@@ -1350,7 +1350,8 @@ mod tests {
                             e.undo().unwrap();
                         }
                     }
-                    let context = format!("restore {restores_kept} stop {stop_after} commit {commit}");
+                    let context =
+                        format!("restore {restores_kept} stop {stop_after} commit {commit}");
                     let (current, kept) = if commit { ("2", "1") } else { ("1", "2") };
                     assert_eq!(
                         version(&e.target),

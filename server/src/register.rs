@@ -20,6 +20,7 @@ use futures::StreamExt;
 
 use tracing::instrument;
 
+use crate::lifecycle::history::AfterCommit;
 use crate::{
     checksum::{self, ChecksumError},
     components::{self, ComponentKind, Issue, LoadedPack, Strictness},
@@ -39,7 +40,6 @@ use crate::{
         packs::{ComponentRow, PackRow, PackWrite, TestRow, WriteError},
     },
 };
-use crate::lifecycle::history::AfterCommit;
 
 #[derive(Debug, Clone)]
 pub struct RegisterRequest {
@@ -491,7 +491,8 @@ impl Registrar {
             Err(e) => Err(e),
         };
         if let Err(error) = &outcome {
-            self.record_failure(&pack_ref, &version, request, error).await;
+            self.record_failure(&pack_ref, &version, request, error)
+                .await;
         }
         outcome
     }
@@ -827,9 +828,10 @@ impl Critical {
                         &staged.0,
                         p.row.checksum.as_deref().unwrap_or_default(),
                     )
-                    .keeping((keep_versions > 0).then(|| {
-                        crate::lifecycle::history::keep_path(&p.target, &p.pack_ref)
-                    }))
+                    .keeping(
+                        (keep_versions > 0)
+                            .then(|| crate::lifecycle::history::keep_path(&p.target, &p.pack_ref)),
+                    )
                 })
             })
             .collect();
@@ -1027,11 +1029,13 @@ async fn write_pack(
             old.as_ref().map(|o| o.row.version.as_str()),
             &p.pack_version,
         ),
-        from: old.as_ref().map_or_else(HistoryVersion::default, |o| HistoryVersion {
-            version: Some(o.row.version.clone()),
-            source: o.row.source.clone(),
-            checksum: o.row.checksum.clone(),
-        }),
+        from: old
+            .as_ref()
+            .map_or_else(HistoryVersion::default, |o| HistoryVersion {
+                version: Some(o.row.version.clone()),
+                source: o.row.source.clone(),
+                checksum: o.row.checksum.clone(),
+            }),
         to: HistoryVersion {
             version: Some(p.pack_version.clone()),
             source: p.row.source.clone(),

@@ -105,7 +105,9 @@ pub(super) async fn rollback_pack(
     ))
 }
 
-pub(crate) fn rollback_result(r: crate::lifecycle::rollback::RollbackReport) -> pb::RollbackPackResult {
+pub(crate) fn rollback_result(
+    r: crate::lifecycle::rollback::RollbackReport,
+) -> pb::RollbackPackResult {
     pb::RollbackPackResult {
         success: r.success,
         r#ref: r.pack_ref,

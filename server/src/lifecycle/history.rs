@@ -215,7 +215,10 @@ mod tests {
     fn actions_follow_semver() {
         assert_eq!(action_for(None, "1.0.0"), HistoryAction::Install);
         assert_eq!(action_for(Some("1.0.0"), "1.1.0"), HistoryAction::Upgrade);
-        assert_eq!(action_for(Some("1.10.0"), "1.9.0"), HistoryAction::Downgrade);
+        assert_eq!(
+            action_for(Some("1.10.0"), "1.9.0"),
+            HistoryAction::Downgrade
+        );
         assert_eq!(action_for(Some("1.0.0"), "1.0.0"), HistoryAction::Replace);
         assert_eq!(
             action_for(Some("2.0.0-beta"), "2.0.0"),

@@ -93,7 +93,10 @@ impl Failure for RollbackError {
 /// Why a rollback was refused; nothing was changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
-    #[error("pack '{pack_ref}' is not installed; only an installed pack can be rolled back{}", kept_note(kept))]
+    #[error(
+        "pack '{pack_ref}' is not installed; only an installed pack can be rolled back{}",
+        kept_note(kept)
+    )]
     NotInstalled { pack_ref: String, kept: Vec<String> },
     #[error(
         "pack '{pack_ref}' has no kept version to roll back to (previous versions are kept when a pack is upgraded or replaced, up to history.keep_versions)"
@@ -260,12 +263,12 @@ fn decode(kept: &KeptVersionRow) -> Result<Restorable, Refusal> {
     };
     let row: FullPackRow =
         serde_json::from_str(&kept.pack_row).map_err(|e| corrupt(format!("pack row: {e}")))?;
-    let components: Vec<ComponentSnapshot> = serde_json::from_str(&kept.components)
-        .map_err(|e| corrupt(format!("components: {e}")))?;
+    let components: Vec<ComponentSnapshot> =
+        serde_json::from_str(&kept.components).map_err(|e| corrupt(format!("components: {e}")))?;
     let test_result = match &kept.test_result {
-        Some(text) => Some(
-            serde_json::from_str(text).map_err(|e| corrupt(format!("test result: {e}")))?,
-        ),
+        Some(text) => {
+            Some(serde_json::from_str(text).map_err(|e| corrupt(format!("test result: {e}")))?)
+        }
         None => None,
     };
     if row.pack_ref != kept.pack_ref {
@@ -363,10 +366,7 @@ async fn run(
         }
         reporter.warn(
             Stage::Validate,
-            format!(
-                "rolling back although {} (force)",
-                needs.join(", ")
-            ),
+            format!("rolling back although {} (force)", needs.join(", ")),
         );
     }
     switch(
@@ -542,10 +542,9 @@ async fn switch(
     };
     if !builds.is_empty() {
         let (root, r) = (envs_root.clone(), pack_ref.to_string());
-        let extended =
-            tokio::task::spawn_blocking(move || extend_kept_builds(&root, &r, builds))
-                .await
-                .map_err(|e| Stop::Failed(RollbackError::TaskFailed(e)))?;
+        let extended = tokio::task::spawn_blocking(move || extend_kept_builds(&root, &r, builds))
+            .await
+            .map_err(|e| Stop::Failed(RollbackError::TaskFailed(e)))?;
         if let Err(e) = extended {
             write.rollback().await;
             return Err(Refusal::Environments {

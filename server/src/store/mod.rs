@@ -31,8 +31,8 @@ macro_rules! on_tx {
 pub mod history;
 mod outbox;
 pub mod packs;
-pub mod versions;
 mod recovery;
+pub mod versions;
 
 use std::{str::FromStr, time::Duration};
 

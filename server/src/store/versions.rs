@@ -240,7 +240,10 @@ impl PackWrite {
     }
 
     /// The kept versions of `pack_ref`, most recently kept first.
-    pub async fn kept_versions(&mut self, pack_ref: &str) -> Result<Vec<KeptVersionRow>, StoreError> {
+    pub async fn kept_versions(
+        &mut self,
+        pack_ref: &str,
+    ) -> Result<Vec<KeptVersionRow>, StoreError> {
         let sql = format!(
             "SELECT {KEPT_COLUMNS} FROM pack_versions WHERE pack_ref = $1 ORDER BY id DESC"
         );

@@ -102,7 +102,10 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The rows a rollback must restore: `(version, checksum, source, installed_by)` and
 /// the components `(kind, ref, file)`.
-type PackRows = ((String, Option<String>, Option<String>, Option<String>), Vec<(String, String, String)>);
+type PackRows = (
+    (String, Option<String>, Option<String>, Option<String>),
+    Vec<(String, String, String)>,
+);
 
 async fn pack_rows(server: &TestServer, pack_ref: &str) -> PackRows {
     use attune_packs_server::store::Db;
@@ -111,12 +114,28 @@ async fn pack_rows(server: &TestServer, pack_ref: &str) -> PackRows {
         JOIN packs p ON p.id = c.pack_id WHERE p.ref = $1 ORDER BY c.kind, c.ref";
     match &server.state.db {
         Db::Sqlite(pool) => (
-            sqlx::query_as(PACK).bind(pack_ref).fetch_one(pool).await.unwrap(),
-            sqlx::query_as(COMPONENTS).bind(pack_ref).fetch_all(pool).await.unwrap(),
+            sqlx::query_as(PACK)
+                .bind(pack_ref)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            sqlx::query_as(COMPONENTS)
+                .bind(pack_ref)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
         ),
         Db::Postgres(pool) => (
-            sqlx::query_as(PACK).bind(pack_ref).fetch_one(pool).await.unwrap(),
-            sqlx::query_as(COMPONENTS).bind(pack_ref).fetch_all(pool).await.unwrap(),
+            sqlx::query_as(PACK)
+                .bind(pack_ref)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            sqlx::query_as(COMPONENTS)
+                .bind(pack_ref)
+                .fetch_all(pool)
+                .await
+                .unwrap(),
         ),
     }
 }
@@ -260,20 +279,33 @@ async fn upgrade_then_rollback_restores_files_rows_and_environment(backend: Back
     assert_ne!(build_1, build_2, "2.0.0 has its own virtualenv");
     // The previous version is kept: its files and its build.
     assert_eq!(kept_dirs(&server, "snake").len(), 1);
-    assert!(link.parent().unwrap().join(&build_1).join("bin/python").exists());
+    assert!(
+        link.parent()
+            .unwrap()
+            .join(&build_1)
+            .join("bin/python")
+            .exists()
+    );
 
     // Nothing to fetch from: a rollback that needed the network would fail.
     std::fs::remove_dir_all(root.join("src")).unwrap();
     let (progress, r) = rollback(&server, "snake", "", false).await;
     assert!(r.success, "{:#?}", r.errors);
-    assert_eq!((r.from_version.as_str(), r.to_version.as_str()), ("2.0.0", "1.0.0"));
+    assert_eq!(
+        (r.from_version.as_str(), r.to_version.as_str()),
+        ("2.0.0", "1.0.0")
+    );
     assert!(
         progress
             .iter()
             .all(|p| p.stage != pb::progress::Stage::Fetch as i32),
         "a rollback fetched: {progress:#?}"
     );
-    assert_eq!(tree(&target), files_1, "the files are 1.0.0's, byte for byte");
+    assert_eq!(
+        tree(&target),
+        files_1,
+        "the files are 1.0.0's, byte for byte"
+    );
     assert_eq!(pack_rows(&server, "snake").await, rows_1);
     assert_eq!(std::fs::read_link(&link).unwrap(), build_1);
     assert!(link.join("bin/python").exists());
@@ -289,7 +321,10 @@ async fn upgrade_then_rollback_restores_files_rows_and_environment(backend: Back
     );
     assert!(h.entries.iter().all(|e| e.actor == "tester"), "{h:#?}");
     assert_eq!(
-        h.kept_versions.iter().map(|k| k.version.as_str()).collect::<Vec<_>>(),
+        h.kept_versions
+            .iter()
+            .map(|k| k.version.as_str())
+            .collect::<Vec<_>>(),
         ["2.0.0"]
     );
 
@@ -335,7 +370,10 @@ async fn the_keep_bound_refusals_and_dependents(backend: Backend) {
         .iter()
         .map(|d| std::fs::read_to_string(d.join("pack.yaml")).unwrap())
         .collect();
-    assert!(kept_files.iter().all(|y| !y.contains("1.0.0")), "{kept_files:?}");
+    assert!(
+        kept_files.iter().all(|y| !y.contains("1.0.0")),
+        "{kept_files:?}"
+    );
     assert_eq!(steps(&h)[0].0, "upgrade");
     assert_eq!(h.entries.len(), 4);
 
@@ -348,7 +386,11 @@ async fn the_keep_bound_refusals_and_dependents(backend: Backend) {
         r.errors
     );
     let (_, r) = rollback(&server, "ghost", "", false).await;
-    assert!(!r.success && r.errors[0].contains("not installed"), "{:?}", r.errors);
+    assert!(
+        !r.success && r.errors[0].contains("not installed"),
+        "{:?}",
+        r.errors
+    );
     let bad = server
         .client()
         .await
@@ -362,12 +404,20 @@ async fn the_keep_bound_refusals_and_dependents(backend: Backend) {
     assert!(history(&server, "ghost").await.entries.is_empty());
 
     // A dependent needs 4.x: refused, nothing changed; forced, done.
-    register(&server, &source(&root, "app", "1.0.0", false, &["keeper@>=4.0.0"])).await;
+    register(
+        &server,
+        &source(&root, "app", "1.0.0", false, &["keeper@>=4.0.0"]),
+    )
+    .await;
     let before = pack_rows(&server, "keeper").await;
     let (_, r) = rollback(&server, "keeper", "", false).await;
     assert!(!r.success);
     assert_eq!(r.dependents, ["app"]);
-    assert!(r.errors[0].contains("app requires >=4.0.0"), "{:?}", r.errors);
+    assert!(
+        r.errors[0].contains("app requires >=4.0.0"),
+        "{:?}",
+        r.errors
+    );
     assert_eq!(pack_rows(&server, "keeper").await, before);
     let (_, r) = rollback(&server, "keeper", "", true).await;
     assert!(r.success, "{:#?}", r.errors);
@@ -378,14 +428,21 @@ async fn the_keep_bound_refusals_and_dependents(backend: Backend) {
     let kept: Vec<&str> = h.kept_versions.iter().map(|k| k.version.as_str()).collect();
     assert_eq!(kept, ["4.0.0", "2.0.0"]);
     for dir in kept_dirs(&server, "keeper") {
-        if std::fs::read_to_string(dir.join("pack.yaml")).unwrap().contains("2.0.0") {
+        if std::fs::read_to_string(dir.join("pack.yaml"))
+            .unwrap()
+            .contains("2.0.0")
+        {
             std::fs::write(dir.join("planted.txt"), "edited").unwrap();
         }
     }
     let before = tree(&server.packs_dir().join("keeper"));
     let (_, r) = rollback(&server, "keeper", "2.0.0", true).await;
     assert!(!r.success);
-    assert!(r.errors[0].contains("was changed since it was kept"), "{:?}", r.errors);
+    assert!(
+        r.errors[0].contains("was changed since it was kept"),
+        "{:?}",
+        r.errors
+    );
     assert_eq!(tree(&server.packs_dir().join("keeper")), before);
     assert_eq!(pack_rows(&server, "keeper").await.0.0, "3.0.0");
     server.stop().await;
@@ -416,7 +473,12 @@ async fn a_failed_registration_is_recorded_as_failed(backend: Backend) {
         force: Some(force),
         ..Default::default()
     };
-    let r = server.client().await.register_batch(request(false)).await.unwrap();
+    let r = server
+        .client()
+        .await
+        .register_batch(request(false))
+        .await
+        .unwrap();
     assert_eq!(r.failed_packs.len(), 1, "{r:#?}");
     let h = history(&server, "tested").await;
     assert_eq!(steps(&h), owned(&[("install", "", "1.0.0", "failed")]));
@@ -424,9 +486,19 @@ async fn a_failed_registration_is_recorded_as_failed(backend: Backend) {
     assert!(!server.packs_dir().join("tested").exists());
 
     // Forced, it registers; then an unforced attempt is refused before any work.
-    let r = server.client().await.register_batch(request(true)).await.unwrap();
+    let r = server
+        .client()
+        .await
+        .register_batch(request(true))
+        .await
+        .unwrap();
     assert_eq!(r.failed_packs.len(), 0, "{r:#?}");
-    let r = server.client().await.register_batch(request(false)).await.unwrap();
+    let r = server
+        .client()
+        .await
+        .register_batch(request(false))
+        .await
+        .unwrap();
     assert_eq!(r.failed_packs.len(), 1, "{r:#?}");
     let h = history(&server, "tested").await;
     assert_eq!(
@@ -566,7 +638,10 @@ async fn kill_nine_during_upgrade_and_rollback_leaves_a_consistent_state(backend
         }
     }
     // The kills landed on both sides of commits.
-    assert!(changed >= 2 && changed < 16, "{changed} of 16 calls changed the version");
+    assert!(
+        (2..16).contains(&changed),
+        "{changed} of 16 calls changed the version"
+    );
     // After all that the pack still rolls back, and what a crash left is cleaned up.
     assert!(rollback_on(&process).await.await.unwrap());
     assert_kept_versions_whole(&setup, "after the last rollback", true).await;
@@ -607,8 +682,14 @@ async fn rest_history_and_rollback(backend: Backend) {
     assert_eq!(body["data"]["kept_versions"][0]["version"], "1.0.0");
 
     for (path, expected) in [
-        ("/api/v1/packs/door/history?limit=0", "limit must be between 1 and 1000"),
-        ("/api/v1/packs/door/history?limit=5000", "limit must be between 1 and 1000"),
+        (
+            "/api/v1/packs/door/history?limit=0",
+            "limit must be between 1 and 1000",
+        ),
+        (
+            "/api/v1/packs/door/history?limit=5000",
+            "limit must be between 1 and 1000",
+        ),
         ("/api/v1/packs/Not-A-Ref/history", "not a valid pack ref"),
     ] {
         let response = http
@@ -618,7 +699,8 @@ async fn rest_history_and_rollback(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "{path}");
-        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert!(
             body["message"].as_str().unwrap().contains(expected),
             "{path}: {body}"
@@ -652,7 +734,8 @@ async fn rest_history_and_rollback(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "{body}");
-        let answer: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert!(
             answer["message"].as_str().unwrap().contains(expected),
             "{body}: {answer}"
@@ -782,7 +865,10 @@ async fn kill_nine_during_a_rollback_with_environments(backend: Backend) {
         }
         assert!(link.join("bin/python").exists(), "{context}");
     }
-    assert!(changed >= 1 && changed < 5, "{changed} of 5 rollbacks switched");
+    assert!(
+        (1..5).contains(&changed),
+        "{changed} of 5 rollbacks switched"
+    );
     assert!(rollback_on(&process).await.await.unwrap());
     assert_consistent(
         &setup,
