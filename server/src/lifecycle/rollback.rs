@@ -327,6 +327,29 @@ async fn run(
     };
     let target = PathBuf::from(&current.row.storage_path);
     let _guards = state.locks.lock_all([target.as_path()]).await;
+    // The environments' lock before the database's: a build of this pack's
+    // environments (Install) holds it and registers afterwards.
+    let envs_root = crate::buildenvs::envs_root(target.parent().unwrap_or(Path::new("/")));
+    let ref_dir = RefDir::new(&envs_root, pack_ref);
+    let _env_lock = if ref_dir.dir.is_dir() {
+        let deadline = tokio::time::Instant::now() + ENV_LOCK_WAIT;
+        match state
+            .locks
+            .lock_across_processes(&ref_dir.dir, deadline)
+            .await
+        {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                return Err(Refusal::Environments {
+                    pack_ref: pack_ref.to_string(),
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+        }
+    } else {
+        None
+    };
 
     // Everything checked again under the lock, before anything moves.
     let mut write = db.begin_packs_write(&[pack_ref]).await?;
@@ -512,7 +535,6 @@ async fn switch(
     let keep_versions = state.config.history.keep_versions;
     let base = target.parent().unwrap_or(Path::new("/")).to_path_buf();
     let envs_root = crate::buildenvs::envs_root(&base);
-    let ref_dir = RefDir::new(&envs_root, pack_ref);
     let token = chosen.checksum.clone().unwrap_or_default();
     let current_links = EnvSnapshot::take(&envs_root, pack_ref).links();
     let links_change = current_links != restorable.links;
@@ -521,25 +543,6 @@ async fn switch(
     let builds: Vec<String> = builds_of(&current_links)
         .chain(builds_of(&restorable.links))
         .collect();
-    let env_lock = if links_change {
-        match state
-            .locks
-            .lock_across_processes(&ref_dir.dir, tokio::time::Instant::now() + ENV_LOCK_WAIT)
-            .await
-        {
-            Ok(guard) => Some(guard),
-            Err(e) => {
-                write.rollback().await;
-                return Err(Refusal::Environments {
-                    pack_ref: pack_ref.to_string(),
-                    reason: e.to_string(),
-                }
-                .into());
-            }
-        }
-    } else {
-        None
-    };
     if !builds.is_empty() {
         let (root, r) = (envs_root.clone(), pack_ref.to_string());
         let extended = tokio::task::spawn_blocking(move || extend_kept_builds(&root, &r, builds))
@@ -720,7 +723,6 @@ async fn switch(
     if let Some(env_intent) = env_intent {
         env_intent.committed();
     }
-    drop(env_lock);
     reporter.info(
         Stage::Register,
         format!(
