@@ -247,6 +247,7 @@ impl Client {
     ) -> Result<pb::RemovePacksResult, ClientError> {
         finish(self.remove_packs_stream(request).await?, |_| {}).await
     }
+
     /// Pack events from `request.after` (0: the oldest kept), then live unless
     /// `stored_only`. Resume with the last `cursor` seen to miss nothing.
     pub async fn watch_events(
@@ -257,5 +258,30 @@ impl Client {
         Ok(Box::pin(
             self.inner.watch_events(request).await?.into_inner(),
         ))
+    }
+
+    /// A pack's history, newest first, and its kept versions.
+    pub async fn pack_history(
+        &mut self,
+        request: pb::PackHistoryRequest,
+    ) -> Result<pb::PackHistoryResponse, ClientError> {
+        Ok(self.inner.pack_history(request).await?.into_inner())
+    }
+
+    /// Puts a kept version of a pack back: files, rows and environment links.
+    pub async fn rollback_pack_stream(
+        &mut self,
+        request: pb::RollbackPackRequest,
+    ) -> Result<EventStream<pb::RollbackPackResult>, ClientError> {
+        Ok(events(
+            self.inner.rollback_pack(request).await?.into_inner(),
+        ))
+    }
+
+    pub async fn rollback_pack(
+        &mut self,
+        request: pb::RollbackPackRequest,
+    ) -> Result<pb::RollbackPackResult, ClientError> {
+        finish(self.rollback_pack_stream(request).await?, |_| {}).await
     }
 }

@@ -1,5 +1,6 @@
 //! `attune-packs`: the command-line client of the attune-packs service.
 
+mod history;
 mod output;
 mod tools;
 
@@ -216,6 +217,27 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         limit: Option<u32>,
+    },
+    /// What happened to an installed pack (install, upgrade, rollback, …), newest first,
+    /// and the previous versions kept for rollback.
+    History {
+        #[arg(value_name = "REF")]
+        pack_ref: String,
+        /// Entries to show (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put a kept previous version of a pack back: files, rows and environments, without
+    /// the network.
+    Rollback {
+        #[arg(value_name = "REF")]
+        pack_ref: String,
+        /// The kept version (default: the most recently kept one).
+        #[arg(long = "to", value_name = "VERSION")]
+        to_version: Option<String>,
+        /// Roll back even though installed packs require the current version.
+        #[arg(long)]
+        force: bool,
     },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
@@ -535,6 +557,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::print_pack_event(&event?, format)?;
             }
             Ok(exit_code(true))
+        }
+        Command::History { pack_ref, limit } => {
+            let result = client
+                .pack_history(pb::PackHistoryRequest {
+                    r#ref: pack_ref,
+                    limit: Some(limit),
+                })
+                .await?;
+            View::new(format, history::print_history).print(&result)?;
+            Ok(exit_code(true))
+        }
+        Command::Rollback {
+            pack_ref,
+            to_version,
+            force,
+        } => {
+            let stream = client
+                .rollback_pack_stream(pb::RollbackPackRequest {
+                    r#ref: pack_ref,
+                    to_version: to_version.unwrap_or_default(),
+                    force,
+                })
+                .await?;
+            let view = View::new(format, history::print_rollback);
+            progress.show(stream, view, |r| r.success).await
         }
         Command::Checksum { .. } | Command::Index { .. } => unreachable!("handled by run_local"),
         Command::Deps {

@@ -442,6 +442,7 @@ pub fn print_remove(r: &pb::RemovePacksResult) {
         (false, _) => println!("nothing was removed"),
     }
 }
+
 /// One event of `attune-packs events`: a line of text, a JSON line, or a YAML document.
 pub fn print_pack_event(e: &pb::PackEvent, format: crate::Format) -> anyhow::Result<()> {
     let payload = serde_json::from_str::<serde_json::Value>(&e.payload_json)

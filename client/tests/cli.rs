@@ -732,6 +732,7 @@ fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
 fn events_lists_the_log_and_follows_it_from_a_cursor() {
     let server = Server::start();
     let register = |name: &str| {
@@ -800,4 +801,56 @@ fn events_lists_the_log_and_follows_it_from_a_cursor() {
         String::from_utf8_lossy(&out.stderr).contains("ahead"),
         "{out:?}"
     );
+}
+
+fn history_and_rollback_from_the_command_line() {
+    let server = Server::start();
+    let v1 = server.pack("v1/kite", "ref: kite\nversion: 1.0.0\n");
+    let v2 = server.pack("v2/kite", "ref: kite\nversion: 2.0.0\n");
+    for path in [&v1, &v2] {
+        let out = server.cli(&server.token, &["-q", "register", "--force", path]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let out = server.cli(&server.token, &["history", "kite"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let upgrade = stdout
+        .lines()
+        .find(|l| l.contains("upgrade"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(upgrade.contains("1.0.0") && upgrade.contains("2.0.0") && upgrade.contains("cli-test"));
+    assert!(stdout.contains("kept for rollback:"), "{stdout}");
+
+    let out = server.cli(&server.token, &["-q", "rollback", "kite"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("kite rolled back from 2.0.0 to 1.0.0"),
+        "{stdout}"
+    );
+
+    // A refusal exits 1 and names the kept versions.
+    let out = server.cli(&server.token, &["-q", "rollback", "kite", "--to", "9.9.9"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("kept versions: 2.0.0"), "{stdout}");
+
+    let out = server.cli(
+        &server.token,
+        &["--json", "history", "kite", "--limit", "2"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rollback", "upgrade"]);
+    assert_eq!(json["kept_versions"][0]["version"], "2.0.0");
 }

@@ -111,6 +111,7 @@ pub struct Config {
     pub pack_files: PackFilesSection,
     pub auth: AuthSection,
     pub events: EventsSection,
+    pub history: HistorySection,
 }
 
 /// `auth:` — who may do what with a valid token.
@@ -129,6 +130,25 @@ impl Default for AuthSection {
         Self {
             legacy_tokens_full_access: true,
         }
+    }
+}
+
+/// Upper bound of `history.keep_versions`: each kept version is a whole copy of a
+/// pack's files and environments.
+pub const MAX_KEEP_VERSIONS: usize = 100;
+
+/// `history:` — previous versions kept for RollbackPack.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySection {
+    /// Previous versions of each pack kept (files, rows, environment builds) when a
+    /// registration replaces it; the oldest beyond this are deleted. 0 keeps none.
+    pub keep_versions: usize,
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        Self { keep_versions: 2 }
     }
 }
 
@@ -728,6 +748,7 @@ impl Default for Config {
             sandbox: SandboxSection::default(),
             auth: AuthSection::default(),
             events: EventsSection::default(),
+            history: HistorySection::default(),
         }
     }
 }
@@ -789,6 +810,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "login.hash_concurrency and login.max_tracked must be at least 1".into(),
             ));
+        }
+        if self.history.keep_versions > MAX_KEEP_VERSIONS {
+            return Err(ConfigError::Invalid(format!(
+                "history.keep_versions must be at most {MAX_KEEP_VERSIONS}"
+            )));
         }
         if self.database_connect_timeout.is_zero() {
             return Err(ConfigError::Invalid(

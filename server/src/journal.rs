@@ -304,6 +304,15 @@ pub struct SwapEntry {
     pub previous: PathBuf,
     /// `sha256:…`, the checksum the transaction writes into the pack's row.
     pub checksum: String,
+    /// Where the old files go once the transaction committed, instead of being
+    /// deleted: a kept version (`history.keep_versions`). Part of the intent, so that
+    /// recovery finishes a committed swap the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<PathBuf>,
+    /// `staged` is a kept version being restored (RollbackPack): undoing puts it back
+    /// where it was instead of deleting it, since it is the only copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restores_kept: bool,
 }
 
 impl SwapEntry {
@@ -316,7 +325,15 @@ impl SwapEntry {
             staged: staged.to_path_buf(),
             previous: work_path(dir, WorkKind::Previous, Some(pack_ref)),
             checksum: checksum.to_string(),
+            keep: None,
+            restores_kept: false,
         }
+    }
+
+    /// Once committed, the old files are kept at `keep` rather than deleted.
+    pub fn keeping(mut self, keep: Option<PathBuf>) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// S0 → S2: the old directory aside (or an empty one to say there was none), then
@@ -366,6 +383,9 @@ impl SwapEntry {
                 fs::rename(&self.previous, &self.target)?;
             }
         }
+        if self.restores_kept {
+            return Ok(());
+        }
         remove_all(&self.staged)
     }
 
@@ -381,6 +401,15 @@ impl SwapEntry {
                 }
             }
             fs::rename(&self.staged, &self.target)?;
+        }
+        if let Some(keep) = &self.keep
+            && exists(&self.previous)
+            && !is_empty_dir(&self.previous)
+        {
+            if let Some(parent) = keep.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            return fs::rename(&self.previous, keep);
         }
         remove_all(&self.previous)
     }
@@ -1673,6 +1702,61 @@ mod tests {
                             .filter(|n| n.starts_with(".attune"))
                             .collect();
                         assert!(left.is_empty(), "{context}: {left:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A swap that keeps the old files (`keep`) and one that restores a kept copy
+    /// (`restores_kept`), stopped in every state: finishing leaves the old files at
+    /// `keep`, undoing leaves the kept copy where it was; twice each.
+    #[test]
+    fn kept_versions_survive_every_intermediate_state_both_ways() {
+        for restores_kept in [false, true] {
+            for stop_after in 0..3 {
+                for commit in [true, false] {
+                    let base = tempfile::tempdir().unwrap();
+                    let mut e = entry(base.path());
+                    let keep = base.path().join(".history/demo/v.1");
+                    e = e.keeping(Some(keep.clone()));
+                    if restores_kept {
+                        e.staged = base.path().join(".history/demo/v.0");
+                        e.restores_kept = true;
+                    }
+                    pack(&e.target, "1");
+                    pack(&e.staged, "2");
+                    if stop_after >= 1 {
+                        fs::rename(&e.target, &e.previous).unwrap();
+                    }
+                    if stop_after >= 2 {
+                        fs::rename(&e.staged, &e.target).unwrap();
+                    }
+                    for _ in 0..2 {
+                        if commit {
+                            e.finish().unwrap();
+                        } else {
+                            e.undo().unwrap();
+                        }
+                    }
+                    let context =
+                        format!("restore {restores_kept} stop {stop_after} commit {commit}");
+                    let (current, kept) = if commit { ("2", "1") } else { ("1", "2") };
+                    assert_eq!(
+                        version(&e.target),
+                        Some(format!("version: {current}\n")),
+                        "{context}"
+                    );
+                    let kept_at = if commit { &keep } else { &e.staged };
+                    let expected_kept = if commit || restores_kept {
+                        Some(format!("version: {kept}\n"))
+                    } else {
+                        None
+                    };
+                    assert_eq!(version(kept_at), expected_kept, "{context}");
+                    assert!(!e.previous.exists(), "{context}");
+                    if !commit {
+                        assert!(!keep.exists(), "{context}");
                     }
                 }
             }

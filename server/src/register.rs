@@ -20,6 +20,7 @@ use futures::StreamExt;
 
 use tracing::instrument;
 
+use crate::lifecycle::history::AfterCommit;
 use crate::{
     checksum::{self, ChecksumError},
     components::{self, ComponentKind, Issue, LoadedPack, Strictness},
@@ -35,6 +36,7 @@ use crate::{
     provenance,
     store::{
         Db, StoreError,
+        history::{HistoryRow, HistoryVersion},
         packs::{ComponentRow, PackRow, PackWrite, TestRow, WriteError},
     },
 };
@@ -54,6 +56,10 @@ pub struct RegisterRequest {
     pub strict: bool,
     /// Who asked (the token's subject), recorded as `installed_by`.
     pub requested_by: Option<String>,
+    /// Per ref, where its environment links pointed before this request switched them
+    /// (Install builds before registering); a kept previous version records these.
+    /// Refs not named: the links as they are at commit.
+    pub env_links_before: HashMap<String, crate::envs::EnvLinks>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +166,12 @@ pub enum RegisterPackError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot record the environment builds kept for '{pack_ref}': {source}")]
+    KeptBuilds {
+        pack_ref: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the registration task failed: {0}")]
     TaskFailed(#[source] tokio::task::JoinError),
 }
@@ -184,7 +196,7 @@ impl RegisterPackError {
             | E::Swap(_)
             | E::StaleSwap { .. }
             | E::StaleSwapRecord { .. } => Stage::Copy,
-            E::Store(_) | E::TaskFailed(_) => Stage::Register,
+            E::Store(_) | E::TaskFailed(_) | E::KeptBuilds { .. } => Stage::Register,
         }
     }
 }
@@ -322,6 +334,8 @@ pub struct Registrar {
     journal: std::sync::Arc<Journal>,
     /// Storage directories being switched, across requests.
     locks: PackLocks,
+    /// `history.keep_versions`: previous versions kept when a pack is replaced.
+    keep_versions: usize,
 }
 
 impl Registrar {
@@ -341,6 +355,47 @@ impl Registrar {
             concurrency: settings.concurrency,
             journal,
             locks,
+            keep_versions: crate::config::HistorySection::default().keep_versions,
+        }
+    }
+
+    /// Keeps this many previous versions of a replaced pack (`history.keep_versions`).
+    pub fn with_keep_versions(mut self, keep_versions: usize) -> Self {
+        self.keep_versions = keep_versions;
+        self
+    }
+
+    /// Records a registration that failed once its pack was known (tests, copy,
+    /// commit): its rows were rolled back, so the row is written on its own.
+    async fn record_failure(
+        &self,
+        pack_ref: &str,
+        version: &str,
+        request: &RegisterRequest,
+        error: &RegisterPackError,
+    ) {
+        if matches!(error.stage(), Stage::Validate) {
+            return;
+        }
+        let from = self.db.registered_version(pack_ref).await.ok().flatten();
+        let row = HistoryRow {
+            pack_ref: pack_ref.to_string(),
+            action: crate::lifecycle::history::action_for(from.as_deref(), version),
+            from: HistoryVersion {
+                version: from,
+                ..HistoryVersion::default()
+            },
+            to: HistoryVersion {
+                version: Some(version.to_string()),
+                ..HistoryVersion::default()
+            },
+            actor: request.requested_by.clone(),
+            succeeded: false,
+            detail: Some(error.to_string()),
+        };
+        let now = crate::auth::unix_now() as i64 * 1000;
+        if let Err(e) = self.db.append_history(&row, now).await {
+            tracing::warn!(pack = %pack_ref, "cannot record the failed registration: {e}");
         }
     }
 
@@ -423,11 +478,23 @@ impl Registrar {
         request: &RegisterRequest,
         reporter: &Reporter,
     ) -> PackOutcome {
-        let prepared = self.prepare(candidate, base, request, reporter).await?;
-        self.commit(vec![prepared], request.force, reporter)
-            .await
-            .map(|mut registered| registered.remove(0))
-            .map_err(|failed| failed.error)
+        let (pack_ref, version) = (
+            candidate.manifest.pack_ref.clone(),
+            candidate.manifest.version.to_string(),
+        );
+        let outcome = match self.prepare(candidate, base, request, reporter).await {
+            Ok(prepared) => self
+                .commit(vec![prepared], request, reporter)
+                .await
+                .map(|mut registered| registered.remove(0))
+                .map_err(|failed| failed.error),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = &outcome {
+            self.record_failure(&pack_ref, &version, request, error)
+                .await;
+        }
+        outcome
     }
 
     /// Registers every pack of `request` or none of them, in the order given
@@ -452,6 +519,7 @@ impl Registrar {
                 let progress = reporter.with_subject(&candidate.manifest.pack_ref);
                 let ids = BatchMember {
                     pack_ref: candidate.manifest.pack_ref.clone(),
+                    version: candidate.manifest.version.to_string(),
                     given: candidate.given_path.clone(),
                 };
                 let (base, request) = (&base, &request);
@@ -488,15 +556,25 @@ impl Registrar {
             ids.push(id);
         }
         if !failed.is_empty() {
+            for f in &failed {
+                if let Some(id) = ids.iter().find(|id| id.pack_ref == f.pack_ref) {
+                    self.record_failure(&id.pack_ref, &id.version, &request, &f.error)
+                        .await;
+                }
+            }
             return Ok(Err(failed));
         }
-        match self.commit(prepared, request.force, reporter).await {
+        match self.commit(prepared, &request, reporter).await {
             Ok(registered) => Ok(Ok(registered)),
-            Err(CommitFailed { index, error }) => Ok(Err(vec![FailedRegistration {
-                pack_ref: ids[index].pack_ref.clone(),
-                pack_path: ids[index].given.clone(),
-                error,
-            }])),
+            Err(CommitFailed { index, error }) => {
+                self.record_failure(&ids[index].pack_ref, &ids[index].version, &request, &error)
+                    .await;
+                Ok(Err(vec![FailedRegistration {
+                    pack_ref: ids[index].pack_ref.clone(),
+                    pack_path: ids[index].given.clone(),
+                    error,
+                }]))
+            }
         }
     }
 
@@ -687,7 +765,7 @@ impl Registrar {
     async fn commit(
         &self,
         prepared: Vec<Prepared>,
-        force: bool,
+        request: &RegisterRequest,
         reporter: &Reporter,
     ) -> Result<Vec<RegisteredPack>, CommitFailed> {
         // Counted before the task is spawned: a caller dropped right after the spawn
@@ -700,7 +778,9 @@ impl Registrar {
             journal: std::sync::Arc::clone(&self.journal),
             locks: self.locks.clone(),
             prepared,
-            force,
+            force: request.force,
+            keep_versions: self.keep_versions,
+            env_links_before: request.env_links_before.clone(),
             reporter: reporter.clone(),
         };
         tokio::spawn(critical.run())
@@ -717,6 +797,8 @@ struct Critical {
     locks: PackLocks,
     prepared: Vec<Prepared>,
     force: bool,
+    keep_versions: usize,
+    env_links_before: HashMap<String, crate::envs::EnvLinks>,
     reporter: Reporter,
 }
 
@@ -730,6 +812,8 @@ impl Critical {
             locks,
             prepared,
             force,
+            keep_versions,
+            env_links_before,
             reporter,
         } = self;
         // The intent is written before any lock is taken, so that its fsync does not
@@ -743,6 +827,10 @@ impl Critical {
                         &p.target,
                         &staged.0,
                         p.row.checksum.as_deref().unwrap_or_default(),
+                    )
+                    .keeping(
+                        (keep_versions > 0)
+                            .then(|| crate::lifecycle::history::keep_path(&p.target, &p.pack_ref)),
                     )
                 })
             })
@@ -794,10 +882,18 @@ impl Critical {
         };
         let now = crate::auth::unix_now() as i64 * 1000;
         let mut ids = Vec::with_capacity(prepared.len());
+        let mut after_commit = Vec::new();
         for (index, (p, entry)) in prepared.iter().zip(&entries).enumerate() {
             p.reporter.info(Stage::Register, "writing to the database");
-            match write_pack(&mut write, p, entry.as_ref(), force, now).await {
-                Ok(id) => ids.push(id),
+            let keeping = Keeping {
+                versions: keep_versions,
+                env_links_before: env_links_before.get(&p.pack_ref),
+            };
+            match write_pack(&mut write, p, entry.as_ref(), force, &keeping, now).await {
+                Ok((id, after)) => {
+                    ids.push(id);
+                    after_commit.extend(after);
+                }
                 Err(error) => {
                     write.rollback().await;
                     abandon(intent);
@@ -843,7 +939,16 @@ impl Critical {
             }
             if finished {
                 intent.complete();
+                // Only once every swap finished: an unfinished one still has a kept
+                // directory to put in place or take from.
+                tokio::task::spawn_blocking(move || after_commit.iter().for_each(AfterCommit::run))
+                    .await
+                    .expect("kept version clean-up panicked");
             }
+        } else {
+            tokio::task::spawn_blocking(move || after_commit.iter().for_each(AfterCommit::run))
+                .await
+                .expect("kept version clean-up panicked");
         }
         drop(guards);
         Ok(prepared
@@ -876,8 +981,12 @@ async fn write_pack(
     p: &Prepared,
     entry: Option<&SwapEntry>,
     force: bool,
+    keeping: &Keeping<'_>,
     now: i64,
-) -> Result<i64, RegisterPackError> {
+) -> Result<(i64, Option<AfterCommit>), RegisterPackError> {
+    // The rows being replaced, before anything overwrites them: the history row
+    // names them and a kept version snapshots them.
+    let old = write.pack_snapshot(&p.pack_ref).await?;
     if let Some(entry) = entry {
         let stale = journal::stale_backups(&entry.target, &entry.pack_ref);
         if !stale.is_empty() {
@@ -914,12 +1023,101 @@ async fn write_pack(
         .append_event(&event, now)
         .await
         .map_err(|e| RegisterPackError::Refused(WriteError::Store(e)))?;
-    Ok(pack_id)
+    let history = HistoryRow {
+        pack_ref: p.pack_ref.clone(),
+        action: crate::lifecycle::history::action_for(
+            old.as_ref().map(|o| o.row.version.as_str()),
+            &p.pack_version,
+        ),
+        from: old
+            .as_ref()
+            .map_or_else(HistoryVersion::default, |o| HistoryVersion {
+                version: Some(o.row.version.clone()),
+                source: o.row.source.clone(),
+                checksum: o.row.checksum.clone(),
+            }),
+        to: HistoryVersion {
+            version: Some(p.pack_version.clone()),
+            source: p.row.source.clone(),
+            checksum: p.row.checksum.clone(),
+        },
+        actor: p.row.installed_by.clone(),
+        succeeded: true,
+        detail: None,
+    };
+    write.append_history(&history, now).await?;
+    let after = keep_previous(write, p, entry, old.as_ref(), keeping, now).await?;
+    Ok((pack_id, after))
+}
+
+/// What registration needs to keep previous versions.
+struct Keeping<'a> {
+    /// `history.keep_versions`.
+    versions: usize,
+    /// Where the pack's environment links pointed before this request switched them.
+    env_links_before: Option<&'a crate::envs::EnvLinks>,
+}
+
+/// Records the replaced version (`old`, whose files the swap moved to `previous`) as
+/// kept, when its files are there to keep, and then prunes the oldest kept versions
+/// beyond `history.keep_versions` (so a lowered setting, 0 included, takes effect at
+/// the ref's next replacement). The environment builds the kept versions name are added
+/// to the ref's kept-builds file before the commit; what is left to do after it is
+/// returned.
+async fn keep_previous(
+    write: &mut PackWrite,
+    p: &Prepared,
+    entry: Option<&SwapEntry>,
+    old: Option<&crate::store::versions::PackSnapshot>,
+    keeping: &Keeping<'_>,
+    now: i64,
+) -> Result<Option<AfterCommit>, RegisterPackError> {
+    let envs_root = crate::buildenvs::envs_root(p.target.parent().unwrap_or(Path::new("/")));
+    // A first install replaces nothing: no kept version changes.
+    let Some(old) = old else {
+        return Ok(None);
+    };
+    // An empty previous directory stands for "there were no files": nothing to keep.
+    if let Some(entry) = entry
+        && let Some(keep) = &entry.keep
+        && fs::read_dir(&entry.previous).is_ok_and(|mut e| e.next().is_some())
+    {
+        let links = keeping
+            .env_links_before
+            .cloned()
+            .unwrap_or_else(|| crate::envs::EnvSnapshot::take(&envs_root, &p.pack_ref).links());
+        write
+            .insert_kept_version(old, &keep.display().to_string(), &json(&links), now)
+            .await?;
+    }
+    write
+        .prune_kept_versions(&p.pack_ref, keeping.versions)
+        .await?;
+    let remaining = write.kept_versions(&p.pack_ref).await?;
+    let after = AfterCommit::of(&p.pack_ref, &p.target, &envs_root, &remaining);
+    if !after.kept_builds.is_empty() {
+        let (root, pack_ref, builds) = (
+            envs_root.clone(),
+            p.pack_ref.clone(),
+            after.kept_builds.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::lifecycle::history::extend_kept_builds(&root, &pack_ref, builds)
+        })
+        .await
+        .expect("kept builds write panicked")
+        .map_err(|source| RegisterPackError::KeptBuilds {
+            pack_ref: p.pack_ref.clone(),
+            source,
+        })?;
+    }
+    Ok(Some(after))
 }
 
 /// Identifies a pack of a batch in failure reports.
 struct BatchMember {
     pack_ref: String,
+    version: String,
     given: String,
 }
 

@@ -65,7 +65,8 @@ impl AppState {
             paths.clone(),
             Arc::clone(&journal),
             locks.clone(),
-        );
+        )
+        .with_keep_versions(config.history.keep_versions);
         let login = Arc::new(LoginGate::new(&config.login));
         let events = crate::events::watch::EventLog::new(db.clone(), &config.events);
         Ok(Self {

@@ -48,6 +48,15 @@ pub struct Marker {
     pub built_at_unix: u64,
 }
 
+/// Inside a ref's directory: a JSON list of the build directory names that kept
+/// versions of the pack (RollbackPack) still point at; garbage collection spares them.
+/// Written before anything that could collect them and rewritten after the change
+/// committed, so that it never names fewer builds than the database keeps.
+pub const KEPT_FILE: &str = ".kept";
+/// Upper bound of the kept-builds file read (it names at most a few builds per kept
+/// version).
+const MAX_KEPT_BYTES: u64 = 64 * 1024;
+
 /// The directory of one pack's environments.
 #[derive(Debug, Clone)]
 pub struct RefDir {
@@ -116,6 +125,48 @@ impl RefDir {
         Ok(())
     }
 
+    /// The builds kept versions point at ([`KEPT_FILE`]); empty when there is none.
+    pub fn kept_builds(&self) -> std::collections::BTreeSet<String> {
+        use std::io::Read as _;
+        let Ok(file) = std::fs::File::open(self.dir.join(KEPT_FILE)) else {
+            return Default::default();
+        };
+        let mut text = Vec::new();
+        if file.take(MAX_KEPT_BYTES).read_to_end(&mut text).is_err() {
+            return Default::default();
+        }
+        serde_json::from_slice(&text).unwrap_or_default()
+    }
+
+    /// Replaces [`KEPT_FILE`] atomically (and durably) with `builds`; an empty set
+    /// removes it.
+    pub fn write_kept(&self, builds: &std::collections::BTreeSet<String>) -> io::Result<()> {
+        use std::io::Write as _;
+        let path = self.dir.join(KEPT_FILE);
+        if builds.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!("{KEPT_FILE}.tmp-{}", build_id()));
+        let body = serde_json::to_vec(builds).map_err(io::Error::other)?;
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
     /// The build `<ref>/<kind>` points at (its directory name), if it is a link.
     fn current_target(&self, kind: &str) -> Option<PathBuf> {
         std::fs::read_link(self.link(kind)).ok()
@@ -129,10 +180,11 @@ impl RefDir {
         };
         let build_prefix = format!("{kind}-");
         let tmp_prefix = format!(".{kind}.tmp-link-");
+        let kept = self.kept_builds();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if Some(name) == keep {
+            if Some(name) == keep || kept.contains(name) {
                 continue;
             }
             let path = entry.path();

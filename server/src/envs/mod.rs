@@ -116,6 +116,7 @@ pub use error::{
 };
 pub use host::{HostConfig, HostEnvironment, HostToolConfig, HostValue, redact_url};
 pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};
+pub use layout::{KEPT_FILE, RefDir};
 
 /// Default for [`BuildOptions::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -461,6 +462,7 @@ pub fn check_envs_match(
         }
     }
     let current = EnvSnapshot::take(envs_root, pack_ref).links();
+    let kept = ref_dir.kept_builds();
     let keep: Vec<&std::ffi::OsStr> = [&current.python, &current.node]
         .into_iter()
         .flatten()
@@ -477,6 +479,7 @@ pub fn check_envs_match(
                 || text.starts_with("node-")
                 || text.contains(".tmp-link-"))
                 && !keep.contains(&name.as_os_str())
+                && !kept.contains(text.as_ref())
         })
         .map(|name| name.to_string_lossy().into_owned())
         .collect();

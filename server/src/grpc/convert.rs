@@ -230,6 +230,7 @@ pub fn register_request(
         force: request.force.unwrap_or(false),
         strict: request.strict.unwrap_or(false),
         requested_by,
+        env_links_before: Default::default(),
     })
 }
 

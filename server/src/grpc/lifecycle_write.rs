@@ -85,15 +85,108 @@ fn remove_result(report: RemoveReport) -> pb::RemovePacksResult {
 }
 
 pub(super) async fn pack_history(
-    _service: &PackServiceImpl,
-    _request: Request<pb::PackHistoryRequest>,
+    service: &PackServiceImpl,
+    request: Request<pb::PackHistoryRequest>,
 ) -> Result<Response<pb::PackHistoryResponse>, Status> {
-    Err(Status::unimplemented("PackHistory"))
+    let _call = super::Call::start(&request, "PackHistory");
+    let request = request.into_inner();
+    let history = crate::lifecycle::history::pack_history(
+        &service.state.db,
+        request.r#ref.trim(),
+        request.limit,
+    )
+    .await
+    .map_err(|e| super::status::status(&e))?;
+    Ok(Response::new(history_response(history)))
+}
+
+pub(crate) fn history_response(
+    history: crate::lifecycle::history::PackHistory,
+) -> pb::PackHistoryResponse {
+    pb::PackHistoryResponse {
+        entries: history
+            .entries
+            .into_iter()
+            .map(|h| pb::HistoryEntry {
+                id: h.id,
+                r#ref: h.pack_ref,
+                action: h.action,
+                from_version: h.from_version.unwrap_or_default(),
+                from_source: h.from_source.unwrap_or_default(),
+                from_checksum: h.from_checksum.unwrap_or_default(),
+                to_version: h.to_version.unwrap_or_default(),
+                to_source: h.to_source.unwrap_or_default(),
+                to_checksum: h.to_checksum.unwrap_or_default(),
+                actor: h.actor.unwrap_or_default(),
+                at_ms: h.at,
+                outcome: h.outcome,
+                detail: h.detail.unwrap_or_default(),
+            })
+            .collect(),
+        kept_versions: history
+            .kept
+            .into_iter()
+            .map(|k| pb::KeptVersion {
+                version: k.version,
+                checksum: k.checksum.unwrap_or_default(),
+                source: k.source.unwrap_or_default(),
+                kept_at_ms: k.kept_at,
+            })
+            .collect(),
+    }
 }
 
 pub(super) async fn rollback_pack(
-    _service: &PackServiceImpl,
-    _request: Request<pb::RollbackPackRequest>,
+    service: &PackServiceImpl,
+    request: Request<pb::RollbackPackRequest>,
 ) -> Result<Response<EventStream<pb::RollbackPackEvent>>, Status> {
-    Err(Status::unimplemented("RollbackPack"))
+    use crate::lifecycle::rollback;
+    let call = super::Call::start(&request, "RollbackPack");
+    let subject = request
+        .extensions()
+        .get::<crate::auth::Principal>()
+        .map(|p| p.subject.clone());
+    let request = request.into_inner();
+    let to_version = request.to_version.trim();
+    let stage_request = rollback::RollbackRequest {
+        pack_ref: request.r#ref.trim().to_string(),
+        to_version: (!to_version.is_empty()).then(|| to_version.to_string()),
+        force: request.force,
+        requested_by: subject,
+    };
+    if !crate::manifest::is_valid_pack_ref(&stage_request.pack_ref) {
+        return Err(super::status::status(&rollback::RollbackError::InvalidRef(
+            stage_request.pack_ref,
+        )));
+    }
+    let state = service.state.clone();
+    Ok(call.stream(
+        &service.stopping,
+        move |reporter| async move {
+            rollback::rollback(&state, stage_request, &reporter)
+                .await
+                .map(rollback_result)
+                .map_err(|e| super::status::status(&e))
+        },
+        |p| pb::RollbackPackEvent {
+            event: Some(pb::rollback_pack_event::Event::Progress(p)),
+        },
+        |r| pb::RollbackPackEvent {
+            event: Some(pb::rollback_pack_event::Event::Result(r)),
+        },
+    ))
+}
+
+pub(crate) fn rollback_result(
+    r: crate::lifecycle::rollback::RollbackReport,
+) -> pb::RollbackPackResult {
+    pb::RollbackPackResult {
+        success: r.success,
+        r#ref: r.pack_ref,
+        from_version: r.from_version,
+        to_version: r.to_version,
+        pack_id: r.pack_id,
+        errors: r.errors,
+        dependents: r.dependents,
+    }
 }

@@ -599,6 +599,11 @@ impl Installer<'_> {
                     force: request.force,
                     strict: request.strict,
                     requested_by: request.requested_by.clone(),
+                    env_links_before: to_register
+                        .iter()
+                        .zip(&snapshots)
+                        .map(|(i, snapshot)| (members[*i].pack_ref.clone(), snapshot.links()))
+                        .collect(),
                 },
                 reporter,
             )

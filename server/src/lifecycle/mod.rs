@@ -1,3 +1,5 @@
-//! The lifecycle of installed packs: removal, history and rollback.
+//! What happens to installed packs after installation: removal, history, rollback.
 
+pub mod history;
 pub mod remove;
+pub mod rollback;

@@ -39,6 +39,7 @@ use crate::{
 
 mod events;
 mod remove;
+mod rollback;
 
 /// The OpenAPI description of this gateway.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -67,6 +68,8 @@ pub fn router(state: RestState) -> Router {
             axum::routing::delete(remove::delete_pack),
         )
         .route("/api/v1/events", get(events::events))
+        .route("/api/v1/packs/{ref}/history", get(rollback::history))
+        .route("/api/v1/packs/{ref}/rollback", post(rollback::rollback))
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -33,6 +33,7 @@ pub mod outbox;
 pub mod packs;
 mod recovery;
 pub mod remove;
+pub mod versions;
 
 use std::{str::FromStr, time::Duration};
 

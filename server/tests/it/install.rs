@@ -210,7 +210,7 @@ fn hidden_leftovers(dir: &Path) -> Vec<String> {
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n != ".envs")
+        .filter(|n| n.starts_with('.') && n != ".envs" && n != ".history")
         .collect()
 }
 
@@ -643,14 +643,17 @@ async fn failed_install_puts_environments_back() {
     assert_eq!(registered(&server).await["snake"].1, "1.0.0");
     assert!(version_of_files(&server, "snake").contains("snake 1.0.0"));
 
-    // Without the bad member the upgrade goes through and the old build is deleted.
+    // Without the bad member the upgrade goes through; the old build stays only as
+    // the kept previous version's (history.keep_versions).
     let mut upgrade = request(&server, &["snake@1.1.0"]);
     upgrade.force = Some(true);
     let (_, r) = install(&server, upgrade).await;
     assert!(r.success, "{:#?}", r.errors);
     assert_eq!(r.installed[0].action, "upgrade");
     assert_ne!(std::fs::read_link(&link).unwrap(), target);
-    assert!(!link.parent().unwrap().join(&target).exists());
+    let kept = std::fs::read_to_string(link.parent().unwrap().join(".kept")).unwrap();
+    assert!(kept.contains(target.to_str().unwrap()), "{kept}");
+    assert!(link.parent().unwrap().join(&target).exists());
     server.stop().await;
 }
 

@@ -28,5 +28,6 @@ mod register;
 mod register_throughput;
 mod remove;
 mod rest;
+mod rollback;
 mod stackstorm_packs;
 mod symlinks;

@@ -339,14 +339,15 @@ async fn failed_re_registration_leaves_the_old_version_intact(backend: Backend) 
             .contains("3.0.0")
     );
     assert!(!stored.join("policies/limit.yaml").exists());
-    // No staging or backup directories are left in the base dir.
+    // No staging or backup directories are left in the base dir; the replaced
+    // version is kept for rollback under `.history`.
     let mut names: Vec<String> = std::fs::read_dir(base(&server))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["alpha"]);
+    assert_eq!(names, [".history", "alpha"]);
     server.stop().await;
 }
 on_both_backends!(failed_re_registration_leaves_the_old_version_intact);
