@@ -125,6 +125,10 @@ enum Step {
     Install(&'static str, &'static str),
     /// RegisterBatch with force over an installed pack.
     Upgrade(&'static str, &'static str),
+    /// RollbackPack to the most recently kept version, `(ref, from, to)`.
+    Rollback(&'static str, &'static str, &'static str),
+    /// RemovePacks of one pack.
+    Remove(&'static str),
 }
 
 impl Step {
@@ -138,6 +142,51 @@ impl Step {
             Step::Upgrade(pack_ref, version) => {
                 vec![register(server, pack_ref, version, true).await]
             }
+            Step::Rollback(pack_ref, from, to) => {
+                let result = server
+                    .client()
+                    .await
+                    .rollback_pack(pb::RollbackPackRequest {
+                        r#ref: pack_ref.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(result.success, "{result:#?}");
+                assert_eq!(
+                    (result.from_version.as_str(), result.to_version.as_str()),
+                    (from, to)
+                );
+                vec![
+                    registered(result.pack_id, pack_ref, to),
+                    (
+                        "pack.rolled_back".into(),
+                        json!({
+                            "pack_id": result.pack_id,
+                            "pack_ref": pack_ref,
+                            "from_version": from,
+                            "to_version": to,
+                        }),
+                    ),
+                ]
+            }
+            Step::Remove(pack_ref) => {
+                let result = server
+                    .client()
+                    .await
+                    .remove_packs(pb::RemovePacksRequest {
+                        refs: vec![pack_ref.into()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(result.success, "{result:#?}");
+                let pack_id = result.removed[0].pack_id;
+                vec![(
+                    "pack.deleted".into(),
+                    json!({ "pack_id": pack_id, "pack_ref": pack_ref }),
+                )]
+            }
         }
     }
 }
@@ -148,6 +197,8 @@ const SEQUENCE: &[Step] = &[
     Step::Install("ev_beta", "0.1.0"),
     Step::Upgrade("ev_alpha", "2.0.0"),
     Step::Upgrade("ev_beta", "0.2.0"),
+    Step::Rollback("ev_alpha", "2.0.0", "1.0.0"),
+    Step::Remove("ev_beta"),
 ];
 
 /// A consumer with a fresh exclusive queue bound to every routing key of a fresh
