@@ -47,3 +47,4 @@ stream_event!(
     RegisterBatchResult
 );
 stream_event!(InstallEvent, install_event, InstallResult);
+stream_event!(VerifyPacksEvent, verify_packs_event, VerifyPacksResult);

@@ -27,6 +27,7 @@ pub mod fetch;
 pub mod git;
 pub mod grpc;
 pub mod install;
+pub mod inventory;
 pub mod journal;
 pub mod locks;
 pub mod packtest;
