@@ -25,6 +25,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 
+mod inventory;
+
 use crate::{
     auth::{AuthError, Authenticator},
     grpc::PackServiceImpl,
@@ -53,6 +55,9 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
         .route("/api/v1/packs/install", post(install))
+        .route("/api/v1/packs", get(inventory::list_packs))
+        .route("/api/v1/packs/verify", post(inventory::verify_packs))
+        .route("/api/v1/packs/{ref}", get(inventory::get_pack))
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
