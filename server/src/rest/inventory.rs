@@ -61,7 +61,7 @@ pub(super) async fn list_packs(
             // `q` as Attune's search, `keyword` as the gRPC field.
             "q" | "keyword" => message.keyword = value.clone(),
             "page" => message.page = Some(number(name, value)?),
-            "page_size" | "per_page" => message.page_size = Some(number(name, value)?),
+            "page_size" => message.page_size = Some(number(name, value)?),
             "page_token" => message.page_token = value.clone(),
             _ => {}
         }
