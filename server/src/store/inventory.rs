@@ -138,10 +138,18 @@ fn filter_sql(backend: Backend, filter: &PackFilter, first: usize) -> (String, V
     let mut n = first;
     if !filter.ref_prefix.is_empty() {
         // An exact comparison of the leading characters: no pattern, so nothing in
-        // the prefix is a wildcard, and no collation folds case.
-        clauses.push(format!("substr(ref, 1, {}) = ${n}", filter.ref_prefix.chars().count()));
+        // the prefix is a wildcard, and no collation folds case. The range in byte
+        // order lets the ref index find the start (refs use no character above `z`,
+        // so every ref with the prefix sorts below `<prefix>~`).
+        let key = bytewise(backend);
+        clauses.push(format!(
+            "{key} >= ${n} AND {key} < ${} AND substr(ref, 1, {}) = ${n}",
+            n + 1,
+            filter.ref_prefix.chars().count()
+        ));
         values.push(filter.ref_prefix.clone());
-        n += 1;
+        values.push(format!("{}~", filter.ref_prefix));
+        n += 2;
     }
     if !filter.keyword.is_empty() {
         let tag_match = match backend {
@@ -153,6 +161,13 @@ fn filter_sql(backend: Backend, filter: &PackFilter, first: usize) -> (String, V
                 "EXISTS (SELECT 1 FROM json_array_elements_text(packs.tags::json) t(v) \
                  WHERE lower(t.v) LIKE ${n} ESCAPE '\\')"
             ),
+        };
+        // A tag that contains the keyword makes the JSON text contain it too, unless
+        // JSON escapes one of its characters: then only the elements can tell.
+        let tag_match = if filter.keyword.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+            tag_match
+        } else {
+            format!("(lower(tags) LIKE ${n} ESCAPE '\\' AND {tag_match})")
         };
         clauses.push(format!(
             "(lower(ref) LIKE ${n} ESCAPE '\\' OR lower(label) LIKE ${n} ESCAPE '\\' \
@@ -355,6 +370,6 @@ mod tests {
             1,
         );
         assert!(sql.contains("substr(ref, 1, 3) = $1"), "{sql}");
-        assert_eq!(values, ["co_", "%50\\%%"]);
+        assert_eq!(values, ["co_", "co_~", "%50\\%%"]);
     }
 }
