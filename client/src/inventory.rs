@@ -86,7 +86,14 @@ pub fn print_list(packs: &[pb::InstalledPackSummary], total: u64, next_page_toke
     println!(
         "{}",
         table(
-            &["REF", "VERSION", "SOURCE", "INSTALLED", "COMPONENTS", "ENVIRONMENTS"],
+            &[
+                "REF",
+                "VERSION",
+                "SOURCE",
+                "INSTALLED",
+                "COMPONENTS",
+                "ENVIRONMENTS"
+            ],
             &rows
         )
     );

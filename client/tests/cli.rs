@@ -676,7 +676,10 @@ fn list_show_and_verify_installed_packs() {
     let server = Server::start();
     let root = server.root.path().canonicalize().unwrap();
     let base = root.join("base").display().to_string();
-    let core = server.pack("src/core", "ref: core\nversion: 1.0.0\ndescription: Core things\n");
+    let core = server.pack(
+        "src/core",
+        "ref: core\nversion: 1.0.0\ndescription: Core things\n",
+    );
     let web = server.pack(
         "src/web",
         "ref: web\nversion: 2.0.0\ndependencies: [\"core@^1\"]\n",
@@ -686,7 +689,12 @@ fn list_show_and_verify_installed_packs() {
         &server.token,
         &["-q", "register", "--packs-base-dir", &base, &core, &web],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let out = server.cli(&server.token, &["list"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -697,15 +705,27 @@ fn list_show_and_verify_installed_packs() {
         .take(2)
         .map(|l| l.split_whitespace().take(3).collect())
         .collect();
-    assert_eq!(rows, [["core", "1.0.0", "local_directory"], ["web", "2.0.0", "local_directory"]]);
+    assert_eq!(
+        rows,
+        [
+            ["core", "1.0.0", "local_directory"],
+            ["web", "2.0.0", "local_directory"]
+        ]
+    );
     assert!(stdout.contains("2 of 2 installed packs"), "{stdout}");
 
     // One per page, every page.
-    let out = server.cli(&server.token, &["--json", "list", "--page-size", "1", "--all"]);
+    let out = server.cli(
+        &server.token,
+        &["--json", "list", "--page-size", "1", "--all"],
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packs"].as_array().unwrap().len(), 2);
     assert_eq!(json["total_items"], 2);
-    let out = server.cli(&server.token, &["--json", "list", "--keyword", "CORE THINGS"]);
+    let out = server.cli(
+        &server.token,
+        &["--json", "list", "--keyword", "CORE THINGS"],
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packs"][0]["ref"], "core");
     assert_eq!(json["packs"].as_array().unwrap().len(), 1);
@@ -720,7 +740,12 @@ fn list_show_and_verify_installed_packs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 
     let out = server.cli(&server.token, &["-q", "verify"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     std::fs::write(Path::new(&base).join("web/notes.txt"), "changed\n").unwrap();
     let out = server.cli(&server.token, &["-q", "verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

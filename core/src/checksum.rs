@@ -890,7 +890,10 @@ mod tests {
         files.sort_unstable_by(|a, b| compare_paths(a, b));
         let root = PackDir::open(dir.path()).unwrap();
         let threaded = hash_files_in_order(&root, &files, None).unwrap();
-        assert_eq!(hash_files_sequentially(&root, &files, None).unwrap(), threaded);
+        assert_eq!(
+            hash_files_sequentially(&root, &files, None).unwrap(),
+            threaded
+        );
         assert_eq!(directory_checksum(dir.path()).unwrap(), threaded);
         // Per-file digests from both paths agree with hashing each file alone.
         let (mut seq, mut thr) = (Vec::new(), Vec::new());
@@ -899,7 +902,11 @@ mod tests {
         assert_eq!(seq, thr);
         for (rel, digest) in files.iter().zip(&seq) {
             let content = std::fs::read(dir.path().join(rel)).unwrap();
-            assert_eq!(digest.as_slice(), Sha256::digest(&content).as_slice(), "{rel}");
+            assert_eq!(
+                digest.as_slice(),
+                Sha256::digest(&content).as_slice(),
+                "{rel}"
+            );
         }
     }
 
@@ -1228,13 +1235,21 @@ mod tests {
         for count in [3, SMALL_TREE_FILES + 5] {
             let d = tempfile::tempdir().unwrap();
             for i in 0..count {
-                write(d.path(), &format!("sub/f{i}.txt"), format!("content {i}").as_bytes());
+                write(
+                    d.path(),
+                    &format!("sub/f{i}.txt"),
+                    format!("content {i}").as_bytes(),
+                );
             }
             write(d.path(), "pack.yaml", b"ref: x\n");
             let digest = directory_digest(d.path(), LinkPolicy::Resolve).unwrap();
             assert_eq!(digest.checksum, directory_checksum(d.path()).unwrap());
             assert_eq!(digest.files.len(), count + 1);
-            let (path, hex) = digest.files.iter().find(|(p, _)| p == "sub/f1.txt").unwrap();
+            let (path, hex) = digest
+                .files
+                .iter()
+                .find(|(p, _)| p == "sub/f1.txt")
+                .unwrap();
             assert_eq!(path, "sub/f1.txt");
             assert_eq!(*hex, hex::encode(Sha256::digest(b"content 1")));
             assert!(digest.irregular.is_empty());

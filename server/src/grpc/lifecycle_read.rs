@@ -127,7 +127,11 @@ pub(super) async fn get_pack(
             .map(|k| pb::KeptVersion {
                 version: k.version,
                 checksum: k.checksum.unwrap_or_default(),
-                source: k.source.as_deref().map(crate::source::redact_url).unwrap_or_default(),
+                source: k
+                    .source
+                    .as_deref()
+                    .map(crate::source::redact_url)
+                    .unwrap_or_default(),
                 kept_at_ms: k.kept_at,
             })
             .collect(),

