@@ -284,4 +284,38 @@ impl Client {
     ) -> Result<pb::RollbackPackResult, ClientError> {
         finish(self.rollback_pack_stream(request).await?, |_| {}).await
     }
+
+    /// A page of installed packs.
+    pub async fn list_packs(
+        &mut self,
+        request: pb::ListPacksRequest,
+    ) -> Result<pb::ListPacksResponse, ClientError> {
+        Ok(self.inner.list_packs(request).await?.into_inner())
+    }
+
+    /// One installed pack in full; `NOT_FOUND` when it is not installed.
+    pub async fn get_pack(&mut self, pack_ref: &str) -> Result<pb::PackDetail, ClientError> {
+        Ok(self
+            .inner
+            .get_pack(pb::GetPackRequest {
+                r#ref: pack_ref.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Checks installed packs' files against what registration recorded.
+    pub async fn verify_packs_stream(
+        &mut self,
+        request: pb::VerifyPacksRequest,
+    ) -> Result<EventStream<pb::VerifyPacksResult>, ClientError> {
+        Ok(events(self.inner.verify_packs(request).await?.into_inner()))
+    }
+
+    pub async fn verify_packs(
+        &mut self,
+        request: pb::VerifyPacksRequest,
+    ) -> Result<pb::VerifyPacksResult, ClientError> {
+        finish(self.verify_packs_stream(request).await?, |_| {}).await
+    }
 }

@@ -1,6 +1,7 @@
 //! `attune-packs`: the command-line client of the attune-packs service.
 
 mod history;
+mod inventory;
 mod output;
 mod tools;
 
@@ -238,6 +239,37 @@ enum Command {
         /// Roll back even though installed packs require the current version.
         #[arg(long)]
         force: bool,
+    },
+    /// Installed packs, in ref order, a page at a time.
+    List {
+        /// Only packs whose ref starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only packs whose ref, label, description or tags contain this (any case).
+        #[arg(long)]
+        keyword: Option<String>,
+        /// Packs per page (server default 50, at most 100).
+        #[arg(long)]
+        page_size: Option<u32>,
+        /// Continue after a previous page (its `next_page_token`).
+        #[arg(long, conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Every page, not just the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One installed pack in full: provenance, components, environments, last test,
+    /// dependencies both ways.
+    Show {
+        #[arg(value_name = "REF")]
+        pack_ref: String,
+    },
+    /// Check installed packs' files against what was registered (like `rpm -V`); exit 1
+    /// when a pack was modified or is missing.
+    Verify {
+        /// Packs to verify; none: every installed pack.
+        #[arg(value_name = "REF")]
+        refs: Vec<String>,
     },
     /// Analyse pack and runtime dependencies of pack directories (server paths).
     Deps {
@@ -582,6 +614,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             let view = View::new(format, history::print_rollback);
             progress.show(stream, view, |r| r.success).await
+        }
+        Command::List {
+            prefix,
+            keyword,
+            page_size,
+            page_token,
+            all,
+        } => {
+            let mut request = pb::ListPacksRequest {
+                ref_prefix: prefix.unwrap_or_default(),
+                keyword: keyword.unwrap_or_default(),
+                page_size,
+                page_token: page_token.unwrap_or_default(),
+                page: None,
+            };
+            let mut page = client.list_packs(request.clone()).await?;
+            if all {
+                let mut packs = std::mem::take(&mut page.packs);
+                while !page.next_page_token.is_empty() {
+                    request.page_token = std::mem::take(&mut page.next_page_token);
+                    page = client.list_packs(request.clone()).await?;
+                    packs.append(&mut page.packs);
+                }
+                page.packs = packs;
+                page.page = 1;
+            }
+            let view = View::new(format, |r: &pb::ListPacksResponse| {
+                inventory::print_list(&r.packs, r.total_items, &r.next_page_token)
+            });
+            view.print(&page)?;
+            Ok(exit_code(true))
+        }
+        Command::Show { pack_ref } => {
+            let detail = client.get_pack(&pack_ref).await?;
+            View::new(format, inventory::print_show).print(&detail)?;
+            Ok(exit_code(true))
+        }
+        Command::Verify { refs } => {
+            let stream = client
+                .verify_packs_stream(pb::VerifyPacksRequest { refs })
+                .await?;
+            let view = View::new(format, inventory::print_verify);
+            progress.show(stream, view, inventory::verify_clean).await
         }
         Command::Checksum { .. } | Command::Index { .. } => unreachable!("handled by run_local"),
         Command::Deps {

@@ -854,3 +854,90 @@ fn history_and_rollback_from_the_command_line() {
     assert_eq!(actions, ["rollback", "upgrade"]);
     assert_eq!(json["kept_versions"][0]["version"], "2.0.0");
 }
+
+fn list_show_and_verify_installed_packs() {
+    let server = Server::start();
+    let root = server.root.path().canonicalize().unwrap();
+    let base = root.join("base").display().to_string();
+    let core = server.pack(
+        "src/core",
+        "ref: core\nversion: 1.0.0\ndescription: Core things\n",
+    );
+    let web = server.pack(
+        "src/web",
+        "ref: web\nversion: 2.0.0\ndependencies: [\"core@^1\"]\n",
+    );
+    std::fs::write(Path::new(&web).join("notes.txt"), "notes\n").unwrap();
+    let out = server.cli(
+        &server.token,
+        &["-q", "register", "--packs-base-dir", &base, &core, &web],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = server.cli(&server.token, &["list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(2)
+        .take(2)
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["core", "1.0.0", "local_directory"],
+            ["web", "2.0.0", "local_directory"]
+        ]
+    );
+    assert!(stdout.contains("2 of 2 installed packs"), "{stdout}");
+
+    // One per page, every page.
+    let out = server.cli(
+        &server.token,
+        &["--json", "list", "--page-size", "1", "--all"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["packs"].as_array().unwrap().len(), 2);
+    assert_eq!(json["total_items"], 2);
+    let out = server.cli(
+        &server.token,
+        &["--json", "list", "--keyword", "CORE THINGS"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["packs"][0]["ref"], "core");
+    assert_eq!(json["packs"].as_array().unwrap().len(), 1);
+
+    let out = server.cli(&server.token, &["show", "core"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("core 1.0.0"), "{stdout}");
+    assert!(stdout.contains("web ^1 (1.0.0) ok"), "{stdout}");
+    let out = server.cli(&server.token, &["show", "nothere"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+
+    let out = server.cli(&server.token, &["-q", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(Path::new(&base).join("web/notes.txt"), "changed\n").unwrap();
+    let out = server.cli(&server.token, &["-q", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("modified      web"), "{stdout}");
+    assert!(stdout.contains("  M notes.txt"), "{stdout}");
+    assert!(stdout.contains("1 ok, 1 not ok"), "{stdout}");
+    let out = server.cli(&server.token, &["-q", "--json", "verify", "core"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["packs"][0]["status"], "ok");
+}

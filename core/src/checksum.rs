@@ -130,21 +130,82 @@ fn hex_digest(sha: Sha256) -> String {
 /// at run time by `sha2`). Buffers are recycled, so there is no per-file allocation of
 /// content buffers.
 pub fn directory_checksum(dir: &Path) -> Result<String, ChecksumError> {
+    let (root, files, _) = collect(dir, LinkPolicy::Resolve)?;
+    if files.len() <= SMALL_TREE_FILES {
+        hash_files_sequentially(&root, &files, None)
+    } else {
+        hash_files_in_order(&root, &files, None)
+    }
+}
+
+/// How a walk treats a symbolic link (or any entry that is neither a regular file nor
+/// a directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPolicy {
+    /// As [`directory_checksum`]: a link inside the directory is hashed as what it
+    /// resolves to; a link out, a device, fifo or socket is an error.
+    Resolve,
+    /// Nothing is followed: links and special files are listed in
+    /// [`TreeDigest::irregular`] and left out of the checksum, names that are not
+    /// UTF-8 too. For checking a stored pack, where none of them belongs (registration
+    /// stores what links resolve to), so each is a finding rather than a failure.
+    Report,
+}
+
+/// A directory's "attune-pack-file-v1" checksum with each file's own SHA-256,
+/// computed in the same pass (each file is read once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeDigest {
+    /// 64 lowercase hex characters, as [`directory_checksum`].
+    pub checksum: String,
+    /// `(relative path, hex SHA-256 of the content)` of every regular file, in
+    /// component order.
+    pub files: Vec<(String, String)>,
+    /// `(relative path, what it is)` of the entries [`LinkPolicy::Report`] left out.
+    pub irregular: Vec<(String, &'static str)>,
+}
+
+/// [`directory_checksum`] and, from the same reads, the SHA-256 of every file.
+pub fn directory_digest(dir: &Path, links: LinkPolicy) -> Result<TreeDigest, ChecksumError> {
+    let (root, files, irregular) = collect(dir, links)?;
+    let mut digests = Vec::with_capacity(files.len());
+    let checksum = if files.len() <= SMALL_TREE_FILES {
+        hash_files_sequentially(&root, &files, Some(&mut digests))?
+    } else {
+        hash_files_in_order(&root, &files, Some(&mut digests))?
+    };
+    Ok(TreeDigest {
+        checksum,
+        files: files
+            .into_iter()
+            .zip(digests.iter().map(hex::encode))
+            .collect(),
+        irregular,
+    })
+}
+
+/// Opens `dir` and lists its files in component order (and, when `links` is
+/// [`LinkPolicy::Report`], the entries left out).
+#[allow(clippy::type_complexity)]
+fn collect(
+    dir: &Path,
+    links: LinkPolicy,
+) -> Result<(PackDir, Vec<String>, Vec<(String, &'static str)>), ChecksumError> {
     let root = PackDir::open(dir).map_err(refused)?;
     let mut files = Vec::new();
     let mut rel = String::new();
     let mut walk_state = Walk {
         limits: crate::packfs::tree_limits(),
         entries: 0,
+        links,
+        irregular: Vec::new(),
     };
     let mut ancestors = vec![root.identity().map_err(refused)?];
     walk_state.walk(&root, 0, &mut rel, &mut files, &mut ancestors)?;
     files.sort_unstable_by(|a, b| compare_paths(a, b));
-    if files.len() <= SMALL_TREE_FILES {
-        hash_files_sequentially(&root, &files)
-    } else {
-        hash_files_in_order(&root, &files)
-    }
+    let mut irregular = walk_state.irregular;
+    irregular.sort_unstable_by(|a, b| compare_paths(&a.0, &b.0));
+    Ok((root, files, irregular))
 }
 
 /// The checksum's own error for what the pack's descriptor refused.
@@ -161,10 +222,15 @@ const SMALL_TREE_FILES: usize = 256;
 
 /// Hashes the files one after the other on this thread with one reused buffer: the
 /// fast path for typical packs (dozens of small files).
-fn hash_files_sequentially(root: &PackDir, files: &[String]) -> Result<String, ChecksumError> {
+fn hash_files_sequentially(
+    root: &PackDir,
+    files: &[String],
+    mut digests: Option<&mut Vec<[u8; 32]>>,
+) -> Result<String, ChecksumError> {
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
+        let mut own = digests.is_some().then(Sha256::new);
         let path = root.path().join(rel);
         let PackFile {
             file: mut f, len, ..
@@ -176,6 +242,9 @@ fn hash_files_sequentially(root: &PackDir, files: &[String]) -> Result<String, C
                 Ok(0) => break,
                 Ok(n) => {
                     sha.update(&buf[..n]);
+                    if let Some(own) = &mut own {
+                        own.update(&buf[..n]);
+                    }
                     total += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -189,12 +258,19 @@ fn hash_files_sequentially(root: &PackDir, files: &[String]) -> Result<String, C
                 actual: total,
             });
         }
+        if let (Some(digests), Some(own)) = (digests.as_deref_mut(), own) {
+            digests.push(own.finalize().into());
+        }
     }
     Ok(hex::encode(sha.finalize()))
 }
 
 /// Hashes the given `/`-joined relative paths under `root` in the given order.
-fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, ChecksumError> {
+fn hash_files_in_order(
+    root: &PackDir,
+    files: &[String],
+    mut digests: Option<&mut Vec<[u8; 32]>>,
+) -> Result<String, ChecksumError> {
     enum Msg {
         File(usize, u64),
         Data(Vec<u8>),
@@ -206,6 +282,8 @@ fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, Check
         let _ = pool_tx.send(vec![0u8; READ_BUF]);
     }
     let mut sha = Sha256::new();
+    // The file being hashed on its own, when per-file digests are asked for.
+    let mut own: Option<Sha256> = None;
     std::thread::scope(|s| {
         s.spawn(move || {
             let send_err = |e| {
@@ -268,9 +346,20 @@ fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, Check
         });
         for msg in rx {
             match msg {
-                Msg::File(i, len) => hash_header(&mut sha, &files[i], len),
+                Msg::File(i, len) => {
+                    hash_header(&mut sha, &files[i], len);
+                    if let Some(digests) = digests.as_deref_mut() {
+                        if let Some(done) = own.take() {
+                            digests.push(done.finalize().into());
+                        }
+                        own = Some(Sha256::new());
+                    }
+                }
                 Msg::Data(buf) => {
                     sha.update(&buf);
+                    if let Some(own) = &mut own {
+                        own.update(&buf);
+                    }
                     let _ = pool_tx.send(buf);
                 }
                 Msg::Err(e) => return Err(e),
@@ -279,6 +368,9 @@ fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, Check
         Ok(())
     })?;
     // `rx` was drained to the end: the reader finished without error.
+    if let (Some(digests), Some(done)) = (digests, own) {
+        digests.push(done.finalize().into());
+    }
     Ok(hex_digest(sha))
 }
 
@@ -288,6 +380,9 @@ fn hash_files_in_order(root: &PackDir, files: &[String]) -> Result<String, Check
 struct Walk {
     limits: crate::packfs::TreeLimits,
     entries: u64,
+    links: LinkPolicy,
+    /// What [`LinkPolicy::Report`] left out.
+    irregular: Vec<(String, &'static str)>,
 }
 
 impl Walk {
@@ -314,6 +409,16 @@ impl Walk {
             }
             let path = dir.path().join(&entry.name);
             let Some(name) = entry.name.to_str() else {
+                if self.links == LinkPolicy::Report {
+                    let lossy = entry.name.to_string_lossy();
+                    let shown = if rel.is_empty() {
+                        lossy.into_owned()
+                    } else {
+                        format!("{rel}/{lossy}")
+                    };
+                    self.irregular.push((shown, "file name that is not UTF-8"));
+                    continue;
+                }
                 return Err(ChecksumError::NonUtf8Path { path });
             };
             let base = rel.len();
@@ -321,9 +426,17 @@ impl Walk {
                 rel.push('/');
             }
             rel.push_str(name);
-            let kind = match entry.kind {
-                EntryKind::Symlink => dir.resolve_kind(name).map_err(refused)?.0,
-                other => other,
+            let kind = match (entry.kind, self.links) {
+                (EntryKind::File | EntryKind::Dir, _) => entry.kind,
+                (other, LinkPolicy::Report) => {
+                    self.irregular.push((rel.clone(), other.describe()));
+                    rel.truncate(base);
+                    continue;
+                }
+                (EntryKind::Symlink, LinkPolicy::Resolve) => {
+                    dir.resolve_kind(name).map_err(refused)?.0
+                }
+                (other, LinkPolicy::Resolve) => other,
             };
             match kind {
                 EntryKind::File => out.push(rel.clone()),
@@ -776,9 +889,25 @@ mod tests {
         }
         files.sort_unstable_by(|a, b| compare_paths(a, b));
         let root = PackDir::open(dir.path()).unwrap();
-        let threaded = hash_files_in_order(&root, &files).unwrap();
-        assert_eq!(hash_files_sequentially(&root, &files).unwrap(), threaded);
+        let threaded = hash_files_in_order(&root, &files, None).unwrap();
+        assert_eq!(
+            hash_files_sequentially(&root, &files, None).unwrap(),
+            threaded
+        );
         assert_eq!(directory_checksum(dir.path()).unwrap(), threaded);
+        // Per-file digests from both paths agree with hashing each file alone.
+        let (mut seq, mut thr) = (Vec::new(), Vec::new());
+        hash_files_sequentially(&root, &files, Some(&mut seq)).unwrap();
+        hash_files_in_order(&root, &files, Some(&mut thr)).unwrap();
+        assert_eq!(seq, thr);
+        for (rel, digest) in files.iter().zip(&seq) {
+            let content = std::fs::read(dir.path().join(rel)).unwrap();
+            assert_eq!(
+                digest.as_slice(),
+                Sha256::digest(&content).as_slice(),
+                "{rel}"
+            );
+        }
     }
 
     #[test]
@@ -1099,6 +1228,61 @@ mod tests {
     #[test]
     fn prefixed() {
         assert_eq!(checksum_prefixed("ab"), "sha256:ab");
+    }
+
+    #[test]
+    fn the_digest_is_the_checksum_plus_every_file() {
+        for count in [3, SMALL_TREE_FILES + 5] {
+            let d = tempfile::tempdir().unwrap();
+            for i in 0..count {
+                write(
+                    d.path(),
+                    &format!("sub/f{i}.txt"),
+                    format!("content {i}").as_bytes(),
+                );
+            }
+            write(d.path(), "pack.yaml", b"ref: x\n");
+            let digest = directory_digest(d.path(), LinkPolicy::Resolve).unwrap();
+            assert_eq!(digest.checksum, directory_checksum(d.path()).unwrap());
+            assert_eq!(digest.files.len(), count + 1);
+            let (path, hex) = digest
+                .files
+                .iter()
+                .find(|(p, _)| p == "sub/f1.txt")
+                .unwrap();
+            assert_eq!(path, "sub/f1.txt");
+            assert_eq!(*hex, hex::encode(Sha256::digest(b"content 1")));
+            assert!(digest.irregular.is_empty());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn report_lists_links_and_follows_none() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "secret", b"secret");
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "pack.yaml", b"ref: x\n");
+        write(d.path(), "lib/a.py", b"a");
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("lib/out"))
+            .unwrap();
+        std::os::unix::fs::symlink("lib", d.path().join("lib2")).unwrap();
+        assert!(directory_digest(d.path(), LinkPolicy::Resolve).is_err());
+        let digest = directory_digest(d.path(), LinkPolicy::Report).unwrap();
+        let paths: Vec<&str> = digest.files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["lib/a.py", "pack.yaml"]);
+        assert_eq!(
+            digest.irregular,
+            [
+                ("lib/out".to_string(), "symbolic link"),
+                ("lib2".to_string(), "symbolic link")
+            ]
+        );
+        // The checksum covers the regular files only.
+        let plain = tempfile::tempdir().unwrap();
+        write(plain.path(), "pack.yaml", b"ref: x\n");
+        write(plain.path(), "lib/a.py", b"a");
+        assert_eq!(digest.checksum, directory_checksum(plain.path()).unwrap());
     }
 
     #[test]

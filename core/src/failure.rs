@@ -12,6 +12,8 @@
 pub enum FailureKind {
     /// The request is malformed: the caller must change it.
     InvalidRequest,
+    /// What the request names does not exist (a pack that is not installed).
+    NotFound,
     /// The call was cancelled (the caller went away, or a deadline passed).
     Cancelled,
     /// Something the call needs (a registry, the database) cannot be reached now;

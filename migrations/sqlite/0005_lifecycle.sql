@@ -63,3 +63,6 @@ CREATE INDEX event_outbox_unpublished ON event_outbox (id) WHERE published_at IS
 -- before grants existed keep full access.
 ALTER TABLE users ADD COLUMN grants TEXT NOT NULL
     DEFAULT '["packs:read","packs:install","packs:delete","packs:configure"]';
+
+-- ListPacks pages in byte order of the ref: SQLite's BINARY collation, so the unique
+-- index on `packs.ref` serves it (PostgreSQL needs an index in the "C" collation).

@@ -49,3 +49,4 @@ stream_event!(
 stream_event!(InstallEvent, install_event, InstallResult);
 stream_event!(RemovePacksEvent, remove_packs_event, RemovePacksResult);
 stream_event!(RollbackPackEvent, rollback_pack_event, RollbackPackResult);
+stream_event!(VerifyPacksEvent, verify_packs_event, VerifyPacksResult);

@@ -257,6 +257,8 @@ struct FetchedPack {
     checksum_hex: Option<String>,
     /// A registry checksum that was checked (archive bytes, before extraction).
     verified: bool,
+    /// The checksum the index promised, when it gave one (and it matched).
+    promised: Option<String>,
     /// What names the pack when its pack.yaml has no `ref` (see
     /// `manifest::dir_name`).
     dir_name: Option<String>,
@@ -607,6 +609,7 @@ impl Downloader {
             registry_url: registry.as_ref().map(|r| r.index_url.clone()),
             registry_trust: registry.as_ref().map(|r| r.trust.as_str().to_string()),
             checksum_verified: verified,
+            expected_checksum: fetched.promised.clone(),
             downloaded_at: crate::auth::unix_now() as i64 * 1000,
         };
         let _placing = self.locks.lock(&target).await;
@@ -698,6 +701,7 @@ impl Downloader {
                                     );
                                     fetched.checksum_hex = Some(actual);
                                     fetched.verified = true;
+                                    fetched.promised = Some(expected.to_string());
                                     Ok(fetched)
                                 }
                                 Ok(actual) => Err(PackDownloadError::CheckoutChecksumMismatch {
@@ -812,6 +816,7 @@ impl Downloader {
             git_commit: Some(checkout.commit),
             checksum_hex: None,
             verified: false,
+            promised: None,
         })
     }
 
@@ -851,6 +856,7 @@ impl Downloader {
         fetched.kind = SourceKind::Archive;
         fetched.url = Some(url.to_string());
         fetched.verified = verified;
+        fetched.promised = expected.filter(|_| verified).map(ToString::to_string);
         let _ = fs::remove_file(&file);
         Ok(fetched)
     }
@@ -912,6 +918,7 @@ impl Downloader {
             git_commit: None,
             checksum_hex: Some(checksum_hex),
             verified: false,
+            promised: None,
         })
     }
 
@@ -978,6 +985,7 @@ impl Downloader {
             git_commit: None,
             checksum_hex: None,
             verified: false,
+            promised: None,
         })
     }
 }

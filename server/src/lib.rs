@@ -28,6 +28,7 @@ pub mod git;
 pub mod grants;
 pub mod grpc;
 pub mod install;
+pub mod inventory;
 pub mod journal;
 pub mod lifecycle;
 pub mod locks;

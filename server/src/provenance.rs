@@ -41,6 +41,11 @@ pub struct Provenance {
     pub registry_trust: Option<String>,
     /// The index's checksum was compared and matched.
     pub checksum_verified: bool,
+    /// The checksum the index promised (`sha256:…`; for an archive source, of the
+    /// archive's bytes), when it gave one. Absent in sidecars written before the field
+    /// existed.
+    #[serde(default)]
+    pub expected_checksum: Option<String>,
     /// Unix milliseconds.
     pub downloaded_at: i64,
 }

@@ -674,22 +674,36 @@ impl Registrar {
         // Provenance from Download, trusted only if the pack is unchanged since.
         let checksum_dir = work_dir.clone();
         let source_dir = dir.clone();
-        let (checksum_hex, provenance) = tokio::task::spawn_blocking(move || {
-            let checksum = checksum::directory_checksum(&checksum_dir)?;
+        // One read of the files gives the checksum and the per-file manifest that
+        // VerifyPacks compares against later.
+        let (digest, provenance) = tokio::task::spawn_blocking(move || {
+            let digest = checksum::directory_digest(&checksum_dir, checksum::LinkPolicy::Resolve)?;
             let provenance = provenance::read(&source_dir)
-                .filter(|p| p.checksum == checksum::checksum_prefixed(&checksum));
-            Ok::<_, ChecksumError>((checksum, provenance))
+                .filter(|p| p.checksum == checksum::checksum_prefixed(&digest.checksum));
+            Ok::<_, ChecksumError>((digest, provenance))
         })
         .await
         .expect("checksum panicked")?;
 
-        let row = pack_row(
+        let mut row = pack_row(
             &manifest,
             &target,
-            &checksum_hex,
+            &digest.checksum,
             provenance.as_ref(),
             request.requested_by.clone(),
         );
+        row.file_manifest = file_manifest(&digest);
+        if row.file_manifest.is_none() {
+            reporter.warn(
+                Stage::Register,
+                format!(
+                    "the list of {} files is larger than {} MiB: no per-file manifest is \
+                     recorded, so verify can only compare the whole checksum",
+                    digest.files.len(),
+                    MAX_FILE_MANIFEST_BYTES / (1024 * 1024)
+                ),
+            );
+        }
         let mut validation = Validation::default();
         validation
             .warnings
@@ -1445,7 +1459,26 @@ fn pack_row(
         checksum_verified: provenance.is_some_and(|p| p.checksum_verified),
         registry_trust: provenance.and_then(|p| p.registry_trust.clone()),
         installed_by,
+        file_manifest: None,
+        expected_checksum: provenance.and_then(|p| p.expected_checksum.clone()),
     }
+}
+
+/// The stored per-file manifest is bounded: a pack of 20,000 files with long paths
+/// stays well below it (about 2 MiB for 100-byte paths), a hostile one cannot make the
+/// row arbitrarily large.
+const MAX_FILE_MANIFEST_BYTES: usize = 16 * 1024 * 1024;
+
+/// `{"<path>": "<hex sha256>", …}`, or `None` when larger than
+/// [`MAX_FILE_MANIFEST_BYTES`].
+fn file_manifest(digest: &checksum::TreeDigest) -> Option<String> {
+    let map: serde_json::Map<String, serde_json::Value> = digest
+        .files
+        .iter()
+        .map(|(path, hex)| (path.clone(), serde_json::Value::String(hex.clone())))
+        .collect();
+    let text = serde_json::to_string(&map).ok()?;
+    (text.len() <= MAX_FILE_MANIFEST_BYTES).then_some(text)
 }
 
 fn component_rows(loaded: &LoadedPack) -> Vec<ComponentRow> {

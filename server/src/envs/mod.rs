@@ -115,8 +115,7 @@ pub use error::{
     InputsError, PackageTool, ToolError,
 };
 pub use host::{HostConfig, HostEnvironment, HostToolConfig, HostValue, redact_url};
-pub use layout::{EnvLinks, EnvSnapshot, MARKER_FILE};
-pub use layout::{KEPT_FILE, RefDir};
+pub use layout::{EnvLinks, EnvSnapshot, KEPT_FILE, MARKER_FILE, Marker, RefDir};
 
 /// Default for [`BuildOptions::timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -14,6 +14,7 @@ pub fn status(failure: &dyn Failure) -> Status {
 fn code(kind: FailureKind) -> Code {
     match kind {
         FailureKind::InvalidRequest => Code::InvalidArgument,
+        FailureKind::NotFound => Code::NotFound,
         FailureKind::Cancelled => Code::Cancelled,
         FailureKind::Unavailable => Code::Unavailable,
         FailureKind::Internal => Code::Internal,

@@ -30,6 +30,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tonic::{Code, Status, transport::server::TcpConnectInfo};
 
+mod inventory;
+
 use crate::{
     auth::{AuthError, Authenticator, Principal},
     grpc::PackServiceImpl,
@@ -62,14 +64,16 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/packs/build-envs", post(build_envs))
         .route("/api/v1/packs/register-batch", post(register_batch))
         .route("/api/v1/packs/install", post(install))
+        .route("/api/v1/packs", get(inventory::list_packs))
+        .route("/api/v1/packs/verify", post(inventory::verify_packs))
         .route("/api/v1/packs/remove", post(remove::remove_packs))
         .route(
             "/api/v1/packs/{ref}",
-            axum::routing::delete(remove::delete_pack),
+            get(inventory::get_pack).delete(remove::delete_pack),
         )
-        .route("/api/v1/events", get(events::events))
         .route("/api/v1/packs/{ref}/history", get(rollback::history))
         .route("/api/v1/packs/{ref}/rollback", post(rollback::rollback))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/auth/login", post(login).layer(login_limit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

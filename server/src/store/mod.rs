@@ -29,6 +29,7 @@ macro_rules! on_tx {
 }
 
 pub mod history;
+pub mod inventory;
 pub mod outbox;
 pub mod packs;
 mod recovery;

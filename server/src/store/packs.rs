@@ -39,6 +39,11 @@ pub struct PackRow {
     /// `verified` / `unverified`: the trust of the registry index it came from.
     pub registry_trust: Option<String>,
     pub installed_by: Option<String>,
+    /// JSON object of relative path -> hex SHA-256 of the content, for VerifyPacks;
+    /// `None` when not recorded.
+    pub file_manifest: Option<String>,
+    /// What the source promised (a registry index entry's checksum), when it did.
+    pub expected_checksum: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,14 +99,15 @@ const EXISTING: &str = "SELECT id, version FROM packs WHERE ref = $1";
 const INSERT_PACK: &str = "INSERT INTO packs (ref, label, description, version, conf_schema, config, \
     meta, tags, runtime_deps, dependencies, storage_path, source, source_type, source_url, \
     source_ref, registry_url, git_commit, checksum, checksum_verified, installed_by, \
-    installed_at, updated_at, registry_trust) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-    $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21, $22) RETURNING id";
+    installed_at, updated_at, registry_trust, file_manifest, expected_checksum) VALUES ($1, $2, \
+    $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $21, \
+    $22, $23, $24) RETURNING id";
 const UPDATE_PACK: &str = "UPDATE packs SET label = $2, description = $3, version = $4, \
     conf_schema = $5, config = $6, meta = $7, tags = $8, runtime_deps = $9, dependencies = $10, \
     storage_path = $11, source = $12, source_type = $13, source_url = $14, source_ref = $15, \
     registry_url = $16, git_commit = $17, checksum = $18, checksum_verified = $19, \
-    installed_by = $20, installed_at = $21, updated_at = $21, registry_trust = $22 \
-    WHERE ref = $1 RETURNING id";
+    installed_by = $20, installed_at = $21, updated_at = $21, registry_trust = $22, \
+    file_manifest = $23, expected_checksum = $24 WHERE ref = $1 RETURNING id";
 const DELETE_COMPONENTS: &str = "DELETE FROM components WHERE pack_id = $1";
 /// `(kind, ref, owning pack)` of the components of other packs than `$1` that have one
 /// of `rows` given `(kind, ref)` pairs (`$2, $3`, `$4, $5`, …). Exact pairs, so each is
@@ -237,6 +243,8 @@ impl PackWrite {
                     .bind(&row.installed_by)
                     .bind(now_ms)
                     .bind(&row.registry_trust)
+                    .bind(&row.file_manifest)
+                    .bind(&row.expected_checksum)
             };
         }
         on_tx!(self, tx => bound!(sqlx::query_scalar::<_, i64>(sql)).fetch_one(&mut **tx).await)

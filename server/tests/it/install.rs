@@ -260,6 +260,27 @@ async fn two_level_chain_installs_in_dependency_order(backend: Backend) {
     assert_eq!(writes, ["base", "mid", "top"]);
     assert_eq!(r.installed[1].components_registered.unwrap().actions, 1);
     assert!(version_of_files(&server, "mid").contains("mid 1.1.0"));
+
+    // What the registry promised is shown with what was installed (GetPack), and the
+    // list has the three packs from the registry.
+    let mut client = server.client().await;
+    let base = client.get_pack("base").await.unwrap();
+    let provenance = base.provenance.unwrap();
+    assert_eq!(provenance.index_entry, "base@2.1.0");
+    assert_eq!(provenance.registry_url, registry.index_url());
+    assert!(provenance.checksum_verified);
+    assert_eq!(
+        provenance.expected_checksum,
+        sha256_checksum(&registry.packs["base"]["2.1.0"].1)
+    );
+    assert_eq!(provenance.actual_checksum, r.installed[0].checksum);
+    assert_eq!(base.required_by[0].r#ref, "mid");
+    let listed = client
+        .list_packs(pb::ListPacksRequest::default())
+        .await
+        .unwrap();
+    let refs: Vec<&str> = listed.packs.iter().map(|p| p.r#ref.as_str()).collect();
+    assert_eq!(refs, ["base", "mid", "top"]);
     assert!(hidden_leftovers(&server.packs_dir()).is_empty());
 
     // The lock pins every version with its checksum, in dependency order.

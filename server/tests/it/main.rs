@@ -24,6 +24,7 @@ mod hostile_files;
 mod hostile_limits;
 mod hostile_yaml;
 mod install;
+mod lifecycle_read;
 mod register;
 mod register_throughput;
 mod remove;
