@@ -11,7 +11,8 @@ use crate::{
     source::redact_url,
     store::{
         Db,
-        inventory::{ComponentEntry, KeptVersionRow, LastTestRow},
+        inventory::{ComponentEntry, LastTestRow},
+        versions::KeptVersionRow,
     },
 };
 

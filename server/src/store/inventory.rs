@@ -78,14 +78,6 @@ pub struct LastTestRow {
     pub duration_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct KeptVersionRow {
-    pub version: String,
-    pub checksum: Option<String>,
-    pub source: Option<String>,
-    pub kept_at: i64,
-}
-
 /// Which packs a list shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackFilter {
@@ -332,16 +324,6 @@ impl Db {
         Ok(on_pool!(self, pool => sqlx::query_as(SQL)
             .bind(pack_id)
             .fetch_optional(pool)
-            .await?))
-    }
-
-    /// The previous versions of `pack_ref` kept for rollback, newest first.
-    pub async fn kept_versions(&self, pack_ref: &str) -> Result<Vec<KeptVersionRow>, StoreError> {
-        const SQL: &str = "SELECT version, checksum, source, kept_at FROM pack_versions \
-            WHERE pack_ref = $1 ORDER BY id DESC";
-        Ok(on_pool!(self, pool => sqlx::query_as(SQL)
-            .bind(pack_ref)
-            .fetch_all(pool)
             .await?))
     }
 
