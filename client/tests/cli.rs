@@ -733,6 +733,7 @@ fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
     );
 }
 
+#[test]
 fn events_lists_the_log_and_follows_it_from_a_cursor() {
     let server = Server::start();
     let register = |name: &str| {
@@ -803,6 +804,7 @@ fn events_lists_the_log_and_follows_it_from_a_cursor() {
     );
 }
 
+#[test]
 fn history_and_rollback_from_the_command_line() {
     let server = Server::start();
     let v1 = server.pack("v1/kite", "ref: kite\nversion: 1.0.0\n");
@@ -855,6 +857,7 @@ fn history_and_rollback_from_the_command_line() {
     assert_eq!(json["kept_versions"][0]["version"], "2.0.0");
 }
 
+#[test]
 fn list_show_and_verify_installed_packs() {
     let server = Server::start();
     let root = server.root.path().canonicalize().unwrap();
