@@ -435,7 +435,7 @@ impl BuildSection {
 }
 
 /// `events:` — pack events: the outbox the relay publishes to RabbitMQ and
-/// WatchEvents reads (see docs/lifecycle-events.md).
+/// WatchEvents reads (see docs/lifecycle.md#events).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsSection {
