@@ -1,5 +1,8 @@
 //! The `attune-packs` CLI against a real `attune-packs-server` process.
 
+#[macro_use]
+extern crate attune_packs_test_harness;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -108,7 +111,7 @@ impl Drop for Server {
     }
 }
 
-#[test]
+register_test!(sync deps_prints_json_tables_and_progress_and_exits_by_outcome);
 fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     let server = Server::start();
     let pack = server.pack(
@@ -156,7 +159,7 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     );
 }
 
-#[test]
+register_test!(sync download_register_and_build_envs_from_the_command_line);
 fn download_register_and_build_envs_from_the_command_line() {
     let server = Server::start();
     let src = server.pack("src/gamma", "ref: gamma\nversion: 1.2.3\n");
@@ -229,9 +232,9 @@ fn download_register_and_build_envs_from_the_command_line() {
     );
 }
 
+register_test!(sync register_strict_fails_where_the_default_leaves_a_component_out);
 /// A stale reference fails the pack with `--strict`; by default only that component is
 /// left out, with a warning, and the alias counter shows.
-#[test]
 fn register_strict_fails_where_the_default_leaves_a_component_out() {
     let server = Server::start();
     let src = server.pack(
@@ -290,7 +293,7 @@ fn register_strict_fails_where_the_default_leaves_a_component_out() {
     );
 }
 
-#[test]
+register_test!(sync yaml_output_and_a_progress_bar_on_a_terminal);
 fn yaml_output_and_a_progress_bar_on_a_terminal() {
     let server = Server::start();
     let pack = server.pack("tty/delta", "ref: delta\nversion: 2.0.0\n");
@@ -350,7 +353,7 @@ fn write_files(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
-#[test]
+register_test!(sync checksum_and_index_tools_work_without_a_server);
 fn checksum_and_index_tools_work_without_a_server() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -512,7 +515,7 @@ fn checksum_and_index_tools_work_without_a_server() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
 }
 
-#[test]
+register_test!(sync install_plans_installs_and_reproduces_from_a_lock);
 fn install_plans_installs_and_reproduces_from_a_lock() {
     let server = Server::start();
     let lib = server.pack("src/lib", "ref: libpack\nversion: 1.0.0\n");
@@ -614,7 +617,7 @@ fn install_plans_installs_and_reproduces_from_a_lock() {
     );
 }
 
-#[test]
+register_test!(sync search_and_registries_show_the_configured_indices);
 fn search_and_registries_show_the_configured_indices() {
     let indices = tempfile::tempdir().unwrap();
     let index = indices.path().join("index.json");
@@ -671,7 +674,7 @@ fn search_and_registries_show_the_configured_indices() {
     assert_eq!(refs, ["aws", "slack"]);
 }
 
-#[test]
+register_test!(sync remove_refuses_with_dependents_and_cascades_from_the_command_line);
 fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
     let server = Server::start();
     let base = server.pack("src/base", "ref: base\nversion: 1.0.0\n");
@@ -733,7 +736,7 @@ fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
     );
 }
 
-#[test]
+register_test!(sync events_lists_the_log_and_follows_it_from_a_cursor);
 fn events_lists_the_log_and_follows_it_from_a_cursor() {
     let server = Server::start();
     let register = |name: &str| {
@@ -804,7 +807,7 @@ fn events_lists_the_log_and_follows_it_from_a_cursor() {
     );
 }
 
-#[test]
+register_test!(sync history_and_rollback_from_the_command_line);
 fn history_and_rollback_from_the_command_line() {
     let server = Server::start();
     let v1 = server.pack("v1/kite", "ref: kite\nversion: 1.0.0\n");
@@ -857,7 +860,7 @@ fn history_and_rollback_from_the_command_line() {
     assert_eq!(json["kept_versions"][0]["version"], "2.0.0");
 }
 
-#[test]
+register_test!(sync list_show_and_verify_installed_packs);
 fn list_show_and_verify_installed_packs() {
     let server = Server::start();
     let root = server.root.path().canonicalize().unwrap();
@@ -943,4 +946,8 @@ fn list_show_and_verify_installed_packs() {
     assert_eq!(out.status.code(), Some(0));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["packs"][0]["status"], "ok");
+}
+
+fn main() -> std::process::ExitCode {
+    attune_packs_test_harness::main()
 }

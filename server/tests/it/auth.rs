@@ -27,7 +27,7 @@ async fn call_with_token(server: &TestServer, token: &str) -> tonic::Status {
     err.status().expect("a gRPC status").clone()
 }
 
-#[tokio::test]
+register_test!(tokens_that_are_missing_expired_or_foreign_are_refused_saying_why);
 async fn tokens_that_are_missing_expired_or_foreign_are_refused_saying_why() {
     let server = TestServer::start(Backend::Sqlite).await;
     let ours = Authenticator::new(&Secret::new(SECRET));
@@ -82,7 +82,7 @@ async fn tokens_that_are_missing_expired_or_foreign_are_refused_saying_why() {
     server.stop().await;
 }
 
-#[tokio::test]
+register_test!(malformed_requests_are_invalid_argument);
 async fn malformed_requests_are_invalid_argument() {
     let server = TestServer::start(Backend::Sqlite).await;
     let mut client = server.client().await;

@@ -71,7 +71,7 @@ impl Drop for ServerProcess {
     }
 }
 
-#[test]
+register_test!(sync token_issue_signs_with_the_generated_secret);
 fn token_issue_signs_with_the_generated_secret() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -112,7 +112,7 @@ fn token_issue_signs_with_the_generated_secret() {
     // The CLI's tests (client/tests/cli.rs) use such a token against a server process.
 }
 
-#[test]
+register_test!(sync sigterm_stops_the_server_cleanly);
 fn sigterm_stops_the_server_cleanly() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -152,7 +152,7 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(!stderr.contains(secret.trim()));
 }
 
-#[test]
+register_test!(sync migrate_creates_the_schema_and_is_idempotent);
 fn migrate_creates_the_schema_and_is_idempotent() {
     let root = tempfile::tempdir().unwrap();
     for _ in 0..2 {
@@ -172,7 +172,7 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     assert!(root.path().join("attune-packs.db").exists());
 }
 
-#[test]
+register_test!(sync user_add_reads_the_password_from_stdin_and_login_accepts_it);
 fn user_add_reads_the_password_from_stdin_and_login_accepts_it() {
     use std::io::Write;
     let root = tempfile::tempdir().unwrap();

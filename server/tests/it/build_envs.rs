@@ -36,7 +36,7 @@ pub(crate) fn import_value(venv: &str, package: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(environments_are_built_reused_and_survive_registration);
 async fn environments_are_built_reused_and_survive_registration() {
     let wheels = tempfile::tempdir().unwrap();
     // pip runs as the sandbox user: the wheel directory must be readable to it.

@@ -22,23 +22,6 @@ const PROJECT: &str = "attune-host-probe";
 const INDEX_USER: &str = "probe";
 const INDEX_TOKEN: &str = "host-index-token-7c41d2";
 
-/// python3 with `venv` and `ensurepip`; without them the test is skipped (or fails
-/// under `CI=true`).
-fn python_with_venv() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python3 with venv is required under CI"
-        );
-        eprintln!("skipped: python3 with venv and ensurepip is not available");
-    }
-    ok
-}
-
 /// A wheel of [`PACKAGE`] 1.0.0 whose module sets `VALUE = 7`.
 fn build_wheel(dir: &Path) -> (String, Vec<u8>) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/make_wheel.py");
@@ -82,11 +65,11 @@ async fn private_index(wheel_name: &str, wheel: Vec<u8>) -> FileServer {
     server
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(
+    builds_use_the_hosts_pip_index_and_ca_bundle_unless_isolated,
+    requires = [PythonVenv]
+);
 async fn builds_use_the_hosts_pip_index_and_ca_bundle_unless_isolated() {
-    if !python_with_venv() {
-        return;
-    }
     let scratch = tempfile::tempdir().unwrap();
     let (wheel_name, wheel) = build_wheel(scratch.path());
     let index = private_index(&wheel_name, wheel).await;

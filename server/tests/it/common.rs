@@ -25,62 +25,41 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs a test body on SQLite, and on PostgreSQL when `TEST_POSTGRES_URL` is set.
+/// Runs a test body on SQLite, and on PostgreSQL (reported as ignored when
+/// `TEST_POSTGRES_URL` is not set, and failed under CI); `requires = [...]` adds
+/// what both variants need.
 macro_rules! on_both_backends {
-    ($name:ident) => {
+    ($name:ident $(, requires = [$($req:ident),*])?) => {
         mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            register_test!(sqlite, requires = [$($($req),*)?]);
             async fn sqlite() {
                 super::$name($crate::common::Backend::Sqlite).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            register_test!(postgres, requires = [Postgres $($(, $req)*)?]);
             async fn postgres() {
-                if $crate::common::postgres_available() {
-                    super::$name($crate::common::Backend::Postgres).await
-                }
+                super::$name($crate::common::Backend::Postgres).await
             }
         }
     };
 }
 pub(crate) use on_both_backends;
 
-pub fn postgres_available() -> bool {
-    if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "{PG_ENV} must be set in CI: PostgreSQL tests may not be skipped there"
-    );
-    eprintln!("notice: {PG_ENV} is not set; skipping the PostgreSQL variant of this test");
-    false
-}
-
 /// Environment variable with the URL of a RabbitMQ broker for the event tests
 /// (`amqp://guest:guest@127.0.0.1:5672/%2f`).
 pub const AMQP_ENV: &str = "TEST_AMQP_URL";
 
-/// The broker of `TEST_AMQP_URL`: required under CI, otherwise the test is skipped
-/// with a notice.
-pub fn amqp_url() -> Option<String> {
-    match std::env::var(AMQP_ENV) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "{AMQP_ENV} must be set in CI: RabbitMQ tests may not be skipped there"
-            );
-            eprintln!("notice: {AMQP_ENV} is not set; skipping this RabbitMQ test");
-            None
-        }
-    }
+/// The broker of `TEST_AMQP_URL`; a test that calls this registers with
+/// `requires = [RabbitMq]`.
+pub fn amqp_url() -> String {
+    std::env::var(AMQP_ENV).expect("TEST_AMQP_URL: the test must require RabbitMq")
 }
 
 /// A fresh, empty database on the PostgreSQL server named by `TEST_POSTGRES_URL`:
 /// its URL and its name.
 async fn fresh_postgres_database() -> (String, String) {
     use sqlx::Connection;
-    let admin_url = std::env::var(PG_ENV).expect("checked by postgres_available");
+    let admin_url =
+        std::env::var(PG_ENV).expect("TEST_POSTGRES_URL: the test must require Postgres");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("connect to TEST_POSTGRES_URL");

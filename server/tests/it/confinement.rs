@@ -242,9 +242,9 @@ async fn pack_tests_cannot_reach_secrets(backend: Backend) {
 }
 on_both_backends!(pack_tests_cannot_reach_secrets);
 
+register_test!(build_code_cannot_reach_secrets_and_builds_are_taken_back);
 /// A requirement's setup.py runs as the sandbox user during BuildEnvs, under the same
 /// confinement; a plain environment built by that user ends up owned by the server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_code_cannot_reach_secrets_and_builds_are_taken_back() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {
         c.jwt_secret = None;
@@ -359,9 +359,9 @@ async fn build_code_cannot_reach_secrets_and_builds_are_taken_back() {
     server.stop().await;
 }
 
+register_test!(npm_lifecycle_scripts_cannot_reach_secrets);
 /// An npm lifecycle script (a dependency's `postinstall`) runs as the sandbox user,
 /// confined like the rest; the build still succeeds and is taken back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_lifecycle_scripts_cannot_reach_secrets() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {
         c.jwt_secret = None;

@@ -90,13 +90,13 @@ fn wait_for_version(target: &Path, version: &str) {
     }
 }
 
+register_test!(
+    killed_while_a_row_lock_holds_the_commit_restarts_on_the_old_version,
+    requires = [Postgres]
+);
 /// The reproduction of the report: files of v2 swapped in, the transaction blocked by a
 /// row lock, `kill -9`. The restart puts v1's files back, matching v1's rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_a_row_lock_holds_the_commit_restarts_on_the_old_version() {
-    if !crate::common::postgres_available() {
-        return;
-    }
     let server = TestServer::start(Backend::Postgres).await;
     let setup = Setup::new(&server, Backend::Postgres, &[]);
     let process = setup.start();
@@ -170,10 +170,10 @@ fn processes_running(marker: &str) -> Vec<i32> {
     pids
 }
 
+register_test!(sigterm_cancels_running_calls_and_exits_within_the_grace_period);
 /// SIGTERM while a pack's tests run: the call is cancelled with UNAVAILABLE, its
 /// test processes are killed, its staged copy removed, and the server exits well within
 /// `shutdown_grace`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cancels_running_calls_and_exits_within_the_grace_period() {
     let server = TestServer::start(Backend::Sqlite).await;
     let setup = Setup::new(
@@ -233,14 +233,14 @@ async fn sigterm_cancels_running_calls_and_exits_within_the_grace_period() {
     server.stop().await;
 }
 
+register_test!(
+    a_stuck_commit_holds_shutdown_only_until_the_deadline_or_a_second_signal,
+    requires = [Postgres]
+);
 /// A registration stuck between its swap and its commit (a row lock) is waited for, but
 /// only until `shutdown_grace`; a second SIGTERM exits at once. Either way the next start
 /// settles the swap.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_commit_holds_shutdown_only_until_the_deadline_or_a_second_signal() {
-    if !crate::common::postgres_available() {
-        return;
-    }
     let server = TestServer::start(Backend::Postgres).await;
     let setup = Setup::new(
         &server,
@@ -343,16 +343,16 @@ async fn a_start_repairs_what_a_server_without_a_journal_left(backend: Backend) 
 }
 on_both_backends!(a_start_repairs_what_a_server_without_a_journal_left);
 
+register_test!(
+    a_second_server_settles_the_swap_a_killed_one_left_in_a_shared_directory,
+    requires = [Postgres]
+);
 /// Two servers share a PostgreSQL database and a packs directory. One is killed between
 /// its swap and its commit; the other registers the same pack before the first comes
 /// back: it settles the dead server's swap first (the rows say it never committed), so
 /// its own registration ends consistent, and the first server's restart has nothing
 /// left to undo.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_settles_the_swap_a_killed_one_left_in_a_shared_directory() {
-    if !crate::common::postgres_available() {
-        return;
-    }
     let server = TestServer::start(Backend::Postgres).await;
     let first = Setup::new(&server, Backend::Postgres, &[]);
     let mut second = Setup::new(&server, Backend::Postgres, &[]);

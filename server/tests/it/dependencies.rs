@@ -218,7 +218,7 @@ async fn cycles_and_conflicts(backend: Backend) {
 }
 on_both_backends!(cycles_and_conflicts);
 
-#[tokio::test]
+register_test!(runtime_requirements_are_checked_against_this_host);
 async fn runtime_requirements_are_checked_against_this_host() {
     let server = TestServer::start(Backend::Sqlite).await;
     let dir = server.packs_dir();
@@ -284,7 +284,7 @@ async fn runtime_requirements_are_checked_against_this_host() {
     server.stop().await;
 }
 
-#[tokio::test]
+register_test!(a_dropped_stream_does_not_break_the_server);
 async fn a_dropped_stream_does_not_break_the_server() {
     let server = TestServer::start(Backend::Sqlite).await;
     let dir = server.packs_dir();

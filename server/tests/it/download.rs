@@ -67,7 +67,7 @@ fn allow_http(config: &mut Config) {
     config.registry.allow_http = true;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(local_directories_and_archives_are_placed_with_checksums_and_provenance);
 async fn local_directories_and_archives_are_placed_with_checksums_and_provenance() {
     let server = TestServer::start(Backend::Sqlite).await;
     let root = server.root.path().canonicalize().unwrap();
@@ -181,10 +181,10 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     server.stop().await;
 }
 
+register_test!(packs_without_ref_are_named_after_their_directory);
 /// A pack.yaml without `ref` is named as StackStorm names it: after its directory (a
 /// local directory, an archive's top directory, a git repository without its
 /// `stackstorm-` prefix), else after `name`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packs_without_ref_are_named_after_their_directory() {
     let _net = net_shared();
     let no_ref = |name: &str| {
@@ -249,7 +249,7 @@ async fn packs_without_ref_are_named_after_their_directory() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(existing_packs_are_reused_refused_or_replaced);
 async fn existing_packs_are_reused_refused_or_replaced() {
     let server = TestServer::start(Backend::Sqlite).await;
     let root = server.root.path().canonicalize().unwrap();
@@ -314,7 +314,7 @@ async fn existing_packs_are_reused_refused_or_replaced() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(hostile_and_broken_archives_fail_without_leaving_anything);
 async fn hostile_and_broken_archives_fail_without_leaving_anything() {
     let server =
         TestServer::start_with(Backend::Sqlite, |c| c.download.max_entry_bytes = 64 * 1024).await;
@@ -430,7 +430,7 @@ async fn hostile_and_broken_archives_fail_without_leaving_anything() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(archives_over_http_and_https);
 async fn archives_over_http_and_https() {
     let http = FileServer::start_http().await;
     let https = FileServer::start_https().await;
@@ -502,7 +502,7 @@ async fn archives_over_http_and_https() {
     strict.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(git_sources_by_branch_tag_and_commit);
 async fn git_sources_by_branch_tag_and_commit() {
     let _net = net_shared();
     let repos = tempfile::tempdir().unwrap();
@@ -591,7 +591,7 @@ async fn git_sources_by_branch_tag_and_commit() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(registry_refs_resolve_verify_and_fail_closed);
 async fn registry_refs_resolve_verify_and_fail_closed() {
     let _net = net_shared();
     let files = FileServer::start_http().await;
@@ -802,7 +802,7 @@ async fn registry_refs_resolve_verify_and_fail_closed() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(timeouts_and_dropped_calls_leave_nothing_behind);
 async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     let files = FileServer::start_http().await;
     files.put(

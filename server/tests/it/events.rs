@@ -388,7 +388,7 @@ fn with_broker(url: &str, exchange: &str) -> impl FnOnce(&mut attune_packs_serve
 }
 
 async fn a_consumer_receives_exactly_the_scripted_events(backend: Backend) {
-    let Some(url) = amqp_url() else { return };
+    let url = amqp_url();
     let mut listener = Listener::bind(&url).await;
     let server = TestServer::start_with(backend, with_broker(&url, &listener.exchange)).await;
     let mut expected = Vec::new();
@@ -403,10 +403,13 @@ async fn a_consumer_receives_exactly_the_scripted_events(backend: Backend) {
     listener.close().await;
     server.stop().await;
 }
-on_both_backends!(a_consumer_receives_exactly_the_scripted_events);
+on_both_backends!(
+    a_consumer_receives_exactly_the_scripted_events,
+    requires = [RabbitMq]
+);
 
 async fn events_wait_for_an_unreachable_broker_and_arrive_after_a_restart(backend: Backend) {
-    let Some(url) = amqp_url() else { return };
+    let url = amqp_url();
     let mut listener = Listener::bind(&url).await;
     // A port nothing listens on.
     let closed = {
@@ -444,10 +447,13 @@ async fn events_wait_for_an_unreachable_broker_and_arrive_after_a_restart(backen
     listener.close().await;
     server.stop().await;
 }
-on_both_backends!(events_wait_for_an_unreachable_broker_and_arrive_after_a_restart);
+on_both_backends!(
+    events_wait_for_an_unreachable_broker_and_arrive_after_a_restart,
+    requires = [RabbitMq]
+);
 
 async fn a_registration_that_is_rolled_back_announces_nothing(backend: Backend) {
-    let Some(url) = amqp_url() else { return };
+    let url = amqp_url();
     let mut listener = Listener::bind(&url).await;
     let server = TestServer::start_with(backend, with_broker(&url, &listener.exchange)).await;
     // Its test fails: not registered, no event.
@@ -505,7 +511,10 @@ async fn a_registration_that_is_rolled_back_announces_nothing(backend: Backend) 
     listener.close().await;
     server.stop().await;
 }
-on_both_backends!(a_registration_that_is_rolled_back_announces_nothing);
+on_both_backends!(
+    a_registration_that_is_rolled_back_announces_nothing,
+    requires = [RabbitMq]
+);
 
 /// Reads `n` events from a live watch, each within [`ARRIVAL`].
 async fn take(
@@ -752,14 +761,14 @@ async fn the_rest_event_log_pages_and_streams_with_last_event_id(backend: Backen
 }
 on_both_backends!(the_rest_event_log_pages_and_streams_with_last_event_id);
 
+register_test!(
+    two_servers_sharing_postgres_publish_each_event_once_in_order,
+    requires = [Postgres, RabbitMq]
+);
 /// Two server processes' worth of relays on one PostgreSQL database, both writing
 /// events: each event reaches the broker once, in cursor order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_sharing_postgres_publish_each_event_once_in_order() {
-    if !crate::common::postgres_available() {
-        return;
-    }
-    let Some(url) = amqp_url() else { return };
+    let url = amqp_url();
     let mut listener = Listener::bind(&url).await;
     let first =
         TestServer::start_with(Backend::Postgres, with_broker(&url, &listener.exchange)).await;
@@ -848,7 +857,7 @@ async fn all_published(db: &Db) {
 }
 
 async fn a_broker_connection_lost_mid_sequence_loses_nothing(backend: Backend) {
-    let Some(url) = amqp_url() else { return };
+    let url = amqp_url();
     let mut listener = Listener::bind(&url).await;
     let uri = BrokerAddress::parse(&url).unwrap().uri();
     let target = tokio::net::lookup_host((uri.authority.host.as_str(), uri.authority.port))
@@ -893,4 +902,7 @@ async fn a_broker_connection_lost_mid_sequence_loses_nothing(backend: Backend) {
     listener.close().await;
     server.stop().await;
 }
-on_both_backends!(a_broker_connection_lost_mid_sequence_loses_nothing);
+on_both_backends!(
+    a_broker_connection_lost_mid_sequence_loses_nothing,
+    requires = [RabbitMq]
+);

@@ -302,7 +302,7 @@ async fn an_unverified_exchange_registry_downloads_registers_installs_and_search
 }
 on_both_backends!(an_unverified_exchange_registry_downloads_registers_installs_and_searches);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(without_trust_unverified_an_exchange_registry_is_refused_naming_the_setting);
 async fn without_trust_unverified_an_exchange_registry_is_refused_naming_the_setting() {
     let _net = net_shared();
     let exchange = Exchange::start(&["aws"]).await;

@@ -74,7 +74,7 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<ProgressEvent>) -> Vec<Pr
     v
 }
 
-#[test]
+register_test!(sync default_head_over_git_daemon_is_shallow);
 fn default_head_over_git_daemon_is_shallow() {
     let _g = net_shared();
     let s = served();
@@ -115,7 +115,7 @@ fn default_head_over_git_daemon_is_shallow() {
     assert!(events.iter().any(|e| e.stage == Stage::Extract));
 }
 
-#[test]
+register_test!(sync branch);
 fn branch() {
     let _g = net_shared();
     let s = served();
@@ -125,7 +125,7 @@ fn branch() {
     assert_eq!(read(&dest, "dev.txt"), "two\n");
 }
 
-#[test]
+register_test!(sync lightweight_tag);
 fn lightweight_tag() {
     let _g = net_shared();
     let s = served();
@@ -136,7 +136,7 @@ fn lightweight_tag() {
     assert!(!dest.join("README.md").exists());
 }
 
-#[test]
+register_test!(sync annotated_tag_is_peeled_to_its_commit);
 fn annotated_tag_is_peeled_to_its_commit() {
     let _g = net_shared();
     let s = served();
@@ -147,7 +147,7 @@ fn annotated_tag_is_peeled_to_its_commit() {
     assert!(read(&dest, "pack.yaml").contains("version: 0.1.0"));
 }
 
-#[test]
+register_test!(sync full_ref_name_and_branch_before_tag);
 fn full_ref_name_and_branch_before_tag() {
     let _g = net_shared();
     let s = served();
@@ -160,7 +160,7 @@ fn full_ref_name_and_branch_before_tag() {
     );
 }
 
-#[test]
+register_test!(sync full_sha_of_a_tip_is_fetched_shallow);
 fn full_sha_of_a_tip_is_fetched_shallow() {
     let _g = net_shared();
     let s = served();
@@ -170,7 +170,7 @@ fn full_sha_of_a_tip_is_fetched_shallow() {
     assert_eq!(read(&dest, "dev.txt"), "two\n");
 }
 
-#[test]
+register_test!(sync full_sha_not_advertised_falls_back_to_full_fetch);
 fn full_sha_not_advertised_falls_back_to_full_fetch() {
     let _g = net_shared();
     let s = served();
@@ -194,7 +194,7 @@ fn full_sha_not_advertised_falls_back_to_full_fetch() {
     );
 }
 
-#[test]
+register_test!(sync full_sha_fetched_directly_when_server_allows_it);
 fn full_sha_fetched_directly_when_server_allows_it() {
     let _g = net_shared();
     let s = served();
@@ -209,7 +209,7 @@ fn full_sha_fetched_directly_when_server_allows_it() {
     assert_eq!(read(&dest, "dev.txt"), "one\n");
 }
 
-#[test]
+register_test!(sync short_sha_uses_full_fetch);
 fn short_sha_uses_full_fetch() {
     let _g = net_shared();
     let s = served();
@@ -224,7 +224,7 @@ fn short_sha_uses_full_fetch() {
     );
 }
 
-#[test]
+register_test!(sync ambiguous_short_sha);
 fn ambiguous_short_sha() {
     let _g = net_shared();
     let s = served();
@@ -270,7 +270,7 @@ fn ambiguous_short_sha() {
     );
 }
 
-#[test]
+register_test!(sync unknown_reference_lists_lookups);
 fn unknown_reference_lists_lookups() {
     let _g = net_shared();
     let s = served();
@@ -294,7 +294,7 @@ fn unknown_reference_lists_lookups() {
     }
 }
 
-#[test]
+register_test!(sync invalid_references_fail_before_network);
 fn invalid_references_fail_before_network() {
     let silent = SilentServer::start();
     let url = format!("git://127.0.0.1:{}/pack.git", silent.port);
@@ -329,7 +329,7 @@ fn invalid_references_fail_before_network() {
     }
 }
 
-#[test]
+register_test!(sync smart_http_clone_and_tag);
 fn smart_http_clone_and_tag() {
     let _g = net_shared();
     let base = tempfile::tempdir().unwrap();
@@ -346,7 +346,7 @@ fn smart_http_clone_and_tag() {
     assert!(!c.shallow);
 }
 
-#[test]
+register_test!(sync smart_http_basic_auth);
 fn smart_http_basic_auth() {
     let _g = net_shared();
     let base = tempfile::tempdir().unwrap();
@@ -410,7 +410,7 @@ fn smart_http_basic_auth() {
     assert!(!format!("{err} {err:?}").contains("urlsecret99"), "{err}");
 }
 
-#[test]
+register_test!(sync silent_server_times_out);
 fn silent_server_times_out() {
     let _g = net_exclusive();
     let silent = SilentServer::start();
@@ -436,7 +436,7 @@ fn silent_server_times_out() {
     }
 }
 
-#[test]
+register_test!(sync already_cancelled_reporter);
 fn already_cancelled_reporter() {
     let _g = net_shared();
     let s = served();
@@ -466,7 +466,7 @@ fn slow_server() -> (tempfile::TempDir, HttpGitServer) {
     (base, server)
 }
 
-#[test]
+register_test!(sync cancelled_during_transfer);
 fn cancelled_during_transfer() {
     let _g = net_shared();
     let (_base, server) = slow_server();
@@ -492,7 +492,7 @@ fn cancelled_during_transfer() {
     assert!(start.elapsed() < Duration::from_secs(60));
 }
 
-#[test]
+register_test!(sync deadline_during_transfer);
 fn deadline_during_transfer() {
     let _g = net_exclusive();
     let (_base, server) = slow_server();
@@ -515,7 +515,7 @@ fn deadline_during_transfer() {
     assert!((1..=40).contains(&counts), "{counts}");
 }
 
-#[test]
+register_test!(sync https_to_nothing_is_a_network_error);
 fn https_to_nothing_is_a_network_error() {
     let _g = net_shared();
     let port = closed_port();
@@ -542,7 +542,7 @@ fn https_to_nothing_is_a_network_error() {
     }
 }
 
-#[test]
+register_test!(sync ssh_to_nothing_is_a_network_error);
 fn ssh_to_nothing_is_a_network_error() {
     let _g = net_shared();
     let port = closed_port();
@@ -564,7 +564,7 @@ fn ssh_to_nothing_is_a_network_error() {
     assert!(!format!("{err:?}").contains("sshpass-secret"));
 }
 
-#[test]
+register_test!(sync existing_empty_destination_and_file_transport);
 fn existing_empty_destination_and_file_transport() {
     let _g = net_shared();
     let base = tempfile::tempdir().unwrap();
@@ -603,7 +603,7 @@ fn existing_empty_destination_and_file_transport() {
     );
 }
 
-#[test]
+register_test!(sync empty_repository);
 fn empty_repository() {
     let _g = net_shared();
     let base = tempfile::tempdir().unwrap();
@@ -627,11 +627,11 @@ fn empty_repository() {
     assert!(r.is_err(), "{r:?}");
 }
 
+register_test!(the_server_users_git_config_has_no_effect_on_a_download);
 /// The server runs git with its own options only: the git configuration of the user
 /// it runs as (here a `~/.gitconfig` and an XDG one that send the pack's URL to
 /// another repository) has no effect on a Download. The shipped binary is started,
 /// since libgit2 reads `HOME` once per process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_users_git_config_has_no_effect_on_a_download() {
     use attune_packs_client::pb;
 

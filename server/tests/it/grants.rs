@@ -537,9 +537,9 @@ async fn call_any(server: &TestServer, token: &str, method: &str, streaming: boo
     result.expect_err(method)
 }
 
+register_test!(a_token_without_grants_is_refused_by_every_method_and_endpoint);
 /// A token with an empty `grants` claim is refused by every method the service has
 /// and by every secured endpoint: no RPC or endpoint skips the check.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_grants_is_refused_by_every_method_and_endpoint() {
     let server = TestServer::start(Backend::Sqlite).await;
     install_alpha(&server).await;
@@ -579,7 +579,7 @@ async fn a_token_without_grants_is_refused_by_every_method_and_endpoint() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(tokens_without_the_claim_have_full_access_only_while_the_setting_says_so);
 async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_so() {
     // Default: on, so that an upgrade does not lock out every existing client.
     let server = TestServer::start(Backend::Sqlite).await;
@@ -688,7 +688,7 @@ async fn tokens_without_the_claim_have_full_access_only_while_the_setting_says_s
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(a_malformed_grants_claim_is_unauthenticated_naming_the_problem);
 async fn a_malformed_grants_claim_is_unauthenticated_naming_the_problem() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Rest::new(&server);
@@ -837,7 +837,7 @@ fn run(args: &[&str], data: &Path) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
+register_test!(sync token_issue_mints_the_grants_it_is_given_and_refuses_unknown_ones);
 fn token_issue_mints_the_grants_it_is_given_and_refuses_unknown_ones() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -898,7 +898,7 @@ fn token_issue_mints_the_grants_it_is_given_and_refuses_unknown_ones() {
     assert!(out.stdout.is_empty(), "no token for an unknown grant");
 }
 
-#[test]
+register_test!(sync user_add_stores_the_grants_it_is_given_and_refuses_unknown_ones);
 fn user_add_stores_the_grants_it_is_given_and_refuses_unknown_ones() {
     use std::io::Write;
     let root = tempfile::tempdir().unwrap();

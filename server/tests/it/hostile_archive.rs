@@ -54,8 +54,8 @@ fn assert_header_refused(r: &pb::DownloadResult, packs: usize) {
     }
 }
 
+register_test!(huge_pax_header_is_refused_before_it_is_read);
 /// A 480 MiB pax header in a ~500 KB tar.gz used to be read into memory whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_pax_header_is_refused_before_it_is_read() {
     let server = TestServer::start(Backend::Sqlite).await;
     let root = server.root.path().canonicalize().unwrap();
@@ -74,10 +74,10 @@ async fn huge_pax_header_is_refused_before_it_is_read() {
     server.stop().await;
 }
 
+register_test!(concurrent_hostile_downloads_share_one_budget);
 /// Three requests of four such archives at once: extractions are admitted through one
 /// process-wide budget (here two at a time), memory stays bounded, and every slot is
 /// given back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_hostile_downloads_share_one_budget() {
     let server =
         TestServer::start_with(Backend::Sqlite, |c| c.download.extract_concurrency = 2).await;
@@ -131,9 +131,9 @@ async fn concurrent_hostile_downloads_share_one_budget() {
     server.stop().await;
 }
 
+register_test!(names_with_control_characters_are_refused_naming_the_entry);
 /// `\r`, `\t` and ESC in entry names (tar, tar.gz, zip) are refused; the error shows
 /// the name with its control characters escaped and carries none itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_control_characters_are_refused_naming_the_entry() {
     let server = TestServer::start(Backend::Sqlite).await;
     let root = server.root.path().canonicalize().unwrap();

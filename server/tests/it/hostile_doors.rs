@@ -302,9 +302,9 @@ async fn parallel_guesses_on_a_throttled_email_are_not_hashed(backend: Backend) 
 }
 on_both_backends!(parallel_guesses_on_a_throttled_email_are_not_hashed);
 
+register_test!(over_long_login_input_is_refused_before_any_work);
 /// Over-long emails and passwords are 400 before any lookup, hash or table entry; an
 /// over-long body is 413 in the JSON envelope.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_long_login_input_is_refused_before_any_work() {
     let server = TestServer::start(Backend::Sqlite).await;
     let base = server.url();
@@ -360,9 +360,9 @@ fn status_of<T: std::fmt::Debug>(
         .clone()
 }
 
+register_test!(tokens_with_future_nbf_or_hostile_subjects_are_refused);
 /// A token not valid yet is refused on both doors; so is one whose subject could
 /// forge log lines or is absurdly long.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_with_future_nbf_or_hostile_subjects_are_refused() {
     let server = TestServer::start(Backend::Sqlite).await;
     let auth = &server.state.auth;
@@ -446,9 +446,9 @@ async fn raw_grpc(server: &TestServer, path: &str, message: &[u8]) -> (String, S
     (header("grpc-status"), header("grpc-message"))
 }
 
+register_test!(malformed_protobuf_is_invalid_argument);
 /// Bytes that are not the request message answer INVALID_ARGUMENT naming the decode
 /// problem, on PackService and health alike; valid calls are unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_protobuf_is_invalid_argument() {
     let server = TestServer::start(Backend::Sqlite).await;
     let garbage = [0xff_u8; 7];
@@ -487,9 +487,9 @@ async fn malformed_protobuf_is_invalid_argument() {
     server.stop().await;
 }
 
+register_test!(rest_errors_axum_answers_itself_use_the_json_envelope);
 /// 413 and 405 come in the gateway's JSON envelope with the right status (and
 /// `Allow`); unknown API paths are a JSON 404.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_errors_axum_answers_itself_use_the_json_envelope() {
     let server = TestServer::start(Backend::Sqlite).await;
     let http = reqwest::Client::new();
@@ -545,9 +545,9 @@ async fn rest_errors_axum_answers_itself_use_the_json_envelope() {
 
 const SECRET_WORD: &str = "hunter2pw";
 
+register_test!(credentials_in_source_urls_are_refused);
 /// Credentials in any source URL are refused before anything is fetched, on every
 /// RPC that takes sources and on REST, and the refusal never repeats the secret.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_in_source_urls_are_refused() {
     let server = TestServer::start_with(Backend::Sqlite, |c: &mut Config| {
         c.download.allow_http = true;
@@ -723,9 +723,9 @@ async fn stored_sources_carry_no_query_or_userinfo(backend: Backend) {
 }
 on_both_backends!(stored_sources_carry_no_query_or_userinfo);
 
+register_test!(a_closed_database_port_fails_fast_and_names_where);
 /// A PostgreSQL URL whose port is closed fails at once, naming host and port and the
 /// operating system's error, and never the password.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_database_port_fails_fast_and_names_where() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -816,9 +816,9 @@ impl Drop for LoggedServer {
     }
 }
 
+register_test!(forged_subjects_never_reach_the_log);
 /// Tokens whose subject carries a newline or escape sequences are refused on both
 /// doors, and the log of the real binary holds no forged line and no escape byte.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_subjects_never_reach_the_log() {
     let root = tempfile::tempdir().unwrap();
     let root_path = root.path().canonicalize().unwrap();
@@ -880,9 +880,9 @@ async fn forged_subjects_never_reach_the_log() {
     }
 }
 
+register_test!(sync the_server_binary_names_an_unreachable_database_without_its_password);
 /// The shipped binary started against a closed PostgreSQL port exits at once, naming
 /// host and port and the OS error, never the password.
-#[test]
 fn the_server_binary_names_an_unreachable_database_without_its_password() {
     let root = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -909,9 +909,9 @@ fn the_server_binary_names_an_unreachable_database_without_its_password() {
     assert!(!stderr.contains(SECRET_WORD), "{stderr}");
 }
 
+register_test!(install_locks_carry_no_query);
 /// Install of an archive URL with a harmless query: the lock it returns, and the row it
 /// writes, name the URL without the query.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_locks_carry_no_query() {
     let files = FileServer::start_http().await;
     files.put(

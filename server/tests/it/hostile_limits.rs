@@ -269,9 +269,9 @@ async fn deep_nesting_is_refused_quickly(backend: Backend) {
 }
 on_both_backends!(deep_nesting_is_refused_quickly);
 
+register_test!(a_fifo_or_device_as_a_local_archive_is_refused_at_once);
 /// A local archive source that is a FIFO (its open used to wait for a writer) or a
 /// character device (read for ever): refused within a second, naming what it is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_device_as_a_local_archive_is_refused_at_once() {
     let server = TestServer::start(Backend::Sqlite).await;
     let fifo = server.packs_dir().join("pack.tar.gz");
@@ -298,9 +298,9 @@ async fn a_fifo_or_device_as_a_local_archive_is_refused_at_once() {
     server.stop().await;
 }
 
+register_test!(a_local_archive_over_the_byte_cap_is_refused_before_it_is_read);
 /// A local archive larger than `download.max_archive_bytes` (sparse: it costs
 /// nothing to make) is refused by its size before it is read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_archive_over_the_byte_cap_is_refused_before_it_is_read() {
     let server = TestServer::start(Backend::Sqlite).await;
     let archive = server.packs_dir().join("big.tar.gz");
@@ -360,10 +360,10 @@ fn zip_with_huge_central_directory(entries: u32) -> Vec<u8> {
     out
 }
 
+register_test!(a_zip_declaring_a_huge_central_directory_is_refused_before_it_is_read);
 /// The zip crate reads the whole central directory into memory before any entry
 /// can be judged; a 94 MiB one of 1,500 entries is refused from its end record,
 /// before it is read, and the server's memory stays where it was.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zip_declaring_a_huge_central_directory_is_refused_before_it_is_read() {
     let server = TestServer::start(Backend::Sqlite).await;
     let archive = server.packs_dir().join("comments.zip");

@@ -309,7 +309,7 @@ async fn two_level_chain_installs_in_dependency_order(backend: Backend) {
 }
 on_both_backends!(two_level_chain_installs_in_dependency_order);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(dry_run_plans_explains_conflicts_and_changes_nothing);
 async fn dry_run_plans_explains_conflicts_and_changes_nothing() {
     let _net = net_shared();
     let mut registry = Registry::start().await;
@@ -607,7 +607,7 @@ async fn tripwire(server: &TestServer) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(failed_install_puts_environments_back);
 async fn failed_install_puts_environments_back() {
     let _net = net_shared();
     let mut registry = Registry::start().await;
@@ -678,7 +678,7 @@ async fn failed_install_puts_environments_back() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(an_install_is_reproduced_from_its_lock);
 async fn an_install_is_reproduced_from_its_lock() {
     let _net = net_shared();
     let mut registry = Registry::start().await;

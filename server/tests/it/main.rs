@@ -1,6 +1,9 @@
 //! The one integration-test binary (one link step): a real server on a loopback port,
 //! driven by the generated client, grpcurl and the shipped binaries.
 
+#[macro_use]
+extern crate attune_packs_test_harness;
+
 mod common;
 mod support;
 
@@ -32,3 +35,7 @@ mod rest;
 mod rollback;
 mod stackstorm_packs;
 mod symlinks;
+
+fn main() -> std::process::ExitCode {
+    attune_packs_test_harness::main()
+}

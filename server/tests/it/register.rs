@@ -522,12 +522,12 @@ async fn assert_consistent(server: &TestServer, pack_ref: &str) {
     assert_eq!(only[0].1, format!("{pack_ref}.only_v{major}"));
 }
 
+register_test!(
+    two_processes_racing_on_postgres_agree,
+    requires = [Postgres]
+);
 /// Two server processes sharing one PostgreSQL database and one packs base dir.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_racing_on_postgres_agree() {
-    if !crate::common::postgres_available() {
-        return;
-    }
     // The in-process server is only used for its fresh database and its helpers.
     let server = TestServer::start(Backend::Postgres).await;
     let url = match &server.state.config.database_url {

@@ -50,7 +50,7 @@ impl Api {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(the_four_stages_answer_the_seed_json);
 async fn the_four_stages_answer_the_seed_json() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
@@ -206,7 +206,7 @@ async fn the_four_stages_answer_the_seed_json() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(errors_have_the_seed_shape_and_name_what_is_wrong);
 async fn errors_have_the_seed_shape_and_name_what_is_wrong() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
@@ -323,7 +323,7 @@ async fn errors_have_the_seed_shape_and_name_what_is_wrong() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(progress_as_server_sent_events);
 async fn progress_as_server_sent_events() {
     let server = TestServer::start(Backend::Sqlite).await;
     let dir = server.packs_dir();
@@ -372,7 +372,7 @@ async fn progress_as_server_sent_events() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(login_issues_tokens_both_doors_accept);
 async fn login_issues_tokens_both_doors_accept() {
     // A wait long enough that a loaded machine still sends the next attempt within it.
     const WAIT: Duration = Duration::from_secs(2);
@@ -480,10 +480,10 @@ async fn login_issues_tokens_both_doors_accept() {
     server.stop().await;
 }
 
+register_test!(the_seed_workflow_script_runs_with_curl_and_jq);
 /// The seeds' "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
 /// (`tests/rest/workflow.sh`), against the real server; only the host and the pack source
 /// differ, and the token comes from the login endpoint.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_workflow_script_runs_with_curl_and_jq() {
     let tools_present = ["curl", "jq"].iter().all(|t| {
         std::process::Command::new(t)
@@ -527,24 +527,15 @@ async fn the_seed_workflow_script_runs_with_curl_and_jq() {
     server.stop().await;
 }
 
+register_test!(
+    live_responses_match_the_openapi_document,
+    requires = [Schemathesis]
+);
 /// schemathesis (PyPI) fuzzes every operation of the live server from its own OpenAPI
 /// document: no 5xx, every response matching its schema, content types and headers as
 /// declared. Excluded: "schema-valid data is accepted", because valid-looking paths
 /// (relative, or outside the allowed roots) are rightly refused with a 400.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_responses_match_the_openapi_document() {
-    let present = std::process::Command::new("st")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "schemathesis must be installed in CI"
-        );
-        eprintln!("notice: schemathesis (st) not installed; skipping (pip install schemathesis)");
-        return;
-    }
     let server = TestServer::start(Backend::Sqlite).await;
     let output = tokio::process::Command::new("st")
         .args(["run", &format!("{}/api/v1/openapi.json", server.url())])

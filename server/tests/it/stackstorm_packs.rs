@@ -290,8 +290,8 @@ async fn every_case_registers_as_expected(backend: Backend) {
 }
 on_both_backends!(every_case_registers_as_expected);
 
+register_test!(sync malformed_expectations_are_refused);
 /// The harness itself: a malformed expectation is refused, not taken as "expect nothing".
-#[test]
 fn malformed_expectations_are_refused() {
     let parse = |text: &str| serde_yaml::from_str::<Expect>(text);
     assert!(parse("pack_dir: p\ndefault: {registered: true}\n").is_err());

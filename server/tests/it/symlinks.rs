@@ -181,7 +181,7 @@ fn linked_repo(repos: &Path, work: &Path, name: &str, link: Link) -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(git_checkouts_store_inside_links_as_files_and_refuse_the_others);
 async fn git_checkouts_store_inside_links_as_files_and_refuse_the_others() {
     let _net = net_shared();
     let repos = tempfile::tempdir().unwrap();
@@ -268,7 +268,7 @@ fn linked_zip(top: &str, files: &[(String, String)], links: &[(&str, String)]) -
     w.finish().unwrap().into_inner()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+register_test!(archives_store_inside_links_as_files_and_refuse_the_others);
 async fn archives_store_inside_links_as_files_and_refuse_the_others() {
     let _net = net_shared();
     let files = FileServer::start_http().await;
@@ -414,11 +414,11 @@ async fn local_directories_and_registration(backend: Backend) {
 }
 on_both_backends!(local_directories_and_registration);
 
+register_test!(a_link_target_swapped_during_a_copy_never_reads_outside_the_pack);
 /// A thread swaps `pack/shared` between the real directory and a link out of the pack
 /// while Download and RegisterBatch copy a pack whose `lib` is an inside link to
 /// `shared`: a copy either fails naming a link or stores the real content; outside
 /// content never reaches a stored pack.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_target_swapped_during_a_copy_never_reads_outside_the_pack() {
     let server = TestServer::start(Backend::Sqlite).await;
     let outside = tempfile::tempdir().unwrap();

@@ -247,7 +247,6 @@ pub fn zip_with_symlink(name: &str, target: &str) -> Vec<u8> {
     zip_finish(writer)
 }
 
-#[cfg(test)]
 mod smoke {
     use std::io::Read;
 
@@ -266,7 +265,7 @@ mod smoke {
             .collect()
     }
 
-    #[test]
+    register_test!(sync tar_gz_with_prefix_is_deterministic);
     fn tar_gz_with_prefix_is_deterministic() {
         let entries = [("pack.yaml", "ref: a\n"), ("actions/run.sh", "#!/bin/sh\n")];
         let bytes = tar_gz_in(Some("a-1.0.0"), &entries);
@@ -287,7 +286,7 @@ mod smoke {
         );
     }
 
-    #[test]
+    register_test!(sync hostile_tars_keep_their_raw_paths);
     fn hostile_tars_keep_their_raw_paths() {
         let paths = tar_paths(&tar_with_path_raw("../evil", b"x"));
         assert_eq!(paths[1].0, "../evil");
@@ -299,7 +298,7 @@ mod smoke {
         assert_eq!(entry.link_name().unwrap().unwrap().to_str(), Some("/etc"));
     }
 
-    #[test]
+    register_test!(sync zips_list_their_entries);
     fn zips_list_their_entries() {
         let bytes = zip_in(Some("p"), &[("pack.yaml", "ref: p\n")]);
         let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).unwrap();

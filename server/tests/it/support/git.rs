@@ -601,7 +601,7 @@ pub fn net_exclusive() -> NetExclusive {
     NetExclusive(NET.write().unwrap_or_else(|e| e.into_inner()))
 }
 
-#[test]
+register_test!(sync base64_helper);
 fn base64_helper() {
     assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
     assert_eq!(base64(b"a"), "YQ==");

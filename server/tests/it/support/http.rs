@@ -441,7 +441,6 @@ fn guess_content_type(path: &str) -> &'static str {
         .map_or("application/octet-stream", |(_, t)| t)
 }
 
-#[cfg(test)]
 mod smoke {
     use super::*;
 
@@ -457,7 +456,7 @@ mod smoke {
             .unwrap()
     }
 
-    #[tokio::test]
+    register_test!(http_serves_a_file_and_counts_hits);
     async fn http_serves_a_file_and_counts_hits() {
         let server = FileServer::start_http().await;
         server.put("pack.tar.gz", b"archive bytes".to_vec());
@@ -480,7 +479,7 @@ mod smoke {
         assert_eq!(server.hits("nope"), 1);
     }
 
-    #[tokio::test]
+    register_test!(https_needs_an_accepting_or_trusting_client);
     async fn https_needs_an_accepting_or_trusting_client() {
         let server = FileServer::start_https().await;
         server.put("index.json", "{}");
@@ -505,7 +504,7 @@ mod smoke {
         assert_eq!(response.status(), 200);
     }
 
-    #[tokio::test]
+    register_test!(etag_gives_not_modified);
     async fn etag_gives_not_modified() {
         let server = FileServer::start_http().await;
         server.put("a.zip", vec![1, 2, 3]);
@@ -531,7 +530,7 @@ mod smoke {
         assert_eq!(server.hits("a.zip"), 3);
     }
 
-    #[tokio::test]
+    register_test!(redirect_fail_and_auth);
     async fn redirect_fail_and_auth() {
         let server = FileServer::start_http().await;
         let other = FileServer::start_http().await;
@@ -582,7 +581,7 @@ mod smoke {
         assert_eq!(ok.status(), 200);
     }
 
-    #[tokio::test]
+    register_test!(slow_bodies_arrive_late_and_drop_ends_stalls);
     async fn slow_bodies_arrive_late_and_drop_ends_stalls() {
         let server = FileServer::start_http().await;
         server.put("slow", vec![7u8; 10]);

@@ -206,13 +206,12 @@ pub fn index_json(entries: &[IndexEntry]) -> String {
     serde_json::to_string_pretty(&document).unwrap()
 }
 
-#[cfg(test)]
 mod smoke {
     use attune_packs_server::registry::index::PackIndex;
 
     use super::*;
 
-    #[test]
+    register_test!(sync the_registry_parser_accepts_generated_indices);
     fn the_registry_parser_accepts_generated_indices() {
         let sum = format!("sha256:{}", "a".repeat(64));
         let entry = IndexEntry::new("demo", "2.0.0")
