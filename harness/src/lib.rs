@@ -175,11 +175,33 @@ fn run_body(body: &Body) -> Result<(), Failed> {
 /// Runs the registered tests with libtest's arguments and output.
 pub fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let ci = under_ci();
-    let mut present: BTreeMap<Requires, bool> = BTreeMap::new();
-    let mut ignored: BTreeMap<Requires, usize> = BTreeMap::new();
     let mut tests: Vec<&'static Test> = TESTS.iter().collect();
     tests.sort_by_cached_key(|t| test_name(t));
+    let plan = plan(&args, &tests, Requires::present, under_ci());
+    if !args.list {
+        for notice in &plan.notices {
+            eprintln!("{notice}");
+        }
+    }
+    libtest_mimic::run(&args, plan.trials).exit_code()
+}
+
+/// The trials to run, and a notice per missing requirement.
+struct Plan {
+    trials: Vec<Trial>,
+    notices: Vec<String>,
+}
+
+/// Turns `tests` into trials: runnable when every requirement is `present`, otherwise
+/// ignored, or (under `ci`) failing with what is missing.
+fn plan(
+    args: &Arguments,
+    tests: &[&'static Test],
+    present: impl Fn(Requires) -> bool,
+    ci: bool,
+) -> Plan {
+    let mut checked: BTreeMap<Requires, bool> = BTreeMap::new();
+    let mut ignored: BTreeMap<Requires, usize> = BTreeMap::new();
     let mut trials = Vec::with_capacity(tests.len());
     for test in tests {
         let name = test_name(test);
@@ -187,7 +209,7 @@ pub fn main() -> ExitCode {
             .requires
             .iter()
             .copied()
-            .filter(|r| !*present.entry(*r).or_insert_with(|| r.present()))
+            .filter(|r| !*checked.entry(*r).or_insert_with(|| present(*r)))
             .collect();
         let body = &test.body;
         let trial = if missing.is_empty() {
@@ -197,7 +219,7 @@ pub fn main() -> ExitCode {
             let message = format!("CI may not skip a test: {}", why.join("; "));
             Trial::test(name, move || Err(message.into()))
         } else {
-            if selected(&args, &name) {
+            if selected(args, &name) {
                 for r in &missing {
                     *ignored.entry(*r).or_default() += 1;
                 }
@@ -206,11 +228,113 @@ pub fn main() -> ExitCode {
         };
         trials.push(trial);
     }
-    if !args.list {
-        for (requirement, count) in &ignored {
+    let notices = ignored
+        .iter()
+        .map(|(requirement, count)| {
             let tests = if *count == 1 { "test" } else { "tests" };
-            eprintln!("notice: {count} {tests} ignored: {}", requirement.missing());
-        }
+            format!("notice: {count} {tests} ignored: {}", requirement.missing())
+        })
+        .collect();
+    Plan { trials, notices }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passes() {}
+    fn fails() {
+        panic!("this test ran");
     }
-    libtest_mimic::run(&args, trials).exit_code()
+
+    static NEEDS_POSTGRES: Test = Test {
+        module: "it::db",
+        name: "needs_postgres",
+        requires: &[Requires::Postgres],
+        body: Body::Sync(fails),
+    };
+    static NEEDS_NOTHING: Test = Test {
+        module: "it::plain",
+        name: "needs_nothing",
+        requires: &[],
+        body: Body::Sync(passes),
+    };
+    static NEEDS_BROKER: Test = Test {
+        module: "it::events",
+        name: "needs_broker",
+        requires: &[Requires::RabbitMq],
+        body: Body::Async(|| Box::pin(async {})),
+    };
+
+    /// Arguments for a nested run whose report goes to `log` rather than into the
+    /// output of this test binary.
+    fn args(log: &str, extra: &[&str]) -> Arguments {
+        let mut argv = vec!["it", "--test-threads", "1", "--logfile", log];
+        argv.extend_from_slice(extra);
+        Arguments::from_iter(argv)
+    }
+
+    fn log_path(test: &str) -> String {
+        let path = std::env::temp_dir().join(format!("harness-{}-{test}.log", std::process::id()));
+        path.to_str().unwrap().to_string()
+    }
+
+    const ALL: [&Test; 3] = [&NEEDS_POSTGRES, &NEEDS_NOTHING, &NEEDS_BROKER];
+
+    #[test]
+    fn a_missing_requirement_is_ignored_with_a_notice_not_passed() {
+        let log = log_path("ignored");
+        let plan = plan(&args(&log, &[]), &ALL, |r| r == Requires::RabbitMq, false);
+        assert_eq!(
+            plan.notices,
+            [format!(
+                "notice: 1 test ignored: {}",
+                Requires::Postgres.missing()
+            )]
+        );
+        let conclusion = libtest_mimic::run(&args(&log, &[]), plan.trials);
+        let report = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let line = report.lines().find(|l| l.contains("db::needs_postgres"));
+        assert!(line.is_some_and(|l| l.ends_with("ignored")), "{report}");
+        assert_eq!(
+            (
+                conclusion.num_passed,
+                conclusion.num_ignored,
+                conclusion.num_failed
+            ),
+            (2, 1, 0)
+        );
+    }
+
+    #[test]
+    fn under_ci_a_missing_requirement_fails_the_test() {
+        let log = log_path("ci");
+        let plan = plan(&args(&log, &[]), &ALL, |r| r == Requires::RabbitMq, true);
+        assert!(plan.notices.is_empty());
+        let conclusion = libtest_mimic::run(&args(&log, &[]), plan.trials);
+        let report = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        let expected = format!("CI may not skip a test: {}", Requires::Postgres.missing());
+        assert!(report.contains(&expected), "{report}");
+        assert_eq!(
+            (
+                conclusion.num_passed,
+                conclusion.num_ignored,
+                conclusion.num_failed
+            ),
+            (2, 0, 1)
+        );
+    }
+
+    #[test]
+    fn names_drop_the_crate_and_notices_count_only_selected_tests() {
+        assert_eq!(test_name(&NEEDS_POSTGRES), "db::needs_postgres");
+        let log = log_path("filtered");
+        let plan = plan(&args(&log, &["plain::"]), &ALL, |_| false, false);
+        assert!(plan.notices.is_empty(), "{:?}", plan.notices);
+        let conclusion = libtest_mimic::run(&args(&log, &["plain::"]), plan.trials);
+        std::fs::remove_file(&log).unwrap();
+        assert_eq!((conclusion.num_passed, conclusion.num_filtered_out), (1, 2));
+    }
 }

@@ -480,25 +480,14 @@ async fn login_issues_tokens_both_doors_accept() {
     server.stop().await;
 }
 
-register_test!(the_seed_workflow_script_runs_with_curl_and_jq);
-/// The seeds' "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
+register_test!(
+    the_seed_workflow_script_runs_with_curl_and_jq,
+    requires = [CurlAndJq]
+);
+/// The original JSON API's "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
 /// (`tests/rest/workflow.sh`), against the real server; only the host and the pack source
 /// differ, and the token comes from the login endpoint.
 async fn the_seed_workflow_script_runs_with_curl_and_jq() {
-    let tools_present = ["curl", "jq"].iter().all(|t| {
-        std::process::Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !tools_present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "curl and jq must be installed in CI"
-        );
-        eprintln!("notice: curl or jq missing; skipping the workflow script");
-        return;
-    }
     let server = TestServer::start(Backend::Sqlite).await;
     attune_packs_server::users::add_user(&server.state.db, "test@attune.local", "TestPass123!")
         .await
