@@ -379,8 +379,8 @@ fn run_local(command: &Command, format: Format) -> Option<anyhow::Result<ExitCod
                 force,
             } => tools::index_merge(output, inputs, *force).map(|s| {
                 println!(
-                    "✓ merged {} index files into {}",
-                    s.inputs,
+                    "✓ merged {} into {}",
+                    attune_packs_core::progress::count(s.inputs, "index file", "index files"),
                     output.display()
                 );
                 println!("  packs loaded: {}", s.loaded);

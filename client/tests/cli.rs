@@ -168,7 +168,7 @@ fn download_register_and_build_envs_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("1 of 1 packs downloaded, 0 failed"),
+        stdout.contains("1 of 1 pack downloaded, 0 failed"),
         "{stdout}"
     );
     let placed = format!("{dest}/gamma");
@@ -187,7 +187,7 @@ fn download_register_and_build_envs_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("none needed") && stdout.contains("1 of 1 packs ready"),
+        stdout.contains("none needed") && stdout.contains("1 of 1 pack ready"),
         "{stdout}"
     );
 
@@ -714,7 +714,7 @@ fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("2 pack(s) removed"), "{stdout}");
+    assert!(stdout.contains("2 packs removed"), "{stdout}");
     assert!(stderr.contains("removed lib 1.0.0"), "{stderr}");
     let table: Vec<&str> = stdout.lines().collect();
     assert!(table[0].starts_with("PACK"), "{stdout}");

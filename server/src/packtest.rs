@@ -265,8 +265,8 @@ pub async fn run_pack_tests(
             if reporter.is_cancelled() {
                 cancelled = true;
                 notes.push(format!(
-                    "cancelled: {} suite(s) not run",
-                    testing.runners.len() - i
+                    "cancelled: {} not run",
+                    crate::progress::count(testing.runners.len() - i, "suite", "suites")
                 ));
                 break;
             }
@@ -299,7 +299,10 @@ pub async fn run_pack_tests(
             if cancelled {
                 let left = testing.runners.len() - i - 1;
                 if left > 0 {
-                    notes.push(format!("cancelled: {left} suite(s) not run"));
+                    notes.push(format!(
+                        "cancelled: {} not run",
+                        crate::progress::count(left, "suite", "suites")
+                    ));
                 }
                 break;
             }
@@ -1822,7 +1825,7 @@ exit 1
             result
                 .notes
                 .iter()
-                .any(|n| n.contains("1 suite(s) not run")),
+                .any(|n| n.contains("1 suite not run")),
             "{:?}",
             result.notes
         );
