@@ -471,9 +471,9 @@ async fn malformed_protobuf_is_invalid_argument() {
     assert_eq!(status, "3", "{message}");
     // Still fine: an empty (all-default) message decodes and is judged by the service.
     let (status, message) =
-        raw_grpc(&server, "/attune.packs.v1.PackService/Dependencies", &[]).await;
+        raw_grpc(&server, "/attune.packs.v1.PackService/Download", &[]).await;
     assert_eq!(status, "3", "{message}");
-    assert!(message.contains("pack_paths"), "{message}");
+    assert!(message.contains("packs"), "{message}");
     let mut client = server.client().await;
     let pack = write_pack(&server.packs_dir(), "p", &simple_pack("pp", "1.0.0", &[]));
     let ok = client

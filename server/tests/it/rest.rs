@@ -50,6 +50,69 @@ impl Api {
     }
 }
 
+/// `{"pack_paths": []}` is a request with nothing to do, answered with an empty result
+/// (200 with empty data over REST, an empty result over gRPC), not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_pack_paths_get_an_empty_answer() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let api = Api::new(&server);
+    let empty = json!({"pack_paths": []});
+
+    let (status, body) = api.call("/api/v1/packs/dependencies", empty.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    for list in [
+        "analyzed_packs",
+        "dependencies",
+        "missing_dependencies",
+        "errors",
+    ] {
+        assert_eq!(body["data"][list], json!([]), "{list}: {body}");
+    }
+
+    let (status, body) = api.call("/api/v1/packs/build-envs", empty.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["built_environments"], json!([]), "{body}");
+    assert_eq!(body["data"]["failed_environments"], json!([]), "{body}");
+    assert_eq!(body["data"]["summary"]["total_packs"], 0, "{body}");
+
+    let (status, body) = api.call("/api/v1/packs/register-batch", empty).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["registered_packs"], json!([]), "{body}");
+    assert_eq!(body["data"]["failed_packs"], json!([]), "{body}");
+    assert_eq!(body["data"]["summary"]["total_packs"], 0, "{body}");
+
+    let mut client = server.client().await;
+    let deps = client
+        .dependencies(pb::DependenciesRequest::default())
+        .await
+        .unwrap();
+    assert!(deps.analyzed_packs.is_empty() && deps.errors.is_empty());
+    let envs = client
+        .build_envs(pb::BuildEnvsRequest::default())
+        .await
+        .unwrap();
+    assert!(envs.built_environments.is_empty() && envs.failed_environments.is_empty());
+    let registered = client
+        .register_batch(pb::RegisterBatchRequest::default())
+        .await
+        .unwrap();
+    assert!(registered.registered_packs.is_empty() && registered.failed_packs.is_empty());
+
+    // A list of sources to fetch still has to name one.
+    let (status, body) = api
+        .call(
+            "/api/v1/packs/download",
+            json!({"packs": [], "destination_dir": path_str(&server.packs_dir())}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("packs"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_four_stages_answer_the_seed_json() {
     let server = TestServer::start(Backend::Sqlite).await;

@@ -89,14 +89,12 @@ expect_code 'no token' 401
 check 'no token' '.status == 401 and (.error | type == "string") and (.message | type == "string")'
 
 # ---------------------------------------------------------------------------
-# Testing Quick Start, step 3: dependencies with {"pack_paths": []}.
-# Deviation from the seed: the original answered 200 with an empty analysis;
-# this server treats an empty pack list as a malformed request, so the answer
-# is 400 with an error body whose message names `pack_paths`.
+# Testing Quick Start, step 3: dependencies with {"pack_paths": []}: an empty list is
+# a request with nothing to do, answered 200 with an empty analysis.
 post /api/v1/packs/dependencies "$(jq -cn '{pack_paths: []}')" "${AUTH[@]}"
-expect_code 'quick start (empty pack_paths)' 400
+expect_code 'quick start (empty pack_paths)' 200
 check 'quick start (empty pack_paths)' \
-  '.status == 400 and (.error | type == "string") and (.message | contains("pack_paths"))'
+  '.data.analyzed_packs == [] and .data.dependencies == [] and .data.missing_dependencies == [] and .data.errors == []'
 
 # ---------------------------------------------------------------------------
 # Complete Workflow Example.
