@@ -1,6 +1,6 @@
 //! Running a pack's own tests: the `testing` block of `pack.yaml`.
 //!
-//! Fixes the Attune test executor's bugs (reference §10 item 20): `min_pass_rate` is
+//! Fixes the Attune test executor's bugs: `min_pass_rate` is
 //! honoured, `json` results are read, timed-out suites are killed with everything they
 //! started, output is read while the suite runs (no pipe deadlock), runners run in a
 //! stable (name) order, and zero tests is `skipped`, not `passed`.

@@ -2,7 +2,7 @@
 //!
 //! Both the canonical Attune keys and the legacy/StackStorm spellings are accepted
 //! (Attune's registration reads only the legacy ones and silently drops the canonical
-//! ones, reference §10 item 17; here both work):
+//! ones; here both work):
 //!
 //! | canonical     | legacy            |
 //! |---------------|-------------------|
@@ -51,10 +51,10 @@ pub const MAX_PACK_REF_LEN: usize = 64;
 /// Whether `s` is a valid pack ref: `^[a-z][a-z0-9_-]+$`, 2 to 64 characters.
 ///
 /// This is the CHECK constraint of Attune's `pack.ref` column. Attune's `RefValidator`
-/// also accepts 1-character refs, which the database then rejects (reference §10 item
-/// 26); the stricter rule is used so a ref accepted here can be stored. Dots are not
-/// allowed because `pack.action` refs are split on the first dot. The upper bound keeps
-/// refs usable as directory names and identifiers.
+/// also accepts 1-character refs, which the database then rejects; the stricter rule
+/// is used so a ref accepted here can be stored. Dots are not allowed because
+/// `pack.action` refs are split on the first dot. The upper bound keeps refs usable as
+/// directory names and identifiers.
 pub fn is_valid_pack_ref(s: &str) -> bool {
     let mut chars = s.chars();
     (2..=MAX_PACK_REF_LEN).contains(&s.len())

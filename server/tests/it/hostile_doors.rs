@@ -83,7 +83,7 @@ fn credentials(email: &str, password: &str) -> String {
     json!({"email": email, "password": password}).to_string()
 }
 
-/// Every error answer of the gateway has the seed's envelope.
+/// Every error answer of the gateway has the original API's envelope.
 fn assert_envelope(body: &Value, status: u16) {
     let mut keys: Vec<&str> = body
         .as_object()

@@ -1,4 +1,4 @@
-//! The REST gateway on the gRPC port: the seed's JSON, errors, login, SSE, health.
+//! The REST gateway on the gRPC port: the original API's JSON, errors, login, SSE, health.
 
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,7 @@ async fn empty_pack_paths_get_an_empty_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_four_stages_answer_the_seed_json() {
+async fn the_four_stages_answer_the_original_json() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
     let root = server.root.path().canonicalize().unwrap();
@@ -270,7 +270,7 @@ async fn the_four_stages_answer_the_seed_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_have_the_seed_shape_and_name_what_is_wrong() {
+async fn errors_have_the_original_shape_and_name_what_is_wrong() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
     let check = |(status, body): (u16, Value), want: u16, needle: &str| {
@@ -543,11 +543,11 @@ async fn login_issues_tokens_both_doors_accept() {
     server.stop().await;
 }
 
-/// The seeds' "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
+/// The original API's "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
 /// (`tests/rest/workflow.sh`), against the real server; only the host and the pack source
 /// differ, and the token comes from the login endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_workflow_script_runs_with_curl_and_jq() {
+async fn the_workflow_script_runs_with_curl_and_jq() {
     let tools_present = ["curl", "jq"].iter().all(|t| {
         std::process::Command::new(t)
             .arg("--version")
