@@ -1062,9 +1062,10 @@ mod tests {
                 let mut parts = word.split('.');
                 let section = parts.next().unwrap_or_default();
                 let rest: Vec<&str> = parts.collect();
-                let is_file = rest
-                    .last()
-                    .is_some_and(|ext| ["rs", "md", "yaml", "json", "toml", "sh"].contains(ext));
+                // File and host names (`sandbox.rs`, `registry.npmjs.org`) are not settings.
+                let is_file = rest.last().is_some_and(|ext| {
+                    ["rs", "md", "yaml", "json", "toml", "sh", "org", "com", "io"].contains(ext)
+                });
                 if SECTIONS.contains(&section)
                     && !rest.is_empty()
                     && !is_file
