@@ -900,7 +900,10 @@ mod tests {
         }
         // The commands that call the server still document both.
         let help = help_of(&["deps"]);
-        assert!(help.contains("--server") && help.contains("--token"), "{help}");
+        assert!(
+            help.contains("--server") && help.contains("--token"),
+            "{help}"
+        );
     }
 
     #[test]
@@ -908,7 +911,14 @@ mod tests {
         for args in [
             &["attune-packs", "--server", "http://x:1", "checksum", "p"][..],
             &["attune-packs", "checksum", "--token", "t", "p"],
-            &["attune-packs", "index", "entry", "--server", "http://x:1", "p"],
+            &[
+                "attune-packs",
+                "index",
+                "entry",
+                "--server",
+                "http://x:1",
+                "p",
+            ],
         ] {
             let parsed = <Cli as clap::Parser>::try_parse_from(args);
             assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());

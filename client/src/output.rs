@@ -534,7 +534,10 @@ mod tests {
             success_count: 1,
             ..Default::default()
         };
-        assert_eq!(download_summary(&download), "1 of 1 pack downloaded, 0 failed");
+        assert_eq!(
+            download_summary(&download),
+            "1 of 1 pack downloaded, 0 failed"
+        );
         let register = pb::RegisterBatchSummary {
             total_packs: 1,
             success_count: 1,

@@ -127,7 +127,7 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     assert_eq!(json["missing_dependencies"][0]["version_spec"], ">=1");
     assert_eq!(json["analyzed_packs"][0]["pack_path"], pack.as_str());
     assert!(
-        stderr.contains("[analyze] pk: analysed pk 1.0.0"),
+        stderr.contains("[analyze] pk: analysed pk 1.0.0 (1 dependency)"),
         "{stderr}"
     );
 
@@ -141,10 +141,16 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     );
     assert!(out.stderr.is_empty(), "quiet means no progress");
 
-    // Nothing missing: exit 0.
+    // Nothing missing: exit 0; one pack, no dependencies.
     let out = server.cli(&server.token, &["-q", "deps", &base]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ready to build and register"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "1 pack analysed, 0 dependencies, 0 missing, 0 errors: ready to build and register"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // A wrong token is refused with the server's reason; exit 2.
     let out = server.cli("garbage", &["deps", &pack]);

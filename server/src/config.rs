@@ -1043,8 +1043,14 @@ mod tests {
     #[test]
     fn the_documentation_names_settings_as_they_are_spelled() {
         let docs = [
-            ("configuration.md", include_str!("../../docs/configuration.md")),
-            ("registry-index.md", include_str!("../../docs/registry-index.md")),
+            (
+                "configuration.md",
+                include_str!("../../docs/configuration.md"),
+            ),
+            (
+                "registry-index.md",
+                include_str!("../../docs/registry-index.md"),
+            ),
             ("security.md", include_str!("../../docs/security.md")),
             ("install.md", include_str!("../../docs/install.md")),
             ("download.md", include_str!("../../docs/download.md")),
@@ -1053,7 +1059,10 @@ mod tests {
             ("lifecycle.md", include_str!("../../docs/lifecycle.md")),
             ("rest.md", include_str!("../../docs/rest.md")),
             ("pack-yaml.md", include_str!("../../docs/pack-yaml.md")),
-            ("ARCHITECTURE.md", include_str!("../../docs/ARCHITECTURE.md")),
+            (
+                "ARCHITECTURE.md",
+                include_str!("../../docs/ARCHITECTURE.md"),
+            ),
         ];
         let mut named = Vec::new();
         for (doc, text) in docs {
@@ -1069,7 +1078,9 @@ mod tests {
                 if SECTIONS.contains(&section)
                     && !rest.is_empty()
                     && !is_file
-                    && rest.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                    && rest.iter().all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
                 {
                     named.push((doc, word.to_string()));
                 }
@@ -1094,7 +1105,10 @@ mod tests {
                         || before.ends_with("), ");
                     if listed
                         && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                        && (after.starts_with(" (") || after.starts_with(',') || after.is_empty() || after.starts_with(" and"))
+                        && (after.starts_with(" (")
+                            || after.starts_with(',')
+                            || after.is_empty()
+                            || after.starts_with(" and"))
                     {
                         named.push(("configuration.md", format!("{first}.{key}")));
                     }
@@ -1104,7 +1118,11 @@ mod tests {
             }
         }
         assert!(named.len() > 100, "too few settings found: {named:?}");
-        assert!(named.iter().any(|(_, n)| n == "registry.allow_file_registry_url"));
+        assert!(
+            named
+                .iter()
+                .any(|(_, n)| n == "registry.allow_file_registry_url")
+        );
         assert!(named.iter().any(|(_, n)| n == "login.max_tracked"));
         let wrong: Vec<String> = named
             .iter()

@@ -225,11 +225,7 @@ fn parse_all(
                         "analysed {} {} ({})",
                         manifest.pack_ref,
                         manifest.version,
-                        progress::count(
-                            manifest.dependencies.len(),
-                            "dependency",
-                            "dependencies"
-                        )
+                        progress::count(manifest.dependencies.len(), "dependency", "dependencies")
                     ),
                     i as u64 + 1,
                     Some(total),

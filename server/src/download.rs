@@ -454,10 +454,7 @@ impl Downloader {
             }
             _ => format!("{} source", source.kind()),
         };
-        reporter.info(
-            Stage::Resolve,
-            format!("{}: {written}", redact_url(raw)),
-        );
+        reporter.info(Stage::Resolve, format!("{}: {written}", redact_url(raw)));
         let staging =
             Staging::create(destination).map_err(|source| PackDownloadError::Staging {
                 destination: destination.to_path_buf(),

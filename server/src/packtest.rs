@@ -1822,10 +1822,7 @@ exit 1
         assert_eq!(result.suites[0].error.as_deref(), Some(CANCELLED));
         assert!(!result.passed());
         assert!(
-            result
-                .notes
-                .iter()
-                .any(|n| n.contains("1 suite not run")),
+            result.notes.iter().any(|n| n.contains("1 suite not run")),
             "{:?}",
             result.notes
         );

@@ -1158,12 +1158,19 @@ enabled: true
         let m = Manifest::parse(blocks[0], Path::new("pack.yaml"), None)
             .unwrap_or_else(|e| panic!("docs/pack-yaml.md: {e}"));
         assert!(m.warnings.is_empty(), "{:#?}", m.warnings);
-        assert!(m.extra.is_empty(), "keys the parser does not read: {:?}", m.extra);
+        assert!(
+            m.extra.is_empty(),
+            "keys the parser does not read: {:?}",
+            m.extra
+        );
         for key in fields::KNOWN_KEYS {
             let documented = blocks
                 .iter()
                 .any(|b| b.lines().any(|l| l.starts_with(&format!("{key}:"))));
-            assert!(documented, "pack.yaml key `{key}` is not in docs/pack-yaml.md");
+            assert!(
+                documented,
+                "pack.yaml key `{key}` is not in docs/pack-yaml.md"
+            );
         }
         assert_eq!(m.pack_ref, "chatops_demo");
         assert_eq!(m.label, "ChatOps demo");

@@ -214,8 +214,17 @@ async fn progress_names_the_source_type_of_the_result() {
     }
     let r = result.unwrap();
     assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
-    let kinds = ["local_directory", "local_archive", "archive", "git", "registry"];
-    for (source, expected) in [(&sources[0], "local_directory"), (&sources[1], "local_archive")] {
+    let kinds = [
+        "local_directory",
+        "local_archive",
+        "archive",
+        "git",
+        "registry",
+    ];
+    for (source, expected) in [
+        (&sources[0], "local_directory"),
+        (&sources[1], "local_archive"),
+    ] {
         let pack = r
             .downloaded_packs
             .iter()

@@ -470,8 +470,7 @@ async fn malformed_protobuf_is_invalid_argument() {
     .await;
     assert_eq!(status, "3", "{message}");
     // Still fine: an empty (all-default) message decodes and is judged by the service.
-    let (status, message) =
-        raw_grpc(&server, "/attune.packs.v1.PackService/Download", &[]).await;
+    let (status, message) = raw_grpc(&server, "/attune.packs.v1.PackService/Download", &[]).await;
     assert_eq!(status, "3", "{message}");
     assert!(message.contains("packs"), "{message}");
     let mut client = server.client().await;
