@@ -31,17 +31,17 @@ fn when(ms: i64) -> String {
 fn components(c: Option<&pb::ComponentCounts>) -> String {
     let Some(c) = c else { return "-".into() };
     let parts: Vec<String> = [
-        (c.actions, "actions"),
-        (c.sensors, "sensors"),
-        (c.triggers, "triggers"),
-        (c.rules, "rules"),
-        (c.workflows, "workflows"),
-        (c.policies, "policies"),
-        (c.aliases, "aliases"),
+        (c.actions, "action", "actions"),
+        (c.sensors, "sensor", "sensors"),
+        (c.triggers, "trigger", "triggers"),
+        (c.rules, "rule", "rules"),
+        (c.workflows, "workflow", "workflows"),
+        (c.policies, "policy", "policies"),
+        (c.aliases, "alias", "aliases"),
     ]
     .iter()
-    .filter(|(n, _)| *n > 0)
-    .map(|(n, what)| format!("{n} {what}"))
+    .filter(|(n, _, _)| *n > 0)
+    .map(|(n, one, many)| attune_packs_core::progress::count(*n, one, many))
     .collect();
     if parts.is_empty() {
         "-".into()
@@ -97,7 +97,11 @@ pub fn print_list(packs: &[pb::InstalledPackSummary], total: u64, next_page_toke
             &rows
         )
     );
-    println!("{} of {total} installed packs", packs.len());
+    println!(
+        "{} of {}",
+        packs.len(),
+        attune_packs_core::progress::count(total, "installed pack", "installed packs")
+    );
     if !next_page_token.is_empty() {
         println!("more: --page-token {next_page_token} (or --all)");
     }
@@ -225,6 +229,23 @@ pub fn verify_clean(r: &pb::VerifyPacksResult) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::pb;
+
+    #[test]
+    fn component_counts_agree_with_their_nouns() {
+        let c = pb::ComponentCounts {
+            actions: 1,
+            sensors: 2,
+            policies: 1,
+            aliases: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            super::components(Some(&c)),
+            "1 action, 2 sensors, 1 policy, 1 alias"
+        );
+    }
+
     #[test]
     fn dates_are_utc_civil_dates() {
         assert_eq!(super::when(0), "-");

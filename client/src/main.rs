@@ -70,8 +70,12 @@ enum Command {
         /// Where packs are stored (server default when omitted).
         #[arg(long)]
         packs_base_dir: Option<String>,
+        /// Python version for the packs' virtualenvs, e.g. 3.11 (default: the highest
+        /// interpreter on the server that fits each pack).
         #[arg(long)]
         python_version: Option<String>,
+        /// Node.js major version the packs' node modules need, e.g. 20 (default: the
+        /// server's `node`).
         #[arg(long)]
         nodejs_version: Option<String>,
         /// Seconds per download and per environment build (server default 300).
@@ -123,6 +127,7 @@ enum Command {
     },
     /// Build Python virtualenvs and Node modules for packs (server paths).
     BuildEnvs {
+        /// Pack directories, as paths on the server.
         #[arg(required = true)]
         pack_paths: Vec<String>,
         /// Base directory whose `.envs/` holds the environments (server default when omitted).
@@ -134,8 +139,10 @@ enum Command {
         /// Node.js major version to require, e.g. 20.
         #[arg(long)]
         nodejs_version: Option<String>,
+        /// Build no Python virtualenvs.
         #[arg(long)]
         skip_python: bool,
+        /// Install no node modules.
         #[arg(long)]
         skip_nodejs: bool,
         /// Rebuild even when nothing changed.
@@ -181,8 +188,13 @@ enum Command {
     Registries,
     /// Checksum of a pack directory (attune-pack-file-v1) or archive (its bytes, and the
     /// pack inside). Local: needs no server.
-    Checksum { path: std::path::PathBuf },
+    #[command(args(local_only()))]
+    Checksum {
+        /// A pack directory or archive on this machine.
+        path: std::path::PathBuf,
+    },
     /// Registry index files. Local: needs no server.
+    #[command(args(local_only()))]
     Index {
         #[command(subcommand)]
         command: IndexCommand,
@@ -222,6 +234,7 @@ enum Command {
     /// What happened to an installed pack (install, upgrade, rollback, …), newest first,
     /// and the previous versions kept for rollback.
     History {
+        /// Ref of an installed (or once installed) pack.
         #[arg(value_name = "REF")]
         pack_ref: String,
         /// Entries to show (1 to 1000).
@@ -231,6 +244,7 @@ enum Command {
     /// Put a kept previous version of a pack back: files, rows and environments, without
     /// the network.
     Rollback {
+        /// Ref of an installed pack that has a kept previous version.
         #[arg(value_name = "REF")]
         pack_ref: String,
         /// The kept version (default: the most recently kept one).
@@ -261,6 +275,7 @@ enum Command {
     /// One installed pack in full: provenance, components, environments, last test,
     /// dependencies both ways.
     Show {
+        /// Ref of an installed pack.
         #[arg(value_name = "REF")]
         pack_ref: String,
     },
@@ -282,18 +297,38 @@ enum Command {
     },
 }
 
+/// `--server` and `--token` for the local tools: still accepted (a script may pass them
+/// to every command, and `ATTUNE_PACKS_*` stay harmless), but hidden from their help,
+/// since these commands never talk to a server. A subcommand that defines an argument
+/// of the same name does not receive the global one.
+fn local_only() -> [clap::Arg; 2] {
+    [
+        clap::Arg::new("server")
+            .long("server")
+            .global(true)
+            .hide(true),
+        clap::Arg::new("token")
+            .long("token")
+            .global(true)
+            .hide(true),
+    ]
+}
+
 #[derive(Subcommand)]
 enum IndexCommand {
     /// Print the index entry for a pack directory or archive.
     Entry {
+        /// A pack directory or archive on this machine.
         path: std::path::PathBuf,
         #[command(flatten)]
         sources: SourceArgs,
     },
     /// Add (or with --update replace) a pack's entry in an index file.
     Update {
+        /// The index file to change.
         #[arg(long)]
         index: std::path::PathBuf,
+        /// A pack directory or archive on this machine.
         path: std::path::PathBuf,
         #[command(flatten)]
         sources: SourceArgs,
@@ -303,8 +338,10 @@ enum IndexCommand {
     },
     /// Merge index files, keeping the highest version of each ref.
     Merge {
+        /// The merged index file to write.
         #[arg(long)]
         output: std::path::PathBuf,
+        /// Index files to merge.
         #[arg(required = true)]
         inputs: Vec<std::path::PathBuf>,
         /// Overwrite the output file.
@@ -379,8 +416,8 @@ fn run_local(command: &Command, format: Format) -> Option<anyhow::Result<ExitCod
                 force,
             } => tools::index_merge(output, inputs, *force).map(|s| {
                 println!(
-                    "✓ merged {} index files into {}",
-                    s.inputs,
+                    "✓ merged {} into {}",
+                    attune_packs_core::progress::count(s.inputs, "index file", "index files"),
                     output.display()
                 );
                 println!("  packs loaded: {}", s.loaded);
@@ -789,5 +826,111 @@ impl Progress {
         .await;
         bar.finish_and_clear();
         Ok(result?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of `cmd` and its subcommands, with the path of commands to it.
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((path.to_string(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn built() -> clap::Command {
+        let mut cmd = Cli::command();
+        // Propagates the global options into every subcommand, as parsing does.
+        cmd.build();
+        cmd
+    }
+
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let cmd = built();
+        let mut args = Vec::new();
+        walk(&cmd, "attune-packs", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !a.is_hide_set())
+            .filter(|(_, a)| a.get_help().is_none() && a.get_long_help().is_none())
+            .map(|(path, a)| format!("{path}: {}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+        // The walk reached the nested commands (and the arguments they inherit).
+        assert!(
+            args.iter()
+                .any(|(p, a)| p == "attune-packs index merge" && a.get_id() == "output")
+        );
+        assert!(
+            args.iter()
+                .any(|(p, a)| p == "attune-packs install" && a.get_id() == "python_version")
+        );
+    }
+
+    fn help_of(path: &[&str]) -> String {
+        let mut cmd = built();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).unwrap();
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn local_tools_do_not_offer_server_options() {
+        for path in [
+            &["checksum"][..],
+            &["index"],
+            &["index", "entry"],
+            &["index", "update"],
+            &["index", "merge"],
+        ] {
+            let help = help_of(path);
+            assert!(!help.contains("--server"), "{path:?}: {help}");
+            assert!(!help.contains("--token"), "{path:?}: {help}");
+            assert!(help.contains("--json"), "{path:?}: {help}");
+        }
+        // The commands that call the server still document both.
+        let help = help_of(&["deps"]);
+        assert!(
+            help.contains("--server") && help.contains("--token"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn local_tools_still_accept_server_options() {
+        for args in [
+            &["attune-packs", "--server", "http://x:1", "checksum", "p"][..],
+            &["attune-packs", "checksum", "--token", "t", "p"],
+            &[
+                "attune-packs",
+                "index",
+                "entry",
+                "--server",
+                "http://x:1",
+                "p",
+            ],
+        ] {
+            let parsed = <Cli as clap::Parser>::try_parse_from(args);
+            assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "attune-packs",
+            "--server",
+            "http://x:1",
+            "deps",
+            "/p",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://x:1");
     }
 }

@@ -1,6 +1,7 @@
 //! How results and progress look on a terminal.
 
 use attune_packs_client::pb;
+use attune_packs_core::progress::{count, noun};
 use serde::Serialize;
 
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -132,18 +133,22 @@ pub fn print_dependencies(r: &pb::DependenciesResult) {
         println!("error: {}: {}", e.pack_path, e.error);
     }
     println!();
+    println!("{}", dependencies_summary(r));
+}
+
+fn dependencies_summary(r: &pb::DependenciesResult) -> String {
     let verdict = if r.missing_dependencies.is_empty() && r.errors.is_empty() {
         "ready to build and register"
     } else {
         "not ready"
     };
-    println!(
-        "{} packs analysed, {} dependencies, {} missing, {} errors: {verdict}",
-        r.analyzed_packs.len(),
-        r.dependencies.len(),
+    format!(
+        "{} analysed, {}, {} missing, {}: {verdict}",
+        count(r.analyzed_packs.len(), "pack", "packs"),
+        count(r.dependencies.len(), "dependency", "dependencies"),
         r.missing_dependencies.len(),
-        r.errors.len(),
-    );
+        count(r.errors.len(), "error", "errors"),
+    )
 }
 
 pub fn print_download(r: &pb::DownloadResult) {
@@ -173,10 +178,16 @@ pub fn print_download(r: &pb::DownloadResult) {
         println!("failed: {}: {}", f.source, f.error);
     }
     println!();
-    println!(
-        "{} of {} packs downloaded, {} failed",
-        r.success_count, r.total_count, r.failure_count
-    );
+    println!("{}", download_summary(r));
+}
+
+fn download_summary(r: &pb::DownloadResult) -> String {
+    format!(
+        "{} of {} downloaded, {} failed",
+        r.success_count,
+        count(r.total_count, "pack", "packs"),
+        r.failure_count
+    )
 }
 
 pub fn print_register(r: &pb::RegisterBatchResult) {
@@ -227,11 +238,18 @@ pub fn print_register(r: &pb::RegisterBatchResult) {
     }
     if let Some(s) = &r.summary {
         println!();
-        println!(
-            "{} of {} packs registered, {} components, {} ms",
-            s.success_count, s.total_packs, s.total_components, s.duration_ms
-        );
+        println!("{}", register_summary(s));
     }
+}
+
+fn register_summary(s: &pb::RegisterBatchSummary) -> String {
+    format!(
+        "{} of {} registered, {}, {} ms",
+        s.success_count,
+        count(s.total_packs, "pack", "packs"),
+        count(s.total_components, "component", "components"),
+        s.duration_ms
+    )
 }
 
 pub fn print_build_envs(r: &pb::BuildEnvsResult) {
@@ -284,15 +302,24 @@ pub fn print_build_envs(r: &pb::BuildEnvsResult) {
     }
     if let Some(s) = &r.summary {
         println!();
-        println!(
-            "{} of {} packs ready ({} python, {} nodejs environments), {} ms",
-            s.success_count,
-            s.total_packs,
-            s.python_envs_built,
-            s.nodejs_envs_built,
-            s.total_duration_ms
-        );
+        println!("{}", build_envs_summary(s));
     }
+}
+
+fn build_envs_summary(s: &pb::BuildEnvsSummary) -> String {
+    format!(
+        "{} of {} ready ({} python, {} nodejs {}), {} ms",
+        s.success_count,
+        count(s.total_packs, "pack", "packs"),
+        s.python_envs_built,
+        s.nodejs_envs_built,
+        noun(
+            s.python_envs_built + s.nodejs_envs_built,
+            "environment",
+            "environments"
+        ),
+        s.total_duration_ms
+    )
 }
 
 pub fn print_search(r: &pb::SearchPacksResponse) {
@@ -313,7 +340,7 @@ pub fn print_search(r: &pb::SearchPacksResponse) {
         table(&["PACK", "VERSION", "DESCRIPTION", "INDEX"], &rows)
     );
     println!();
-    println!("{} packs", r.packs.len());
+    println!("{}", count(r.packs.len(), "pack", "packs"));
 }
 
 pub fn print_registries(r: &pb::ListRegistriesResponse) {
@@ -366,31 +393,40 @@ pub fn print_install(r: &pb::InstallResult) {
             || "no tests".to_string(),
             |t| format!("tests {} {}/{}", t.status, t.passed, t.total_tests),
         );
+        let components =
+            c.actions + c.sensors + c.triggers + c.rules + c.workflows + c.policies + c.aliases;
         println!(
-            "{} {} {}: {} components, {tests}, stored at {}",
+            "{} {} {}: {}, {tests}, stored at {}",
             p.action,
             p.pack_ref,
             p.version,
-            c.actions + c.sensors + c.triggers + c.rules + c.workflows + c.policies + c.aliases,
+            count(components, "component", "components"),
             p.storage_path
         );
     }
     for e in &r.errors {
         println!("failed ({}): {}: {}", e.stage, e.pack, e.error);
     }
+    println!("{}", install_summary(r));
+}
+
+fn install_summary(r: &pb::InstallResult) -> String {
     let s = r.summary.unwrap_or_default();
     if r.dry_run {
-        println!(
-            "dry run: {} pack(s) planned, {} already installed; nothing was changed",
-            s.planned, s.kept
-        );
+        format!(
+            "dry run: {} planned, {} already installed; nothing was changed",
+            count(s.planned, "pack", "packs"),
+            s.kept
+        )
     } else if r.success {
-        println!(
-            "installed {} pack(s), kept {} ({} ms)",
-            s.installed, s.kept, s.duration_ms
-        );
+        format!(
+            "installed {}, kept {} ({} ms)",
+            count(s.installed, "pack", "packs"),
+            s.kept,
+            s.duration_ms
+        )
     } else {
-        println!("nothing was installed ({} ms)", s.duration_ms);
+        format!("nothing was installed ({} ms)", s.duration_ms)
     }
 }
 
@@ -436,10 +472,15 @@ pub fn print_remove(r: &pb::RemovePacksResult) {
         println!("refused ({}): {}: {}", e.reason, e.r#ref, e.message);
     }
     println!();
+    println!("{}", remove_summary(r));
+}
+
+fn remove_summary(r: &pb::RemovePacksResult) -> String {
+    let packs = count(r.removed.len(), "pack", "packs");
     match (r.success, r.dry_run) {
-        (true, true) => println!("dry run: {} pack(s) would be removed", r.removed.len()),
-        (true, false) => println!("{} pack(s) removed", r.removed.len()),
-        (false, _) => println!("nothing was removed"),
+        (true, true) => format!("dry run: {packs} would be removed"),
+        (true, false) => format!("{packs} removed"),
+        (false, _) => "nothing was removed".to_string(),
     }
 }
 
@@ -470,4 +511,95 @@ pub fn print_pack_event(e: &pb::PackEvent, format: crate::Format) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_of_one_use_the_singular() {
+        let deps = pb::DependenciesResult {
+            analyzed_packs: vec![Default::default()],
+            dependencies: vec![Default::default()],
+            errors: vec![Default::default()],
+            ..Default::default()
+        };
+        assert_eq!(
+            dependencies_summary(&deps),
+            "1 pack analysed, 1 dependency, 0 missing, 1 error: not ready"
+        );
+        let download = pb::DownloadResult {
+            total_count: 1,
+            success_count: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            download_summary(&download),
+            "1 of 1 pack downloaded, 0 failed"
+        );
+        let register = pb::RegisterBatchSummary {
+            total_packs: 1,
+            success_count: 1,
+            total_components: 1,
+            duration_ms: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            register_summary(&register),
+            "1 of 1 pack registered, 1 component, 5 ms"
+        );
+        let envs = pb::BuildEnvsSummary {
+            total_packs: 1,
+            success_count: 1,
+            python_envs_built: 1,
+            total_duration_ms: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            build_envs_summary(&envs),
+            "1 of 1 pack ready (1 python, 0 nodejs environment), 7 ms"
+        );
+        let install = pb::InstallResult {
+            success: true,
+            summary: Some(pb::InstallSummary {
+                installed: 1,
+                duration_ms: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(install_summary(&install), "installed 1 pack, kept 0 (3 ms)");
+        let remove = pb::RemovePacksResult {
+            success: true,
+            removed: vec![Default::default()],
+            ..Default::default()
+        };
+        assert_eq!(remove_summary(&remove), "1 pack removed");
+    }
+
+    #[test]
+    fn summaries_of_several_use_the_plural() {
+        let deps = pb::DependenciesResult {
+            analyzed_packs: vec![Default::default(); 2],
+            ..Default::default()
+        };
+        assert_eq!(
+            dependencies_summary(&deps),
+            "2 packs analysed, 0 dependencies, 0 missing, 0 errors: ready to build and register"
+        );
+        let install = pb::InstallResult {
+            dry_run: true,
+            summary: Some(pb::InstallSummary {
+                planned: 3,
+                kept: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            install_summary(&install),
+            "dry run: 3 packs planned, 1 already installed; nothing was changed"
+        );
+    }
 }

@@ -130,7 +130,7 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     assert_eq!(json["missing_dependencies"][0]["version_spec"], ">=1");
     assert_eq!(json["analyzed_packs"][0]["pack_path"], pack.as_str());
     assert!(
-        stderr.contains("[analyze] pk: analysed pk 1.0.0"),
+        stderr.contains("[analyze] pk: analysed pk 1.0.0 (1 dependency)"),
         "{stderr}"
     );
 
@@ -144,10 +144,16 @@ fn deps_prints_json_tables_and_progress_and_exits_by_outcome() {
     );
     assert!(out.stderr.is_empty(), "quiet means no progress");
 
-    // Nothing missing: exit 0.
+    // Nothing missing: exit 0; one pack, no dependencies.
     let out = server.cli(&server.token, &["-q", "deps", &base]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ready to build and register"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "1 pack analysed, 0 dependencies, 0 missing, 0 errors: ready to build and register"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // A wrong token is refused with the server's reason; exit 2.
     let out = server.cli("garbage", &["deps", &pack]);
@@ -171,7 +177,7 @@ fn download_register_and_build_envs_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("1 of 1 packs downloaded, 0 failed"),
+        stdout.contains("1 of 1 pack downloaded, 0 failed"),
         "{stdout}"
     );
     let placed = format!("{dest}/gamma");
@@ -190,7 +196,7 @@ fn download_register_and_build_envs_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("none needed") && stdout.contains("1 of 1 packs ready"),
+        stdout.contains("none needed") && stdout.contains("1 of 1 pack ready"),
         "{stdout}"
     );
 
@@ -717,7 +723,7 @@ fn remove_refuses_with_dependents_and_cascades_from_the_command_line() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("2 pack(s) removed"), "{stdout}");
+    assert!(stdout.contains("2 packs removed"), "{stdout}");
     assert!(stderr.contains("removed lib 1.0.0"), "{stderr}");
     let table: Vec<&str> = stdout.lines().collect();
     assert!(table[0].starts_with("PACK"), "{stdout}");

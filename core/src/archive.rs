@@ -1093,7 +1093,11 @@ impl<'a> Sink<'a> {
     fn progress(&self) {
         self.reporter.count(
             Stage::Extract,
-            format!("{} files, {} bytes extracted", self.files, self.bytes),
+            format!(
+                "{}, {} extracted",
+                crate::progress::count(self.files, "file", "files"),
+                crate::progress::count(self.bytes, "byte", "bytes")
+            ),
             self.entries,
             self.total_hint,
         );

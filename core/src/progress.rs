@@ -176,3 +176,44 @@ impl Reporter {
 pub struct CancelHandle {
     _cancel: tokio::sync::oneshot::Sender<()>,
 }
+
+/// `n` with its noun in the right number: "1 pack", "2 packs", "0 packs". Every count
+/// in a progress or summary message goes through here, so none reads "1 dependencies".
+pub fn count(n: impl TryInto<u64>, singular: &str, plural: &str) -> String {
+    let n = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {plural}")
+    }
+}
+
+/// The noun (or any word) for `n` things: `singular` for exactly one.
+pub fn noun<'a>(n: impl TryInto<u64>, singular: &'a str, plural: &'a str) -> &'a str {
+    if n.try_into().ok() == Some(1) {
+        singular
+    } else {
+        plural
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, noun};
+
+    #[test]
+    fn nouns_agree_with_their_count() {
+        assert_eq!(noun(1usize, "pack", "packs"), "pack");
+        assert_eq!(noun(3usize, "pack", "packs"), "packs");
+        assert_eq!(noun(0usize, "it", "them"), "them");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(0u32, "pack", "packs"), "0 packs");
+        assert_eq!(count(1usize, "pack", "packs"), "1 pack");
+        assert_eq!(count(1u32, "pack", "packs"), "1 pack");
+        assert_eq!(count(2u64, "dependency", "dependencies"), "2 dependencies");
+        assert_eq!(count(1u64, "dependency", "dependencies"), "1 dependency");
+    }
+}

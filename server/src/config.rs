@@ -1007,6 +1007,132 @@ mod humantime_serde_compat {
 mod tests {
     use super::*;
 
+    /// Whether `path` (`registry.cache_ttl`, `download.git.https_token`) names a
+    /// setting: a YAML file setting it to null is refused for its value at most, never
+    /// as an unknown key.
+    fn is_setting(path: &str) -> bool {
+        let mut value = Value::Null;
+        for key in path.rsplit('.') {
+            let mut map = Mapping::new();
+            map.insert(Value::String(key.to_string()), value);
+            value = Value::Mapping(map);
+        }
+        match serde_yaml::from_value::<Config>(value) {
+            Ok(_) => true,
+            Err(e) => !e.to_string().contains("unknown field"),
+        }
+    }
+
+    const SECTIONS: &[&str] = &[
+        "registry",
+        "download",
+        "register",
+        "build",
+        "yaml",
+        "login",
+        "sandbox",
+        "pack_files",
+        "auth",
+        "events",
+        "history",
+    ];
+
+    /// Every setting the documentation names is spelled as the configuration reads it:
+    /// dotted names anywhere in docs/, the top-level keys and the keys of each section
+    /// in docs/configuration.md's tables.
+    #[test]
+    fn the_documentation_names_settings_as_they_are_spelled() {
+        let docs = [
+            (
+                "configuration.md",
+                include_str!("../../docs/configuration.md"),
+            ),
+            (
+                "registry-index.md",
+                include_str!("../../docs/registry-index.md"),
+            ),
+            ("security.md", include_str!("../../docs/security.md")),
+            ("install.md", include_str!("../../docs/install.md")),
+            ("download.md", include_str!("../../docs/download.md")),
+            ("build-envs.md", include_str!("../../docs/build-envs.md")),
+            ("register.md", include_str!("../../docs/register.md")),
+            ("lifecycle.md", include_str!("../../docs/lifecycle.md")),
+            ("rest.md", include_str!("../../docs/rest.md")),
+            ("pack-yaml.md", include_str!("../../docs/pack-yaml.md")),
+            (
+                "ARCHITECTURE.md",
+                include_str!("../../docs/ARCHITECTURE.md"),
+            ),
+        ];
+        let mut named = Vec::new();
+        for (doc, text) in docs {
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+                let word = word.trim_matches('.');
+                let mut parts = word.split('.');
+                let section = parts.next().unwrap_or_default();
+                let rest: Vec<&str> = parts.collect();
+                // File and host names (`sandbox.rs`, `registry.npmjs.org`) are not settings.
+                let is_file = rest.last().is_some_and(|ext| {
+                    ["rs", "md", "yaml", "json", "toml", "sh", "org", "com", "io"].contains(ext)
+                });
+                if SECTIONS.contains(&section)
+                    && !rest.is_empty()
+                    && !is_file
+                    && rest.iter().all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+                {
+                    named.push((doc, word.to_string()));
+                }
+            }
+        }
+        let configuration = docs[0].1;
+        for line in configuration.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let first = cells[1].trim_matches('`');
+            if SECTIONS.contains(&first) {
+                // `key` (default), `key`, ... : a key is a code span followed by its
+                // default in parentheses, a comma or the end of the cell.
+                let spans: Vec<&str> = cells[2].split('`').collect();
+                for (i, span) in spans.iter().enumerate().skip(1).step_by(2) {
+                    let after = spans.get(i + 1).copied().unwrap_or_default();
+                    let key = span.split(':').next().unwrap_or_default();
+                    let before = spans[i - 1];
+                    let listed = before.is_empty()
+                        || before.ends_with(", ")
+                        || before.ends_with("; ")
+                        || before.ends_with(") and ")
+                        || before.ends_with("), ");
+                    if listed
+                        && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        && (after.starts_with(" (")
+                            || after.starts_with(',')
+                            || after.is_empty()
+                            || after.starts_with(" and"))
+                    {
+                        named.push(("configuration.md", format!("{first}.{key}")));
+                    }
+                }
+            } else if !first.contains('.') && !first.contains(' ') && cells.len() > 3 {
+                named.push(("configuration.md", first.to_string()));
+            }
+        }
+        assert!(named.len() > 100, "too few settings found: {named:?}");
+        assert!(
+            named
+                .iter()
+                .any(|(_, n)| n == "registry.allow_file_registry_url")
+        );
+        assert!(named.iter().any(|(_, n)| n == "login.max_tracked"));
+        let wrong: Vec<String> = named
+            .iter()
+            .filter(|(_, name)| !is_setting(name))
+            .map(|(doc, name)| format!("{doc}: {name}"))
+            .collect();
+        assert!(wrong.is_empty(), "settings that do not exist: {wrong:#?}");
+        assert!(!is_setting("registry.allow_file_extra_index"));
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()

@@ -20,7 +20,7 @@ use crate::{
     failure::{Failure, FailureKind},
     manifest::{Manifest, ManifestError, PackDependency, RuntimeRequirement, dir_name},
     paths::{PathError, PathPolicy},
-    progress::{Level, Reporter, Stage},
+    progress::{self, Level, Reporter, Stage},
     runtimes::{self, Detected},
     store::{Db, RegisteredPackRow, StoreError},
 };
@@ -222,10 +222,10 @@ fn parse_all(
                 progress.with_subject(&manifest.pack_ref).count(
                     Stage::Analyze,
                     format!(
-                        "analysed {} {} ({} dependencies)",
+                        "analysed {} {} ({})",
                         manifest.pack_ref,
                         manifest.version,
-                        manifest.dependencies.len()
+                        progress::count(manifest.dependencies.len(), "dependency", "dependencies")
                     ),
                     i as u64 + 1,
                     Some(total),

@@ -445,10 +445,16 @@ impl Downloader {
         let source =
             PackSource::parse(raw, request.ref_spec.as_deref(), &self.settings.github_host)?;
         tracing::debug!(kind = %source.kind(), "source parsed");
-        reporter.info(
-            Stage::Resolve,
-            format!("{}: {} source", redact_url(raw), source.kind()),
-        );
+        // A local path or an unrecognised URL only says what it is once opened: the
+        // kind is named after the fetch, as the result names it, never guessed here.
+        let written = match &source {
+            PackSource::Local { .. } => "local path (a directory or an archive)".to_string(),
+            PackSource::RemoteUnknown { .. } => {
+                "remote URL (an archive or a git repository)".to_string()
+            }
+            _ => format!("{} source", source.kind()),
+        };
+        reporter.info(Stage::Resolve, format!("{}: {written}", redact_url(raw)));
         let staging =
             Staging::create(destination).map_err(|source| PackDownloadError::Staging {
                 destination: destination.to_path_buf(),
@@ -532,6 +538,11 @@ impl Downloader {
             }
             PackSource::Local { path } => (self.fetch_local(path, &staging, reporter).await?, None),
         };
+        let source_type = match &source {
+            PackSource::Registry { .. } => SourceKind::Registry,
+            _ => fetched.kind.clone(),
+        };
+        reporter.info(Stage::Fetch, format!("fetched: {source_type} source"));
 
         // Identity and checksum.
         reporter.info(Stage::Verify, "reading pack.yaml");
@@ -636,11 +647,7 @@ impl Downloader {
 
         Ok(DownloadedPack {
             source: raw.to_string(),
-            source_type: match &source {
-                PackSource::Registry { .. } => SourceKind::Registry,
-                _ => fetched.kind,
-            }
-            .to_string(),
+            source_type: source_type.to_string(),
             pack_path: target.display().to_string(),
             pack_ref: manifest.pack_ref,
             pack_version: manifest.version.to_string(),

@@ -1,6 +1,6 @@
 //! Running a pack's own tests: the `testing` block of `pack.yaml`.
 //!
-//! Fixes the Attune test executor's bugs (reference §10 item 20): `min_pass_rate` is
+//! Fixes the Attune test executor's bugs: `min_pass_rate` is
 //! honoured, `json` results are read, timed-out suites are killed with everything they
 //! started, output is read while the suite runs (no pipe deadlock), runners run in a
 //! stable (name) order, and zero tests is `skipped`, not `passed`.
@@ -265,8 +265,8 @@ pub async fn run_pack_tests(
             if reporter.is_cancelled() {
                 cancelled = true;
                 notes.push(format!(
-                    "cancelled: {} suite(s) not run",
-                    testing.runners.len() - i
+                    "cancelled: {} not run",
+                    crate::progress::count(testing.runners.len() - i, "suite", "suites")
                 ));
                 break;
             }
@@ -299,7 +299,10 @@ pub async fn run_pack_tests(
             if cancelled {
                 let left = testing.runners.len() - i - 1;
                 if left > 0 {
-                    notes.push(format!("cancelled: {left} suite(s) not run"));
+                    notes.push(format!(
+                        "cancelled: {} not run",
+                        crate::progress::count(left, "suite", "suites")
+                    ));
                 }
                 break;
             }
@@ -1819,10 +1822,7 @@ exit 1
         assert_eq!(result.suites[0].error.as_deref(), Some(CANCELLED));
         assert!(!result.passed());
         assert!(
-            result
-                .notes
-                .iter()
-                .any(|n| n.contains("1 suite(s) not run")),
+            result.notes.iter().any(|n| n.contains("1 suite not run")),
             "{:?}",
             result.notes
         );

@@ -32,7 +32,7 @@ use crate::{
     manifest::{Manifest, ManifestError, dir_name},
     packtest::{self, PackTestResult, TestRunOptions, TestStatus},
     paths::{PathError, PathPolicy},
-    progress::{Level, Reporter, Stage},
+    progress::{self, Level, Reporter, Stage},
     provenance,
     store::{
         Db, StoreError,
@@ -434,10 +434,14 @@ impl Registrar {
                         Ok(registered) => progress.count(
                             Stage::Register,
                             format!(
-                                "registered {} {} ({} components) at {}",
+                                "registered {} {} ({}) at {}",
                                 registered.pack_ref,
                                 registered.pack_version,
-                                registered.components.total(),
+                                progress::count(
+                                    registered.components.total(),
+                                    "component",
+                                    "components"
+                                ),
                                 registered.storage_path
                             ),
                             n,
@@ -883,7 +887,10 @@ impl Critical {
         if prepared.len() > 1 {
             reporter.info(
                 Stage::Register,
-                format!("writing {} packs in one transaction", prepared.len()),
+                format!(
+                    "writing {} in one transaction",
+                    progress::count(prepared.len(), "pack", "packs")
+                ),
             );
         }
         let refs: Vec<&str> = prepared.iter().map(|p| p.pack_ref.as_str()).collect();

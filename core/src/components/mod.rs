@@ -4,7 +4,7 @@
 //!
 //! [`load`] reads every component file and reports every problem it finds as an
 //! [`Issue`] naming the file (relative to the pack root). Unlike Attune, nothing is
-//! silently skipped (reference §10 item 10) and one broken file never hides the others
+//! silently skipped and one broken file never hides the others
 //! (Attune aborted the whole load on some YAML errors and skipped files on others).
 //! [`validate`] then checks required keys, entry-point files and references, within the
 //! pack and into other packs.
@@ -64,7 +64,7 @@
 //!
 //! * `ref`, when present. A bare name is qualified with the pack ref. When it contains a
 //!   dot, the part before the **first** dot must be this pack: a ref naming another pack
-//!   is an error (a pack may only define its own components; reference §10 item 14).
+//!   is an error (a pack may only define its own components).
 //! * else StackStorm's `name` (not for runtimes, whose `name` is a display name);
 //! * else, for sensors, StackStorm's `class_name` (StackStorm names sensors after their
 //!   class, e.g. `mypack.WatchSensor`);
@@ -99,9 +99,9 @@
 //! * action: `runner_type` (default `shell`), `parameter_delivery` (default `stdin`),
 //!   `parameter_format` (default `json`), `output_format` (default `text`), all three
 //!   lowercased; `output` from the documented `output_schema` and `timeout_seconds` from
-//!   the documented `timeout` when only those spellings are used (§10 item 26).
+//!   the documented `timeout` when only those spellings are used.
 //!   `parameter_delivery: env` is an **error**: Attune documents it, but its database
-//!   rejects it and the action silently disappeared (§10 items 10, 26).
+//!   rejects it and the action silently disappeared.
 //! * sensor: `runner_type` (default `python` when `class_name` is present or the entry
 //!   point ends in `.py`, as in StackStorm; else Attune's default `native`).
 //! * trigger (files and sensor declarations): `parameters` from `parameters_schema` and

@@ -12,7 +12,7 @@ use super::testing::parse_testing;
 use super::{MAX_PACK_REF_LEN, Manifest, is_valid_pack_ref};
 
 /// Keys read into typed fields; everything else goes to `Manifest::extra`.
-const KNOWN_KEYS: &[&str] = &[
+pub(super) const KNOWN_KEYS: &[&str] = &[
     "ref",
     "label",
     "name",

@@ -2,7 +2,7 @@
 //!
 //! Both the canonical Attune keys and the legacy/StackStorm spellings are accepted
 //! (Attune's registration reads only the legacy ones and silently drops the canonical
-//! ones, reference §10 item 17; here both work):
+//! ones; here both work):
 //!
 //! | canonical     | legacy            |
 //! |---------------|-------------------|
@@ -51,10 +51,10 @@ pub const MAX_PACK_REF_LEN: usize = 64;
 /// Whether `s` is a valid pack ref: `^[a-z][a-z0-9_-]+$`, 2 to 64 characters.
 ///
 /// This is the CHECK constraint of Attune's `pack.ref` column. Attune's `RefValidator`
-/// also accepts 1-character refs, which the database then rejects (reference §10 item
-/// 26); the stricter rule is used so a ref accepted here can be stored. Dots are not
-/// allowed because `pack.action` refs are split on the first dot. The upper bound keeps
-/// refs usable as directory names and identifiers.
+/// also accepts 1-character refs, which the database then rejects; the stricter rule
+/// is used so a ref accepted here can be stored. Dots are not allowed because
+/// `pack.action` refs are split on the first dot. The upper bound keeps refs usable as
+/// directory names and identifiers.
 pub fn is_valid_pack_ref(s: &str) -> bool {
     let mut chars = s.chars();
     (2..=MAX_PACK_REF_LEN).contains(&s.len())
@@ -1130,5 +1130,164 @@ enabled: true
                 ..
             })
         ));
+    }
+
+    /// docs/pack-yaml.md, the annotated pack.yaml users copy from.
+    const PACK_YAML_DOC: &str = include_str!("../../../docs/pack-yaml.md");
+
+    /// The ```yaml blocks of a Markdown text, in order.
+    fn yaml_blocks(markdown: &str) -> Vec<&str> {
+        markdown
+            .split("```yaml\n")
+            .skip(1)
+            .map(|rest| rest.split("\n```").next().unwrap())
+            .collect()
+    }
+
+    fn requirement_matches(req: &Option<RuntimeRequirement>, version: &str) -> bool {
+        req.as_ref().unwrap().matches(&ver(version))
+    }
+
+    #[test]
+    fn documented_pack_yaml_parses_as_documented() {
+        let blocks = yaml_blocks(PACK_YAML_DOC);
+        assert_eq!(blocks.len(), 3, "docs/pack-yaml.md has three yaml blocks");
+
+        // The complete pack.yaml: every key is one the parser reads, every value as
+        // its comment says, nothing to warn about.
+        let m = Manifest::parse(blocks[0], Path::new("pack.yaml"), None)
+            .unwrap_or_else(|e| panic!("docs/pack-yaml.md: {e}"));
+        assert!(m.warnings.is_empty(), "{:#?}", m.warnings);
+        assert!(
+            m.extra.is_empty(),
+            "keys the parser does not read: {:?}",
+            m.extra
+        );
+        for key in fields::KNOWN_KEYS {
+            let documented = blocks
+                .iter()
+                .any(|b| b.lines().any(|l| l.starts_with(&format!("{key}:"))));
+            assert!(
+                documented,
+                "pack.yaml key `{key}` is not in docs/pack-yaml.md"
+            );
+        }
+        assert_eq!(m.pack_ref, "chatops_demo");
+        assert_eq!(m.label, "ChatOps demo");
+        assert_eq!(
+            m.description.as_deref(),
+            Some("Posts messages to chat and reacts to chat events")
+        );
+        assert_eq!(m.version, ver("1.4.0"));
+        assert_eq!(m.author.as_deref(), Some("Example Team"));
+        assert_eq!(m.email.as_deref(), Some("team@example.com"));
+        assert_eq!(m.contributors, ["Ada Lovelace <ada@example.com>"]);
+        assert_eq!(m.license.as_deref(), Some("Apache-2.0"));
+        assert_eq!(
+            m.homepage.as_deref(),
+            Some("https://example.com/chatops_demo")
+        );
+        assert_eq!(
+            m.repository.as_deref(),
+            Some("https://github.com/example/chatops_demo")
+        );
+        assert_eq!(m.use_case.as_deref(), Some("chatops"));
+        assert_eq!(m.tags, ["chat", "messaging"]);
+        assert_eq!((m.system, m.enabled), (Some(false), Some(true)));
+        assert_eq!(m.meta, json!({"category": "chatops"}));
+        assert_eq!(m.conf_schema["api_token"]["secret"], json!(true));
+        assert_eq!(m.conf_schema["channel"]["default"], json!("#general"));
+        assert_eq!(m.config, json!({"channel": "#general"}));
+        assert_eq!(m.runtime_deps, ["python", "shell"]);
+        // "3.9 or newer".
+        assert!(requirement_matches(&m.python, "3.9.0"));
+        assert!(requirement_matches(&m.python, "3.12.1"));
+        assert!(!requirement_matches(&m.python, "3.8.10"));
+        assert!(requirement_matches(&m.nodejs, "20.1.0"));
+        assert!(!requirement_matches(&m.nodejs, "16.0.0"));
+        assert!(requirement_matches(&m.attune_version, "1.5.0"));
+        assert!(!requirement_matches(&m.attune_version, "2.0.0"));
+        assert_eq!(m.stackstorm_version.as_deref(), Some(">=3.8.0"));
+
+        // Each dependency spelling means what its comment says.
+        let dep = |pack_ref: &str| {
+            m.dependencies
+                .iter()
+                .find(|d| d.pack_ref == pack_ref)
+                .unwrap_or_else(|| panic!("no dependency on {pack_ref}"))
+        };
+        assert_eq!(m.dependencies.len(), 8);
+        let cases: [(&str, &[&str], &[&str]); 8] = [
+            ("core", &["0.0.1", "9.9.9"], &[]),
+            ("linux", &["1.2.0", "1.9.0"], &["1.1.9", "2.0.0"]),
+            ("aws", &["1.0.0", "1.9.9"], &["0.9.0", "2.0.0"]),
+            ("slack", &["2.0.0", "3.0.0"], &["1.9.9"]),
+            ("github", &["1.2.0", "1.9.0"], &["1.1.0", "2.0.0"]),
+            ("jira", &["1.2.3", "1.2.9"], &["1.2.2", "1.3.0"]),
+            ("email", &["1.0.0", "1.7.3"], &["0.9.0", "2.0.0"]),
+            ("chatops", &["3.1.0"], &["3.1.1", "3.0.9"]),
+        ];
+        for (pack_ref, yes, no) in cases {
+            let d = dep(pack_ref);
+            for v in yes {
+                assert!(d.matches(&ver(v)), "{} should accept {v}", d.raw);
+            }
+            for v in no {
+                assert!(!d.matches(&ver(v)), "{} should refuse {v}", d.raw);
+            }
+        }
+        assert!(!dep("github").matches(&ver("2.0.0-beta.1")));
+
+        let testing = m.testing.as_ref().unwrap();
+        assert!(testing.enabled);
+        let unit = &testing.runners["unit"];
+        assert_eq!(unit.runner_type, RunnerType::Pytest);
+        assert_eq!(unit.entry_point, "tests");
+        assert_eq!(unit.timeout_secs, Some(120));
+        assert_eq!(unit.result_format, ResultFormat::Simple);
+        assert_eq!(testing.min_pass_rate, Some(1.0));
+        assert_eq!(testing.on_failure.as_deref(), Some("block"));
+        assert_eq!(
+            testing.discovery,
+            Some(TestDiscovery {
+                method: "directory".into(),
+                path: Some("tests".into())
+            })
+        );
+
+        // StackStorm spellings: named after the directory, else after `name`; the
+        // version padded; legacy keys read into the canonical fields.
+        let st2 = Manifest::parse(blocks[1], Path::new("pack.yaml"), Some("aws"))
+            .unwrap_or_else(|e| panic!("docs/pack-yaml.md: {e}"));
+        assert_eq!(st2.pack_ref, "aws");
+        let st2 = Manifest::parse(blocks[1], Path::new("pack.yaml"), None)
+            .unwrap_or_else(|e| panic!("docs/pack-yaml.md: {e}"));
+        assert_eq!(st2.pack_ref, "aws_helpers");
+        assert_eq!(st2.label, "aws_helpers");
+        assert_eq!(st2.version, ver("1.0.0"));
+        let warned: Vec<&str> = st2.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(warned, ["ref", "version"], "{:#?}", st2.warnings);
+        assert_eq!(st2.tags, ["aws", "cloud"]);
+        assert_eq!(st2.contributors, ["Jane Doe"]);
+        assert!(requirement_matches(&st2.python, "3.6.0"));
+        assert!(!requirement_matches(&st2.python, "2.7.18"));
+        assert_eq!(st2.stackstorm_version.as_deref(), Some(">=3.0.0"));
+        assert_eq!(st2.conf_schema["region"]["default"], json!("us-east-1"));
+        assert_eq!(st2.meta, json!({"origin": "exchange"}));
+        assert!(st2.dependencies[0].matches(&ver("1.0.0")));
+        assert!(!st2.dependencies[0].matches(&ver("1.0.1")));
+        assert!(st2.extra.is_empty(), "{:?}", st2.extra);
+
+        // The object form of `dependencies`.
+        let object = Manifest::parse(blocks[2], Path::new("pack.yaml"), None)
+            .unwrap_or_else(|e| panic!("docs/pack-yaml.md: {e}"));
+        assert!(object.warnings.is_empty(), "{:#?}", object.warnings);
+        assert!(requirement_matches(&object.python, "3.11.2"));
+        assert!(!requirement_matches(&object.python, "3.10.9"));
+        assert!(requirement_matches(&object.nodejs, "20.0.0"));
+        assert!(requirement_matches(&object.attune_version, "1.0.0"));
+        assert_eq!(object.dependencies[0].pack_ref, "core");
+        assert!(object.dependencies[0].matches(&ver("1.2.0")));
+        assert!(!object.dependencies[0].matches(&ver("0.9.0")));
     }
 }

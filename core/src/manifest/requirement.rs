@@ -3,8 +3,7 @@
 //! tools such as `python3 --version` report.
 //!
 //! Everything is expressed with the `semver` crate so that one set of rules applies
-//! everywhere (Attune has two hand-rolled matchers that disagree; see the reference,
-//! §9 and §10 item 19).
+//! everywhere (Attune has two hand-rolled matchers that disagree).
 
 use std::fmt;
 

@@ -48,7 +48,7 @@
 //! Candidates are `python3` and `python3.N` on `PATH`. With `python_version` set
 //! (`"3.11"`), the interpreter's version must match it component by component
 //! (3.11.x) and the pack's requirement must hold too; without it, the highest
-//! version satisfying the pack's requirement (or any Python 3) is used. The seed
+//! version satisfying the pack's requirement (or any Python 3) is used. The original
 //! API's default of `"3.11"` is deliberately not applied: it would make every host
 //! without 3.11 fail. No match is a failure that lists what was found. Node:
 //! the first `node` on `PATH`; `nodejs_version` `"20"` requires major 20.

@@ -603,8 +603,8 @@ impl EnvKind for NodeModules {
 
     fn ready_message(marker: &Marker) -> String {
         format!(
-            "nodejs: node_modules ready, {} package(s) installed",
-            marker.package_count
+            "nodejs: node_modules ready, {} installed",
+            crate::progress::count(marker.package_count, "package", "packages")
         )
     }
 

@@ -344,8 +344,8 @@ impl EnvKind for Virtualenv {
 
     fn ready_message(marker: &Marker) -> String {
         format!(
-            "python: virtualenv ready, {} package(s) installed",
-            marker.package_count
+            "python: virtualenv ready, {} installed",
+            crate::progress::count(marker.package_count, "package", "packages")
         )
     }
 

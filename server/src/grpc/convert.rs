@@ -72,12 +72,20 @@ fn check_credentials(field: &str, value: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
-fn check_pack_list(field: &str, items: &[String]) -> Result<(), Status> {
+/// Sources to fetch (Download, Install): a call without one has nothing to do and is
+/// surely a mistake.
+fn check_source_list(field: &str, items: &[String]) -> Result<(), Status> {
     if items.is_empty() {
         return Err(Status::invalid_argument(format!(
             "{field} must name at least one pack"
         )));
     }
+    check_pack_list(field, items)
+}
+
+/// Pack directories to analyse, build or register: an empty list is a valid request
+/// with an empty answer, as the original API answered it.
+fn check_pack_list(field: &str, items: &[String]) -> Result<(), Status> {
     if items.len() > MAX_PACKS_PER_REQUEST {
         return Err(Status::invalid_argument(format!(
             "{field} names {} packs; at most {MAX_PACKS_PER_REQUEST} are allowed per request",
@@ -169,7 +177,7 @@ pub fn dependencies_result(report: deps::DependencyReport) -> pb::DependenciesRe
 pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u32 = 300;
 
 pub fn download_request(request: pb::DownloadRequest) -> Result<download::DownloadRequest, Status> {
-    check_pack_list("packs", &request.packs)?;
+    check_source_list("packs", &request.packs)?;
     if request.destination_dir.trim().is_empty() {
         return Err(Status::invalid_argument("destination_dir is required"));
     }
@@ -394,7 +402,7 @@ pub fn install_request(
     requested_by: Option<String>,
 ) -> Result<install::InstallRequest, Status> {
     if request.lock.is_none() || !request.packs.is_empty() {
-        check_pack_list("packs", &request.packs)?;
+        check_source_list("packs", &request.packs)?;
     }
     let timeout = timeout_secs(request.timeout, DEFAULT_INSTALL_TIMEOUT_SECS)?;
     check_registry_url(request.registry_url.as_deref())?;

@@ -454,7 +454,10 @@ impl Installer<'_> {
         if !pending.is_empty() {
             reporter.info(
                 Stage::Fetch,
-                format!("downloading {} pack(s) of the plan", pending.len()),
+                format!(
+                    "downloading {} of the plan",
+                    crate::progress::count(pending.len(), "pack", "packs")
+                ),
             );
             let downloaded = match self
                 .fetch_pending(request, work, members, &pending, reporter)

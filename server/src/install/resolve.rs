@@ -62,7 +62,10 @@ impl Installer<'_> {
         if !to_fetch.is_empty() {
             reporter.info(
                 Stage::Fetch,
-                format!("downloading {} requested source(s)", to_fetch.len()),
+                format!(
+                    "downloading {}",
+                    crate::progress::count(to_fetch.len(), "requested source", "requested sources")
+                ),
             );
             for pack in self.download(request, work, to_fetch, reporter).await? {
                 let path = Path::new(&pack.pack_path);
@@ -235,7 +238,10 @@ impl Installer<'_> {
 
         reporter.info(
             Stage::Resolve,
-            format!("resolving {} requested pack(s)", solver_roots.len()),
+            format!(
+                "resolving {}",
+                crate::progress::count(solver_roots.len(), "requested pack", "requested packs")
+            ),
         );
         let cancel = reporter.clone();
         let solution = tokio::task::spawn_blocking(move || {

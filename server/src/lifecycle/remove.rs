@@ -84,10 +84,14 @@ pub enum Refusal {
     #[error("pack '{pack_ref}' is not installed")]
     NotInstalled { pack_ref: String },
     #[error(
-        "pack '{pack_ref}' is required by installed pack(s) {}: remove them too, or pass \
-         cascade (CLI --cascade) to remove them with it, or force (CLI --force) to leave \
-         them without it",
-        dependents.join(", ")
+        "pack '{pack_ref}' is required by installed {} {}: remove {} too, or pass \
+         cascade (CLI --cascade) to remove {} along, or force (CLI --force) to leave {} \
+         without '{pack_ref}'",
+        crate::progress::noun(dependents.len(), "pack", "packs"),
+        dependents.join(", "),
+        crate::progress::noun(dependents.len(), "it", "them"),
+        crate::progress::noun(dependents.len(), "it", "them"),
+        crate::progress::noun(dependents.len(), "it", "them"),
     )]
     HasDependents {
         pack_ref: String,
@@ -438,10 +442,15 @@ impl Planned {
             Ok(()) if self.member.dependent => {
                 Some("removed with a pack it depends on (cascade)".to_string())
             }
-            Ok(()) if !self.member.left_dependents.is_empty() => Some(format!(
-                "forced: installed pack(s) {} depend on it",
-                self.member.left_dependents.join(", ")
-            )),
+            Ok(()) if !self.member.left_dependents.is_empty() => {
+                let n = self.member.left_dependents.len();
+                Some(format!(
+                    "forced: installed {} {} {} on it",
+                    crate::progress::noun(n, "pack", "packs"),
+                    self.member.left_dependents.join(", "),
+                    crate::progress::noun(n, "depends", "depend"),
+                ))
+            }
             Ok(()) => None,
         };
         HistoryRow {
@@ -746,8 +755,8 @@ impl Critical {
         self.reporter.info(
             Stage::Place,
             format!(
-                "moving {} pack(s) and their environments aside",
-                planned.len()
+                "moving {} and their environments aside",
+                crate::progress::count(planned.len(), "pack", "packs")
             ),
         );
         let moving = intent.entries().to_vec();

@@ -144,7 +144,8 @@ pub enum Refusal {
         build: String,
     },
     #[error(
-        "installed packs need a version of '{pack_ref}' that {version} does not satisfy: {}; roll back with force to do it anyway",
+        "{} a version of '{pack_ref}' that {version} does not satisfy: {}; roll back with force to do it anyway",
+        crate::progress::noun(needs.len(), "an installed pack needs", "installed packs need"),
         needs.join(", ")
     )]
     Dependents {

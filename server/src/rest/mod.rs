@@ -3,7 +3,7 @@
 //! A thin translation onto the same `PackService` implementation (never a second
 //! implementation of a stage): JSON bodies become protobuf requests, the streamed
 //! events become one `{"data": …}` response, or server-sent events when the caller
-//! asks for `text/event-stream`. Errors use the seed's shape
+//! asks for `text/event-stream`. Errors use the original API's shape
 //! `{"error", "message", "status"}`; gRPC codes map to HTTP by google.rpc.Code.
 //!
 //! Who may do what is not decided here: a handler authenticates the caller
@@ -142,7 +142,7 @@ pub async fn json_errors(response: Response) -> Response {
     json
 }
 
-/// An error in the seed's shape.
+/// An error in the original API's shape.
 pub struct ApiError {
     status: StatusCode,
     message: String,

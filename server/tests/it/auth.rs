@@ -88,35 +88,37 @@ async fn malformed_requests_are_invalid_argument() {
     let mut client = server.client().await;
     for status in [
         client
-            .build_envs(pb::BuildEnvsRequest::default())
+            .build_envs(pb::BuildEnvsRequest {
+                pack_paths: vec!["".into()],
+                ..Default::default()
+            })
             .await
             .unwrap_err(),
         client
-            .register_batch(pb::RegisterBatchRequest::default())
+            .register_batch(pb::RegisterBatchRequest {
+                pack_paths: vec!["".into()],
+                ..Default::default()
+            })
             .await
             .unwrap_err(),
     ] {
-        // Every stage is implemented: an empty request is malformed, not unimplemented.
+        // Every stage is implemented: a malformed request is refused, not unimplemented.
         let status = status.status().unwrap();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(
-            status.message().contains("pack_paths"),
+            status.message().contains("pack_paths[0]"),
             "{}",
             status.message()
         );
     }
 
     let err = client
-        .dependencies(pb::DependenciesRequest::default())
+        .download(pb::DownloadRequest::default())
         .await
         .unwrap_err();
     let status = err.status().unwrap();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("pack_paths"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("packs"), "{}", status.message());
 
     let err = client
         .dependencies(pb::DependenciesRequest {

@@ -181,6 +181,77 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
     server.stop().await;
 }
 
+register_test!(progress_names_the_source_type_of_the_result);
+/// Progress names the kind of source the result names: a local path is called a
+/// directory or an archive only once it was opened, never guessed from how it is written.
+async fn progress_names_the_source_type_of_the_result() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let root = server.root.path().canonicalize().unwrap();
+    write_tree(&root.join("src/alpha"), &pack_files("alpha", "1.0.0"));
+    std::fs::write(
+        root.join("beta.tar.gz"),
+        archives::tar_gz_in(Some("beta-main"), &pack_files("beta", "2.0.0")),
+    )
+    .unwrap();
+    let sources = [
+        path_str(&root.join("src/alpha")),
+        path_str(&root.join("beta.tar.gz")),
+    ];
+    let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let mut client = server.client().await;
+    let mut stream = client
+        .download_stream(request(&server, &refs))
+        .await
+        .unwrap();
+    // Judged only once the stream has ended: every event is in, in order.
+    let mut progress = Vec::new();
+    let mut result = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            Event::Progress(p) => progress.push(p),
+            Event::Result(r) => result = Some(r),
+        }
+    }
+    let r = result.unwrap();
+    assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
+    let kinds = [
+        "local_directory",
+        "local_archive",
+        "archive",
+        "git",
+        "registry",
+    ];
+    for (source, expected) in [
+        (&sources[0], "local_directory"),
+        (&sources[1], "local_archive"),
+    ] {
+        let pack = r
+            .downloaded_packs
+            .iter()
+            .find(|p| &p.source == source)
+            .unwrap();
+        assert_eq!(pack.source_type, expected);
+        let lines: Vec<&str> = progress
+            .iter()
+            .filter(|p| p.message.contains(source.as_str()) || p.pack == *source)
+            .map(|p| p.message.as_str())
+            .collect();
+        assert!(
+            lines.contains(&format!("fetched: {expected} source").as_str()),
+            "{source}: {lines:#?}"
+        );
+        for line in &lines {
+            for kind in kinds.iter().filter(|k| **k != expected) {
+                assert!(
+                    !line.contains(&format!(" {kind} source")),
+                    "{source} is {expected} but progress says {line:?}"
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
 register_test!(packs_without_ref_are_named_after_their_directory);
 /// A pack.yaml without `ref` is named as StackStorm names it: after its directory (a
 /// local directory, an archive's top directory, a git repository without its

@@ -83,7 +83,7 @@ fn credentials(email: &str, password: &str) -> String {
     json!({"email": email, "password": password}).to_string()
 }
 
-/// Every error answer of the gateway has the seed's envelope.
+/// Every error answer of the gateway has the original API's envelope.
 fn assert_envelope(body: &Value, status: u16) {
     let mut keys: Vec<&str> = body
         .as_object()
@@ -470,10 +470,9 @@ async fn malformed_protobuf_is_invalid_argument() {
     .await;
     assert_eq!(status, "3", "{message}");
     // Still fine: an empty (all-default) message decodes and is judged by the service.
-    let (status, message) =
-        raw_grpc(&server, "/attune.packs.v1.PackService/Dependencies", &[]).await;
+    let (status, message) = raw_grpc(&server, "/attune.packs.v1.PackService/Download", &[]).await;
     assert_eq!(status, "3", "{message}");
-    assert!(message.contains("pack_paths"), "{message}");
+    assert!(message.contains("packs"), "{message}");
     let mut client = server.client().await;
     let pack = write_pack(&server.packs_dir(), "p", &simple_pack("pp", "1.0.0", &[]));
     let ok = client

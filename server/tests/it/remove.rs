@@ -205,6 +205,14 @@ async fn refused_then_cascaded_in_reverse_dependency_order(backend: Backend) {
         error.message
     );
     assert!(error.message.contains("cascade"), "{}", error.message);
+    // One dependent: singular words.
+    assert!(
+        error
+            .message
+            .contains("is required by installed pack lib: remove it too"),
+        "{}",
+        error.message
+    );
     assert_eq!(snapshot(&server).await, before);
 
     // An unknown ref refuses the whole request.
@@ -329,10 +337,7 @@ async fn force_removes_and_leaves_the_dependent(backend: Backend) {
     )
     .await;
     assert_eq!(detail.len(), 1);
-    assert!(
-        detail[0].contains("forced") && detail[0].contains("lib"),
-        "{detail:?}"
-    );
+    assert_eq!(detail[0], "forced: installed pack lib depends on it");
     let base_dir = server.state.config.packs_base_dir();
     assert!(!base_dir.join("base").exists());
     assert!(base_dir.join("lib").exists());

@@ -1,4 +1,4 @@
-//! The REST gateway on the gRPC port: the seed's JSON, errors, login, SSE, health.
+//! The REST gateway on the gRPC port: the original API's JSON, errors, login, SSE, health.
 
 use std::time::{Duration, Instant};
 
@@ -50,8 +50,71 @@ impl Api {
     }
 }
 
-register_test!(the_four_stages_answer_the_seed_json);
-async fn the_four_stages_answer_the_seed_json() {
+register_test!(empty_pack_paths_get_an_empty_answer);
+/// `{"pack_paths": []}` is a request with nothing to do, answered with an empty result
+/// (200 with empty data over REST, an empty result over gRPC), not refused.
+async fn empty_pack_paths_get_an_empty_answer() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let api = Api::new(&server);
+    let empty = json!({"pack_paths": []});
+
+    let (status, body) = api.call("/api/v1/packs/dependencies", empty.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    for list in [
+        "analyzed_packs",
+        "dependencies",
+        "missing_dependencies",
+        "errors",
+    ] {
+        assert_eq!(body["data"][list], json!([]), "{list}: {body}");
+    }
+
+    let (status, body) = api.call("/api/v1/packs/build-envs", empty.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["built_environments"], json!([]), "{body}");
+    assert_eq!(body["data"]["failed_environments"], json!([]), "{body}");
+    assert_eq!(body["data"]["summary"]["total_packs"], 0, "{body}");
+
+    let (status, body) = api.call("/api/v1/packs/register-batch", empty).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["registered_packs"], json!([]), "{body}");
+    assert_eq!(body["data"]["failed_packs"], json!([]), "{body}");
+    assert_eq!(body["data"]["summary"]["total_packs"], 0, "{body}");
+
+    let mut client = server.client().await;
+    let deps = client
+        .dependencies(pb::DependenciesRequest::default())
+        .await
+        .unwrap();
+    assert!(deps.analyzed_packs.is_empty() && deps.errors.is_empty());
+    let envs = client
+        .build_envs(pb::BuildEnvsRequest::default())
+        .await
+        .unwrap();
+    assert!(envs.built_environments.is_empty() && envs.failed_environments.is_empty());
+    let registered = client
+        .register_batch(pb::RegisterBatchRequest::default())
+        .await
+        .unwrap();
+    assert!(registered.registered_packs.is_empty() && registered.failed_packs.is_empty());
+
+    // A list of sources to fetch still has to name one.
+    let (status, body) = api
+        .call(
+            "/api/v1/packs/download",
+            json!({"packs": [], "destination_dir": path_str(&server.packs_dir())}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("packs"),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+register_test!(the_four_stages_answer_the_original_json);
+async fn the_four_stages_answer_the_original_json() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
     let root = server.root.path().canonicalize().unwrap();
@@ -206,8 +269,8 @@ async fn the_four_stages_answer_the_seed_json() {
     server.stop().await;
 }
 
-register_test!(errors_have_the_seed_shape_and_name_what_is_wrong);
-async fn errors_have_the_seed_shape_and_name_what_is_wrong() {
+register_test!(errors_have_the_original_shape_and_name_what_is_wrong);
+async fn errors_have_the_original_shape_and_name_what_is_wrong() {
     let server = TestServer::start(Backend::Sqlite).await;
     let api = Api::new(&server);
     let check = |(status, body): (u16, Value), want: u16, needle: &str| {
@@ -480,14 +543,11 @@ async fn login_issues_tokens_both_doors_accept() {
     server.stop().await;
 }
 
-register_test!(
-    the_seed_workflow_script_runs_with_curl_and_jq,
-    requires = [CurlAndJq]
-);
-/// The original JSON API's "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
+register_test!(the_workflow_script_runs_with_curl_and_jq, requires = [CurlAndJq]);
+/// The original API's "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
 /// (`tests/rest/workflow.sh`), against the real server; only the host and the pack source
 /// differ, and the token comes from the login endpoint.
-async fn the_seed_workflow_script_runs_with_curl_and_jq() {
+async fn the_workflow_script_runs_with_curl_and_jq() {
     let server = TestServer::start(Backend::Sqlite).await;
     attune_packs_server::users::add_user(&server.state.db, "test@attune.local", "TestPass123!")
         .await
@@ -516,10 +576,7 @@ async fn the_seed_workflow_script_runs_with_curl_and_jq() {
     server.stop().await;
 }
 
-register_test!(
-    live_responses_match_the_openapi_document,
-    requires = [Schemathesis]
-);
+register_test!(live_responses_match_the_openapi_document, requires = [Schemathesis]);
 /// schemathesis (PyPI) fuzzes every operation of the live server from its own OpenAPI
 /// document: no 5xx, every response matching its schema, content types and headers as
 /// declared. Excluded: "schema-valid data is accepted", because valid-looking paths

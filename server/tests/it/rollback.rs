@@ -418,6 +418,11 @@ async fn the_keep_bound_refusals_and_dependents(backend: Backend) {
         "{:?}",
         r.errors
     );
+    assert!(
+        r.errors[0].starts_with("an installed pack needs a version of 'keeper'"),
+        "{:?}",
+        r.errors
+    );
     assert_eq!(pack_rows(&server, "keeper").await, before);
     let (_, r) = rollback(&server, "keeper", "", true).await;
     assert!(r.success, "{:#?}", r.errors);

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The seed API docs' "Testing Quick Start" and "Complete Workflow Example"
-# (docs "Quick Reference: Pack Management API"), run against the REST gateway.
-# Only the host and the pack source differ from the seed, and the token comes
-# from the login endpoint instead of `attune auth token`.
+# The original Attune pack API's "Testing Quick Start" and "Complete Workflow
+# Example", run against the REST gateway. Only the host and the pack source differ
+# from the original examples, and the token comes from the login endpoint instead of
+# `attune auth token`.
 #
 # Environment:
 #   API          base URL, e.g. http://127.0.0.1:8080
 #   EMAIL        login e-mail
 #   PASSWORD     login password
-#   PACK_SOURCE  a local pack directory the server may read (the seed's "aws")
-#   DEST         download destination directory (the seed's /tmp/packs)
+#   PACK_SOURCE  a local pack directory the server may read (the original example's "aws")
+#   DEST         download destination directory (the original example's /tmp/packs)
 #   BASE         packs base directory for build-envs and register-batch
 #   CURL_MAX_TIME  optional, seconds per request (default 600)
 #
@@ -72,7 +72,7 @@ check() {
 }
 
 # ---------------------------------------------------------------------------
-# Get a token (seed: "Auth Token" / "Testing Quick Start" step 2).
+# Get a token ("Testing Quick Start" step 2).
 post /api/v1/auth/login "$(jq -cn --arg email "$EMAIL" --arg password "$PASSWORD" \
   '{email: $email, password: $password}')"
 expect_code login 200
@@ -83,20 +83,18 @@ TOKEN=$(jq -r '.data.access_token' <<<"$BODY")
 AUTH=(-H "Authorization: Bearer $TOKEN")
 
 # Without a token, a packs endpoint answers 401 with the error body
-# (seed: "Missing Authentication - Status: 401").
+# ("Missing Authentication - Status: 401").
 post /api/v1/packs/dependencies "$(jq -cn --arg p "$PACK_SOURCE" '{pack_paths: [$p]}')"
 expect_code 'no token' 401
 check 'no token' '.status == 401 and (.error | type == "string") and (.message | type == "string")'
 
 # ---------------------------------------------------------------------------
-# Testing Quick Start, step 3: dependencies with {"pack_paths": []}.
-# Deviation from the seed: the original answered 200 with an empty analysis;
-# this server treats an empty pack list as a malformed request, so the answer
-# is 400 with an error body whose message names `pack_paths`.
+# Testing Quick Start, step 3: dependencies with {"pack_paths": []}: an empty list is
+# a request with nothing to do, answered 200 with an empty analysis.
 post /api/v1/packs/dependencies "$(jq -cn '{pack_paths: []}')" "${AUTH[@]}"
-expect_code 'quick start (empty pack_paths)' 400
+expect_code 'quick start (empty pack_paths)' 200
 check 'quick start (empty pack_paths)' \
-  '.status == 400 and (.error | type == "string") and (.message | contains("pack_paths"))'
+  '.data.analyzed_packs == [] and .data.dependencies == [] and .data.missing_dependencies == [] and .data.errors == []'
 
 # ---------------------------------------------------------------------------
 # Complete Workflow Example.
