@@ -43,6 +43,15 @@ pub enum ConfigError {
     Env { var: String, reason: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error(
+        "--examples: {} has no index.json ({source}); run from the root of a checkout, or \
+         pass the examples directory: --examples=DIR",
+        dir.display()
+    )]
+    Examples {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A secret string that never shows up in `Debug` output or logs.
@@ -903,6 +912,40 @@ impl Config {
         }
     }
 
+    /// Serves the sample packs of a checkout (`serve --examples`): `dir` becomes an
+    /// allowed root and `dir/index.json` a registry named `examples`, read before
+    /// the configured ones.
+    pub fn serve_examples(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let index = dir.join(EXAMPLES_INDEX);
+        let canonical = |path: &Path| {
+            path.canonicalize().map_err(|source| ConfigError::Examples {
+                dir: absolute(dir),
+                source,
+            })
+        };
+        let index = canonical(&index)?;
+        let dir = canonical(dir)?;
+        let url = url::Url::from_file_path(&index).map_err(|()| ConfigError::Examples {
+            dir: dir.clone(),
+            source: std::io::Error::other("not a path a file:// URL can name"),
+        })?;
+        let mut roots = self.allowed_roots();
+        roots.push(dir);
+        self.allowed_roots = Some(roots);
+        self.registry.indices.insert(
+            0,
+            IndexEntryConfig {
+                url: url.into(),
+                name: Some("examples".into()),
+                priority: 0,
+                enabled: true,
+                headers: Default::default(),
+                trust: Default::default(),
+            },
+        );
+        Ok(())
+    }
+
     pub fn packs_base_dir(&self) -> PathBuf {
         match &self.packs_base_dir {
             Some(dir) => absolute(dir),
@@ -910,6 +953,9 @@ impl Config {
         }
     }
 }
+
+/// The sample registry's file inside the examples directory.
+pub const EXAMPLES_INDEX: &str = "index.json";
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
