@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod readme;
+
 const CLI: &str = env!("CARGO_BIN_EXE_attune-packs");
 
 /// The server binary, built next to ours by `cargo test --workspace` (the server

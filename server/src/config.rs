@@ -1519,4 +1519,27 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
     }
+
+    #[test]
+    fn examples_become_a_registry_and_an_allowed_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let examples = dir.path().canonicalize().unwrap();
+        std::fs::write(examples.join("index.json"), "{}").unwrap();
+        let mut c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        c.serve_examples(&examples).unwrap();
+        assert_eq!(c.allowed_roots().last(), Some(&examples));
+        assert!(c.allowed_roots().contains(&PathBuf::from("/tmp")));
+        let first = &c.registry.indices[0];
+        assert_eq!(first.name.as_deref(), Some("examples"));
+        assert_eq!(
+            first.url,
+            format!("file://{}/index.json", examples.display())
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = c.serve_examples(empty.path()).unwrap_err().to_string();
+        assert!(err.contains("has no index.json"), "{err}");
+        assert!(err.contains("--examples=DIR"), "{err}");
+    }
 }
+
