@@ -229,7 +229,7 @@ pub fn copy_archive_file(source: &Path, dest: &Path, max_bytes: u64) -> Result<D
     let url = format!("file://{}", source.display());
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| FetchError::Io { path, source }
+        move |source: io::Error| FetchError::Io { path, source }
     };
     let input = fs::File::open(source).map_err(|e| FetchError::Network {
         url: url.clone(),
@@ -337,7 +337,7 @@ pub fn copy_tree(
 ) -> Result<u64, FetchError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| FetchError::Io { path, source }
+        move |source: io::Error| FetchError::Io { path, source }
     };
     let refused = |e: PackFsError| -> FetchError {
         let shown = e
