@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use super::{CLI, server_binary};
 
+/// Printed before each README block, to tell their outputs apart.
+const MARKER: &str = "@@ readme block ";
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -119,7 +122,7 @@ fn examples_match_the_index() {
         let of_dir = cli_json(&examples, &["checksum", dir.to_str().unwrap()]);
         let of_archive = cli_json(&examples, &["checksum", archive]);
         assert_eq!(
-            of_dir["pack_checksum"], of_archive["pack_checksum"],
+            of_dir["checksum"], of_archive["pack_checksum"],
             "{url} does not hold examples/packs/{pack_ref} as it is: run \
              `python3 examples/build-index.py`"
         );
@@ -209,15 +212,21 @@ fn readme_commands_run_verbatim() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // One shell for all blocks, as a reader runs them one after another: what a block
+    // exports (ATTUNE_PACKS_TOKEN) is still set in the next one. A marker before each
+    // block names the one that failed.
     let server_bin = server_binary();
-    let mut outputs = Vec::new();
-    for block in runnable {
-        let script = block
+    let mut script = String::from("set -euo pipefail\nexec 2>&1\n");
+    for (n, block) in runnable.iter().enumerate() {
+        let body = block
             .replace(
                 "cargo run -q -p attune-packs-server --",
                 server_bin.to_str().unwrap(),
             )
-            .replace("cargo run -q -p attune-packs-client --", CLI)
+            .replace(
+                "cargo run -q -p attune-packs-client --",
+                &format!("{CLI} --server http://{addr}"),
+            )
             .replace("localhost:50051", &format!("localhost:{port}"))
             .lines()
             .map(|line| match line.strip_prefix("attune-packs ") {
@@ -227,45 +236,65 @@ fn readme_commands_run_verbatim() {
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
-            !script.contains("cargo "),
+            !body.contains("cargo "),
             "a README block runs cargo in a way this test does not know: {block}"
         );
-        let out = clean(Command::new("bash"))
-            .args(["-c", &format!("set -euo pipefail\n{script}\n")])
-            .current_dir(&dir)
-            .env("ATTUNE_PACKS_SERVER", format!("http://{addr}"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        script.push_str(&format!("echo '{MARKER}{n}'\n{body}\n"));
+    }
+    let out = clean(Command::new("bash"))
+        .args(["-c", &script])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let outputs: Vec<&str> = text.split(MARKER).skip(1).collect();
+    let failed_at = outputs.len().saturating_sub(1);
+    let server_log = || std::fs::read_to_string(dir.join("server.err")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "README block failed ({}):\n{}\n--- output ---\n{}\n--- server ---\n{}",
+        out.status,
+        runnable[failed_at],
+        outputs.last().copied().unwrap_or_default(),
+        server_log()
+    );
+    for (n, output) in outputs.iter().enumerate() {
         assert!(
-            out.status.success() && !text.to_lowercase().contains("error:"),
-            "README block failed ({}):\n{block}\n--- output ---\n{text}\n--- server ---\n{}",
-            out.status,
-            std::fs::read_to_string(dir.join("server.err")).unwrap_or_default()
+            !output.to_lowercase().contains("error:"),
+            "README block printed an error:\n{}\n--- output ---\n{output}",
+            runnable[n]
         );
-        outputs.push(text);
     }
     let all = outputs.join("\n");
-    for expected in [
-        // deps: welcome's dependency on hello, met by the other pack of the request
-        "hello@^1.0",
-        // the dry run's plan
-        "welcome",
-        "hello_node",
+    for (what, expected) in [
+        ("deps: welcome's dependency met by hello in the request", "in request 1.0.0"),
+        ("download: the registry's archive verified", "archive checksum matches the index"),
+        ("register --strict: the pack's tests", "pack tests passed: 2 passed"),
+        ("install --dry-run: the plan", "dry run: 3 pack(s) planned, 1 already installed"),
+        ("install --write-lock", "installed 2 pack(s), kept 1"),
+        ("install --lock", "installed 0 pack(s), kept 3"),
+        ("registries", "examples"),
+        ("list", "3 of 3 installed packs"),
+        ("verify", "3 ok, 0 not ok"),
+        ("index update", "entry replaced in my-index.json"),
+        ("REST dependencies", "\"already_installed\": true"),
+        ("SSE", "event: result"),
     ] {
-        assert!(all.contains(expected), "README output lacks {expected:?}:\n{all}");
+        assert!(all.contains(expected), "README output lacks {what} ({expected:?}):\n{all}");
     }
+    // The sample packs are meant to register without a single complaint.
+    assert!(
+        !all.contains("warning:"),
+        "a README command warned:\n{all}"
+    );
+    assert!(dir.join("packs.lock.json").is_file());
 
     let installed = cli_json_at(&dir, &addr, &["list", "--all"]);
     let refs: BTreeSet<&str> = installed["packs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["pack_ref"].as_str().unwrap())
+        .map(|p| p["ref"].as_str().unwrap())
         .collect();
     assert_eq!(refs, BTreeSet::from(["hello", "hello_node", "welcome"]));
 }

@@ -786,7 +786,7 @@ impl Config {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if name == ENV_CONFIG_FILE || key.is_empty() {
+            if name == ENV_CONFIG_FILE || key.is_empty() || CLIENT_ENV.contains(&name.as_str()) {
                 continue;
             }
             apply_env(&mut tree, &name, key, &value)?;
@@ -953,6 +953,10 @@ impl Config {
         }
     }
 }
+
+/// The CLI's own variables, which share the prefix: a shell that exported them for
+/// `attune-packs` must still be able to run `attune-packs-server token issue`.
+const CLIENT_ENV: [&str; 2] = ["ATTUNE_PACKS_TOKEN", "ATTUNE_PACKS_SERVER"];
 
 /// The sample registry's file inside the examples directory.
 pub const EXAMPLES_INDEX: &str = "index.json";
@@ -1540,6 +1544,20 @@ mod tests {
         let err = c.serve_examples(empty.path()).unwrap_err().to_string();
         assert!(err.contains("has no index.json"), "{err}");
         assert!(err.contains("--examples=DIR"), "{err}");
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_settings() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_TOKEN", "eyJ"),
+                ("ATTUNE_PACKS_SERVER", "http://127.0.0.1:50051"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen, Config::load(None, env(&[]), &Overrides::default()).unwrap().listen);
     }
 }
 
