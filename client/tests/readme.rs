@@ -112,7 +112,10 @@ fn examples_match_the_index() {
         let url = entry["install_sources"][0]["url"].as_str().unwrap();
         let archive = examples.join(url);
         let archive = archive.to_str().unwrap();
-        let fresh = cli_json(&examples, &["index", "entry", archive, "--archive-url", url]);
+        let fresh = cli_json(
+            &examples,
+            &["index", "entry", archive, "--archive-url", url],
+        );
         assert_eq!(
             &fresh, entry,
             "examples/index.json's entry for {pack_ref} is stale: run \
@@ -174,7 +177,11 @@ fn readme_commands_run_verbatim() {
                 .any(|skip| b.trim_start().starts_with(skip))
         })
         .collect();
-    assert!(runnable.len() >= 3, "README.md: {} runnable blocks", runnable.len());
+    assert!(
+        runnable.len() >= 3,
+        "README.md: {} runnable blocks",
+        runnable.len()
+    );
 
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().canonicalize().unwrap();
@@ -191,7 +198,9 @@ fn readme_commands_run_verbatim() {
         .args(["--listen", &addr])
         .current_dir(&dir)
         .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(dir.join("server.err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("server.err")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     struct Kill(std::process::Child);
@@ -267,10 +276,22 @@ fn readme_commands_run_verbatim() {
     }
     let all = outputs.join("\n");
     for (what, expected) in [
-        ("deps: welcome's dependency met by hello in the request", "in request 1.0.0"),
-        ("download: the registry's archive verified", "archive checksum matches the index"),
-        ("register --strict: the pack's tests", "pack tests passed: 2 passed"),
-        ("install --dry-run: the plan", "dry run: 3 pack(s) planned, 1 already installed"),
+        (
+            "deps: welcome's dependency met by hello in the request",
+            "in request 1.0.0",
+        ),
+        (
+            "download: the registry's archive verified",
+            "archive checksum matches the index",
+        ),
+        (
+            "register --strict: the pack's tests",
+            "pack tests passed: 2 passed",
+        ),
+        (
+            "install --dry-run: the plan",
+            "dry run: 3 pack(s) planned, 1 already installed",
+        ),
         ("install --write-lock", "installed 2 pack(s), kept 1"),
         ("install --lock", "installed 0 pack(s), kept 3"),
         ("registries", "examples"),
@@ -280,13 +301,13 @@ fn readme_commands_run_verbatim() {
         ("REST dependencies", "\"already_installed\": true"),
         ("SSE", "event: result"),
     ] {
-        assert!(all.contains(expected), "README output lacks {what} ({expected:?}):\n{all}");
+        assert!(
+            all.contains(expected),
+            "README output lacks {what} ({expected:?}):\n{all}"
+        );
     }
     // The sample packs are meant to register without a single complaint.
-    assert!(
-        !all.contains("warning:"),
-        "a README command warned:\n{all}"
-    );
+    assert!(!all.contains("warning:"), "a README command warned:\n{all}");
     assert!(dir.join("packs.lock.json").is_file());
 
     let installed = cli_json_at(&dir, &addr, &["list", "--all"]);

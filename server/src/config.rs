@@ -1557,7 +1557,11 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.listen, Config::load(None, env(&[]), &Overrides::default()).unwrap().listen);
+        assert_eq!(
+            c.listen,
+            Config::load(None, env(&[]), &Overrides::default())
+                .unwrap()
+                .listen
+        );
     }
 }
-

@@ -225,7 +225,11 @@ impl HttpFetcher {
 
 /// Copies a local archive named by a `file://` index into `dest`, hashing it on
 /// the way; refused beyond `max_bytes` like a download.
-pub fn copy_archive_file(source: &Path, dest: &Path, max_bytes: u64) -> Result<Digests, FetchError> {
+pub fn copy_archive_file(
+    source: &Path,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<Digests, FetchError> {
     let url = format!("file://{}", source.display());
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
@@ -242,9 +246,8 @@ pub fn copy_archive_file(source: &Path, dest: &Path, max_bytes: u64) -> Result<D
     if input.metadata().map_err(io_at(source))?.len() > max_bytes {
         return Err(too_large());
     }
-    let mut writer = DigestWriter::new(BufWriter::new(
-        fs::File::create(dest).map_err(io_at(dest))?,
-    ));
+    let mut writer =
+        DigestWriter::new(BufWriter::new(fs::File::create(dest).map_err(io_at(dest))?));
     let copied = io::copy(&mut input.take(max_bytes + 1), &mut writer).map_err(io_at(dest))?;
     if copied > max_bytes {
         return Err(too_large());

@@ -1168,7 +1168,12 @@ mod tests {
         // Without the index's URL a relative URL is as invalid as before.
         let idx = PackIndex::from_slice(&bytes).unwrap();
         assert!(idx.packs.iter().all(|p| p.pack_ref == "absolute"));
-        assert!(idx.skipped_entry("beside").unwrap().reason.contains("url is invalid"));
+        assert!(
+            idx.skipped_entry("beside")
+                .unwrap()
+                .reason
+                .contains("url is invalid")
+        );
     }
 
     #[test]
