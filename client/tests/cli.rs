@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+// Under cli/ so that cargo does not take it for a test binary of its own.
+#[path = "cli/readme.rs"]
 mod readme;
 
 const CLI: &str = env!("CARGO_BIN_EXE_attune-packs");
