@@ -20,6 +20,8 @@
 
 use std::pin::Pin;
 
+pub mod paths;
+
 pub use attune_packs_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use pb::pack_service_client::PackServiceClient;

@@ -102,6 +102,10 @@ enum Command {
         strict: bool,
     },
     /// Download packs (registry refs, git URLs, archives, local paths) into a directory on the server.
+    ///
+    /// Paths are read by the server; a relative path that exists in the current
+    /// directory is sent as an absolute path, and a relative destination is taken from
+    /// the current directory too.
     Download {
         /// Pack sources: `core`, `core@^1.2`, `github:org/repo@v1`, `https://…/p.tar.gz`, `/srv/p`.
         #[arg(required = true)]
@@ -125,7 +129,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Build Python virtualenvs and Node modules for packs (server paths).
+    /// Build Python virtualenvs and Node modules for packs (server paths; a relative path
+    /// that exists in the current directory is sent as an absolute path).
     BuildEnvs {
         /// Pack directories, as paths on the server.
         #[arg(required = true)]
@@ -155,7 +160,9 @@ enum Command {
         #[arg(long)]
         detect_only: bool,
     },
-    /// Register packs: store them under the packs base directory and record their components.
+    /// Register packs: store them under the packs base directory and record their components
+    /// (server paths; a relative path that exists in the current directory is sent as an
+    /// absolute path).
     Register {
         /// Pack directories, as paths on the server.
         #[arg(required = true)]
@@ -286,7 +293,8 @@ enum Command {
         #[arg(value_name = "REF")]
         refs: Vec<String>,
     },
-    /// Analyse pack and runtime dependencies of pack directories (server paths).
+    /// Analyse pack and runtime dependencies of pack directories (server paths; a relative
+    /// path that exists in the current directory is sent as an absolute path).
     Deps {
         /// Pack directories, as paths on the server.
         #[arg(required = true)]
@@ -453,6 +461,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(outcome) = run_local(&cli.command, format) {
         return outcome;
     }
+    let mut cli = cli;
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    absolutise(&mut cli.command, &cwd);
     let token = cli
         .token
         .clone()
@@ -713,6 +724,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .await
         }
+    }
+}
+
+/// Relative local paths, sent as absolute paths from `cwd` (see `paths`).
+fn absolutise(command: &mut Command, cwd: &std::path::Path) {
+    use attune_packs_client::paths;
+    let sources = |list: &mut Vec<String>| {
+        for item in list.iter_mut() {
+            *item = paths::source(std::mem::take(item), cwd);
+        }
+    };
+    let base = |dir: &mut Option<String>| {
+        if let Some(dir) = dir {
+            *dir = paths::directory(std::mem::take(dir), cwd);
+        }
+    };
+    match command {
+        Command::Download {
+            packs,
+            destination_dir,
+            ..
+        } => {
+            sources(packs);
+            *destination_dir = paths::directory(std::mem::take(destination_dir), cwd);
+        }
+        Command::Install {
+            packs,
+            packs_base_dir,
+            ..
+        } => {
+            sources(packs);
+            base(packs_base_dir);
+        }
+        Command::BuildEnvs {
+            pack_paths,
+            packs_base_dir,
+            ..
+        }
+        | Command::Register {
+            pack_paths,
+            packs_base_dir,
+            ..
+        } => {
+            sources(pack_paths);
+            base(packs_base_dir);
+        }
+        Command::Deps { pack_paths, .. } => sources(pack_paths),
+        _ => {}
     }
 }
 

@@ -9,6 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+// Under cli/ so that cargo does not take it for a test binary of its own.
+#[path = "cli/readme.rs"]
+mod readme;
+
 const CLI: &str = env!("CARGO_BIN_EXE_attune-packs");
 
 /// The server binary, built next to ours by `cargo test --workspace` (the server

@@ -43,6 +43,15 @@ pub enum ConfigError {
     Env { var: String, reason: String },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error(
+        "--examples: {} has no index.json ({source}); run from the root of a checkout, or \
+         pass the examples directory: --examples=DIR",
+        dir.display()
+    )]
+    Examples {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A secret string that never shows up in `Debug` output or logs.
@@ -777,7 +786,7 @@ impl Config {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if name == ENV_CONFIG_FILE || key.is_empty() {
+            if name == ENV_CONFIG_FILE || key.is_empty() || CLIENT_ENV.contains(&name.as_str()) {
                 continue;
             }
             apply_env(&mut tree, &name, key, &value)?;
@@ -903,6 +912,40 @@ impl Config {
         }
     }
 
+    /// Serves the sample packs of a checkout (`serve --examples`): `dir` becomes an
+    /// allowed root and `dir/index.json` a registry named `examples`, read before
+    /// the configured ones.
+    pub fn serve_examples(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let index = dir.join(EXAMPLES_INDEX);
+        let canonical = |path: &Path| {
+            path.canonicalize().map_err(|source| ConfigError::Examples {
+                dir: absolute(dir),
+                source,
+            })
+        };
+        let index = canonical(&index)?;
+        let dir = canonical(dir)?;
+        let url = url::Url::from_file_path(&index).map_err(|()| ConfigError::Examples {
+            dir: dir.clone(),
+            source: std::io::Error::other("not a path a file:// URL can name"),
+        })?;
+        let mut roots = self.allowed_roots();
+        roots.push(dir);
+        self.allowed_roots = Some(roots);
+        self.registry.indices.insert(
+            0,
+            IndexEntryConfig {
+                url: url.into(),
+                name: Some("examples".into()),
+                priority: 0,
+                enabled: true,
+                headers: Default::default(),
+                trust: Default::default(),
+            },
+        );
+        Ok(())
+    }
+
     pub fn packs_base_dir(&self) -> PathBuf {
         match &self.packs_base_dir {
             Some(dir) => absolute(dir),
@@ -910,6 +953,13 @@ impl Config {
         }
     }
 }
+
+/// The CLI's own variables, which share the prefix: a shell that exported them for
+/// `attune-packs` must still be able to run `attune-packs-server token issue`.
+const CLIENT_ENV: [&str; 2] = ["ATTUNE_PACKS_TOKEN", "ATTUNE_PACKS_SERVER"];
+
+/// The sample registry's file inside the examples directory.
+pub const EXAMPLES_INDEX: &str = "index.json";
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
@@ -1598,5 +1648,46 @@ mod tests {
             assert!(err.to_string().contains(needle), "{key}={value}: {err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn examples_become_a_registry_and_an_allowed_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let examples = dir.path().canonicalize().unwrap();
+        std::fs::write(examples.join("index.json"), "{}").unwrap();
+        let mut c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        c.serve_examples(&examples).unwrap();
+        assert_eq!(c.allowed_roots().last(), Some(&examples));
+        assert!(c.allowed_roots().contains(&PathBuf::from("/tmp")));
+        let first = &c.registry.indices[0];
+        assert_eq!(first.name.as_deref(), Some("examples"));
+        assert_eq!(
+            first.url,
+            format!("file://{}/index.json", examples.display())
+        );
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = c.serve_examples(empty.path()).unwrap_err().to_string();
+        assert!(err.contains("has no index.json"), "{err}");
+        assert!(err.contains("--examples=DIR"), "{err}");
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_settings() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ATTUNE_PACKS_TOKEN", "eyJ"),
+                ("ATTUNE_PACKS_SERVER", "http://127.0.0.1:50051"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            Config::load(None, env(&[]), &Overrides::default())
+                .unwrap()
+                .listen
+        );
     }
 }

@@ -837,10 +837,25 @@ impl Downloader {
         reporter: &Reporter,
     ) -> Result<FetchedPack, PackDownloadError> {
         let file = staging.path().join("archive");
-        let digests = self
-            .http
-            .download(url, &file, request.verify_ssl, reporter)
-            .await?;
+        // Only an index read from a local file names file:// archives, each inside
+        // that index's directory (checked when the index was parsed).
+        let digests = match url::Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+        {
+            Some(local) => {
+                let (dest, limit) = (file.clone(), self.settings.max_archive_bytes);
+                staging
+                    .blocking(move || fetch::copy_archive_file(&local, &dest, limit))
+                    .await??
+            }
+            None => {
+                self.http
+                    .download(url, &file, request.verify_ssl, reporter)
+                    .await?
+            }
+        };
         let verified = match expected {
             Some(expected) if digests.matches(expected) => {
                 reporter.info(

@@ -223,6 +223,52 @@ impl HttpFetcher {
     }
 }
 
+/// Copies a local archive named by a `file://` index into `dest`, hashing it on
+/// the way; refused beyond `max_bytes` like a download. Opened without blocking (a
+/// FIFO would hold the thread for good) and judged by `fstat` of what was opened.
+pub fn copy_archive_file(
+    source: &Path,
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<Digests, FetchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let url = format!("file://{}", source.display());
+    let io_at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: io::Error| FetchError::Io { path, source }
+    };
+    let unreadable = |reason: String| FetchError::Network {
+        url: url.clone(),
+        message: reason,
+    };
+    let input = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(source)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let meta = input.metadata().map_err(io_at(source))?;
+    if !meta.is_file() {
+        return Err(unreadable("not a regular file".into()));
+    }
+    let too_large = || FetchError::TooLarge {
+        url: url.clone(),
+        limit: max_bytes,
+    };
+    if meta.len() > max_bytes {
+        return Err(too_large());
+    }
+    let mut writer =
+        DigestWriter::new(BufWriter::new(fs::File::create(dest).map_err(io_at(dest))?));
+    // Bounded even if the file grows after the check.
+    let copied = io::copy(&mut input.take(max_bytes + 1), &mut writer).map_err(io_at(dest))?;
+    if copied > max_bytes {
+        return Err(too_large());
+    }
+    let (mut out, digests) = writer.finish();
+    out.flush().map_err(io_at(dest))?;
+    Ok(digests)
+}
+
 fn write_hashed(
     path: &Path,
     chunks: std::sync::mpsc::Receiver<bytes::Bytes>,
@@ -306,7 +352,7 @@ pub fn copy_tree(
 ) -> Result<u64, FetchError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| FetchError::Io { path, source }
+        move |source: io::Error| FetchError::Io { path, source }
     };
     let refused = |e: PackFsError| -> FetchError {
         let shown = e

@@ -46,6 +46,10 @@ enum Command {
         /// Listen address. Default 127.0.0.1:50051.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Serve the sample packs of a checkout: DIR/index.json as the registry
+        /// `examples` and DIR as an allowed root. DIR defaults to ./examples.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "examples", require_equals = true)]
+        examples: Option<PathBuf>,
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
@@ -132,8 +136,11 @@ fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Resul
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen } => {
-            let config = load_config(&cli.global, listen)?;
+        Command::Serve { listen, examples } => {
+            let mut config = load_config(&cli.global, listen)?;
+            if let Some(dir) = &examples {
+                config.serve_examples(dir)?;
+            }
             telemetry::init(config.log_format);
             if config.auth.legacy_tokens_full_access {
                 tracing::warn!(

@@ -367,8 +367,22 @@ impl PackIndex {
         Self::from_value(v)
     }
 
+    /// Parses an index document read from `index_url`: a relative install source URL
+    /// (`hello-1.0.0.tar.gz`, `../dist/hello.tar.gz`) is resolved against it, so an
+    /// index can be published beside its archives. From a `file://` index the resolved
+    /// `file://` URLs are accepted when they stay inside the index's directory.
+    pub fn from_slice_at(bytes: &[u8], index_url: &url::Url) -> Result<Self, IndexError> {
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| IndexError::Json(e.to_string()))?;
+        Self::parse(v, Some(index_url))
+    }
+
     /// Parses an already-decoded JSON document.
     pub fn from_value(v: Value) -> Result<Self, IndexError> {
+        Self::parse(v, None)
+    }
+
+    fn parse(v: Value, base: Option<&url::Url>) -> Result<Self, IndexError> {
         let Value::Object(mut top) = v else {
             return Err(IndexError::NotAnObject);
         };
@@ -415,7 +429,7 @@ impl PackIndex {
         let mut seen: HashSet<String> = HashSet::new();
         for (i, raw) in raw_packs.into_iter().enumerate() {
             let pack_ref = raw.get("ref").and_then(Value::as_str).map(str::to_string);
-            match parse_entry(raw) {
+            match parse_entry(raw, base) {
                 Ok((entry, release_warnings)) => {
                     for reason in release_warnings {
                         warnings.push(IndexWarning {
@@ -483,7 +497,10 @@ impl FromStr for PackIndex {
 }
 
 /// Parses one entry. Returns the entry plus warnings about skipped releases.
-fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), EntryProblem> {
+fn parse_entry(
+    raw: Value,
+    base: Option<&url::Url>,
+) -> Result<(PackEntry, Vec<String>), EntryProblem> {
     if !raw.is_object() {
         return Err(EntryProblem::EntryNotObject);
     }
@@ -493,7 +510,7 @@ fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), EntryProblem> {
         return Err(EntryProblem::InvalidRef(pack_ref));
     }
     let version = parse_version(e.version.as_deref())?;
-    let install_sources = parse_sources(e.install_sources)?;
+    let install_sources = parse_sources(e.install_sources, base)?;
     check_dependencies(e.dependencies.as_ref())?;
 
     let mut releases = vec![Release {
@@ -504,7 +521,7 @@ fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), EntryProblem> {
     }];
     let mut release_warnings = Vec::new();
     for (j, raw) in e.releases.unwrap_or_default().into_iter().enumerate() {
-        let rel = match parse_release(raw) {
+        let rel = match parse_release(raw, base) {
             Ok(r) => r,
             Err(reason) => {
                 release_warnings.push(format!("releases[{j}] skipped: {reason}"));
@@ -568,13 +585,13 @@ fn parse_entry(raw: Value) -> Result<(PackEntry, Vec<String>), EntryProblem> {
     ))
 }
 
-fn parse_release(raw: Value) -> Result<Release, EntryProblem> {
+fn parse_release(raw: Value, base: Option<&url::Url>) -> Result<Release, EntryProblem> {
     if !raw.is_object() {
         return Err(EntryProblem::NotObject);
     }
     let r: RawRelease = serde_json::from_value(raw).map_err(EntryProblem::Malformed)?;
     let version = parse_version(r.version.as_deref())?;
-    let install_sources = parse_sources(r.install_sources)?;
+    let install_sources = parse_sources(r.install_sources, base)?;
     check_dependencies(r.dependencies.as_ref())?;
     Ok(Release {
         version,
@@ -599,7 +616,10 @@ pub(super) fn check_dependencies(d: Option<&PackDependencies>) -> Result<(), Ent
     Ok(())
 }
 
-fn parse_sources(raw: Option<Vec<Value>>) -> Result<Vec<InstallSource>, EntryProblem> {
+fn parse_sources(
+    raw: Option<Vec<Value>>,
+    base: Option<&url::Url>,
+) -> Result<Vec<InstallSource>, EntryProblem> {
     let raw = raw.unwrap_or_default();
     if raw.is_empty() {
         return Err(EntryProblem::NoInstallSources);
@@ -607,7 +627,7 @@ fn parse_sources(raw: Option<Vec<Value>>) -> Result<Vec<InstallSource>, EntryPro
     raw.into_iter()
         .enumerate()
         .map(|(index, s)| {
-            parse_source(s).map_err(|problem| EntryProblem::InstallSource {
+            parse_source(s, base).map_err(|problem| EntryProblem::InstallSource {
                 index,
                 problem: Box::new(problem),
             })
@@ -615,7 +635,7 @@ fn parse_sources(raw: Option<Vec<Value>>) -> Result<Vec<InstallSource>, EntryPro
         .collect()
 }
 
-fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
+fn parse_source(raw: Value, base: Option<&url::Url>) -> Result<InstallSource, EntryProblem> {
     let kind = raw
         .get("type")
         .and_then(Value::as_str)
@@ -632,7 +652,7 @@ fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
                 return Err(EntryProblem::UnacceptableGitRef(git_ref));
             }
             Ok(InstallSource::Git {
-                url: check_source_url(g.url)?,
+                url: resolve_source_url(g.url, base)?,
                 git_ref,
                 checksum: Some(parse_checksum(g.checksum)?),
             })
@@ -640,7 +660,7 @@ fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
         "archive" => {
             let a: RawArchive = serde_json::from_value(raw).map_err(EntryProblem::Malformed)?;
             Ok(InstallSource::Archive {
-                url: check_source_url(a.url)?,
+                url: resolve_source_url(a.url, base)?,
                 checksum: parse_checksum(a.checksum)?,
             })
         }
@@ -650,6 +670,38 @@ fn parse_source(raw: Value) -> Result<InstallSource, EntryProblem> {
 
 fn parse_checksum(c: Option<String>) -> Result<Digest, EntryProblem> {
     Digest::parse(&c.ok_or(EntryProblem::Missing("checksum"))?).map_err(EntryProblem::Checksum)
+}
+
+/// A source URL, resolved against the index's own URL when relative (without one,
+/// a relative URL is invalid). `file://` is accepted only from a `file://` index and
+/// only inside that index's directory: the operator who put the index there vouches
+/// for that directory, and a request-supplied file index cannot reach further.
+fn resolve_source_url(u: Option<String>, base: Option<&url::Url>) -> Result<String, EntryProblem> {
+    let u = u.ok_or(EntryProblem::Missing("url"))?;
+    let parsed = match (url::Url::parse(&u), base) {
+        (Ok(parsed), _) => parsed,
+        (Err(url::ParseError::RelativeUrlWithoutBase), Some(base)) => {
+            base.join(&u).map_err(EntryProblem::InvalidUrl)?
+        }
+        (Err(e), _) => return Err(EntryProblem::InvalidUrl(e)),
+    };
+    if parsed.scheme() != "file" {
+        return check_source_url(Some(parsed.into()));
+    }
+    let index_dir = base
+        .filter(|b| b.scheme() == "file")
+        .and_then(|b| b.join(".").ok())
+        .ok_or_else(|| EntryProblem::UrlScheme("file".into()))?;
+    if !parsed.path().starts_with(index_dir.path())
+        || parsed.query().is_some()
+        || parsed.host_str().is_some_and(|h| !h.is_empty())
+    {
+        return Err(EntryProblem::FileUrlOutsideIndex {
+            url: parsed.into(),
+            index_dir: index_dir.into(),
+        });
+    }
+    Ok(parsed.into())
 }
 
 /// Structural checks only: the downloader applies the full outbound policy
@@ -716,6 +768,11 @@ pub enum EntryProblem {
     UrlCredentials,
     #[error("url has no host")]
     UrlWithoutHost,
+    #[error(
+        "url {url} is not inside the index's directory {index_dir}; a file:// index may \
+         name only archives and repositories beside it"
+    )]
+    FileUrlOutsideIndex { url: String, index_dir: String },
     #[error("url {0}")]
     UrlCarriesCredentials(#[source] crate::source::SourceError),
     #[error("`{field}` is {len} bytes long, more than the limit of {limit}")]
@@ -1070,6 +1127,89 @@ mod tests {
         assert_eq!(
             p.select(&VersionSelector::Latest).unwrap().version,
             Version::new(1, 0, 0)
+        );
+    }
+
+    fn archive_entry(r: &str, url: &str) -> Value {
+        json!({"ref": r, "version": "1.0.0",
+               "install_sources": [{"type": "archive", "url": url, "checksum": sha('a')}]})
+    }
+
+    fn archive_url(idx: &PackIndex, r: &str) -> String {
+        match &idx.get(r).unwrap().install_sources[0] {
+            InstallSource::Archive { url, .. } => url.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn relative_source_urls_resolve_against_the_index_url() {
+        let doc = index(vec![
+            archive_entry("beside", "beside-1.0.0.tar.gz"),
+            archive_entry("below", "dist/below-1.0.0.tar.gz"),
+            archive_entry("absolute", "https://cdn.example.com/absolute.tar.gz"),
+        ]);
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let https = url::Url::parse("https://packs.example.com/v1/index.json").unwrap();
+        let idx = PackIndex::from_slice_at(&bytes, &https).unwrap();
+        assert!(idx.warnings.is_empty(), "{:?}", idx.warnings);
+        assert_eq!(
+            archive_url(&idx, "beside"),
+            "https://packs.example.com/v1/beside-1.0.0.tar.gz"
+        );
+        assert_eq!(
+            archive_url(&idx, "below"),
+            "https://packs.example.com/v1/dist/below-1.0.0.tar.gz"
+        );
+        assert_eq!(
+            archive_url(&idx, "absolute"),
+            "https://cdn.example.com/absolute.tar.gz"
+        );
+        // Without the index's URL a relative URL is as invalid as before.
+        let idx = PackIndex::from_slice(&bytes).unwrap();
+        assert!(idx.packs.iter().all(|p| p.pack_ref == "absolute"));
+        assert!(
+            idx.skipped_entry("beside")
+                .unwrap()
+                .reason
+                .contains("url is invalid")
+        );
+    }
+
+    #[test]
+    fn a_file_index_may_name_files_only_inside_its_directory() {
+        let doc = index(vec![
+            archive_entry("beside", "dist/beside-1.0.0.tar.gz"),
+            archive_entry("spelled", "file:///srv/examples/spelled.tar.gz"),
+            archive_entry("parent", "../secret.tar.gz"),
+            archive_entry("elsewhere", "file:///etc/passwd"),
+        ]);
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let file = url::Url::parse("file:///srv/examples/index.json").unwrap();
+        let idx = PackIndex::from_slice_at(&bytes, &file).unwrap();
+        assert_eq!(
+            archive_url(&idx, "beside"),
+            "file:///srv/examples/dist/beside-1.0.0.tar.gz"
+        );
+        assert_eq!(
+            archive_url(&idx, "spelled"),
+            "file:///srv/examples/spelled.tar.gz"
+        );
+        for r in ["parent", "elsewhere"] {
+            let reason = &idx.skipped_entry(r).unwrap().reason;
+            assert!(
+                reason.contains("not inside the index's directory file:///srv/examples/"),
+                "{reason}"
+            );
+        }
+        // An https index never hands out local files.
+        let https = url::Url::parse("https://packs.example.com/index.json").unwrap();
+        let idx = PackIndex::from_slice_at(&bytes, &https).unwrap();
+        assert!(
+            idx.skipped_entry("spelled")
+                .unwrap()
+                .reason
+                .contains("scheme 'file' is not allowed")
         );
     }
 }

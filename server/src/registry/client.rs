@@ -828,7 +828,7 @@ impl RegistryClient {
                 etag,
                 last_modified,
             } => {
-                let index = PackIndex::from_slice(&bytes).map_err(|source| {
+                let index = PackIndex::from_slice_at(&bytes, &t.url).map_err(|source| {
                     RegistryError::InvalidIndex {
                         url: t.url.to_string(),
                         source,

@@ -945,3 +945,61 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     assert!(failure(&bad, "ftp://x/y.zip").contains("unsupported URL scheme"));
     server.stop().await;
 }
+
+/// A `file://` index names its archives relative to itself (as examples/index.json
+/// does); they are read from beside it, verified, and never from outside its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_index_serves_archives_beside_it() {
+    let registry = tempfile::tempdir().unwrap();
+    let dir = registry.path().canonicalize().unwrap();
+    let beside = archives::tar_gz_in(Some("beside"), &pack_files("beside", "1.0.0"));
+    let outside = archives::tar_gz(&pack_files("outside", "1.0.0"));
+    std::fs::create_dir_all(dir.join("index/dist")).unwrap();
+    std::fs::write(dir.join("index/dist/beside-1.0.0.tar.gz"), &beside).unwrap();
+    std::fs::write(dir.join("outside-1.0.0.tar.gz"), &outside).unwrap();
+    std::fs::write(
+        dir.join("index/index.json"),
+        index_json(&[
+            IndexEntry::new("beside", "1.0.0")
+                .archive("dist/beside-1.0.0.tar.gz", &sha256_checksum(&beside)),
+            IndexEntry::new("outside", "1.0.0")
+                .archive("../outside-1.0.0.tar.gz", &sha256_checksum(&outside)),
+        ]),
+    )
+    .unwrap();
+    let index_url = format!("file://{}", path_str(&dir.join("index/index.json")));
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.registry.indices = vec![attune_packs_server::config::IndexEntryConfig {
+            url: index_url.clone(),
+            name: Some("local".into()),
+            priority: 1,
+            enabled: true,
+            headers: Default::default(),
+            trust: Default::default(),
+        }];
+    })
+    .await;
+    let mut client = server.client().await;
+    let r = client
+        .download(request(&server, &["beside", "outside"]))
+        .await
+        .unwrap();
+    assert_counts(&r);
+    assert_eq!(r.downloaded_packs.len(), 1, "{:#?}", r.failed_packs);
+    assert_eq!(r.downloaded_packs[0].pack_ref, "beside");
+    assert_eq!(r.downloaded_packs[0].source_type, "registry");
+    assert!(dest(&server).join("beside/pack.yaml").is_file());
+    let provenance: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest(&server).join(".beside.source.json")).unwrap())
+            .unwrap();
+    assert_eq!(provenance["checksum_verified"], true);
+    assert_eq!(
+        provenance["url"],
+        format!(
+            "file://{}",
+            path_str(&dir.join("index/dist/beside-1.0.0.tar.gz"))
+        )
+    );
+    let why = failure(&r, "outside");
+    assert!(why.contains("not inside the index's directory"), "{why}");
+}

@@ -1,0 +1,5 @@
+const isNumber = require('is-number');
+
+module.exports = function run({ value }) {
+  return { value, is_number: isNumber(value) };
+};
