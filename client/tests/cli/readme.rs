@@ -43,11 +43,6 @@ fn sh_blocks(readme: &str) -> Vec<String> {
     blocks
 }
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -87,10 +82,10 @@ fn cli_json(dir: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+register_test!(sync examples_match_the_index);
 /// Every pack of examples/packs is in examples/index.json, with the entry
 /// `attune-packs index entry` makes of its archive today (so the archive's checksum
 /// and contents are current), and the archive holds exactly the pack directory.
-#[test]
 fn examples_match_the_index() {
     let examples = repo_root().join("examples");
     let index: Value =
@@ -132,6 +127,7 @@ fn examples_match_the_index() {
     }
 }
 
+register_test!(sync readme_commands_run_verbatim, requires = [Grpcurl, CurlAndJq, PythonVenv]);
 /// Runs every ```sh block of README.md with bash (`set -euo pipefail`), from a
 /// directory holding a copy of examples/, against a server started as the README's
 /// first block starts it. Substitutions, each because the test cannot do as a reader:
@@ -147,20 +143,7 @@ fn examples_match_the_index() {
 /// Skipped blocks: `cargo test --workspace` (this test is part of it), `cargo install`
 /// (it would install into the user's ~/.cargo/bin) and `cargo bench` (minutes of
 /// measurements, no behaviour).
-#[test]
 fn readme_commands_run_verbatim() {
-    let missing: Vec<_> = ["grpcurl", "curl", "jq", "bash"]
-        .into_iter()
-        .filter(|tool| !on_path(tool))
-        .collect();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the README test needs {missing:?} in CI"
-        );
-        eprintln!("notice: README commands not run: {missing:?} not installed");
-        return;
-    }
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let blocks = sh_blocks(&readme);
     let serve = blocks.first().expect("README.md has no ```sh block").trim();

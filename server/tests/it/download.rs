@@ -946,9 +946,9 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     server.stop().await;
 }
 
+register_test!(a_file_index_serves_archives_beside_it);
 /// A `file://` index names its archives relative to itself (as examples/index.json
 /// does); they are read from beside it, verified, and never from outside its directory.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_index_serves_archives_beside_it() {
     let registry = tempfile::tempdir().unwrap();
     let dir = registry.path().canonicalize().unwrap();
