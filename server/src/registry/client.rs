@@ -256,6 +256,16 @@ pub enum RegistryError {
         searched: Vec<String>,
     },
     #[error(
+        "pack '{pack_ref}' cannot be looked up: no registries are configured{}: set \
+         registry.indices or pass registry_url",
+        if *.disabled > 0 { format!(" ({} in registry.indices, all disabled)", .disabled) } else { String::new() }
+    )]
+    NoRegistries {
+        pack_ref: String,
+        /// Configured indices, every one disabled.
+        disabled: usize,
+    },
+    #[error(
         "pack '{pack_ref}' has no version matching '{selector}' in index {index} (available: {}); \
          lower-priority indices are not consulted for a pack this index provides",
         list_or_none(.available)
@@ -340,6 +350,7 @@ impl Failure for RegistryError {
     fn kind(&self) -> FailureKind {
         match self {
             RegistryError::NotFound { .. }
+            | RegistryError::NoRegistries { .. }
             | RegistryError::VersionNotFound { .. }
             | RegistryError::Policy { .. }
             | RegistryError::InvalidRef(_)
@@ -556,6 +567,12 @@ impl RegistryClient {
             return Err(RegistryError::InvalidRef(pack_ref.to_string()));
         }
         let targets = self.targets(extra_index)?;
+        if targets.is_empty() {
+            return Err(RegistryError::NoRegistries {
+                pack_ref: pack_ref.to_string(),
+                disabled: self.inner.indices.len(),
+            });
+        }
         let mut searched = Vec::with_capacity(targets.len());
         for t in &targets {
             searched.push(t.label());

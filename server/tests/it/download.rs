@@ -874,3 +874,35 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
     assert!(failure(&bad, "ftp://x/y.zip").contains("unsupported URL scheme"));
     server.stop().await;
 }
+
+/// A local path under no allowed root, and a registry ref with no registry: each
+/// error names the fix (the roots and where paths are read; how to add a registry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_allowed_roots_and_the_missing_registry() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut client = server.client().await;
+    let r = client
+        .download(request(&server, &["./my-pack", "slack"]))
+        .await
+        .unwrap();
+    let roots = server
+        .state
+        .config
+        .allowed_roots()
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let missing = failure(&r, "./my-pack");
+    assert!(
+        missing.contains(&format!("'./my-pack' is not under any allowed root ({roots})"))
+            && missing.contains("paths are read on the server")
+            && missing.contains("set allowed_roots"),
+        "{missing}"
+    );
+    let unknown = failure(&r, "slack");
+    assert!(
+        unknown.contains("no registries are configured: set registry.indices or pass registry_url"),
+        "{unknown}"
+    );
+}
