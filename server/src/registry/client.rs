@@ -255,11 +255,7 @@ pub enum RegistryError {
         pack_ref: String,
         searched: Vec<String>,
     },
-    #[error(
-        "pack '{pack_ref}' cannot be looked up: no registries are configured{}: set \
-         registry.indices or pass registry_url",
-        if *.disabled > 0 { format!(" ({} in registry.indices, all disabled)", .disabled) } else { String::new() }
-    )]
+    #[error("pack '{pack_ref}' cannot be looked up: {}", no_registry_fix(*.disabled))]
     NoRegistries {
         pack_ref: String,
         /// Configured indices, every one disabled.
@@ -344,6 +340,18 @@ pub enum RegistryError {
         error_chain(.0)
     )]
     HttpClient(#[source] reqwest::Error),
+}
+
+/// Why no registry was searched, and what to set.
+fn no_registry_fix(disabled: usize) -> String {
+    if disabled == 0 {
+        "no registries are configured: set registry.indices or pass registry_url".into()
+    } else {
+        format!(
+            "no registry is enabled ({disabled} in registry.indices, all with enabled: false): \
+             enable one or pass registry_url"
+        )
+    }
 }
 
 impl Failure for RegistryError {
@@ -1514,12 +1522,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RegistryError::InvalidRef(_)));
+        // Nothing to search: the error says so, and how to add a registry.
         let empty = RegistryClient::new(cfg(vec![])).unwrap();
         let err = empty
             .resolve("xx", &VersionSelector::Latest, None, true)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("searched: none"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "pack 'xx' cannot be looked up: no registries are configured: set \
+             registry.indices or pass registry_url"
+        );
+        let mut off = idx(a.url(), 1);
+        off.enabled = false;
+        let disabled = RegistryClient::new(cfg(vec![off])).unwrap();
+        let err = disabled
+            .resolve("xx", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no registry is enabled (1 in registry.indices, all with enabled: false)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
