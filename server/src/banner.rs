@@ -116,10 +116,7 @@ mod tests {
             reachable("0.0.0.0:50051".parse().unwrap()).to_string(),
             "127.0.0.1:50051"
         );
-        assert_eq!(
-            reachable("[::]:7".parse().unwrap()).to_string(),
-            "[::1]:7"
-        );
+        assert_eq!(reachable("[::]:7".parse().unwrap()).to_string(), "[::1]:7");
         assert_eq!(
             reachable("10.1.2.3:7".parse().unwrap()).to_string(),
             "10.1.2.3:7"

@@ -927,12 +927,10 @@ impl Config {
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
         match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                match userinfo.split(':').next().unwrap_or_default() {
-                    "" => format!("{scheme}://{host}{path}"),
-                    user => format!("{scheme}://{user}@{host}{path}"),
-                }
-            }
+            Some((userinfo, host)) => match userinfo.split(':').next().unwrap_or_default() {
+                "" => format!("{scheme}://{host}{path}"),
+                user => format!("{scheme}://{user}@{host}{path}"),
+            },
             None => format!("{scheme}://{authority}{path}"),
         }
     }

@@ -123,8 +123,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     // Pack code may pass through the data dir to packs stored below it, but may not
     // list it; the secret and the database inside are the server's alone.
     narrow_mode(&data_dir, 0o711)?;
-    let secret =
-        crate::auth::resolve_secret(&config, crate::auth::MissingSecret::Generate)?.secret;
+    let secret = crate::auth::resolve_secret(&config, crate::auth::MissingSecret::Generate)?.secret;
     narrow_mode(&data_dir.join(crate::auth::SECRET_FILE), 0o600)?;
     register_secrets(&config, &secret);
     let sandbox = crate::sandbox::install(&config.sandbox)?;

@@ -1541,8 +1541,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("no registry is enabled (1 in registry.indices, all with enabled: false)"),
+            err.to_string().contains(
+                "no registry is enabled (1 in registry.indices, all with enabled: false)"
+            ),
             "{err}"
         );
     }

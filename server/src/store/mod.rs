@@ -78,16 +78,8 @@ pub enum StoreError {
         timeout.as_secs_f32()
     )]
     ConnectTimeout { target: String, timeout: Duration },
-    #[error(
-        "PostgreSQL database '{database}' does not exist at {target} and could not be \
-         created ({reason}); create it with `{createdb}`"
-    )]
-    CreateDatabase {
-        database: String,
-        target: String,
-        reason: String,
-        createdb: String,
-    },
+    #[error(transparent)]
+    CreateDatabase(Box<CreateDatabaseError>),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -119,6 +111,20 @@ impl std::fmt::Display for MigrationReport {
         }
         Ok(())
     }
+}
+
+/// A PostgreSQL database that does not exist and could not be created, with the
+/// command that creates it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PostgreSQL database '{database}' does not exist at {target} and could not be created \
+     ({reason}); create it with `{createdb}`"
+)]
+pub struct CreateDatabaseError {
+    pub database: String,
+    pub target: String,
+    pub reason: String,
+    pub createdb: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,11 +254,13 @@ async fn create_postgres_database(
     } else {
         "postgres"
     };
-    let failed = |reason: String| StoreError::CreateDatabase {
-        database: database.clone(),
-        target: target.to_string(),
-        reason,
-        createdb: createdb_command(options, &database),
+    let failed = |reason: String| {
+        StoreError::CreateDatabase(Box::new(CreateDatabaseError {
+            database: database.clone(),
+            target: target.to_string(),
+            reason,
+            createdb: createdb_command(options, &database),
+        }))
     };
     let mut conn = match tokio::time::timeout(
         timeout,

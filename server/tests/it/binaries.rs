@@ -132,16 +132,26 @@ fn token_issue_from_another_directory_signs_with_the_servers_secret() {
     let data = root.path().join("data");
     let server = ServerProcess::start(&data, root.path());
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = token_issue(elsewhere.path(), &["--data-dir", data.to_str().unwrap()], &[]);
+    let out = token_issue(
+        elsewhere.path(),
+        &["--data-dir", data.to_str().unwrap()],
+        &[],
+    );
     let token = token_of(&out);
     let secret_file = std::path::absolute(&data).unwrap().join("jwt-secret");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("signed with the secret from {}", secret_file.display())),
+        stderr.contains(&format!(
+            "signed with the secret from {}",
+            secret_file.display()
+        )),
         "{stderr}"
     );
     let secret = std::fs::read_to_string(&secret_file).unwrap();
-    assert!(!stderr.contains(secret.trim()), "the secret itself is never shown");
+    assert!(
+        !stderr.contains(secret.trim()),
+        "the secret itself is never shown"
+    );
     // Nothing was created where the command ran.
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     let principal = Authenticator::new(&Secret::new(secret.trim()))
@@ -172,12 +182,19 @@ fn token_issue_names_a_configured_secret_and_the_server_accepts_its_tokens() {
         stderr.contains("signed with the secret from environment variable ATTUNE_PACKS_JWT_SECRET"),
         "{stderr}"
     );
-    assert!(!stderr.contains("a-shared-secret-for-this-test"), "{stderr}");
+    assert!(
+        !stderr.contains("a-shared-secret-for-this-test"),
+        "{stderr}"
+    );
     assert_eq!(rest_status(&server, &token), "200");
     // From a config file, which it names.
     let config = elsewhere.path().join("server.yaml");
     std::fs::write(&config, "jwt_secret: a-shared-secret-for-this-test\n").unwrap();
-    let out = token_issue(elsewhere.path(), &["--config", config.to_str().unwrap()], &[]);
+    let out = token_issue(
+        elsewhere.path(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
     let token = token_of(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -193,7 +210,10 @@ fn token_issue_without_a_secret_fails_naming_the_fix_and_creates_nothing() {
     let data = root.path().join("data");
     let out = token_issue(root.path(), &["--data-dir", data.to_str().unwrap()], &[]);
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "no token without the server's secret");
+    assert!(
+        out.stdout.is_empty(),
+        "no token without the server's secret"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     for fix in [
@@ -352,7 +372,10 @@ fn user_add_reads_the_password_from_stdin_and_login_accepts_it() {
     ] {
         assert!(stderr.contains(&expected), "{expected:?} missing: {stderr}");
     }
-    assert!(!data.join("jwt-secret").exists(), "only serve makes a secret");
+    assert!(
+        !data.join("jwt-secret").exists(),
+        "only serve makes a secret"
+    );
     let again = add("admin@example.com", "another-password");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
@@ -418,8 +441,11 @@ fn serve_announces_where_it_listens_what_it_uses_and_how_to_get_a_token() {
         format!("REST at http://{addr}/api/v1"),
         format!("attune-packs --server http://{addr}"),
         format!("data dir: {}", data.display()),
-        format!("database: sqlite://{}", data.join("attune-packs.db").display()),
-        format!("allowed roots (request paths are read on this server"),
+        format!(
+            "database: sqlite://{}",
+            data.join("attune-packs.db").display()
+        ),
+        "allowed roots (request paths are read on this server".to_string(),
         root.path().display().to_string(),
         "registries: none configured".to_string(),
         "registry.indices".to_string(),
@@ -458,7 +484,8 @@ fn the_banner_lists_configured_registries_and_no_database_password() {
     )
     .unwrap();
     let config = config.to_str().unwrap().to_string();
-    let server = ServerProcess::start_piped(&data, root.path(), &[("ATTUNE_PACKS_CONFIG", &config)]);
+    let server =
+        ServerProcess::start_piped(&data, root.path(), &[("ATTUNE_PACKS_CONFIG", &config)]);
     let log = stop_and_read_log(server);
     assert!(
         log.contains(&format!(
@@ -551,7 +578,10 @@ fn a_missing_postgres_database_is_created() {
     let url = postgres_url_for(&admin_url, None, &name);
     let root = tempfile::tempdir().unwrap();
     let out = migrate_postgres(&url, root.path());
-    postgres_admin(&admin_url, &[format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")]);
+    postgres_admin(
+        &admin_url,
+        &[format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -572,7 +602,9 @@ fn a_postgres_database_that_cannot_be_created_names_the_createdb_command() {
     let role = random_name("attune_packs_nocreate");
     postgres_admin(
         &admin_url,
-        &[format!("CREATE ROLE {role} LOGIN PASSWORD 'pw-of-the-test' NOCREATEDB")],
+        &[format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'pw-of-the-test' NOCREATEDB"
+        )],
     );
     let name = random_name("attune_packs_absent");
     let url = postgres_url_for(&admin_url, Some(&format!("{role}:pw-of-the-test")), &name);

@@ -895,8 +895,9 @@ async fn errors_name_the_allowed_roots_and_the_missing_registry() {
         .join(", ");
     let missing = failure(&r, "./my-pack");
     assert!(
-        missing.contains(&format!("'./my-pack' is not under any allowed root ({roots})"))
-            && missing.contains("paths are read on the server")
+        missing.contains(&format!(
+            "'./my-pack' is not under any allowed root ({roots})"
+        )) && missing.contains("paths are read on the server")
             && missing.contains("set allowed_roots"),
         "{missing}"
     );

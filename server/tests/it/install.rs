@@ -749,7 +749,11 @@ async fn an_install_is_reproduced_from_its_lock() {
 async fn a_dependency_with_no_registry_configured_names_the_fix() {
     let server = TestServer::start(Backend::Sqlite).await;
     let root = server.root.path().canonicalize().unwrap();
-    let pack = write_pack(&root.join("src"), "needy", &simple_pack("needy", "1.0.0", &["slack"]));
+    let pack = write_pack(
+        &root.join("src"),
+        "needy",
+        &simple_pack("needy", "1.0.0", &["slack"]),
+    );
     let mut r = request(&server, &[&path_str(&pack)]);
     r.dry_run = Some(true);
     let (_, r) = install(&server, r).await;
