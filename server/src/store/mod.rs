@@ -393,20 +393,34 @@ impl Db {
     /// Applies the migrations the database lacks and says which those were.
     pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
         use sqlx::migrate::Migrate;
+        // Read without creating the migrations table: creating it again would only add
+        // a PostgreSQL notice to every start.
         let (migrator, before) = match self {
             Db::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                conn.ensure_migrations_table().await?;
-                let before = conn.list_applied_migrations().await?;
-                drop(conn);
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                let before = if exists {
+                    pool.acquire().await?.list_applied_migrations().await?
+                } else {
+                    Vec::new()
+                };
                 SQLITE_MIGRATIONS.run(pool).await?;
                 (&SQLITE_MIGRATIONS, before)
             }
             Db::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                conn.ensure_migrations_table().await?;
-                let before = conn.list_applied_migrations().await?;
-                drop(conn);
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                let before = if exists {
+                    pool.acquire().await?.list_applied_migrations().await?
+                } else {
+                    Vec::new()
+                };
                 POSTGRES_MIGRATIONS.run(pool).await?;
                 (&POSTGRES_MIGRATIONS, before)
             }
