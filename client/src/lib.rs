@@ -36,11 +36,12 @@ use tonic::{
 pub enum ClientError {
     #[error("invalid server address '{address}': {reason}")]
     Address { address: String, reason: String },
-    #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        source: tonic::transport::Error,
-    },
+    /// One line: the transport's own chain repeats itself ("transport error: transport
+    /// error: tcp connect error: …") and names no fix.
+    #[error(
+        "cannot reach attune-packs at {address}: {reason} — is `attune-packs-server serve` running?"
+    )]
+    Connect { address: String, reason: String },
     #[error("token is not a valid header value")]
     Token,
     #[error("{}: {}", code_name(.0.code()), .0.message())]
@@ -57,6 +58,25 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// Why a connection failed, from the innermost cause: the operating system's error
+/// when there is one (`connection refused`), else the deepest message.
+fn connect_reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::TimedOut => "connection timed out".into(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = e;
+        current = e.source();
+    }
+    innermost.to_string()
 }
 
 fn code_name(code: tonic::Code) -> String {
@@ -123,9 +143,9 @@ impl Client {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 address: address.to_string(),
-                source,
+                reason: connect_reason(&error),
             })?;
         Self::with_channel(channel, token)
     }

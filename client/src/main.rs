@@ -414,8 +414,12 @@ fn run_local(command: &Command, format: Format) -> Option<anyhow::Result<ExitCod
                 path,
                 sources,
                 update,
-            } => tools::index_update(index, path, &sources.sources(), *update).map(|replaced| {
-                let verb = if replaced { "replaced in" } else { "added to" };
+            } => tools::index_update(index, path, &sources.sources(), *update).map(|done| {
+                let verb = match done {
+                    tools::IndexUpdate::Created => "added to a new index",
+                    tools::IndexUpdate::Added => "added to",
+                    tools::IndexUpdate::Replaced => "replaced in",
+                };
                 println!("✓ entry {verb} {}", index.display());
             }),
             IndexCommand::Merge {

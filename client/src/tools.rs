@@ -201,8 +201,10 @@ fn write_index(path: &Path, index: &Value) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec_pretty(index)?;
     PackIndex::from_slice(&bytes).context("the resulting index would not load")?;
     let tmp = path.with_extension("json.tmp");
-    fs::File::create(&tmp)?.write_all(&bytes)?;
-    fs::rename(&tmp, path)?;
+    fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(&bytes))
+        .and_then(|()| fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -210,16 +212,30 @@ fn pack_ref_of(entry: &Value) -> Option<&str> {
     entry.get("ref").and_then(Value::as_str)
 }
 
-/// Adds the entry for `path` to the index file, or replaces it with `update`.
-/// Returns whether an entry was replaced.
+/// What [`index_update`] did to the index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexUpdate {
+    /// The file did not exist: a new index holding the entry.
+    Created,
+    Added,
+    Replaced,
+}
+
+/// Adds the entry for `path` to the index file (a new index when the file does not
+/// exist), or replaces it with `update`.
 pub fn index_update(
     index: &Path,
     path: &Path,
     sources: &Sources,
     update: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<IndexUpdate> {
     let entry = index_entry(path, sources)?;
-    let mut map = read_index(index)?;
+    let created = !fs::exists(index).with_context(|| format!("cannot read {}", index.display()))?;
+    let mut map = if created {
+        new_index(index)
+    } else {
+        read_index(index)?
+    };
     let packs = map
         .get_mut("packs")
         .and_then(Value::as_array_mut)
@@ -241,7 +257,24 @@ pub fn index_update(
     };
     map.insert("last_updated".into(), json!(now_rfc3339()));
     write_index(index, &Value::Object(map))?;
-    Ok(replaced)
+    Ok(match (created, replaced) {
+        (true, _) => IndexUpdate::Created,
+        (false, true) => IndexUpdate::Replaced,
+        (false, false) => IndexUpdate::Added,
+    })
+}
+
+/// An index with no packs, named after its file.
+fn new_index(path: &Path) -> Map<String, Value> {
+    let name = path
+        .file_stem()
+        .map_or_else(|| "index".into(), |s| s.to_string_lossy().into_owned());
+    let mut map = Map::new();
+    map.insert("registry_name".into(), json!(name));
+    map.insert("registry_url".into(), json!(""));
+    map.insert("version".into(), json!("1.0"));
+    map.insert("packs".into(), json!([]));
+    map
 }
 
 pub struct MergeStats {

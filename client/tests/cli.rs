@@ -958,6 +958,85 @@ fn list_show_and_verify_installed_packs() {
     assert_eq!(json["packs"][0]["status"], "ok");
 }
 
+register_test!(sync index_update_on_a_missing_file_creates_a_new_index);
+fn index_update_on_a_missing_file_creates_a_new_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_files(
+        &root.join("alpha"),
+        &[("pack.yaml", "ref: alpha\nversion: 1.2.0\n")],
+    );
+    let index = root.join("new.json");
+    let out = local(&[
+        "index",
+        "update",
+        "--index",
+        index.to_str().unwrap(),
+        root.join("alpha").to_str().unwrap(),
+        "--git-url",
+        "https://git.example/alpha.git",
+        "--git-ref",
+        "v1.2.0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("added to a new index"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    assert_eq!(written["registry_name"], "new");
+    assert_eq!(written["packs"][0]["ref"], "alpha");
+    assert_eq!(written["packs"][0]["version"], "1.2.0");
+    // A directory that does not exist is still an error, naming the file.
+    let out = local(&[
+        "index",
+        "update",
+        "--index",
+        root.join("missing/new.json").to_str().unwrap(),
+        root.join("alpha").to_str().unwrap(),
+        "--git-url",
+        "https://git.example/alpha.git",
+        "--git-ref",
+        "v1.2.0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing/new.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+register_test!(sync an_unreachable_server_is_one_line_naming_the_fix);
+fn an_unreachable_server_is_one_line_naming_the_fix() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = Command::new(CLI)
+        .args(["--server", &url, "--token", "any", "registries"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: cannot reach attune-packs at {url}: connection refused — is \
+             `attune-packs-server serve` running?"
+        ),
+    );
+}
+
 fn main() -> std::process::ExitCode {
     attune_packs_test_harness::main()
 }

@@ -17,9 +17,12 @@ use crate::packfs::{PackDir, PackFsError, PackReadLimits};
 pub enum PathError {
     #[error("path must not be empty")]
     Empty,
-    #[error("path '{path}' must be absolute")]
+    #[error("path '{path}' must be absolute (paths are read on the server)")]
     Relative { path: String },
-    #[error("path '{path}' resolves to '{resolved}', which is outside the allowed roots ({roots})")]
+    #[error(
+        "path '{path}' resolves to '{resolved}', which is outside the allowed roots ({roots}); \
+         paths are read on the server; set allowed_roots to add one"
+    )]
     OutsideRoots {
         path: String,
         resolved: String,
@@ -64,7 +67,7 @@ impl PathPolicy {
     }
 
     /// The roots as shown in errors: `/a, /b`.
-    fn roots_text(&self) -> String {
+    pub fn roots_text(&self) -> String {
         self.roots
             .iter()
             .map(|r| r.display().to_string())
@@ -143,12 +146,7 @@ impl PathPolicy {
         Err(PathError::OutsideRoots {
             path: confined.display().to_string(),
             resolved: actual.display().to_string(),
-            roots: self
-                .roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            roots: self.roots_text(),
         })
     }
 

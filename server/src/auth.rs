@@ -122,6 +122,112 @@ pub enum SecretError {
     Empty { path: PathBuf },
     #[error("cannot generate a random secret: {0}")]
     Random(String),
+    /// Only `serve` generates a secret: a token signed with one made elsewhere would be
+    /// refused by the server.
+    #[error(
+        "no JWT secret: {} does not exist and jwt_secret is not set; start the server once \
+         with `attune-packs-server serve` (it generates the secret there), set \
+         ATTUNE_PACKS_JWT_SECRET, or pass --data-dir <the server's data dir>",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+}
+
+/// Where the secret tokens are signed with came from. Shown to operators; the secret
+/// itself never is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `jwt_secret` from this environment variable.
+    Env(String),
+    /// `jwt_secret` in this configuration file.
+    ConfigFile(PathBuf),
+    /// `jwt_secret` set by the embedding program (tests), from no file or variable.
+    Setting,
+    /// The file the server generated (or will generate) in its data dir.
+    DataDir(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "environment variable {var}"),
+            SecretSource::ConfigFile(path) => {
+                write!(f, "jwt_secret in config file {}", path.display())
+            }
+            SecretSource::Setting => f.write_str("the jwt_secret setting"),
+            SecretSource::DataDir(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Whether a missing secret may be generated: only by the server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSecret {
+    Generate,
+    Fail,
+}
+
+/// The secret the server signs and checks tokens with, and where it came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedSecret {
+    pub secret: Secret,
+    pub source: SecretSource,
+}
+
+/// The one way every command finds the secret: `jwt_secret` (environment or config
+/// file), else `<data dir>/jwt-secret`, which only `serve` creates when missing.
+pub fn resolve_secret(
+    config: &crate::config::Config,
+    missing: MissingSecret,
+) -> Result<ResolvedSecret, SecretError> {
+    let source = secret_source(config);
+    let secret = match (&config.jwt_secret, missing) {
+        (Some(secret), _) => secret.clone(),
+        (None, MissingSecret::Generate) => {
+            load_or_create_secret(None, &config.data_dir_absolute())?
+        }
+        (None, MissingSecret::Fail) => {
+            let path = secret_path(config);
+            read_secret_file(&path)?.ok_or(SecretError::Missing { path })?
+        }
+    };
+    Ok(ResolvedSecret { secret, source })
+}
+
+/// Where [`resolve_secret`] takes the secret from, without reading it.
+pub fn secret_source(config: &crate::config::Config) -> SecretSource {
+    use crate::config::SettingOrigin;
+    match (&config.jwt_secret, &config.jwt_secret_origin) {
+        (Some(_), Some(SettingOrigin::Env(var))) => SecretSource::Env(var.clone()),
+        (Some(_), Some(SettingOrigin::File(file))) => SecretSource::ConfigFile(file.clone()),
+        (Some(_), None) => SecretSource::Setting,
+        (None, _) => SecretSource::DataDir(secret_path(config)),
+    }
+}
+
+/// Where the server keeps the secret it generated: `<data dir>/jwt-secret`.
+pub fn secret_path(config: &crate::config::Config) -> PathBuf {
+    config.data_dir_absolute().join(SECRET_FILE)
+}
+
+/// The secret stored at `path`, `None` when there is no such file.
+fn read_secret_file(path: &Path) -> Result<Option<Secret>, SecretError> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(SecretError::Empty {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(Some(Secret::new(text)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Verifies and issues tokens. Cheap to clone.
@@ -316,16 +422,8 @@ pub fn load_or_create_secret(
         return Ok(secret.clone());
     }
     let path = data_dir.join(SECRET_FILE);
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(SecretError::Empty { path });
-            }
-            return Ok(Secret::new(text));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(SecretError::Read { path, source }),
+    if let Some(secret) = read_secret_file(&path)? {
+        return Ok(secret);
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
@@ -502,5 +600,47 @@ mod tests {
             load_or_create_secret(Some(&configured), dir.path()).unwrap(),
             configured
         );
+    }
+
+    #[test]
+    fn resolve_secret_names_its_source_and_only_serve_generates_one() {
+        use crate::config::{Config, Overrides};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let load = |env: &[(&str, &str)], file: Option<&Path>| {
+            Config::load(
+                file,
+                env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+                &Overrides {
+                    data_dir: Some(data.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        // Nothing anywhere: an error naming the fixes, and nothing created.
+        let err = resolve_secret(&load(&[], None), MissingSecret::Fail).unwrap_err();
+        assert!(matches!(err, SecretError::Missing { .. }), "{err}");
+        assert!(!data.exists());
+        // `serve` generates it; then every command reads the same file.
+        let generated = resolve_secret(&load(&[], None), MissingSecret::Generate).unwrap();
+        let read = resolve_secret(&load(&[], None), MissingSecret::Fail).unwrap();
+        assert_eq!(generated.secret, read.secret);
+        assert_eq!(read.source, SecretSource::DataDir(data.join(SECRET_FILE)));
+        // jwt_secret wins, named by where it was set; the environment over the file.
+        let file = dir.path().join("server.yaml");
+        fs::write(&file, "jwt_secret: from-file\n").unwrap();
+        let r = resolve_secret(&load(&[], Some(&file)), MissingSecret::Fail).unwrap();
+        assert_eq!(r.secret.expose(), "from-file");
+        assert_eq!(r.source, SecretSource::ConfigFile(file.clone()));
+        assert!(r.source.to_string().contains("config file"));
+        let env = [("ATTUNE_PACKS_JWT_SECRET", "from-env")];
+        let r = resolve_secret(&load(&env, Some(&file)), MissingSecret::Fail).unwrap();
+        assert_eq!(r.secret.expose(), "from-env");
+        assert_eq!(
+            r.source.to_string(),
+            "environment variable ATTUNE_PACKS_JWT_SECRET"
+        );
+        assert!(!r.source.to_string().contains("from-env"));
     }
 }

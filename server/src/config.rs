@@ -95,6 +95,9 @@ pub struct Config {
     /// HS256 secret the main Attune API signs tokens with. Default: generated once
     /// into `<data_dir>/jwt-secret` (mode 0600).
     pub jwt_secret: Option<Secret>,
+    /// Where `jwt_secret` was set, so that commands can say which secret they use.
+    #[serde(skip)]
+    pub jwt_secret_origin: Option<SettingOrigin>,
     /// Every path a request names must resolve (symlinks followed) inside one of these.
     /// Default: the data dir, `/tmp` and `/opt/attune/packs`.
     pub allowed_roots: Option<Vec<PathBuf>>,
@@ -743,6 +746,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./attune-packs-data"),
             database_url: None,
             jwt_secret: None,
+            jwt_secret_origin: None,
             allowed_roots: None,
             packs_base_dir: None,
             log_format: LogFormat::Text,
@@ -760,6 +764,15 @@ impl Default for Config {
             history: HistorySection::default(),
         }
     }
+}
+
+/// Which source set a configuration key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingOrigin {
+    /// The YAML file at this path.
+    File(PathBuf),
+    /// This environment variable.
+    Env(String),
 }
 
 /// Values given on the command line; they win over everything else.
@@ -782,6 +795,9 @@ impl Config {
             Some(path) => read_file(path)?,
             None => Mapping::new(),
         };
+        let mut secret_origin = file
+            .filter(|_| tree.contains_key("jwt_secret"))
+            .map(|path| SettingOrigin::File(absolute(path)));
         for (name, value) in env {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -790,9 +806,15 @@ impl Config {
                 continue;
             }
             apply_env(&mut tree, &name, key, &value)?;
+            if key.eq_ignore_ascii_case("jwt_secret") {
+                secret_origin = Some(SettingOrigin::Env(name.clone()));
+            }
         }
         let mut config: Config = serde_yaml::from_value(Value::Mapping(tree))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if config.jwt_secret.is_some() {
+            config.jwt_secret_origin = secret_origin;
+        }
         if let Some(listen) = overrides.listen {
             config.listen = listen;
         }
@@ -893,6 +915,32 @@ impl Config {
                 "sqlite://{}",
                 self.data_dir.join("attune-packs.db").display()
             ),
+        }
+    }
+
+    /// [`database_url`](Self::database_url) as it may be shown: user, host and database
+    /// name, without password or query (which may hold one).
+    pub fn database_url_shown(&self) -> String {
+        let Some(url) = &self.database_url else {
+            // The default, with the data dir absolute: shown to someone in another
+            // directory.
+            return format!(
+                "sqlite://{}",
+                self.data_dir_absolute().join("attune-packs.db").display()
+            );
+        };
+        let url = url.expose().to_string();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url;
+        };
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split(':').next().unwrap_or_default() {
+                "" => format!("{scheme}://{host}{path}"),
+                user => format!("{scheme}://{user}@{host}{path}"),
+            },
+            None => format!("{scheme}://{authority}{path}"),
         }
     }
 
@@ -1689,5 +1737,25 @@ mod tests {
                 .unwrap()
                 .listen
         );
+    }
+
+    #[test]
+    fn the_database_url_is_shown_without_password_or_query() {
+        let shown = |url: &str| {
+            Config::load(
+                None,
+                env(&[("ATTUNE_PACKS_DATABASE_URL", url)]),
+                &Overrides::default(),
+            )
+            .unwrap()
+            .database_url_shown()
+        };
+        assert_eq!(
+            shown("postgres://attune:hunter2@db.example:5433/packs?password=hunter2"),
+            "postgres://attune@db.example:5433/packs"
+        );
+        assert_eq!(shown("postgres://:hunter2@db/x"), "postgres://db/x");
+        assert_eq!(shown("postgres://db.example"), "postgres://db.example");
+        assert_eq!(shown("sqlite:///var/lib/a.db"), "sqlite:///var/lib/a.db");
     }
 }

@@ -169,8 +169,11 @@ pub enum PackDownloadError {
     Checksum(#[from] ChecksumError),
     #[error(transparent)]
     Path(#[from] PathError),
-    #[error("'{raw}' does not exist under any allowed root")]
-    LocalNotFound { raw: String },
+    #[error(
+        "'{raw}' is not under any allowed root ({roots}); paths are read on the server; \
+         set allowed_roots to add one"
+    )]
+    LocalNotFound { raw: String, roots: String },
     #[error(
         "'{}' is a {kind}, neither a directory nor an archive; it was not read",
         path.display()
@@ -964,6 +967,7 @@ impl Downloader {
                 .find(|candidate| candidate.exists())
                 .ok_or_else(|| PackDownloadError::LocalNotFound {
                     raw: raw.to_string(),
+                    roots: self.paths.roots_text(),
                 })?;
             self.paths.confine(&candidate.display().to_string())?
         };

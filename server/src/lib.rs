@@ -11,6 +11,7 @@
 //!   [`locks`] they share), [`server`], [`telemetry`]; the binary (`main.rs`) parses flags.
 
 pub mod auth;
+pub mod banner;
 pub mod base_dir;
 pub use attune_packs_core::{
     archive, checksum, components, failure, manifest, packfs, paths, progress, source, yaml_limits,

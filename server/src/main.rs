@@ -4,7 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use attune_packs_server::{
-    auth::{Authenticator, load_or_create_secret},
+    auth::{Authenticator, MissingSecret, SecretError, resolve_secret, secret_source},
+    banner,
     config::{Config, ENV_CONFIG_FILE, Overrides},
     grants::{Grant, GrantSet},
     server, state, store, telemetry, users,
@@ -133,8 +134,31 @@ fn load_config(global: &GlobalArgs, listen: Option<SocketAddr>) -> anyhow::Resul
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: the fix is in the first
+/// sentence, not in a "Caused by" list, and many messages already quote their source.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen, examples } => {
             let mut config = load_config(&cli.global, listen)?;
@@ -155,7 +179,9 @@ async fn main() -> anyhow::Result<()> {
             let state = state::open(config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+                .map_err(|e| listen_error(listen, e))?;
+            let listening = listener.local_addr().unwrap_or(listen);
+            banner::log(&state.config, listening, &secret_source(&state.config));
             let (signalled, first_signal) = tokio::sync::oneshot::channel();
             server::on_signals(signalled).context("cannot install signal handlers")?;
             server::run(listener, state, async {
@@ -176,9 +202,10 @@ async fn main() -> anyhow::Result<()> {
                 config.database_connect_timeout,
             )
             .await?;
-            db.migrate().await?;
+            let report = db.migrate().await?;
             db.close().await;
-            println!("database is up to date");
+            println!("database {}", config.database_url_shown());
+            println!("{report}");
         }
         Command::User {
             command: UserCommand::Add { email, grants },
@@ -186,12 +213,20 @@ async fn main() -> anyhow::Result<()> {
             let grants = chosen_grants(grants);
             let config = load_config(&cli.global, None)?;
             let password = read_new_password()?;
-            let db = store::Db::connect_with_timeout(
-                &config.database_url(),
-                config.database_connect_timeout,
-            )
-            .await?;
-            db.migrate().await?;
+            let db = open_database(&config).await?;
+            // Login tokens are signed by the server: say which secret that will be.
+            match resolve_secret(&config, MissingSecret::Fail) {
+                Ok(secret) => eprintln!(
+                    "login tokens are signed with the secret from {}",
+                    secret.source
+                ),
+                Err(SecretError::Missing { path }) => eprintln!(
+                    "no JWT secret yet: `attune-packs-server serve` generates {} on its first \
+                     start and signs login tokens with it",
+                    path.display()
+                ),
+                Err(e) => eprintln!("warning: {e}"),
+            }
             users::add_user_with_grants(&db, &email, &password, &grants).await?;
             db.close().await;
             println!(
@@ -204,12 +239,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let grants = chosen_grants(grants);
             let config = load_config(&cli.global, None)?;
-            let db = store::Db::connect_with_timeout(
-                &config.database_url(),
-                config.database_connect_timeout,
-            )
-            .await?;
-            db.migrate().await?;
+            let db = open_database(&config).await?;
             users::set_grants(&db, &email, &grants).await?;
             db.close().await;
             println!(
@@ -226,24 +256,54 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let grants = chosen_grants(grants);
-            let config = load_config(&cli.global, None)?;
-            let data_dir = config.data_dir_absolute();
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-            let secret = load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
             anyhow::ensure!(!subject.trim().is_empty(), "--subject must not be empty");
+            let config = load_config(&cli.global, None)?;
+            // Only `serve` creates a secret: one made here would sign tokens the server
+            // refuses.
+            let secret = resolve_secret(&config, MissingSecret::Fail)?;
             // On stderr: scripts take the token from stdout's last line.
+            eprintln!("signed with the secret from {}", secret.source);
             eprintln!(
                 "token for {} with grants {grants}",
                 attune_packs_server::auth::escape_for_log(&subject)
             );
             println!(
                 "{}",
-                Authenticator::new(&secret).issue_with_grants(&subject, ttl, &grants)
+                Authenticator::new(&secret.secret).issue_with_grants(&subject, ttl, &grants)
             );
         }
     }
     Ok(())
+}
+
+/// The database `serve` would use, migrated; says on stderr which it is, and when its
+/// schema was just created (a new database may be the wrong one: check --data-dir).
+async fn open_database(config: &Config) -> anyhow::Result<store::Db> {
+    let db =
+        store::Db::connect_with_timeout(&config.database_url(), config.database_connect_timeout)
+            .await?;
+    let report = db.migrate().await?;
+    eprintln!("database {}", config.database_url_shown());
+    if report.already_applied == 0 {
+        eprintln!(
+            "the database was new: created its schema ({} migrations)",
+            report.applied.len()
+        );
+    }
+    Ok(db)
+}
+
+/// A listener that cannot be opened, with the fix for the usual cause.
+fn listen_error(listen: SocketAddr, error: std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {listen}: the address is already in use (is another \
+             attune-packs-server running?); stop it, or pass --listen <addr> \
+             (ATTUNE_PACKS_LISTEN) with a free port"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {listen}: {error}")
+    }
 }
 
 /// On a terminal: asked twice without echo. Otherwise: the first line of stdin.

@@ -123,7 +123,7 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     // Pack code may pass through the data dir to packs stored below it, but may not
     // list it; the secret and the database inside are the server's alone.
     narrow_mode(&data_dir, 0o711)?;
-    let secret = crate::auth::load_or_create_secret(config.jwt_secret.as_ref(), &data_dir)?;
+    let secret = crate::auth::resolve_secret(&config, crate::auth::MissingSecret::Generate)?.secret;
     narrow_mode(&data_dir.join(crate::auth::SECRET_FILE), 0o600)?;
     register_secrets(&config, &secret);
     let sandbox = crate::sandbox::install(&config.sandbox)?;
@@ -138,7 +138,9 @@ pub async fn open(config: Config) -> Result<AppState, StartupError> {
     }
     let db =
         Db::connect_with_timeout(&config.database_url(), config.database_connect_timeout).await?;
-    db.migrate().await?;
+    for (version, description) in db.migrate().await?.applied {
+        tracing::info!(version, %description, "applied a database migration");
+    }
     let state = AppState::new(config, db, Authenticator::new(&secret))?;
     let scanned = [state.config.packs_base_dir(), data_dir];
     crate::journal::recover(&state.journal, &state.db, &scanned).await?;

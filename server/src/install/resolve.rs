@@ -22,7 +22,7 @@ use crate::{
     download::DownloadedPack,
     manifest::{Manifest, dir_name},
     progress::{Reporter, Stage},
-    registry::VersionSelector,
+    registry::{RegistryError, VersionSelector},
     source::PackSource,
     store::RegisteredSource,
 };
@@ -192,6 +192,7 @@ impl Installer<'_> {
             .collect();
         let provided_refs: HashSet<&str> =
             provided.iter().map(|(_, m)| m.pack_ref.as_str()).collect();
+        let no_registry = indices.is_empty();
         let (mut catalog, origins, warnings) = catalog_of(&indices, &pinned, &provided_refs);
         for w in warnings {
             reporter.warn(Stage::Resolve, w);
@@ -249,12 +250,19 @@ impl Installer<'_> {
         })
         .await
         .map_err(|e| vec![failure(REQUEST, Stage::Resolve, PackProblem::Panicked(e))])?
-        .map_err(|e| {
-            let pack = match &e {
-                SolveError::UnknownPack { pack_ref, .. } => pack_ref.as_str(),
-                _ => REQUEST,
-            };
-            vec![failure(pack, Stage::Resolve, &e)]
+        .map_err(|e| match &e {
+            // Not found because nothing was searched: say so, and how to add a registry.
+            SolveError::UnknownPack { pack_ref, .. } if no_registry => {
+                let none = RegistryError::NoRegistries {
+                    pack_ref: pack_ref.clone(),
+                    disabled: self.state.downloader.registry().indices().len(),
+                };
+                vec![failure(pack_ref, Stage::Resolve, none)]
+            }
+            SolveError::UnknownPack { pack_ref, .. } => {
+                vec![failure(pack_ref, Stage::Resolve, &e)]
+            }
+            _ => vec![failure(REQUEST, Stage::Resolve, &e)],
         })?;
 
         let mut provided: HashMap<String, (DownloadedPack, Manifest)> = provided

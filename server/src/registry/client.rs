@@ -255,6 +255,12 @@ pub enum RegistryError {
         pack_ref: String,
         searched: Vec<String>,
     },
+    #[error("pack '{pack_ref}' cannot be looked up: {}", no_registry_fix(*.disabled))]
+    NoRegistries {
+        pack_ref: String,
+        /// Configured indices, every one disabled.
+        disabled: usize,
+    },
     #[error(
         "pack '{pack_ref}' has no version matching '{selector}' in index {index} (available: {}); \
          lower-priority indices are not consulted for a pack this index provides",
@@ -336,10 +342,23 @@ pub enum RegistryError {
     HttpClient(#[source] reqwest::Error),
 }
 
+/// Why no registry was searched, and what to set.
+fn no_registry_fix(disabled: usize) -> String {
+    if disabled == 0 {
+        "no registries are configured: set registry.indices or pass registry_url".into()
+    } else {
+        format!(
+            "no registry is enabled ({disabled} in registry.indices, all with enabled: false): \
+             enable one or pass registry_url"
+        )
+    }
+}
+
 impl Failure for RegistryError {
     fn kind(&self) -> FailureKind {
         match self {
             RegistryError::NotFound { .. }
+            | RegistryError::NoRegistries { .. }
             | RegistryError::VersionNotFound { .. }
             | RegistryError::Policy { .. }
             | RegistryError::InvalidRef(_)
@@ -556,6 +575,12 @@ impl RegistryClient {
             return Err(RegistryError::InvalidRef(pack_ref.to_string()));
         }
         let targets = self.targets(extra_index)?;
+        if targets.is_empty() {
+            return Err(RegistryError::NoRegistries {
+                pack_ref: pack_ref.to_string(),
+                disabled: self.inner.indices.len(),
+            });
+        }
         let mut searched = Vec::with_capacity(targets.len());
         for t in &targets {
             searched.push(t.label());
@@ -1497,12 +1522,30 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RegistryError::InvalidRef(_)));
+        // Nothing to search: the error says so, and how to add a registry.
         let empty = RegistryClient::new(cfg(vec![])).unwrap();
         let err = empty
             .resolve("xx", &VersionSelector::Latest, None, true)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("searched: none"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "pack 'xx' cannot be looked up: no registries are configured: set \
+             registry.indices or pass registry_url"
+        );
+        let mut off = idx(a.url(), 1);
+        off.enabled = false;
+        let disabled = RegistryClient::new(cfg(vec![off])).unwrap();
+        let err = disabled
+            .resolve("xx", &VersionSelector::Latest, None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "no registry is enabled (1 in registry.indices, all with enabled: false)"
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -78,8 +78,53 @@ pub enum StoreError {
         timeout.as_secs_f32()
     )]
     ConnectTimeout { target: String, timeout: Duration },
+    #[error(transparent)]
+    CreateDatabase(Box<CreateDatabaseError>),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What [`Db::migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Version and description of each migration this call applied, oldest first.
+    pub applied: Vec<(i64, String)>,
+    /// Migrations the database had before.
+    pub already_applied: usize,
+}
+
+impl std::fmt::Display for MigrationReport {
+    /// One line per migration applied, or that there was nothing to do.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.applied.is_empty() {
+            return write!(
+                f,
+                "up to date: {} migrations already applied",
+                self.already_applied
+            );
+        }
+        for (i, (version, description)) in self.applied.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "applied migration {version} {description}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A PostgreSQL database that does not exist and could not be created, with the
+/// command that creates it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "PostgreSQL database '{database}' does not exist at {target} and could not be created \
+     ({reason}); create it with `{createdb}`"
+)]
+pub struct CreateDatabaseError {
+    pub database: String,
+    pub target: String,
+    pub reason: String,
+    pub createdb: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,8 +199,134 @@ fn private_sqlite_files(db: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// One connection opened and closed, failing within `timeout`.
+async fn probe_postgres(
+    options: &PgConnectOptions,
+    target: &str,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    match tokio::time::timeout(timeout, options.connect()).await {
+        Err(_) => Err(StoreError::ConnectTimeout {
+            target: target.to_string(),
+            timeout,
+        }),
+        Ok(Err(source)) => Err(StoreError::Connect {
+            target: target.to_string(),
+            source,
+        }),
+        Ok(Ok(probe)) => {
+            let _ = probe.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// SQLSTATE of "database does not exist" (invalid_catalog_name).
+const MISSING_DATABASE: &str = "3D000";
+/// SQLSTATE of "database already exists" (duplicate_database).
+const DUPLICATE_DATABASE: &str = "42P04";
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|code| code.into_owned())
+}
+
+fn is_missing_database(error: &sqlx::Error) -> bool {
+    sqlstate(error).as_deref() == Some(MISSING_DATABASE)
+}
+
+/// The database `options` names, created through a maintenance database on the same
+/// server with the same credentials. Another process creating it first is success.
+async fn create_postgres_database(
+    options: &PgConnectOptions,
+    target: &str,
+    timeout: Duration,
+) -> Result<(), StoreError> {
+    // Without a database in the URL, PostgreSQL takes the user name.
+    let database = options
+        .get_database()
+        .unwrap_or(options.get_username())
+        .to_string();
+    let maintenance = if database == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    let failed = |reason: String| {
+        StoreError::CreateDatabase(Box::new(CreateDatabaseError {
+            database: database.clone(),
+            target: target.to_string(),
+            reason,
+            createdb: createdb_command(options, &database),
+        }))
+    };
+    let mut conn = match tokio::time::timeout(
+        timeout,
+        options.clone().database(maintenance).connect(),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(failed(format!(
+                "the maintenance database '{maintenance}' did not answer within {} s",
+                timeout.as_secs_f32()
+            )));
+        }
+        Ok(Err(e)) => return Err(failed(database_error_text(&e))),
+        Ok(Ok(conn)) => conn,
+    };
+    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+    let created = sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => {
+            tracing::info!(database = %database, at = target, "created the PostgreSQL database");
+            Ok(())
+        }
+        Err(e) if sqlstate(&e).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        Err(e) => Err(failed(database_error_text(&e))),
+    }
+}
+
+/// The server's message alone for a database error (sqlx's own text adds nothing).
+fn database_error_text(error: &sqlx::Error) -> String {
+    match error.as_database_error() {
+        Some(e) => e.message().to_string(),
+        None => error.to_string(),
+    }
+}
+
+/// The `createdb` invocation that creates `database` as the user of `options`.
+fn createdb_command(options: &PgConnectOptions, database: &str) -> String {
+    format!(
+        "createdb -h {} -p {} -U {} {}",
+        shell_word(options.get_host()),
+        options.get_port(),
+        shell_word(options.get_username()),
+        shell_word(database)
+    )
+}
+
+/// `word` as one shell word: as is when it is plain, else single-quoted.
+pub(crate) fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 impl Db {
-    /// Connects to `url` (creating a SQLite file and its directory if missing).
+    /// Connects to `url`, creating a SQLite file and its directory, or a PostgreSQL
+    /// database, when missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with_timeout(url, DEFAULT_CONNECT_TIMEOUT).await
     }
@@ -194,12 +365,12 @@ impl Db {
             let target = format!("{}:{}", options.get_host(), options.get_port());
             // One direct connection first: the pool would retry a refused port until
             // its acquire timeout and then report only that it timed out.
-            match tokio::time::timeout(timeout, options.connect()).await {
-                Err(_) => return Err(StoreError::ConnectTimeout { target, timeout }),
-                Ok(Err(source)) => return Err(StoreError::Connect { target, source }),
-                Ok(Ok(probe)) => {
-                    let _ = probe.close().await;
+            match probe_postgres(&options, &target, timeout).await {
+                Err(StoreError::Connect { source, .. }) if is_missing_database(&source) => {
+                    create_postgres_database(&options, &target, timeout).await?;
+                    probe_postgres(&options, &target, timeout).await?;
                 }
+                other => other?,
             }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
@@ -219,12 +390,56 @@ impl Db {
         }
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Db::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
-            Db::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+    /// Applies the migrations the database lacks and says which those were.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        use sqlx::migrate::Migrate;
+        // Read without creating the migrations table: creating it again would only add
+        // a PostgreSQL notice to every start.
+        let (migrator, before) = match self {
+            Db::Sqlite(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                let before = if exists {
+                    pool.acquire().await?.list_applied_migrations().await?
+                } else {
+                    Vec::new()
+                };
+                SQLITE_MIGRATIONS.run(pool).await?;
+                (&SQLITE_MIGRATIONS, before)
+            }
+            Db::Postgres(pool) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                let before = if exists {
+                    pool.acquire().await?.list_applied_migrations().await?
+                } else {
+                    Vec::new()
+                };
+                POSTGRES_MIGRATIONS.run(pool).await?;
+                (&POSTGRES_MIGRATIONS, before)
+            }
+        };
+        let before: std::collections::HashSet<i64> = before.iter().map(|m| m.version).collect();
+        let mut report = MigrationReport::default();
+        for migration in migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+        {
+            if before.contains(&migration.version) {
+                report.already_applied += 1;
+            } else {
+                report
+                    .applied
+                    .push((migration.version, migration.description.to_string()));
+            }
         }
-        Ok(())
+        Ok(report)
     }
 
     /// Cheap round trip, for readiness checks.

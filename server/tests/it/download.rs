@@ -1003,3 +1003,36 @@ async fn a_file_index_serves_archives_beside_it() {
     let why = failure(&r, "outside");
     assert!(why.contains("not inside the index's directory"), "{why}");
 }
+
+register_test!(errors_name_the_allowed_roots_and_the_missing_registry);
+/// A local path under no allowed root, and a registry ref with no registry: each
+/// error names the fix (the roots and where paths are read; how to add a registry).
+async fn errors_name_the_allowed_roots_and_the_missing_registry() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut client = server.client().await;
+    let r = client
+        .download(request(&server, &["./my-pack", "slack"]))
+        .await
+        .unwrap();
+    let roots = server
+        .state
+        .config
+        .allowed_roots()
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let missing = failure(&r, "./my-pack");
+    assert!(
+        missing.contains(&format!(
+            "'./my-pack' is not under any allowed root ({roots})"
+        )) && missing.contains("paths are read on the server")
+            && missing.contains("set allowed_roots"),
+        "{missing}"
+    );
+    let unknown = failure(&r, "slack");
+    assert!(
+        unknown.contains("no registries are configured: set registry.indices or pass registry_url"),
+        "{unknown}"
+    );
+}

@@ -841,6 +841,9 @@ register_test!(sync token_issue_mints_the_grants_it_is_given_and_refuses_unknown
 fn token_issue_mints_the_grants_it_is_given_and_refuses_unknown_ones() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
+    // The secret a first `serve` would have generated (only `serve` makes one).
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("jwt-secret"), "a-secret-of-this-test\n").unwrap();
     let issue = |grants: &[&str]| {
         let mut args = vec!["token", "issue", "--subject", "ops"];
         for g in grants {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::{
-    common::{Backend, TestServer, on_both_backends, path_str},
+    common::{Backend, TestServer, on_both_backends, path_str, simple_pack, write_pack},
     support::{
         archives,
         git::{HttpGitServer, HttpOptions, create_repo, net_shared},
@@ -741,4 +741,29 @@ async fn an_install_is_reproduced_from_its_lock() {
     assert!(registered(&third).await.is_empty());
     third.stop().await;
     second.stop().await;
+}
+
+register_test!(a_dependency_with_no_registry_configured_names_the_fix);
+/// A registry ref (here a dependency of a local pack) with no registry configured:
+/// the error says none is, and how to add one, instead of "not found".
+async fn a_dependency_with_no_registry_configured_names_the_fix() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let root = server.root.path().canonicalize().unwrap();
+    let pack = write_pack(
+        &root.join("src"),
+        "needy",
+        &simple_pack("needy", "1.0.0", &["slack"]),
+    );
+    let mut r = request(&server, &[&path_str(&pack)]);
+    r.dry_run = Some(true);
+    let (_, r) = install(&server, r).await;
+    assert!(!r.success);
+    assert_eq!(r.errors[0].pack, "slack", "{:#?}", r.errors);
+    assert!(
+        r.errors[0]
+            .error
+            .contains("no registries are configured: set registry.indices or pass registry_url"),
+        "{}",
+        r.errors[0].error
+    );
 }

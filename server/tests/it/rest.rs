@@ -543,7 +543,10 @@ async fn login_issues_tokens_both_doors_accept() {
     server.stop().await;
 }
 
-register_test!(the_workflow_script_runs_with_curl_and_jq, requires = [CurlAndJq]);
+register_test!(
+    the_workflow_script_runs_with_curl_and_jq,
+    requires = [CurlAndJq]
+);
 /// The original API's "Complete Workflow Example" and "Testing Quick Start" as a curl + jq script
 /// (`tests/rest/workflow.sh`), against the real server; only the host and the pack source
 /// differ, and the token comes from the login endpoint.
@@ -576,7 +579,10 @@ async fn the_workflow_script_runs_with_curl_and_jq() {
     server.stop().await;
 }
 
-register_test!(live_responses_match_the_openapi_document, requires = [Schemathesis]);
+register_test!(
+    live_responses_match_the_openapi_document,
+    requires = [Schemathesis]
+);
 /// schemathesis (PyPI) fuzzes every operation of the live server from its own OpenAPI
 /// document: no 5xx, every response matching its schema, content types and headers as
 /// declared. Excluded: "schema-valid data is accepted", because valid-looking paths
