@@ -68,7 +68,12 @@ fn clean(mut command: Command) -> Command {
 }
 
 fn cli_json(dir: &Path, args: &[&str]) -> Value {
-    let out = clean(Command::new(CLI))
+    cli_json_with(clean(Command::new(CLI)), dir, args)
+}
+
+/// `command` (the CLI) with `--json` and `args`, run in `dir`: its parsed output.
+fn cli_json_with(mut command: Command, dir: &Path, args: &[&str]) -> Value {
+    let out = command
         .arg("--json")
         .args(args)
         .current_dir(dir)
@@ -310,17 +315,8 @@ fn cli_json_at(dir: &Path, addr: &str, args: &[&str]) -> Value {
         .unwrap();
     assert!(token.status.success());
     let token = String::from_utf8(token.stdout).unwrap();
-    let out = clean(Command::new(CLI))
-        .args(["--json", "--server", &format!("http://{addr}")])
-        .args(args)
-        .env("ATTUNE_PACKS_TOKEN", token.lines().last().unwrap())
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "attune-packs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut cli = clean(Command::new(CLI));
+    cli.args(["--server", &format!("http://{addr}")])
+        .env("ATTUNE_PACKS_TOKEN", token.lines().last().unwrap());
+    cli_json_with(cli, dir, args)
 }
