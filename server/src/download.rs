@@ -493,6 +493,7 @@ impl Downloader {
                 let fetched = self
                     .fetch_registry_sources(
                         &resolved.install_sources,
+                        &resolved.index_url,
                         &staging,
                         request,
                         reporter,
@@ -667,6 +668,7 @@ impl Downloader {
     async fn fetch_registry_sources(
         &self,
         sources: &[InstallSource],
+        index_url: &str,
         staging: &Staging,
         request: &DownloadRequest,
         reporter: &Reporter,
@@ -727,7 +729,7 @@ impl Downloader {
                     }
                 }
                 InstallSource::Archive { url, checksum } => {
-                    self.fetch_archive(url, Some(checksum), &slot, request, reporter)
+                    self.fetch_archive(url, Some((checksum, index_url)), &slot, request, reporter)
                         .await
                 }
             };
@@ -831,26 +833,30 @@ impl Downloader {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(url = %redact_url(url)))]
+    /// `indexed`: the checksum and the URL of the index that names this archive.
     async fn fetch_archive(
         &self,
         url: &str,
-        expected: Option<&Digest>,
+        indexed: Option<(&Digest, &str)>,
         staging: &Staging,
         request: &DownloadRequest,
         reporter: &Reporter,
     ) -> Result<FetchedPack, PackDownloadError> {
         let file = staging.path().join("archive");
+        let expected = indexed.map(|(checksum, _)| checksum);
         // Only an index read from a local file names file:// archives, each inside
-        // that index's directory (checked when the index was parsed).
+        // that index's directory (checked when the index was parsed, and again by
+        // opening it beneath that directory).
         let digests = match url::Url::parse(url)
             .ok()
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok())
         {
             Some(local) => {
+                let (index_dir, rel) = beside_file_index(url, &local, indexed)?;
                 let (dest, limit) = (file.clone(), self.settings.max_archive_bytes);
                 staging
-                    .blocking(move || fetch::copy_archive_file(&local, &dest, limit))
+                    .blocking(move || fetch::copy_archive_file(&index_dir, &rel, &dest, limit))
                     .await??
             }
             None => {
@@ -1203,4 +1209,33 @@ impl Staging {
         })
         .await
     }
+}
+
+/// The directory of the `file://` index that names the local archive `local`, and the
+/// archive's path below it; anything else is refused (no request-supplied archive
+/// URL is a `file://` one: local paths are sources of their own, confined to the
+/// allowed roots).
+fn beside_file_index(
+    url: &str,
+    local: &Path,
+    indexed: Option<(&Digest, &str)>,
+) -> Result<(PathBuf, PathBuf), fetch::FetchError> {
+    let refused = || fetch::FetchError::Policy {
+        url: url.to_string(),
+        reason: "a file:// archive is read only from beside the file:// index that names it".into(),
+    };
+    let index_dir = indexed
+        .and_then(|(_, index)| url::Url::parse(index).ok())
+        .filter(|index| index.scheme() == "file")
+        .and_then(|index| index.join(".").ok())
+        .and_then(|dir| dir.to_file_path().ok())
+        .ok_or_else(refused)?;
+    let rel = local.strip_prefix(&index_dir).map_err(|_| refused())?;
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(refused());
+    }
+    Ok((index_dir.clone(), rel.to_path_buf()))
 }

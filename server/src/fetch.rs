@@ -223,44 +223,48 @@ impl HttpFetcher {
     }
 }
 
-/// Copies a local archive named by a `file://` index into `dest`, hashing it on
-/// the way; refused beyond `max_bytes` like a download. Opened without blocking (a
-/// FIFO would hold the thread for good) and judged by `fstat` of what was opened.
+/// Copies the archive `rel`, below the directory `index_dir` of a `file://` index,
+/// into `dest`, hashing it on the way; refused beyond `max_bytes` like a download.
+/// Opened beneath `index_dir` (links inside it are followed, none out of it), without
+/// blocking (a FIFO would hold the thread for good), and judged by `fstat` of what was
+/// opened.
 pub fn copy_archive_file(
-    source: &Path,
+    index_dir: &Path,
+    rel: &Path,
     dest: &Path,
     max_bytes: u64,
 ) -> Result<Digests, FetchError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let url = format!("file://{}", source.display());
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
         move |source: io::Error| FetchError::Io { path, source }
     };
-    let unreadable = |reason: String| FetchError::Network {
-        url: url.clone(),
-        message: reason,
+    let refused = |e: PackFsError| match e {
+        PackFsError::Special { kind, .. } => FetchError::SpecialFile {
+            path: rel.display().to_string(),
+            kind,
+        },
+        other => FetchError::Read(other.relative_to(index_dir)),
     };
-    let input = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
-        .open(source)
-        .map_err(|e| unreadable(e.to_string()))?;
-    let meta = input.metadata().map_err(io_at(source))?;
-    if !meta.is_file() {
-        return Err(unreadable("not a regular file".into()));
-    }
+    // The index's own directory may be reached through links (the operator chose
+    // it); nothing below it may lead out.
+    let index_dir = &fs::canonicalize(index_dir).map_err(|e| FetchError::Network {
+        url: format!("file://{}", index_dir.display()),
+        message: format!("cannot open the index's directory: {e}"),
+    })?;
+    let input = PackDir::open(index_dir)
+        .and_then(|dir| dir.open_file(rel))
+        .map_err(refused)?;
     let too_large = || FetchError::TooLarge {
-        url: url.clone(),
+        url: format!("file://{}", index_dir.join(rel).display()),
         limit: max_bytes,
     };
-    if meta.len() > max_bytes {
+    if input.len > max_bytes {
         return Err(too_large());
     }
     let mut writer =
         DigestWriter::new(BufWriter::new(fs::File::create(dest).map_err(io_at(dest))?));
     // Bounded even if the file grows after the check.
-    let copied = io::copy(&mut input.take(max_bytes + 1), &mut writer).map_err(io_at(dest))?;
+    let copied = io::copy(&mut input.file.take(max_bytes + 1), &mut writer).map_err(io_at(dest))?;
     if copied > max_bytes {
         return Err(too_large());
     }

@@ -948,7 +948,8 @@ async fn timeouts_and_dropped_calls_leave_nothing_behind() {
 
 register_test!(a_file_index_serves_archives_beside_it);
 /// A `file://` index names its archives relative to itself (as examples/index.json
-/// does); they are read from beside it, verified, and never from outside its directory.
+/// does); they are read from beside it, verified, and never from outside its directory,
+/// by a `../` name or through a link.
 async fn a_file_index_serves_archives_beside_it() {
     let registry = tempfile::tempdir().unwrap();
     let dir = registry.path().canonicalize().unwrap();
@@ -957,6 +958,15 @@ async fn a_file_index_serves_archives_beside_it() {
     std::fs::create_dir_all(dir.join("index/dist")).unwrap();
     std::fs::write(dir.join("index/dist/beside-1.0.0.tar.gz"), &beside).unwrap();
     std::fs::write(dir.join("outside-1.0.0.tar.gz"), &outside).unwrap();
+    // A name beside the index that is a link out of its directory: the checksum
+    // matches what it leads to, so only opening beneath the directory stops it.
+    let linked = archives::tar_gz(&pack_files("linked", "1.0.0"));
+    std::fs::write(dir.join("linked-1.0.0.tar.gz"), &linked).unwrap();
+    std::os::unix::fs::symlink(
+        "../../linked-1.0.0.tar.gz",
+        dir.join("index/dist/linked-1.0.0.tar.gz"),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("index/index.json"),
         index_json(&[
@@ -964,6 +974,8 @@ async fn a_file_index_serves_archives_beside_it() {
                 .archive("dist/beside-1.0.0.tar.gz", &sha256_checksum(&beside)),
             IndexEntry::new("outside", "1.0.0")
                 .archive("../outside-1.0.0.tar.gz", &sha256_checksum(&outside)),
+            IndexEntry::new("linked", "1.0.0")
+                .archive("dist/linked-1.0.0.tar.gz", &sha256_checksum(&linked)),
         ]),
     )
     .unwrap();
@@ -981,7 +993,7 @@ async fn a_file_index_serves_archives_beside_it() {
     .await;
     let mut client = server.client().await;
     let r = client
-        .download(request(&server, &["beside", "outside"]))
+        .download(request(&server, &["beside", "outside", "linked"]))
         .await
         .unwrap();
     assert_counts(&r);
@@ -1002,6 +1014,9 @@ async fn a_file_index_serves_archives_beside_it() {
     );
     let why = failure(&r, "outside");
     assert!(why.contains("not inside the index's directory"), "{why}");
+    let why = failure(&r, "linked");
+    assert!(why.contains("symbolic link"), "{why}");
+    assert!(!dest(&server).join("linked").exists());
 }
 
 register_test!(errors_name_the_allowed_roots_and_the_missing_registry);
