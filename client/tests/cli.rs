@@ -27,6 +27,15 @@ fn server_binary() -> PathBuf {
     bin
 }
 
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 struct Server {
     child: std::process::Child,
     url: String,
@@ -43,11 +52,7 @@ impl Server {
     fn start_with_env(env: &[(&str, String)]) -> Self {
         let root = tempfile::tempdir().unwrap();
         let data = root.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(server_binary())
             .args(["serve", "--listen", &addr, "--data-dir"])
@@ -1016,11 +1021,7 @@ fn index_update_on_a_missing_file_creates_a_new_index() {
 register_test!(sync an_unreachable_server_is_one_line_naming_the_fix);
 fn an_unreachable_server_is_one_line_naming_the_fix() {
     // A port nobody listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let out = Command::new(CLI)
         .args(["--server", &url, "--token", "any", "registries"])

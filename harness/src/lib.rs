@@ -62,7 +62,7 @@ impl Requires {
         match self {
             Requires::Postgres => env_set("TEST_POSTGRES_URL"),
             Requires::RabbitMq => env_set("TEST_AMQP_URL"),
-            Requires::Grpcurl => runs("grpcurl", &["-version"]),
+            Requires::Grpcurl => starts("grpcurl", &["-version"]),
             Requires::Schemathesis => runs("st", &["--version"]),
             Requires::PythonVenv => runs("python3", &["-c", "import venv, ensurepip"]),
             Requires::CurlAndJq => runs("curl", &["--version"]) && runs("jq", &["--version"]),
@@ -94,15 +94,24 @@ fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
-/// Whether `program` starts at all (grpcurl prints its version to stderr and some
-/// versions exit non-zero for `-version`, so only a failure to start counts).
+/// Whether `program` runs `args` successfully.
 fn runs(program: &str, args: &[&str]) -> bool {
+    exit_status(program, args).is_some_and(|s| s.success())
+}
+
+/// Whether `program` starts at all, whatever its exit status (grpcurl prints its
+/// version to stderr, and some versions exit non-zero for `-version`).
+fn starts(program: &str, args: &[&str]) -> bool {
+    exit_status(program, args).is_some()
+}
+
+fn exit_status(program: &str, args: &[&str]) -> Option<std::process::ExitStatus> {
     std::process::Command::new(program)
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success() || program == "grpcurl")
+        .ok()
 }
 
 fn under_ci() -> bool {

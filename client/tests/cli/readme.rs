@@ -11,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{CLI, server_binary};
+use super::{CLI, free_port, server_binary};
 
 /// Printed before each README block, to tell their outputs apart.
 const MARKER: &str = "@@ readme block ";
@@ -174,11 +174,7 @@ fn readme_commands_run_verbatim() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().canonicalize().unwrap();
     copy_tree(&repo_root().join("examples"), &dir.join("examples"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let log = dir.join("server.log");
     let server = clean(Command::new(server_binary()))

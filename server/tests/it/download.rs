@@ -31,6 +31,28 @@ fn request(server: &TestServer, packs: &[&str]) -> pb::DownloadRequest {
     }
 }
 
+/// Every progress event of a Download of `packs`, in order, and its result: collected
+/// until the stream ends.
+async fn download_with_progress(
+    client: &mut attune_packs_client::Client,
+    server: &TestServer,
+    packs: &[&str],
+) -> (Vec<pb::Progress>, pb::DownloadResult) {
+    let mut stream = client
+        .download_stream(request(server, packs))
+        .await
+        .unwrap();
+    let mut progress = Vec::new();
+    let mut result = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            Event::Progress(p) => progress.push(p),
+            Event::Result(r) => result = Some(r),
+        }
+    }
+    (progress, result.expect("the stream ends with a result"))
+}
+
 fn dest(server: &TestServer) -> PathBuf {
     server.root.path().canonicalize().unwrap().join("dest")
 }
@@ -98,19 +120,7 @@ async fn local_directories_and_archives_are_placed_with_checksums_and_provenance
         "src/../delta.tgz".to_string(), // relative to an allowed root
     ];
     let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
-    let mut stream = client
-        .download_stream(request(&server, &refs))
-        .await
-        .unwrap();
-    let mut progress = Vec::new();
-    let mut result = None;
-    while let Some(event) = stream.next().await {
-        match event.unwrap() {
-            Event::Progress(p) => progress.push(p),
-            Event::Result(r) => result = Some(r),
-        }
-    }
-    let r = result.unwrap();
+    let (progress, r) = download_with_progress(&mut client, &server, &refs).await;
     assert_counts(&r);
     assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
     let by_ref = |pack_ref: &str| {
@@ -199,20 +209,8 @@ async fn progress_names_the_source_type_of_the_result() {
     ];
     let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
     let mut client = server.client().await;
-    let mut stream = client
-        .download_stream(request(&server, &refs))
-        .await
-        .unwrap();
     // Judged only once the stream has ended: every event is in, in order.
-    let mut progress = Vec::new();
-    let mut result = None;
-    while let Some(event) = stream.next().await {
-        match event.unwrap() {
-            Event::Progress(p) => progress.push(p),
-            Event::Result(r) => result = Some(r),
-        }
-    }
-    let r = result.unwrap();
+    let (progress, r) = download_with_progress(&mut client, &server, &refs).await;
     assert_eq!(r.failure_count, 0, "{:#?}", r.failed_packs);
     let kinds = [
         "local_directory",
